@@ -1,0 +1,261 @@
+//! Applies `supabase/migrations/*.sql` the way the Supabase CLI does: in version
+//! order, each file in one transaction together with its row in
+//! `supabase_migrations.schema_migrations`, so that `supabase db push` and
+//! `leadrelay migrate` agree about what is applied.
+
+use std::path::{Path, PathBuf};
+
+use include_dir::{Dir, include_dir};
+use tokio_postgres::Client;
+
+use crate::db::describe;
+
+static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/supabase/migrations");
+
+/// The statements the Supabase CLI runs before it reads the history (its
+/// `CREATE_VERSION_TABLE`, `ADD_STATEMENTS_COLUMN`, `ADD_NAME_COLUMN`).
+const CREATE_HISTORY: &str = "
+create schema if not exists supabase_migrations;
+create table if not exists supabase_migrations.schema_migrations (version text not null primary key);
+alter table supabase_migrations.schema_migrations add column if not exists statements text[];
+alter table supabase_migrations.schema_migrations add column if not exists name text;
+";
+const SELECT_APPLIED: &str =
+    "select version from supabase_migrations.schema_migrations order by version";
+const INSERT_APPLIED: &str = "insert into supabase_migrations.schema_migrations (version, name, statements) values ($1, $2, $3)";
+/// Two `migrate` runs at once (two instances deployed together) take turns.
+const LOCK: &str = "select pg_advisory_lock(hashtext('leadrelay migrate'))";
+const UNLOCK: &str = "select pg_advisory_unlock(hashtext('leadrelay migrate'))";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("cannot read migrations from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "migration file name {0:?} is not <14-digit timestamp>_<name>.sql as the Supabase CLI expects"
+    )]
+    FileName(String),
+    #[error("two migration files share version {0}")]
+    DuplicateVersion(String),
+    #[error(
+        "the database has migration {version} applied, which is newer than the newest file here ({newest_local}): this leadrelay is older than the database; upgrade it instead of migrating down"
+    )]
+    NewerUnknownVersion {
+        version: String,
+        newest_local: String,
+    },
+    #[error("migration {version}_{name} failed, nothing of it was applied: {message}")]
+    Apply {
+        version: String,
+        name: String,
+        message: String,
+    },
+    #[error("database error while migrating: {0}")]
+    Database(String),
+}
+
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MigrateError::Database(describe(&e))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// The 14-digit timestamp, e.g. `20261124120000`.
+    pub version: String,
+    /// The rest of the file name, e.g. `leadrelay_core`.
+    pub name: String,
+    pub sql: String,
+}
+
+impl Migration {
+    fn from_file(file_name: &str, sql: String) -> Result<Migration, MigrateError> {
+        let stem = file_name
+            .strip_suffix(".sql")
+            .ok_or_else(|| MigrateError::FileName(file_name.to_string()))?;
+        let (version, name) = stem
+            .split_once('_')
+            .ok_or_else(|| MigrateError::FileName(file_name.to_string()))?;
+        if version.len() != 14 || !version.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
+            return Err(MigrateError::FileName(file_name.to_string()));
+        }
+        Ok(Migration {
+            version: version.to_string(),
+            name: name.to_string(),
+            sql,
+        })
+    }
+}
+
+/// The migrations compiled into this binary, so a deployed binary needs no
+/// checkout beside it.
+pub fn embedded() -> Result<Vec<Migration>, MigrateError> {
+    let mut migrations = Vec::new();
+    for file in EMBEDDED.files() {
+        let file_name = file.path().to_string_lossy().into_owned();
+        if !file_name.ends_with(".sql") {
+            continue;
+        }
+        let sql = String::from_utf8_lossy(file.contents()).into_owned();
+        migrations.push(Migration::from_file(&file_name, sql)?);
+    }
+    sorted(migrations)
+}
+
+/// The migrations in a directory (`--dir`), for files newer than the binary.
+pub fn from_dir(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
+    let read_err = |source| MigrateError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut migrations = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let path = entry.map_err(read_err)?.path();
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !file_name.ends_with(".sql") {
+            continue;
+        }
+        let sql = std::fs::read_to_string(&path).map_err(|source| MigrateError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        migrations.push(Migration::from_file(file_name, sql)?);
+    }
+    sorted(migrations)
+}
+
+fn sorted(mut migrations: Vec<Migration>) -> Result<Vec<Migration>, MigrateError> {
+    migrations.sort_by(|a, b| a.version.cmp(&b.version));
+    for pair in migrations.windows(2) {
+        if pair[0].version == pair[1].version {
+            return Err(MigrateError::DuplicateVersion(pair[0].version.clone()));
+        }
+    }
+    Ok(migrations)
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MigrateReport {
+    pub applied: Vec<String>,
+    pub already_applied: Vec<String>,
+}
+
+/// Applies every migration the database does not have yet.
+pub async fn apply(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<MigrateReport, MigrateError> {
+    client.batch_execute(LOCK).await?;
+    let result = apply_locked(client, migrations).await;
+    // A failed unlock only matters while this connection lives; it closes soon.
+    let _ = client.batch_execute(UNLOCK).await;
+    result
+}
+
+async fn apply_locked(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<MigrateReport, MigrateError> {
+    client.batch_execute(CREATE_HISTORY).await?;
+    let applied: Vec<String> = client
+        .query(SELECT_APPLIED, &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if let Some(newest_local) = migrations.last().map(|m| m.version.clone())
+        && let Some(unknown) = applied
+            .iter()
+            .filter(|v| **v > newest_local && !migrations.iter().any(|m| &m.version == *v))
+            .max()
+    {
+        return Err(MigrateError::NewerUnknownVersion {
+            version: unknown.clone(),
+            newest_local,
+        });
+    }
+    let mut report = MigrateReport::default();
+    for migration in migrations {
+        if applied.contains(&migration.version) {
+            report.already_applied.push(migration.version.clone());
+            continue;
+        }
+        apply_one(client, migration).await?;
+        tracing::info!(version = %migration.version, name = %migration.name, "migration applied");
+        report.applied.push(migration.version.clone());
+    }
+    Ok(report)
+}
+
+async fn apply_one(client: &mut Client, migration: &Migration) -> Result<(), MigrateError> {
+    let failed = |e: tokio_postgres::Error| MigrateError::Apply {
+        version: migration.version.clone(),
+        name: migration.name.clone(),
+        message: describe(&e),
+    };
+    let tx = client.transaction().await.map_err(failed)?;
+    tx.batch_execute(&migration.sql).await.map_err(failed)?;
+    // The CLI stores the file split into statements; the whole file as one
+    // statement is what `supabase migration repair` and `db push` need: they
+    // compare versions only.
+    let statements = vec![migration.sql.clone()];
+    tx.execute(
+        INSERT_APPLIED,
+        &[&migration.version, &migration.name, &statements],
+    )
+    .await
+    .map_err(failed)?;
+    tx.commit().await.map_err(failed)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_follow_the_supabase_cli_convention() {
+        let ok = Migration::from_file("20261124120000_leadrelay_core.sql", String::new()).unwrap();
+        assert_eq!(ok.version, "20261124120000");
+        assert_eq!(ok.name, "leadrelay_core");
+        for bad in [
+            "leadrelay_core.sql",
+            "2026112412000_short.sql",
+            "20261124120000_.sql",
+            "20261124120000_core.txt",
+            "2026112412000x_core.sql",
+            "20261124120000.sql",
+        ] {
+            assert!(
+                matches!(
+                    Migration::from_file(bad, String::new()),
+                    Err(MigrateError::FileName(_))
+                ),
+                "{bad} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn embedded_migrations_are_sorted_and_named() {
+        let migrations = embedded().unwrap();
+        assert!(!migrations.is_empty());
+        assert!(migrations.windows(2).all(|w| w[0].version < w[1].version));
+    }
+
+    #[test]
+    fn duplicate_versions_are_refused() {
+        let a = Migration::from_file("20261124120000_a.sql", String::new()).unwrap();
+        let b = Migration::from_file("20261124120000_b.sql", String::new()).unwrap();
+        assert!(matches!(
+            sorted(vec![a, b]),
+            Err(MigrateError::DuplicateVersion(_))
+        ));
+    }
+}

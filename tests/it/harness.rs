@@ -1,0 +1,219 @@
+//! The test harness: one throwaway PostgreSQL cluster per test process (pg_cron
+//! preloaded when installed), a migrated template database, and a fresh
+//! database cloned from it for every test. Works as root and as a normal user.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use leadrelay::cluster::{Cluster, ClusterOptions};
+use leadrelay::{db, dev, migrate};
+use tokio_postgres::Client;
+
+pub const TEMPLATE_DB: &str = "leadrelay_template";
+/// pg_cron runs jobs in this one database of the test cluster.
+pub const CRON_DB: &str = "leadrelay_cron";
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `f` to completion on a runtime of its own, for set-up done from inside
+/// a `#[tokio::test]` that must not block its own runtime.
+fn block_on_own_runtime<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    })
+    .join()
+    .expect("set-up thread")
+}
+
+/// A new cluster in a temporary directory that is stopped and removed when this
+/// process exits, however it exits.
+pub fn new_cluster() -> Cluster {
+    let root = tempfile::Builder::new()
+        .prefix("leadrelay-test-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    let cluster = Cluster::start(&ClusterOptions {
+        root,
+        port: None,
+        ephemeral: true,
+        cron_database: CRON_DB.into(),
+    })
+    .expect("start the test cluster");
+    cluster
+        .remove_when_process_exits(std::process::id())
+        .expect("cluster watchdog");
+    cluster
+}
+
+/// Creates the Supabase roles and migrates `db` in `cluster`.
+pub async fn prepare_database(cluster: &Cluster, db_name: &str) {
+    let admin = db::connect(&cluster.url("postgres"))
+        .await
+        .expect("connect");
+    admin
+        .batch_execute(&format!("create database {db_name}"))
+        .await
+        .expect("create database");
+    let mut client = db::connect(&cluster.url(db_name)).await.expect("connect");
+    client
+        .batch_execute(dev::SUPABASE_ROLES)
+        .await
+        .expect("roles");
+    migrate::apply(&mut client, &migrate::embedded().expect("migrations"))
+        .await
+        .expect("migrate");
+}
+
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let cluster = new_cluster();
+        let url = cluster.url(TEMPLATE_DB);
+        let probe = cluster.url("postgres");
+        block_on_own_runtime(async move {
+            let admin = db::connect(&probe).await.expect("connect");
+            admin
+                .batch_execute(&format!("create database {TEMPLATE_DB}"))
+                .await
+                .expect("template");
+            let mut client = db::connect(&url).await.expect("connect template");
+            client.batch_execute(dev::SUPABASE_ROLES).await.expect("roles");
+            migrate::apply(&mut client, &migrate::embedded().expect("migrations"))
+                .await
+                .expect("migrate template");
+            drop(client);
+            // CREATE DATABASE ... TEMPLATE needs the template to have no sessions.
+            admin
+                .batch_execute(&format!(
+                    "select pg_terminate_backend(pid) from pg_stat_activity where datname = '{TEMPLATE_DB}' and pid <> pg_backend_pid()"
+                ))
+                .await
+                .expect("close template sessions");
+        });
+        cluster
+    })
+}
+
+/// A fresh, migrated database for one test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn client(&self) -> Client {
+        db::connect(&self.url).await.expect("connect test db")
+    }
+}
+
+pub async fn fresh_db() -> TestDb {
+    let cluster = cluster();
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = db::connect(&cluster.url("postgres"))
+        .await
+        .expect("connect");
+    let sql = format!("create database {name} template {TEMPLATE_DB}");
+    // Two clones started at the same instant can see each other on the template.
+    let mut tries = 0;
+    loop {
+        match admin.batch_execute(&sql).await {
+            Ok(()) => break,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("create {name}: {}", db::describe(&e)),
+        }
+    }
+    TestDb {
+        url: cluster.url(&name),
+        name,
+    }
+}
+
+/// An empty database (no migrations), for tests of `migrate` itself.
+pub async fn empty_db() -> TestDb {
+    let cluster = cluster();
+    let name = format!(
+        "e_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = db::connect(&cluster.url("postgres"))
+        .await
+        .expect("connect");
+    admin
+        .batch_execute(&format!("create database {name} template template0"))
+        .await
+        .expect("create empty db");
+    let client = db::connect(&cluster.url(&name)).await.expect("connect");
+    client
+        .batch_execute(dev::SUPABASE_ROLES)
+        .await
+        .expect("roles");
+    TestDb {
+        url: cluster.url(&name),
+        name,
+    }
+}
+
+/// A lead of the incident fixture.
+#[derive(Debug, serde::Deserialize)]
+pub struct FixtureLead {
+    pub name: String,
+    pub email: String,
+    pub phone: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Fixture {
+    pub source: String,
+    pub leads: Vec<FixtureLead>,
+    pub metadata_example: serde_json::Value,
+}
+
+pub fn incident_fixture() -> Fixture {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/incident_leads.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture json")
+}
+
+/// The landing's INSERT, as supabase-js with the service key sends it through
+/// PostgREST: as role service_role, naming only the columns it knows.
+pub const LANDING_INSERT: &str = "insert into public.landing_leads (name, email, phone, source, metadata) values ($1, $2, $3, $4, $5) returning id";
+
+pub async fn insert_as_landing(
+    client: &Client,
+    name: Option<&str>,
+    email: Option<&str>,
+    phone: Option<&str>,
+    source: Option<&str>,
+    metadata: Option<&serde_json::Value>,
+) -> uuid::Uuid {
+    client
+        .batch_execute("set role service_role")
+        .await
+        .expect("set role");
+    let row = client
+        .query_one(LANDING_INSERT, &[&name, &email, &phone, &source, &metadata])
+        .await
+        .unwrap_or_else(|e| panic!("landing insert failed: {}", db::describe(&e)));
+    client
+        .batch_execute("reset role")
+        .await
+        .expect("reset role");
+    row.get(0)
+}

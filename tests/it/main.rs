@@ -1,0 +1,6 @@
+//! Integration tests: a real PostgreSQL cluster, started once for this process.
+
+mod harness;
+mod migrate_cmd;
+mod pgtap;
+mod sql_core;

@@ -1,0 +1,580 @@
+//! The enqueue trigger, the rules and the promotion, through the same INSERT
+//! the Node landing sends.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use leadrelay::db;
+use uuid::Uuid;
+
+use crate::harness::{self, fresh_db, incident_fixture, insert_as_landing};
+
+/// name, email, phone, source as the landing sends them.
+type LandingRow<'a> = (
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+struct JobRow {
+    channel: String,
+    status: String,
+    recipient: Option<String>,
+    due_at: DateTime<Utc>,
+    last_error: Option<String>,
+}
+
+async fn jobs_of(client: &tokio_postgres::Client, lead: Uuid) -> Vec<JobRow> {
+    client
+        .query(
+            "select channel, status, recipient, due_at, last_error from notification_jobs where lead_id = $1 order by channel",
+            &[&lead],
+        )
+        .await
+        .expect("jobs")
+        .iter()
+        .map(|r| JobRow {
+            channel: r.get(0),
+            status: r.get(1),
+            recipient: r.get(2),
+            due_at: r.get(3),
+            last_error: r.get(4),
+        })
+        .collect()
+}
+
+async fn created_at(client: &tokio_postgres::Client, lead: Uuid) -> DateTime<Utc> {
+    client
+        .query_one(
+            "select created_at from landing_leads where id = $1",
+            &[&lead],
+        )
+        .await
+        .expect("lead")
+        .get(0)
+}
+
+#[tokio::test]
+async fn each_incident_lead_gets_one_email_job_and_one_sms_job_due_ten_minutes_after_it_was_created()
+ {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let fixture = incident_fixture();
+    assert!(fixture.source.starts_with("proftest"));
+    for (i, lead) in fixture.leads.iter().enumerate() {
+        let id = insert_as_landing(
+            &client,
+            Some(&lead.name),
+            Some(&lead.email),
+            Some(&lead.phone),
+            Some(&fixture.source),
+            Some(&fixture.metadata_example),
+        )
+        .await;
+        let created = created_at(&client, id).await;
+        let jobs = jobs_of(&client, id).await;
+        assert_eq!(
+            jobs.iter().map(|j| j.channel.as_str()).collect::<Vec<_>>(),
+            ["email", "sms"],
+            "lead {i}"
+        );
+        for job in &jobs {
+            assert_eq!(
+                job.due_at - created,
+                chrono::Duration::minutes(10),
+                "lead {i} {}",
+                job.channel
+            );
+        }
+        let email = &jobs[0];
+        assert_eq!(email.status, "scheduled", "lead {i}");
+        assert_eq!(email.recipient.as_deref(), Some(lead.email.as_str()));
+        let sms = &jobs[1];
+        if i == 1 {
+            // "+7 (476) 123-45-6" has ten digits: saved, never sendable.
+            assert_eq!(sms.status, "invalid");
+            assert_eq!(sms.recipient, None);
+            let reason = sms.last_error.as_deref().unwrap_or_default();
+            assert!(reason.contains("10 digits"), "{reason}");
+            let mirrored: Option<String> = client
+                .query_one("select sms_error from landing_leads where id = $1", &[&id])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(mirrored.as_deref(), Some(reason));
+        } else {
+            assert_eq!(sms.status, "scheduled", "lead {i}");
+            let digits = sms.recipient.clone().unwrap_or_default();
+            assert_eq!(digits.len(), 11, "{digits}");
+            assert!(digits.starts_with('7'));
+        }
+    }
+    let count: i64 = client
+        .query_one("select count(*) from landing_leads", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 4);
+}
+
+#[tokio::test]
+async fn hostile_rows_are_always_saved_and_unusable_recipients_are_marked_invalid_with_a_reason() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let huge = "Я".repeat(100_000);
+    let huge_email = format!("{}@gmail.com", "a".repeat(100_000));
+    let metadata =
+        serde_json::json!({"nested": {"deep": [1, 2, {"x": "'; drop table landing_leads; --"}]}});
+    let cases: Vec<LandingRow> = vec![
+        (Some("Null contacts"), None, None, Some("proftest_main")),
+        (
+            Some(&huge),
+            Some("big@name.kz"),
+            Some("+7 705 123 45 67"),
+            Some("proftest_main"),
+        ),
+        (
+            Some("Garbage phone"),
+            Some("ok@mail.ru"),
+            Some("call me maybe"),
+            Some("proftest_main"),
+        ),
+        (
+            Some("O'Brien \"quoted\" 😀🎉"),
+            Some("emoji😀@x"),
+            Some("+7 (705) 1😀23-45-67"),
+            Some("proftest_main"),
+        ),
+        (Some("No source"), Some("a@b.kz"), Some("87051234567"), None),
+        (
+            Some("Huge email"),
+            Some(&huge_email),
+            Some("8 705 123 4567"),
+            Some("proftest_x"),
+        ),
+        (None, Some(""), Some("   "), Some("proftest")),
+        (
+            Some("Tabs\tand\nnewlines\r\n"),
+            Some(" spaced@mail.ru "),
+            Some("+7-705-123-45-67"),
+            Some("proftest_main"),
+        ),
+        (
+            Some("SQL"),
+            Some("x@y.kz'); delete from notification_jobs; --"),
+            Some("7' or '1'='1"),
+            Some("proftest%"),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (name, email, phone, source) in &cases {
+        ids.push(insert_as_landing(&client, *name, *email, *phone, *source, Some(&metadata)).await);
+    }
+    let saved: i64 = client
+        .query_one("select count(*) from landing_leads", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(saved, cases.len() as i64);
+
+    let jobs = jobs_of(&client, ids[0]).await;
+    assert_eq!(
+        jobs.iter().map(|j| j.status.as_str()).collect::<Vec<_>>(),
+        ["invalid", "invalid"]
+    );
+    assert_eq!(jobs[0].last_error.as_deref(), Some("email is missing"));
+    assert_eq!(jobs[1].last_error.as_deref(), Some("phone is missing"));
+
+    let jobs = jobs_of(&client, ids[1]).await;
+    assert!(jobs.iter().all(|j| j.status == "scheduled"));
+    assert_eq!(jobs[1].recipient.as_deref(), Some("77051234567"));
+
+    let jobs = jobs_of(&client, ids[2]).await;
+    assert_eq!(jobs[0].status, "scheduled");
+    assert_eq!(jobs[1].status, "invalid");
+    assert!(
+        jobs[1]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("characters other than digits")
+    );
+
+    let jobs = jobs_of(&client, ids[3]).await;
+    assert_eq!(
+        jobs.iter().map(|j| j.status.as_str()).collect::<Vec<_>>(),
+        ["invalid", "invalid"]
+    );
+    assert_eq!(
+        jobs[0].last_error.as_deref(),
+        Some("email is not an address of the form name@domain.tld")
+    );
+
+    assert!(
+        jobs_of(&client, ids[4]).await.is_empty(),
+        "a null source matches no rule"
+    );
+
+    let jobs = jobs_of(&client, ids[5]).await;
+    assert_eq!(jobs[0].status, "invalid");
+    assert_eq!(
+        jobs[0].last_error.as_deref(),
+        Some("email is longer than 254 characters")
+    );
+    assert_eq!(
+        jobs[1].recipient.as_deref(),
+        Some("77051234567"),
+        "a leading 8 becomes 7"
+    );
+
+    let jobs = jobs_of(&client, ids[6]).await;
+    assert_eq!(
+        jobs.iter().map(|j| j.status.as_str()).collect::<Vec<_>>(),
+        ["invalid", "invalid"]
+    );
+
+    let jobs = jobs_of(&client, ids[7]).await;
+    assert_eq!(
+        jobs[0].recipient.as_deref(),
+        Some("spaced@mail.ru"),
+        "the address is trimmed"
+    );
+    assert_eq!(jobs[1].recipient.as_deref(), Some("77051234567"));
+
+    let jobs = jobs_of(&client, ids[8]).await;
+    assert_eq!(
+        jobs.iter().map(|j| j.status.as_str()).collect::<Vec<_>>(),
+        ["invalid", "invalid"]
+    );
+    let total: i64 = client
+        .query_one("select count(*) from notification_jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 16, "8 matching leads x 2 channels, nothing deleted");
+}
+
+#[tokio::test]
+async fn a_lead_is_saved_even_when_enqueueing_its_jobs_fails() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    // Break the jobs table the way a bad manual change might.
+    client
+        .batch_execute(
+            "alter table notification_jobs add constraint broken check (channel = 'nothing')",
+        )
+        .await
+        .unwrap();
+    let id = insert_as_landing(
+        &client,
+        Some("Still saved"),
+        Some("a@b.kz"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let saved: i64 = client
+        .query_one("select count(*) from landing_leads where id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(saved, 1);
+    assert!(jobs_of(&client, id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_source_no_rule_matches_gets_no_job_and_rule_changes_apply_to_the_next_lead() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let other = insert_as_landing(
+        &client,
+        Some("A"),
+        Some("a@b.kz"),
+        Some("87051234567"),
+        Some("webinar"),
+        None,
+    )
+    .await;
+    assert!(jobs_of(&client, other).await.is_empty());
+
+    client
+        .batch_execute("update notification_rules set delay = interval '30 seconds' where source_pattern = 'proftest%' and channel = 'email'")
+        .await
+        .unwrap();
+    client
+        .batch_execute("update notification_rules set enabled = false where source_pattern = 'proftest%' and channel = 'sms'")
+        .await
+        .unwrap();
+    let lead = insert_as_landing(
+        &client,
+        Some("B"),
+        Some("b@b.kz"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let jobs = jobs_of(&client, lead).await;
+    assert_eq!(jobs.len(), 1, "sms rule disabled");
+    assert_eq!(jobs[0].channel, "email");
+    assert_eq!(
+        jobs[0].due_at - created_at(&client, lead).await,
+        chrono::Duration::seconds(30)
+    );
+
+    // A rule with no delay makes the job due at once and wakes the workers.
+    client
+        .batch_execute("update notification_rules set delay = interval '0', enabled = true")
+        .await
+        .unwrap();
+    let (_listener, mut notifications) = listen(&db.url).await;
+    let lead = insert_as_landing(
+        &client,
+        Some("C"),
+        Some("c@b.kz"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let jobs = jobs_of(&client, lead).await;
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j.status == "due"));
+    let payload = tokio::time::timeout(Duration::from_secs(5), notifications.recv())
+        .await
+        .expect("a notification at commit")
+        .unwrap();
+    assert_eq!(payload, lead.to_string());
+}
+
+#[tokio::test]
+async fn promotion_makes_exactly_the_due_jobs_due_and_notifies_each_one() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let (listener, mut notifications) = listen(&db.url).await;
+    let mut leads = Vec::new();
+    for i in 0..5 {
+        leads.push(
+            insert_as_landing(
+                &client,
+                Some(&format!("L{i}")),
+                Some("a@b.kz"),
+                Some("87051234567"),
+                Some("proftest_main"),
+                None,
+            )
+            .await,
+        );
+    }
+    // Leads 0 and 1 were created 11 minutes ago; the others just now.
+    client
+        .execute(
+            "update notification_jobs set due_at = now() - interval '1 minute' where lead_id = any($1)",
+            &[&vec![leads[0], leads[1]]],
+        )
+        .await
+        .unwrap();
+    let promoted: i32 = client
+        .query_one("select promote_due_notification_jobs()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(promoted, 4);
+    let due: Vec<i64> = client
+        .query(
+            "select id from notification_jobs where status = 'due' order by id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(due.len(), 4);
+    let scheduled: i64 = client
+        .query_one(
+            "select count(*) from notification_jobs where status = 'scheduled'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(scheduled, 6);
+    let mut heard = Vec::new();
+    while heard.len() < 4 {
+        let payload = tokio::time::timeout(Duration::from_secs(5), notifications.recv())
+            .await
+            .expect("notification within 5 s")
+            .expect("listener alive");
+        heard.push(payload.parse::<i64>().expect("payload is a job id"));
+    }
+    heard.sort();
+    assert_eq!(heard, due);
+    let again: i32 = client
+        .query_one("select promote_due_notification_jobs()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, 0, "nothing is promoted twice");
+    drop(listener);
+}
+
+#[tokio::test]
+async fn an_expired_lease_returns_its_job_to_due_and_a_job_out_of_attempts_fails() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let lead = insert_as_landing(
+        &client,
+        Some("L"),
+        Some("a@b.kz"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    client
+        .execute(
+            "update notification_jobs set status = 'sending', attempts = 1, locked_by = 'dead-worker', locked_until = now() - interval '1 second' where lead_id = $1 and channel = 'email'",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "update notification_jobs set status = 'sending', attempts = max_attempts, locked_by = 'dead-worker', locked_until = now() - interval '1 second' where lead_id = $1 and channel = 'sms'",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    let promoted: i32 = client
+        .query_one("select promote_due_notification_jobs()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(promoted, 1);
+    let jobs = jobs_of(&client, lead).await;
+    assert_eq!(jobs[0].status, "due");
+    assert!(
+        jobs[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("lease expired")
+    );
+    assert_eq!(jobs[1].status, "failed");
+}
+
+#[tokio::test]
+async fn deleting_a_lead_deletes_its_jobs() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let lead = insert_as_landing(
+        &client,
+        Some("Forget me"),
+        Some("a@b.kz"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    client
+        .execute("delete from landing_leads where id = $1", &[&lead])
+        .await
+        .unwrap();
+    assert!(jobs_of(&client, lead).await.is_empty());
+}
+
+#[tokio::test]
+async fn pg_cron_really_runs_the_promotion_in_the_test_cluster() {
+    let cluster = harness::cluster();
+    if !cluster.has_pg_cron() {
+        panic!(
+            "pg_cron is not installed: apt-get install postgresql-15-cron (the test command does it)"
+        );
+    }
+    harness::prepare_database(cluster, harness::CRON_DB).await;
+    let client = db::connect(&cluster.url(harness::CRON_DB)).await.unwrap();
+    let jobs: i64 = client
+        .query_one(
+            "select count(*) from cron.job where jobname = 'promote-due-notification-jobs'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(jobs, 1);
+    let lead = insert_as_landing(
+        &client,
+        Some("Cron"),
+        Some("a@b.kz"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    client
+        .execute(
+            "update notification_jobs set due_at = now() - interval '1 second' where lead_id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    // pg_cron 1.4 runs every minute; 1.5+ every 5 seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let due: i64 = client
+            .query_one(
+                "select count(*) from notification_jobs where lead_id = $1 and status = 'due'",
+                &[&lead],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if due == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_cron did not promote within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let runs: i64 = client
+        .query_one(
+            "select count(*) from cron.job_run_details d join cron.job j using (jobid) where j.jobname = 'promote-due-notification-jobs' and d.status = 'succeeded'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(runs >= 1);
+}
+
+/// A LISTEN connection whose notifications arrive on a channel.
+pub async fn listen(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use futures_util::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute("listen notification_jobs")
+        .await
+        .unwrap();
+    (client, rx)
+}
