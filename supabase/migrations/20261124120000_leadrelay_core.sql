@@ -123,12 +123,19 @@ create table if not exists public.notification_jobs (
 comment on table public.notification_jobs is
   'One row per lead, channel and template. status: scheduled, due, sending, sent, failed, invalid, cancelled.';
 
--- The only index besides the two keys that a new job touches. It serves the
--- promotion (status = scheduled, due_at <= now()) and the claim, whose ORDER BY
--- (due_at, id) it matches column for column; finished jobs leave it.
-create index if not exists notification_jobs_pending_idx
-  on public.notification_jobs (status, due_at, id)
-  where status in ('scheduled', 'due');
+-- A new job touches the two keys and, unless it is invalid or due at once, this
+-- one index. It serves the promotion (scheduled jobs whose due_at has passed,
+-- oldest first) and the worker's "when is the next job due" timer.
+create index if not exists notification_jobs_scheduled_idx
+  on public.notification_jobs (due_at, id)
+  where status = 'scheduled';
+
+-- The claim: each channel's worker lane takes the oldest due jobs of its
+-- channel. The columns are exactly the claim's WHERE channel = … ORDER BY
+-- due_at, id; only due jobs are in it, so it stays small at any table size.
+create index if not exists notification_jobs_claim_idx
+  on public.notification_jobs (channel, due_at, id)
+  where status = 'due';
 
 -- Expired leases are found here; only jobs being sent are in it.
 create index if not exists notification_jobs_sending_idx
@@ -249,7 +256,7 @@ as $$
 declare
   v_email_problem text;
   v_phone_problem text;
-  v_any_due boolean := false;
+  v_notified bigint;
 begin
   begin
     -- Cheap exit for sources no rule wants (a null source matches nothing).
@@ -292,12 +299,11 @@ begin
       on conflict on constraint notification_jobs_lead_channel_template_key do nothing
       returning id, status
     )
-    select coalesce(bool_or(status = 'due'), false) into v_any_due from inserted;
-
-    -- Jobs with no delay are due now: wake the workers at commit.
-    if v_any_due then
-      perform pg_notify('notification_jobs', new.id::text);
-    end if;
+    -- Jobs with no delay are due now: wake the workers at commit, one
+    -- notification per job as the promotion sends them.
+    select count(pg_notify('notification_jobs', inserted.id::text))
+      from inserted where inserted.status = 'due'
+      into strict v_notified;
 
     -- Show an unusable address where the dashboard looks. Rare, so the extra
     -- update of the new row costs nothing in the common case.

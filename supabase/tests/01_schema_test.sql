@@ -21,8 +21,8 @@ select col_is_unique('public', 'notification_jobs', array['lead_id', 'channel', 
   'one job per lead, channel and template');
 select col_is_unique('public', 'notification_events', array['provider', 'provider_event_id'],
   'one event per provider event id');
-select has_index('public', 'notification_jobs', 'notification_jobs_pending_idx',
-  array['status', 'due_at', 'id'], 'the claim index matches the claim order');
+select has_index('public', 'notification_jobs', 'notification_jobs_claim_idx',
+  array['channel', 'due_at', 'id'], 'the claim index matches the claim order');
 
 select throws_ok(
   $$insert into notification_jobs (lead_id, channel, template, status, due_at)
@@ -80,8 +80,9 @@ select ok(not has_function_privilege('authenticated', 'public.leadrelay_phone_pr
 select results_eq(
   $$select source_pattern, channel, template, delay, enabled from notification_rules order by channel$$,
   $$values ('proftest%', 'email', 'proftest_result', interval '10 minutes', true),
+           ('proftest%', 'lead_tracking', 'proftest', interval '0', true),
            ('proftest%', 'sms', 'proftest_result', interval '10 minutes', true)$$,
-  'the proftest rule is seeded: email and sms after 10 minutes');
+  'the proftest rule is seeded: email and sms after 10 minutes, the dashboard row at once');
 
 select has_trigger('public', 'landing_leads', 'landing_leads_enqueue_notifications', 'the enqueue trigger exists');
 select has_trigger('public', 'landing_leads', 'landing_leads_delete_notifications', 'the delete trigger exists');
