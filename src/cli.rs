@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{config, db, dev, migrate};
+use crate::{config, db, dev, migrate, serve};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +26,8 @@ pub enum Command {
     Dev(DevArgs),
     /// Apply supabase/migrations/*.sql to DATABASE_URL, recorded as the Supabase CLI does.
     Migrate(MigrateArgs),
+    /// The production process: the worker and the HTTP server.
+    Serve(Box<config::ServeArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +57,8 @@ pub enum CliError {
     Db(#[from] db::DbError),
     #[error(transparent)]
     Dev(#[from] dev::DevError),
+    #[error(transparent)]
+    Serve(#[from] serve::ServeError),
 }
 
 pub async fn main() -> ExitCode {
@@ -95,6 +99,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Dev(args) => Ok(dev::run(&args).await?),
+        Command::Serve(args) => {
+            let config = config::ServeConfig::from_args(&args)?;
+            let app = serve::Application::build(config).await?;
+            app.run_until_signal().await;
+            Ok(())
+        }
     }
 }
 

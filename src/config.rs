@@ -121,3 +121,402 @@ mod tests {
         }
     }
 }
+
+/// Everything `leadrelay serve` needs, validated before anything starts.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub database_url: Secret,
+    /// Where `lead_tracking` lives when it is another database.
+    pub lead_tracking_database_url: Option<Secret>,
+    pub resend: ResendSettings,
+    pub mobizon: MobizonSettings,
+    pub listen_addr: std::net::SocketAddr,
+    pub product_url: String,
+    pub worker: WorkerSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResendSettings {
+    pub api_key: Secret,
+    pub api_url: String,
+    pub from: String,
+    pub max_rps: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MobizonSettings {
+    pub api_key: Secret,
+    pub api_url: String,
+    pub from: Option<String>,
+    pub max_rps: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// How often the table is swept for due jobs even without a notification.
+    pub sweep_interval: std::time::Duration,
+    /// How long a claimed job is ours before another worker may rescue it.
+    pub lease: std::time::Duration,
+    /// The longest a provider request may take, connection included.
+    pub provider_timeout: std::time::Duration,
+    pub backoff: crate::retry::Backoff,
+    /// Requests in flight per channel.
+    pub concurrency: usize,
+    /// How long SIGTERM waits for requests in flight.
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        use std::time::Duration;
+        WorkerSettings {
+            sweep_interval: Duration::from_secs(30),
+            lease: Duration::from_secs(120),
+            provider_timeout: Duration::from_secs(15),
+            backoff: crate::retry::Backoff {
+                base: Duration::from_secs(30),
+                max: Duration::from_secs(3600),
+            },
+            concurrency: 4,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The raw values, as they come from flags or the environment.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[arg(long, env = "LEAD_TRACKING_DATABASE_URL", hide_env_values = true)]
+    pub lead_tracking_database_url: Option<String>,
+    #[arg(long, env = "RESEND_API_KEY", hide_env_values = true)]
+    pub resend_api_key: Option<String>,
+    #[arg(long, env = "RESEND_API_URL")]
+    pub resend_api_url: Option<String>,
+    #[arg(long, env = "EMAIL_FROM")]
+    pub email_from: Option<String>,
+    #[arg(long, env = "RESEND_MAX_RPS")]
+    pub resend_max_rps: Option<String>,
+    #[arg(long, env = "MOBIZON_API_KEY", hide_env_values = true)]
+    pub mobizon_api_key: Option<String>,
+    #[arg(long, env = "MOBIZON_API_URL")]
+    pub mobizon_api_url: Option<String>,
+    #[arg(long, env = "SMS_FROM")]
+    pub sms_from: Option<String>,
+    #[arg(long, env = "MOBIZON_MAX_RPS")]
+    pub mobizon_max_rps: Option<String>,
+    #[arg(long, env = "LISTEN_ADDR")]
+    pub listen_addr: Option<String>,
+    #[arg(long, env = "PRODUCT_URL")]
+    pub product_url: Option<String>,
+    #[arg(long, env = "SWEEP_INTERVAL")]
+    pub sweep_interval: Option<String>,
+    #[arg(long, env = "JOB_LEASE")]
+    pub job_lease: Option<String>,
+    #[arg(long, env = "PROVIDER_TIMEOUT")]
+    pub provider_timeout: Option<String>,
+    #[arg(long, env = "RETRY_BASE_DELAY")]
+    pub retry_base_delay: Option<String>,
+    #[arg(long, env = "RETRY_MAX_DELAY")]
+    pub retry_max_delay: Option<String>,
+    #[arg(long, env = "WORKER_CONCURRENCY")]
+    pub worker_concurrency: Option<String>,
+    #[arg(long, env = "SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+}
+
+impl ServeConfig {
+    pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
+        let defaults = WorkerSettings::default();
+        let database_url = database_url("DATABASE_URL", args.database_url.as_deref())?;
+        let lead_tracking_database_url =
+            match args.lead_tracking_database_url.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(v) => Some(database_url_value("LEAD_TRACKING_DATABASE_URL", v)?),
+            };
+        let resend = ResendSettings {
+            api_key: Secret::new(required("RESEND_API_KEY", args.resend_api_key.as_deref())?),
+            api_url: http_url(
+                "RESEND_API_URL",
+                args.resend_api_url.as_deref(),
+                "https://api.resend.com",
+            )?,
+            from: email_from(args.email_from.as_deref())?,
+            max_rps: rate("RESEND_MAX_RPS", args.resend_max_rps.as_deref(), 2.0)?,
+        };
+        let mobizon = MobizonSettings {
+            api_key: Secret::new(required(
+                "MOBIZON_API_KEY",
+                args.mobizon_api_key.as_deref(),
+            )?),
+            api_url: http_url(
+                "MOBIZON_API_URL",
+                args.mobizon_api_url.as_deref(),
+                "https://api.mobizon.kz",
+            )?,
+            from: match args.sms_from.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(v) if v.chars().count() <= 20 && !v.chars().any(char::is_control) => {
+                    Some(v.to_string())
+                }
+                Some(_) => {
+                    return Err(ConfigError::Malformed {
+                        name: "SMS_FROM",
+                        reason: "a sender name is at most 20 printable characters".into(),
+                    });
+                }
+            },
+            max_rps: rate("MOBIZON_MAX_RPS", args.mobizon_max_rps.as_deref(), 5.0)?,
+        };
+        let listen_addr = match args.listen_addr.as_deref().map(str::trim) {
+            None | Some("") => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(v) => v.parse().map_err(|_| ConfigError::Malformed {
+                name: "LISTEN_ADDR",
+                reason: "expected host:port with an IP address, e.g. 127.0.0.1:8080".into(),
+            })?,
+        };
+        let product_url = http_url("PRODUCT_URL", args.product_url.as_deref(), "")?;
+        let worker = WorkerSettings {
+            sweep_interval: duration(
+                "SWEEP_INTERVAL",
+                args.sweep_interval.as_deref(),
+                defaults.sweep_interval,
+            )?,
+            lease: duration("JOB_LEASE", args.job_lease.as_deref(), defaults.lease)?,
+            provider_timeout: duration(
+                "PROVIDER_TIMEOUT",
+                args.provider_timeout.as_deref(),
+                defaults.provider_timeout,
+            )?,
+            backoff: crate::retry::Backoff {
+                base: duration(
+                    "RETRY_BASE_DELAY",
+                    args.retry_base_delay.as_deref(),
+                    defaults.backoff.base,
+                )?,
+                max: duration(
+                    "RETRY_MAX_DELAY",
+                    args.retry_max_delay.as_deref(),
+                    defaults.backoff.max,
+                )?,
+            },
+            concurrency: match args.worker_concurrency.as_deref().map(str::trim) {
+                None | Some("") => defaults.concurrency,
+                Some(v) => v.parse().ok().filter(|n| (1..=256).contains(n)).ok_or(
+                    ConfigError::Malformed {
+                        name: "WORKER_CONCURRENCY",
+                        reason: "expected a whole number from 1 to 256".into(),
+                    },
+                )?,
+            },
+            shutdown_grace: duration(
+                "SHUTDOWN_GRACE",
+                args.shutdown_grace.as_deref(),
+                defaults.shutdown_grace,
+            )?,
+        };
+        // A lease shorter than a request would let a second worker send a job
+        // the first is still sending.
+        if worker.lease < worker.provider_timeout * 2 {
+            return Err(ConfigError::Malformed {
+                name: "JOB_LEASE",
+                reason: format!(
+                    "must be at least twice PROVIDER_TIMEOUT ({}), or a slow request could be sent twice",
+                    humantime::format_duration(worker.provider_timeout)
+                ),
+            });
+        }
+        Ok(ServeConfig {
+            database_url,
+            lead_tracking_database_url,
+            resend,
+            mobizon,
+            listen_addr,
+            product_url,
+            worker,
+        })
+    }
+}
+
+fn database_url_value(name: &'static str, value: &str) -> Result<Secret, ConfigError> {
+    database_url(name, Some(value))
+}
+
+fn http_url(name: &'static str, value: Option<&str>, default: &str) -> Result<String, ConfigError> {
+    let value = match value.map(str::trim) {
+        None | Some("") if !default.is_empty() => return Ok(default.to_string()),
+        None | Some("") => return Err(ConfigError::Missing(name)),
+        Some(v) => v,
+    };
+    let parsed = reqwest::Url::parse(value).map_err(|e| ConfigError::Malformed {
+        name,
+        reason: format!("not a URL ({e})"),
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host_str().is_none()
+        || value.len() > 2048
+    {
+        return Err(ConfigError::Malformed {
+            name,
+            reason: "expected an http:// or https:// URL with a host".into(),
+        });
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+fn email_from(value: Option<&str>) -> Result<String, ConfigError> {
+    let value = required("EMAIL_FROM", value)?;
+    // Resend accepts "address" or "Name <address>".
+    let address = match (value.find('<'), value.rfind('>')) {
+        (Some(open), Some(close)) if open < close && close == value.len() - 1 => {
+            &value[open + 1..close]
+        }
+        (None, None) => value,
+        _ => "",
+    };
+    crate::recipients::email(Some(address)).map_err(|_| ConfigError::Malformed {
+        name: "EMAIL_FROM",
+        reason: "expected an address like hello@example.com or Name <hello@example.com>".into(),
+    })?;
+    Ok(value.to_string())
+}
+
+fn rate(name: &'static str, value: Option<&str>, default: f64) -> Result<f64, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|r| r.is_finite() && *r >= 0.1 && *r <= 1000.0)
+            .ok_or(ConfigError::Malformed {
+                name,
+                reason: "expected requests per second, a number from 0.1 to 1000".into(),
+            }),
+    }
+}
+
+fn duration(
+    name: &'static str,
+    value: Option<&str>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(v) => humantime::parse_duration(v)
+            .ok()
+            .filter(|d| {
+                *d >= std::time::Duration::from_millis(10)
+                    && *d <= std::time::Duration::from_secs(7 * 86_400)
+            })
+            .ok_or(ConfigError::Malformed {
+                name,
+                reason: "expected a duration such as 500ms, 30s or 5m, between 10ms and 7 days"
+                    .into(),
+            }),
+    }
+}
+
+#[cfg(test)]
+mod serve_tests {
+    use super::*;
+
+    /// A variable's name and how to spoil it.
+    type Case = (&'static str, fn(&mut ServeArgs));
+
+    fn complete() -> ServeArgs {
+        ServeArgs {
+            database_url: Some("postgres://postgres@127.0.0.1/postgres".into()),
+            resend_api_key: Some("re_123".into()),
+            email_from: Some("Академия <hello@academy.kz>".into()),
+            mobizon_api_key: Some("kz123".into()),
+            product_url: Some("https://academy.kz/product".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_complete_configuration_gets_the_documented_defaults() {
+        let c = ServeConfig::from_args(&complete()).unwrap();
+        assert_eq!(c.resend.api_url, "https://api.resend.com");
+        assert_eq!(c.resend.max_rps, 2.0);
+        assert_eq!(c.mobizon.api_url, "https://api.mobizon.kz");
+        assert_eq!(c.listen_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.worker.sweep_interval, std::time::Duration::from_secs(30));
+        assert!(c.lead_tracking_database_url.is_none());
+        assert!(
+            !format!("{c:?}").contains("re_123"),
+            "secrets stay hidden in Debug"
+        );
+    }
+
+    #[test]
+    fn each_missing_variable_is_named() {
+        let cases: [Case; 5] = [
+            ("DATABASE_URL", |a| a.database_url = None),
+            ("RESEND_API_KEY", |a| a.resend_api_key = None),
+            ("EMAIL_FROM", |a| a.email_from = Some(" ".into())),
+            ("MOBIZON_API_KEY", |a| a.mobizon_api_key = None),
+            ("PRODUCT_URL", |a| a.product_url = None),
+        ];
+        for (name, unset) in cases {
+            let mut args = complete();
+            unset(&mut args);
+            assert_eq!(
+                ServeConfig::from_args(&args).unwrap_err(),
+                ConfigError::Missing(name)
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_values_are_named_and_explained() {
+        let cases: [Case; 12] = [
+            ("RESEND_MAX_RPS", |a| a.resend_max_rps = Some("fast".into())),
+            ("RESEND_MAX_RPS", |a| a.resend_max_rps = Some("0".into())),
+            ("MOBIZON_MAX_RPS", |a| {
+                a.mobizon_max_rps = Some("NaN".into())
+            }),
+            ("RESEND_API_URL", |a| {
+                a.resend_api_url = Some("ftp://x".into())
+            }),
+            ("MOBIZON_API_URL", |a| {
+                a.mobizon_api_url = Some("not a url".into())
+            }),
+            ("PRODUCT_URL", |a| {
+                a.product_url = Some("javascript:alert(1)".into())
+            }),
+            ("EMAIL_FROM", |a| a.email_from = Some("Name <broken".into())),
+            ("LISTEN_ADDR", |a| a.listen_addr = Some("localhost".into())),
+            ("SWEEP_INTERVAL", |a| a.sweep_interval = Some("-5s".into())),
+            ("WORKER_CONCURRENCY", |a| {
+                a.worker_concurrency = Some("100000".into())
+            }),
+            ("JOB_LEASE", |a| a.job_lease = Some("5s".into())),
+            ("LEAD_TRACKING_DATABASE_URL", |a| {
+                a.lead_tracking_database_url = Some("mysql://x".into())
+            }),
+        ];
+        for (name, spoil) in cases {
+            let mut args = complete();
+            spoil(&mut args);
+            match ServeConfig::from_args(&args).unwrap_err() {
+                ConfigError::Malformed { name: got, .. } => assert_eq!(got, name),
+                other => panic!("{name}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_and_hostile_values_are_refused() {
+        let mut args = complete();
+        args.product_url = Some(format!("https://a.kz/{}", "x".repeat(5000)));
+        assert!(ServeConfig::from_args(&args).is_err());
+        let mut args = complete();
+        args.sms_from = Some("Academy\r\nX-Evil: 1".into());
+        assert!(ServeConfig::from_args(&args).is_err());
+        let mut args = complete();
+        args.email_from = Some("a@b.kz\r\nBcc: all@x.kz".into());
+        assert!(ServeConfig::from_args(&args).is_err());
+    }
+}

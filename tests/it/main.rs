@@ -1,6 +1,8 @@
 //! Integration tests: a real PostgreSQL cluster, started once for this process.
 
+mod app;
 mod harness;
 mod migrate_cmd;
 mod pgtap;
 mod sql_core;
+mod worker;

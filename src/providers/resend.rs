@@ -1,0 +1,259 @@
+//! Resend: `POST {RESEND_API_URL}/emails`.
+//!
+//! - Success is 200 with `{"id": "<email id>"}`; webhook events name it
+//!   `data.email_id`.
+//! - Errors are `{"statusCode", "name", "message"}`. 429 (`rate_limit_exceeded`,
+//!   `daily_quota_exceeded`) and 5xx are temporary; 400, 401, 403, 404, 422 are
+//!   permanent for the message. A daily quota resets within hours: we wait an
+//!   hour, not the retry schedule.
+//! - `Idempotency-Key` (≤ 256 characters) is kept by Resend for 24 hours: the
+//!   same key with the same body returns the first answer without sending
+//!   again; with another body it is a 409 `invalid_idempotent_request`. The key
+//!   is derived from the job id alone and the body never changes between
+//!   attempts. A 409 `concurrent_idempotent_requests` means the first request
+//!   with this key is still being processed: try again shortly.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{SendError, Sent, clip, read_limited};
+use crate::config::Secret;
+use crate::pacer::{Pacer, RateLimitHeaders};
+
+#[derive(Debug)]
+pub struct ResendClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Secret,
+    pub pacer: Pacer,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutgoingEmail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Tag {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct SendAnswer {
+    id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorAnswer {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// The key Resend deduplicates on: the job id alone, so every attempt of a
+/// job, from any worker, carries the same one.
+pub fn idempotency_key(job_id: i64) -> String {
+    format!("leadrelay-job-{job_id}")
+}
+
+impl ResendClient {
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        api_key: Secret,
+        max_rps: f64,
+    ) -> ResendClient {
+        ResendClient {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            pacer: Pacer::new(max_rps),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        email: &OutgoingEmail,
+        idempotency_key: &str,
+    ) -> Result<Sent, SendError> {
+        let response = self
+            .http
+            .post(format!("{}/emails", self.base_url))
+            .bearer_auth(self.api_key.expose())
+            .header("Idempotency-Key", idempotency_key)
+            .json(email)
+            .send()
+            .await
+            .map_err(|e| SendError::from_transport("resend", &e))?;
+        let status = response.status();
+        let limits = RateLimitHeaders::from_headers(response.headers());
+        self.pacer.observe(&limits);
+        let body = read_limited(response)
+            .await
+            .map_err(|e| SendError::from_transport("resend", &e))?;
+        classify(status.as_u16(), &limits, &body)
+    }
+}
+
+fn classify(status: u16, limits: &RateLimitHeaders, body: &[u8]) -> Result<Sent, SendError> {
+    if (200..300).contains(&status) {
+        return match serde_json::from_slice::<SendAnswer>(body) {
+            Ok(answer) if !answer.id.trim().is_empty() && answer.id.len() <= 200 => Ok(Sent {
+                provider_message_id: answer.id,
+            }),
+            // Accepted but unreadable: the retry carries the same idempotency
+            // key, so Resend answers it with the first result and sends nothing.
+            _ => Err(SendError::temporary(format!(
+                "resend {status}: answer without an email id: {}",
+                clip(&String::from_utf8_lossy(body), 200)
+            ))),
+        };
+    }
+    let error: ErrorAnswer = serde_json::from_slice(body).unwrap_or_default();
+    let message = if error.name.is_empty() && error.message.is_empty() {
+        format!(
+            "resend {status}: {}",
+            clip(&String::from_utf8_lossy(body), 300)
+        )
+    } else {
+        format!(
+            "resend {status} {}: {}",
+            clip(&error.name, 60),
+            clip(&error.message, 300)
+        )
+    };
+    let retry_after = limits.retry_after.map(Duration::from_secs_f64);
+    match (status, error.name.as_str()) {
+        (429, "daily_quota_exceeded") => Err(SendError::Temporary {
+            message,
+            retry_after: Some(Duration::from_secs(3600)),
+            rate_limited: true,
+            outcome_unknown: false,
+        }),
+        (429, _) => Err(SendError::Temporary {
+            message,
+            retry_after: Some(retry_after.unwrap_or(Duration::from_secs(1))),
+            rate_limited: true,
+            outcome_unknown: false,
+        }),
+        (409, "concurrent_idempotent_requests") => Err(SendError::Temporary {
+            message,
+            retry_after: Some(Duration::from_secs(2)),
+            rate_limited: true,
+            outcome_unknown: false,
+        }),
+        (500..=599, _) | (408, _) => Err(SendError::Temporary {
+            message,
+            retry_after,
+            rate_limited: false,
+            outcome_unknown: false,
+        }),
+        _ => Err(SendError::permanent(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none() -> RateLimitHeaders {
+        RateLimitHeaders::default()
+    }
+
+    #[test]
+    fn a_200_with_an_id_is_sent() {
+        let sent = classify(
+            200,
+            &none(),
+            br#"{"id":"49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            sent.provider_message_id,
+            "49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"
+        );
+    }
+
+    #[test]
+    fn a_200_without_a_usable_id_is_retried_under_the_same_key() {
+        for body in [&b"{}"[..], b"not json", b"{\"id\": \"\"}", b"{\"id\": 5}"] {
+            assert!(matches!(
+                classify(200, &none(), body),
+                Err(SendError::Temporary { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn permanent_errors_carry_the_providers_words() {
+        let err = classify(
+            422,
+            &none(),
+            br#"{"statusCode":422,"name":"validation_error","message":"Invalid `to` field."}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            SendError::permanent("resend 422 validation_error: Invalid `to` field.")
+        );
+        for status in [400, 401, 403, 404] {
+            assert!(matches!(
+                classify(status, &none(), b"{}"),
+                Err(SendError::Permanent { .. })
+            ));
+        }
+        let err = classify(
+            409,
+            &none(),
+            br#"{"name":"invalid_idempotent_request","message":"x"}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, SendError::Permanent { .. }));
+    }
+
+    #[test]
+    fn rate_limits_quotas_and_server_errors_are_temporary() {
+        let limits = RateLimitHeaders {
+            retry_after: Some(7.0),
+            ..Default::default()
+        };
+        let err = classify(
+            429,
+            &limits,
+            br#"{"name":"rate_limit_exceeded","message":"Too many requests"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SendError::Temporary { retry_after: Some(d), rate_limited: true, .. } if d == Duration::from_secs(7))
+        );
+        let err = classify(
+            429,
+            &none(),
+            br#"{"name":"daily_quota_exceeded","message":"quota"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SendError::Temporary { retry_after: Some(d), .. } if d == Duration::from_secs(3600))
+        );
+        for status in [500, 502, 503] {
+            assert!(matches!(
+                classify(status, &none(), b"<html>bad gateway</html>"),
+                Err(SendError::Temporary { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_depend_on_the_job_alone_and_fit_resends_limit() {
+        assert_eq!(idempotency_key(42), "leadrelay-job-42");
+        assert!(idempotency_key(i64::MAX).len() <= 256);
+    }
+}

@@ -1,0 +1,402 @@
+//! The job queue in PostgreSQL: every statement the worker runs, each one short
+//! and committed on its own. No transaction or row lock is held while a
+//! provider is called: a claim sets `sending` with a lease and commits; the
+//! outcome is recorded by a second statement that also updates the mirror on
+//! `landing_leads` (both in one statement, so they commit together).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::db::describe;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Email,
+    Sms,
+    LeadTracking,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::LeadTracking];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::LeadTracking => "lead_tracking",
+        }
+    }
+}
+
+/// Claims up to $2 due jobs of channel $1 for worker $3 with a lease of $4
+/// seconds, oldest first, skipping jobs another worker holds. Returns them with
+/// their lead. `previous_outcome_unknown`: the last attempt ended with an
+/// expired lease, so it may have reached the provider.
+pub const CLAIM: &str = "
+with claimable as (
+  select j.id from public.notification_jobs j
+  where j.channel = $1 and j.status = 'due'
+  order by j.due_at, j.id
+  limit $2
+  for update skip locked
+), claimed as (
+  update public.notification_jobs j
+     set status = 'sending',
+         attempts = j.attempts + 1,
+         locked_by = $3,
+         locked_until = now() + make_interval(secs => $4),
+         updated_at = now()
+    from claimable c
+   where j.id = c.id
+  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
+            coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown
+)
+select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
+       l.id is not null as lead_exists, l.name, l.email, l.phone, l.metadata, l.created_at,
+       coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at
+from claimed c
+left join public.landing_leads l on l.id = c.lead_id
+order by c.id";
+
+/// Mirrors a job's outcome onto its lead, for the channels that have columns
+/// there. Used as the tail of each outcome statement, so job and mirror commit
+/// together. Expects a CTE `done(lead_id, channel, error)`.
+const MIRROR: &str = "
+mirror as (
+  update public.landing_leads l
+     set email_sent = case when d.channel = 'email' and d.sent then true else l.email_sent end,
+         email_sent_at = case when d.channel = 'email' and d.sent then now() else l.email_sent_at end,
+         email_error = case when d.channel = 'email' then d.error else l.email_error end,
+         sms_sent = case when d.channel = 'sms' and d.sent then true else l.sms_sent end,
+         sms_sent_at = case when d.channel = 'sms' and d.sent then now() else l.sms_sent_at end,
+         sms_error = case when d.channel = 'sms' then d.error else l.sms_error end
+    from done d
+   where l.id = d.lead_id and d.channel in ('email', 'sms')
+  returning l.id
+), resync as (
+  -- the dashboard row shows the sent flags: sync it again
+  update public.notification_jobs t
+     set status = 'due', due_at = now(), attempts = 0, finished_at = null, updated_at = now()
+    from done d
+   where d.sent and t.lead_id = d.lead_id and t.channel = 'lead_tracking'
+     and t.status in ('sent', 'failed')
+  returning t.id
+)
+select (select count(*) from done),
+       (select count(pg_notify('notification_jobs', r.id::text)) from resync r)";
+
+/// Appends error $3 to the job's history, keeping the last 20.
+const APPEND_ERROR: &str = "errors = (case when jsonb_array_length(j.errors) >= 20 then j.errors - 0 else j.errors end)
+                  || jsonb_build_array(jsonb_build_object('attempt', j.attempts, 'at', now(), 'error', left($3, 2000)))";
+
+/// The provider accepted job $1 (held by worker $2) as message $3.
+pub fn record_sent_sql() -> String {
+    format!(
+        "with done as (
+  update public.notification_jobs j
+     set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = $3,
+         last_error = null, locked_by = null, locked_until = null, updated_at = now()
+   where j.id = $1 and j.status = 'sending' and j.locked_by = $2
+  returning j.lead_id, j.channel, null::text as error, true as sent
+), {MIRROR}"
+    )
+}
+
+/// Job $1 (worker $2) failed for a reason worth another attempt ($3); try
+/// again in $4 seconds. $5: whether this attempt counts against max_attempts
+/// (a rate limit is not the message's failure). The last 20 errors are kept.
+pub fn record_retry_sql() -> String {
+    format!(
+        "with done as (
+  update public.notification_jobs j
+     set status = 'scheduled',
+         due_at = now() + make_interval(secs => $4),
+         attempts = case when $5 then j.attempts else j.attempts - 1 end,
+         last_error = left($3, 2000),
+         {APPEND_ERROR},
+         locked_by = null, locked_until = null, updated_at = now()
+   where j.id = $1 and j.status = 'sending' and j.locked_by = $2
+  returning j.lead_id, j.channel, j.last_error as error, false as sent
+), {MIRROR}"
+    )
+}
+
+/// Job $1 (worker $2) ends with status $4 (failed, invalid or cancelled)
+/// because of $3.
+pub fn record_final_sql() -> String {
+    format!(
+        "with done as (
+  update public.notification_jobs j
+     set status = $4, finished_at = now(),
+         last_error = left($3, 2000),
+         {APPEND_ERROR},
+         locked_by = null, locked_until = null, updated_at = now()
+   where j.id = $1 and j.status = 'sending' and j.locked_by = $2
+  returning j.lead_id, j.channel, j.last_error as error, false as sent
+), {MIRROR}"
+    )
+}
+
+/// The dashboard row of job $1 (worker $2) was written with the sent flags
+/// $3 (email) and $4 (sms). If the lead's flags changed meanwhile, the job
+/// runs again at once; otherwise it is done.
+pub const RECORD_TRACKED: &str = "
+with done as (
+  update public.notification_jobs j
+     set status = case when l.email_sent = $3 and l.sms_sent = $4 then 'sent' else 'due' end,
+         sent_at = now(),
+         finished_at = case when l.email_sent = $3 and l.sms_sent = $4 then now() end,
+         due_at = now(),
+         last_error = null, locked_by = null, locked_until = null, updated_at = now()
+    from public.landing_leads l
+   where j.id = $1 and j.status = 'sending' and j.locked_by = $2 and l.id = j.lead_id
+  returning j.id, j.status
+)
+select (select count(*) from done),
+       (select count(pg_notify('notification_jobs', d.id::text)) from done d where d.status = 'due')";
+
+/// Gives job $1 back (worker $2) without an attempt: it was claimed but not
+/// sent because the worker is stopping.
+pub const RELEASE: &str = "
+update public.notification_jobs j
+   set status = 'due', attempts = greatest(j.attempts - 1, 0),
+       locked_by = null, locked_until = null, updated_at = now()
+ where j.id = $1 and j.status = 'sending' and j.locked_by = $2";
+
+pub const PROMOTE: &str = "select public.promote_due_notification_jobs()";
+
+/// Seconds until the next scheduled job is due (negative: overdue), or null.
+pub const NEXT_DUE: &str = "
+select extract(epoch from (min(due_at) - clock_timestamp()))::float8
+from public.notification_jobs where status = 'scheduled'";
+
+/// Every statement above, for the test that prepares each one against the
+/// migrated schema (a renamed column fails a test, not production).
+pub fn all_statements() -> Vec<String> {
+    vec![
+        CLAIM.to_string(),
+        record_sent_sql(),
+        record_retry_sql(),
+        record_final_sql(),
+        RECORD_TRACKED.to_string(),
+        RELEASE.to_string(),
+        PROMOTE.to_string(),
+        NEXT_DUE.to_string(),
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("database unavailable: {0}")]
+    Pool(String),
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for QueueError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        QueueError::Db(describe(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for QueueError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        QueueError::Pool(e.to_string())
+    }
+}
+
+/// A job this worker holds, with the lead it belongs to.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub lead_id: Uuid,
+    pub channel: Channel,
+    pub template: String,
+    pub recipient: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub previous_outcome_unknown: bool,
+    pub lead: Option<Lead>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lead {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub email_sent: bool,
+    pub email_sent_at: Option<DateTime<Utc>>,
+    pub sms_sent: bool,
+    pub sms_sent_at: Option<DateTime<Utc>>,
+}
+
+fn claimed_job(channel: Channel, row: &Row) -> ClaimedJob {
+    let lead_exists: bool = row.get(7);
+    ClaimedJob {
+        id: row.get(0),
+        lead_id: row.get(1),
+        channel,
+        template: row.get(2),
+        recipient: row.get(3),
+        attempts: row.get(4),
+        max_attempts: row.get(5),
+        previous_outcome_unknown: row.get(6),
+        lead: lead_exists.then(|| Lead {
+            name: row.get(8),
+            email: row.get(9),
+            phone: row.get(10),
+            metadata: row.get(11),
+            created_at: row.get(12),
+            email_sent: row.get(13),
+            email_sent_at: row.get(14),
+            sms_sent: row.get(15),
+            sms_sent_at: row.get(16),
+        }),
+    }
+}
+
+/// How a job ends, or when it runs again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Sent {
+        provider_message_id: String,
+    },
+    Retry {
+        error: String,
+        after: Duration,
+        counts: bool,
+    },
+    Failed {
+        error: String,
+    },
+    Invalid {
+        error: String,
+    },
+    Cancelled {
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Queue {
+    pool: Pool,
+    worker_id: String,
+}
+
+impl Queue {
+    pub fn new(pool: Pool, worker_id: String) -> Queue {
+        Queue { pool, worker_id }
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub async fn claim(
+        &self,
+        channel: Channel,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(CLAIM).await?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &channel.as_str(),
+                    &limit,
+                    &self.worker_id,
+                    &lease.as_secs_f64(),
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| claimed_job(channel, row)).collect())
+    }
+
+    /// Records how job `id` ended. Returns false when the job was no longer
+    /// ours (its lease expired and another worker took it).
+    pub async fn record(&self, id: i64, outcome: &Outcome) -> Result<bool, QueueError> {
+        let client = self.pool.get().await?;
+        let row = match outcome {
+            Outcome::Sent {
+                provider_message_id,
+            } => {
+                let st = client.prepare_cached(&record_sent_sql()).await?;
+                client
+                    .query_one(&st, &[&id, &self.worker_id, provider_message_id])
+                    .await?
+            }
+            Outcome::Retry {
+                error,
+                after,
+                counts,
+            } => {
+                let st = client.prepare_cached(&record_retry_sql()).await?;
+                client
+                    .query_one(
+                        &st,
+                        &[&id, &self.worker_id, error, &after.as_secs_f64(), counts],
+                    )
+                    .await?
+            }
+            Outcome::Failed { error }
+            | Outcome::Invalid { error }
+            | Outcome::Cancelled { error } => {
+                let status = match outcome {
+                    Outcome::Failed { .. } => "failed",
+                    Outcome::Invalid { .. } => "invalid",
+                    _ => "cancelled",
+                };
+                let st = client.prepare_cached(&record_final_sql()).await?;
+                client
+                    .query_one(&st, &[&id, &self.worker_id, error, &status])
+                    .await?
+            }
+        };
+        Ok(row.get::<_, i64>(0) == 1)
+    }
+
+    pub async fn record_tracked(
+        &self,
+        id: i64,
+        email_sent: bool,
+        sms_sent: bool,
+    ) -> Result<bool, QueueError> {
+        let client = self.pool.get().await?;
+        let st = client.prepare_cached(RECORD_TRACKED).await?;
+        let row = client
+            .query_one(&st, &[&id, &self.worker_id, &email_sent, &sms_sent])
+            .await?;
+        Ok(row.get::<_, i64>(0) == 1)
+    }
+
+    pub async fn release(&self, id: i64) -> Result<(), QueueError> {
+        let client = self.pool.get().await?;
+        client.execute(RELEASE, &[&id, &self.worker_id]).await?;
+        Ok(())
+    }
+
+    /// Promotes due jobs (and rescues expired leases); returns how many.
+    pub async fn promote(&self) -> Result<i32, QueueError> {
+        let client = self.pool.get().await?;
+        Ok(client.query_one(PROMOTE, &[]).await?.get(0))
+    }
+
+    /// How long until the next scheduled job is due, if any is.
+    pub async fn next_due(&self) -> Result<Option<Duration>, QueueError> {
+        let client = self.pool.get().await?;
+        let seconds: Option<f64> = client.query_one(NEXT_DUE, &[]).await?.get(0);
+        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+}

@@ -1,0 +1,248 @@
+//! `leadrelay serve`: the HTTP server and the worker in one process.
+//!
+//! `Application::build` binds the address (port 0 in tests), checks the
+//! database schema, and starts everything; `shutdown` stops claiming, lets the
+//! requests in flight finish (up to `SHUTDOWN_GRACE`), and gives back claimed
+//! jobs that were not sent yet.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServeConfig;
+use crate::listener::{self, ListenerState};
+use crate::providers::http_client;
+use crate::providers::mobizon::MobizonClient;
+use crate::providers::resend::ResendClient;
+use crate::queue::Queue;
+use crate::wakeups::Wakeups;
+use crate::worker::Worker;
+use crate::{db, migrate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the database schema is not ready: {0}")]
+    Schema(String),
+}
+
+/// Shared by the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: deadpool_postgres::Pool,
+    pub listener: Arc<ListenerState>,
+}
+
+pub struct Application {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    http_cancel: CancellationToken,
+    worker_tasks: TaskTracker,
+    other_tasks: TaskTracker,
+    shutdown_grace: Duration,
+    pub listener: Arc<ListenerState>,
+}
+
+impl Application {
+    pub async fn build(config: ServeConfig) -> Result<Application, ServeError> {
+        let pool = db::pool(
+            config.database_url.expose(),
+            config.worker.concurrency * 3 + 8,
+        )?;
+        check_schema(&pool).await?;
+        let tracking_pool = match &config.lead_tracking_database_url {
+            Some(url) => db::pool(url.expose(), config.worker.concurrency + 2)?,
+            None => pool.clone(),
+        };
+        let http = http_client(config.worker.provider_timeout);
+        let worker_id = format!(
+            "{}-{}-{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let wakeups = Wakeups::new();
+        let listener_state = Arc::new(ListenerState::default());
+        let worker_tasks = TaskTracker::new();
+        let other_tasks = TaskTracker::new();
+        let worker = Arc::new(Worker {
+            queue: Queue::new(pool.clone(), worker_id.clone()),
+            tracking_pool,
+            resend: ResendClient::new(
+                http.clone(),
+                &config.resend.api_url,
+                config.resend.api_key.clone(),
+                config.resend.max_rps,
+            ),
+            email_from: config.resend.from.clone(),
+            mobizon: MobizonClient::new(
+                http,
+                &config.mobizon.api_url,
+                config.mobizon.api_key.clone(),
+                config.mobizon.from.clone(),
+                config.mobizon.max_rps,
+            ),
+            product_url: config.product_url.clone(),
+            settings: config.worker.clone(),
+            wakeups: Arc::clone(&wakeups),
+            tasks: worker_tasks.clone(),
+        });
+
+        let tcp = tokio::net::TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.listen_addr,
+                source,
+            })?;
+        let addr = tcp.local_addr().map_err(|source| ServeError::Bind {
+            addr: config.listen_addr,
+            source,
+        })?;
+
+        let cancel = CancellationToken::new();
+        let http_cancel = CancellationToken::new();
+        other_tasks.spawn(listener::run(
+            config.database_url.clone(),
+            Arc::clone(&wakeups),
+            Arc::clone(&listener_state),
+            config.worker.sweep_interval.min(Duration::from_secs(30)),
+            cancel.clone(),
+        ));
+        worker.start(&cancel);
+
+        let state = AppState {
+            pool,
+            listener: Arc::clone(&listener_state),
+        };
+        let app = router(state);
+        let http_stop = http_cancel.clone();
+        other_tasks.spawn(async move {
+            let served = axum::serve(tcp, app)
+                .with_graceful_shutdown(async move { http_stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        tracing::info!(%addr, worker_id, "leadrelay serving");
+        Ok(Application {
+            addr,
+            cancel,
+            http_cancel,
+            worker_tasks,
+            other_tasks,
+            shutdown_grace: config.worker.shutdown_grace,
+            listener: listener_state,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops claiming, waits for requests in flight (bounded), then stops HTTP.
+    pub async fn shutdown(self) {
+        tracing::info!("stopping: no new claims; waiting for requests in flight");
+        self.cancel.cancel();
+        self.worker_tasks.close();
+        if tokio::time::timeout(self.shutdown_grace, self.worker_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_s = self.shutdown_grace.as_secs_f64(),
+                "requests still in flight after the grace period; their leases will expire and they will be retried"
+            );
+        }
+        self.http_cancel.cancel();
+        self.other_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.other_tasks.wait()).await;
+        tracing::info!("stopped");
+    }
+
+    pub async fn run_until_signal(self) {
+        crate::dev::shutdown_signal().await;
+        self.shutdown().await;
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when the database answers and the listener is connected.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    let db_ok = match tokio::time::timeout(Duration::from_secs(2), state.pool.get()).await {
+        Ok(Ok(client)) => client.simple_query("select 1").await.is_ok(),
+        _ => false,
+    };
+    match (db_ok, state.listener.is_connected()) {
+        (true, true) => (StatusCode::OK, "ready"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
+        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "listener not connected"),
+    }
+}
+
+/// Refuses to start against a database that lacks the migrations this binary
+/// was built with: its statements would fail on every job.
+async fn check_schema(pool: &deadpool_postgres::Pool) -> Result<(), ServeError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| db::DbError::Connect(e.to_string()))?;
+    let newest = migrate::embedded()
+        .map_err(|e| ServeError::Schema(e.to_string()))?
+        .last()
+        .map(|m| m.version.clone())
+        .unwrap_or_default();
+    let has_history: bool = client
+        .query_one(
+            "select to_regclass('supabase_migrations.schema_migrations') is not null",
+            &[],
+        )
+        .await
+        .map_err(|e| ServeError::Schema(db::describe(&e)))?
+        .get(0);
+    let applied = has_history
+        && client
+            .query_one(
+                "select exists (select 1 from supabase_migrations.schema_migrations where version = $1)",
+                &[&newest],
+            )
+            .await
+            .map_err(|e| ServeError::Schema(db::describe(&e)))?
+            .get::<_, bool>(0);
+    if !applied {
+        return Err(ServeError::Schema(format!(
+            "migration {newest} is not applied: run `leadrelay migrate` (or `supabase db push`) first"
+        )));
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "leadrelay".into())
+}

@@ -1,0 +1,294 @@
+//! Running leadrelay against local mock providers: in-process
+//! (`Application::build` on port 0) or as the real binary, for kill tests.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use leadrelay::config::{MobizonSettings, ResendSettings, Secret, ServeConfig, WorkerSettings};
+use leadrelay::retry::Backoff;
+use leadrelay::serve::Application;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+pub const PRODUCT_URL: &str = "https://academy.kz/product";
+
+/// Answers like Resend: the email id is derived from the idempotency key, the
+/// same key with the same body gets the first answer again, and the same key
+/// with another body is a 409.
+pub struct ResendLike {
+    bodies: Mutex<HashMap<String, Vec<u8>>>,
+    pub delay: Duration,
+}
+
+impl ResendLike {
+    pub fn new(delay: Duration) -> ResendLike {
+        ResendLike {
+            bodies: Mutex::new(HashMap::new()),
+            delay,
+        }
+    }
+}
+
+impl Respond for ResendLike {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let Some(key) = request
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+        else {
+            return ResponseTemplate::new(422)
+                .set_body_json(serde_json::json!({"statusCode": 422, "name": "missing_required_field", "message": "no idempotency key in this test"}));
+        };
+        let mut bodies = self.bodies.lock().unwrap();
+        if let Some(first) = bodies.get(&key)
+            && first != &request.body
+        {
+            return ResponseTemplate::new(409).set_body_json(serde_json::json!({
+                "statusCode": 409, "name": "invalid_idempotent_request",
+                "message": "Same idempotency key used with a different request payload."}));
+        }
+        bodies.insert(key.clone(), request.body.clone());
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"id": format!("email-{key}")}))
+            .insert_header("ratelimit-limit", "50")
+            .set_delay(self.delay)
+    }
+}
+
+/// Answers like Mobizon's sendSmsMessage: code 0 and a new message id.
+pub struct MobizonLike {
+    next: AtomicU64,
+    pub delay: Duration,
+}
+
+impl MobizonLike {
+    pub fn new(delay: Duration) -> MobizonLike {
+        MobizonLike {
+            next: AtomicU64::new(1000),
+            delay,
+        }
+    }
+}
+
+impl Respond for MobizonLike {
+    fn respond(&self, _request: &Request) -> ResponseTemplate {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"code": 0, "data": {"campaignId": "77", "messageId": id.to_string(), "status": 2}, "message": ""}))
+            .set_delay(self.delay)
+    }
+}
+
+pub struct Providers {
+    pub resend: MockServer,
+    pub mobizon: MockServer,
+}
+
+impl Providers {
+    /// Both providers answering at once, successfully.
+    pub async fn healthy() -> Providers {
+        Providers::with_delays(Duration::ZERO, Duration::ZERO).await
+    }
+
+    pub async fn with_delays(email: Duration, sms: Duration) -> Providers {
+        let providers = Providers::empty().await;
+        providers.mount_resend(ResendLike::new(email)).await;
+        providers.mount_mobizon(MobizonLike::new(sms)).await;
+        providers
+    }
+
+    pub async fn empty() -> Providers {
+        Providers {
+            resend: MockServer::start().await,
+            mobizon: MockServer::start().await,
+        }
+    }
+
+    pub async fn mount_resend(&self, responder: impl Respond + 'static) {
+        Mock::given(method("POST"))
+            .and(path("/emails"))
+            .respond_with(responder)
+            .mount(&self.resend)
+            .await;
+    }
+
+    pub async fn mount_mobizon(&self, responder: impl Respond + 'static) {
+        Mock::given(method("POST"))
+            .and(path("/service/message/sendsmsmessage"))
+            .respond_with(responder)
+            .mount(&self.mobizon)
+            .await;
+    }
+
+    pub async fn emails(&self) -> Vec<Request> {
+        self.resend.received_requests().await.unwrap_or_default()
+    }
+
+    pub async fn sms(&self) -> Vec<Request> {
+        self.mobizon.received_requests().await.unwrap_or_default()
+    }
+}
+
+pub fn fast_worker() -> WorkerSettings {
+    WorkerSettings {
+        sweep_interval: Duration::from_secs(1),
+        lease: Duration::from_secs(10),
+        provider_timeout: Duration::from_secs(2),
+        backoff: Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+        },
+        concurrency: 4,
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+pub fn config(db_url: &str, providers: &Providers) -> ServeConfig {
+    ServeConfig {
+        database_url: Secret::new(db_url),
+        lead_tracking_database_url: None,
+        resend: ResendSettings {
+            api_key: Secret::new("re_test_key"),
+            api_url: providers.resend.uri(),
+            from: "Академия <hello@academy.kz>".into(),
+            max_rps: 100.0,
+        },
+        mobizon: MobizonSettings {
+            api_key: Secret::new("kz_test_key"),
+            api_url: providers.mobizon.uri(),
+            from: Some("Academy".into()),
+            max_rps: 100.0,
+        },
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        product_url: PRODUCT_URL.into(),
+        worker: fast_worker(),
+    }
+}
+
+pub async fn start(config: ServeConfig) -> Application {
+    Application::build(config)
+        .await
+        .expect("application starts")
+}
+
+/// The dashboard's table, as it looks in the tracking project.
+pub const LEAD_TRACKING_TABLE: &str = "
+create table if not exists public.lead_tracking (
+  id uuid primary key default gen_random_uuid(),
+  full_name text, email text, phone text, source text, metadata jsonb,
+  email_sent boolean default false, email_sent_at timestamptz,
+  sms_sent boolean default false, sms_sent_at timestamptz,
+  created_at timestamptz default now())";
+
+/// Rules with no delay, so inserted leads are due at once.
+pub const NO_DELAY: &str = "update public.notification_rules set delay = interval '0'";
+
+/// Waits until `check` returns true, polling; panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Jobs not finished yet (scheduled, due or sending).
+pub async fn unfinished(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "select count(*) from notification_jobs where status in ('scheduled', 'due', 'sending')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+pub async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// The real `leadrelay serve` process; killed when dropped.
+pub struct ServeProcess {
+    pub child: Child,
+}
+
+impl ServeProcess {
+    pub fn start(db_url: &str, providers: &Providers, extra: &[(&str, &str)]) -> ServeProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadrelay"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("RESEND_API_KEY", "re_test_key")
+            .env("RESEND_API_URL", providers.resend.uri())
+            .env("RESEND_MAX_RPS", "100")
+            .env("EMAIL_FROM", "hello@academy.kz")
+            .env("MOBIZON_API_KEY", "kz_test_key")
+            .env("MOBIZON_API_URL", providers.mobizon.uri())
+            .env("MOBIZON_MAX_RPS", "100")
+            .env("PRODUCT_URL", PRODUCT_URL)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("SWEEP_INTERVAL", "1s")
+            .env("RETRY_BASE_DELAY", "100ms")
+            .env("RETRY_MAX_DELAY", "500ms")
+            .env("LEADRELAY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn leadrelay serve");
+        // Keep the log readable for a failing test, without blocking the child.
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader};
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[serve {}] {line}", std::process::id());
+                }
+            });
+        }
+        ServeProcess { child }
+    }
+
+    pub fn kill_9(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}

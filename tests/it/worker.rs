@@ -1,0 +1,971 @@
+//! The worker against a real PostgreSQL and local mock providers.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::app::{
+    LEAD_TRACKING_TABLE, MobizonLike, NO_DELAY, Providers, ResendLike, ServeProcess, config, count,
+    eventually, start, unfinished,
+};
+use crate::harness::{self, fresh_db, incident_fixture, insert_as_landing};
+
+async fn insert_incident_leads(client: &tokio_postgres::Client) -> Vec<uuid::Uuid> {
+    let fixture = incident_fixture();
+    let mut ids = Vec::new();
+    for lead in &fixture.leads {
+        ids.push(
+            insert_as_landing(
+                client,
+                Some(&lead.name),
+                Some(&lead.email),
+                Some(&lead.phone),
+                Some(&fixture.source),
+                Some(&fixture.metadata_example),
+            )
+            .await,
+        );
+    }
+    ids
+}
+
+async fn one_lead(client: &tokio_postgres::Client) -> uuid::Uuid {
+    insert_as_landing(
+        client,
+        Some("Айгерим"),
+        Some("aigerim.test0@gmail.com"),
+        Some("+7 (705) 123-45-67"),
+        Some("proftest_main"),
+        None,
+    )
+    .await
+}
+
+async fn job(
+    client: &tokio_postgres::Client,
+    lead: uuid::Uuid,
+    channel: &str,
+) -> tokio_postgres::Row {
+    client
+        .query_one(
+            "select status, attempts, last_error, provider_message_id, errors::text from notification_jobs where lead_id = $1 and channel = $2",
+            &[&lead, &channel],
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_incident_leads_get_their_email_and_sms_and_the_malformed_phone_is_invalid_with_no_request()
+ {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let leads = insert_incident_leads(&client).await;
+
+    eventually(Duration::from_secs(20), "every job finished", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'email' and status = 'sent'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'sms' and status = 'sent'"
+        )
+        .await,
+        3
+    );
+    let invalid = job(&client, leads[1], "sms").await;
+    assert_eq!(invalid.get::<_, String>(0), "invalid");
+    assert!(invalid.get::<_, String>(2).contains("10 digits"));
+    assert_eq!(invalid.get::<_, i32>(1), 0, "no attempt was made");
+
+    // Resend: one request per email job, keyed by the job, from the configured sender.
+    let emails = providers.emails().await;
+    assert_eq!(emails.len(), 4);
+    let email_jobs: Vec<(i64, String)> = client
+        .query("select id, provider_message_id from notification_jobs where channel = 'email' order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let keys: HashSet<String> = emails
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("idempotency-key")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for (id, message_id) in &email_jobs {
+        assert!(keys.contains(&format!("leadrelay-job-{id}")));
+        assert_eq!(message_id, &format!("email-leadrelay-job-{id}"));
+    }
+    let body: serde_json::Value = serde_json::from_slice(&emails[0].body).unwrap();
+    assert_eq!(body["subject"], "Тест пройден. Получить продукт");
+    assert_eq!(body["from"], "Академия <hello@academy.kz>");
+    assert!(
+        body["html"]
+            .as_str()
+            .unwrap()
+            .contains("https://academy.kz/product")
+    );
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap()
+            .contains("https://academy.kz/product")
+    );
+    assert_eq!(
+        emails[0].headers.get("authorization").unwrap(),
+        "Bearer re_test_key"
+    );
+
+    // Mobizon: three requests, international digits, the key in the query.
+    let sms = providers.sms().await;
+    assert_eq!(sms.len(), 3);
+    let recipients: HashSet<String> = sms
+        .iter()
+        .map(|r| {
+            let form: HashMap<String, String> = url_form(&r.body);
+            assert_eq!(form["from"], "Academy");
+            assert!(form["text"].contains("https://academy.kz/product"));
+            assert!(r.url.query().unwrap().contains("apiKey=kz_test_key"));
+            assert!(r.url.query().unwrap().contains("output=json"));
+            form["recipient"].clone()
+        })
+        .collect();
+    assert_eq!(
+        recipients,
+        HashSet::from([
+            "77051234567".to_string(),
+            "77027654321".into(),
+            "77771112233".into()
+        ])
+    );
+
+    // The mirror, in landing_leads.
+    assert_eq!(count(&client, "select count(*) from landing_leads where email_sent and email_sent_at is not null and email_error is null").await, 4);
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from landing_leads where sms_sent and sms_sent_at is not null"
+        )
+        .await,
+        3
+    );
+    let sms_error: Option<String> = client
+        .query_one(
+            "select sms_error from landing_leads where id = $1",
+            &[&leads[1]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(sms_error.unwrap().contains("10 digits"));
+
+    // The dashboard: one row per lead, with the final flags.
+    assert_eq!(
+        count(&client, "select count(*) from lead_tracking").await,
+        4
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from lead_tracking where email_sent and source = 'proftest_main'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from lead_tracking where email_sent and source = 'proftest'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        count(&client, "select count(*) from lead_tracking where sms_sent").await,
+        3
+    );
+    let linked: i64 = client
+        .query_one(
+            "select count(*) from lead_tracking t join landing_leads l on t.metadata->>'landing_lead_id' = l.id::text where t.metadata->>'utm_source' = 'instagram'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(linked, 4);
+    app.shutdown().await;
+}
+
+fn url_form(body: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+#[tokio::test]
+async fn a_server_error_is_retried_and_the_next_attempt_succeeds() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::empty().await;
+    Mock::given(method("POST"))
+        .and(path("/emails"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(serde_json::json!({"statusCode": 500, "name": "internal_server_error", "message": "boom"})))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&providers.resend)
+        .await;
+    providers
+        .mount_resend(ResendLike::new(Duration::ZERO))
+        .await;
+    providers
+        .mount_mobizon(MobizonLike::new(Duration::ZERO))
+        .await;
+    let app = start(config(&db.url, &providers)).await;
+    let lead = one_lead(&client).await;
+    eventually(Duration::from_secs(20), "email sent", || async {
+        job(&client, lead, "email").await.get::<_, String>(0) == "sent"
+    })
+    .await;
+    let row = job(&client, lead, "email").await;
+    assert_eq!(row.get::<_, i32>(1), 2);
+    assert!(
+        row.get::<_, String>(4)
+            .contains("resend 500 internal_server_error: boom")
+    );
+    assert_eq!(providers.emails().await.len(), 2);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_429_waits_for_retry_after_and_does_not_count_as_an_attempt() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::empty().await;
+    Mock::given(method("POST"))
+        .and(path("/emails"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "2")
+                .set_body_json(serde_json::json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "Too many requests"})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&providers.resend)
+        .await;
+    providers
+        .mount_resend(ResendLike::new(Duration::ZERO))
+        .await;
+    providers
+        .mount_mobizon(MobizonLike::new(Duration::ZERO))
+        .await;
+    let app = start(config(&db.url, &providers)).await;
+    let started = Instant::now();
+    let lead = one_lead(&client).await;
+    eventually(Duration::from_secs(20), "email sent", || async {
+        job(&client, lead, "email").await.get::<_, String>(0) == "sent"
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "Retry-After: 2 was honoured"
+    );
+    let row = job(&client, lead, "email").await;
+    assert_eq!(row.get::<_, i32>(1), 1, "the 429 did not use up an attempt");
+    assert!(row.get::<_, String>(4).contains("rate_limit_exceeded"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_permanent_4xx_fails_the_job_at_once_with_the_providers_message_and_the_sms_still_goes() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::empty().await;
+    Mock::given(method("POST"))
+        .and(path("/emails"))
+        .respond_with(ResponseTemplate::new(422).set_body_json(
+            serde_json::json!({"statusCode": 422, "name": "validation_error", "message": "The `to` field is invalid."}),
+        ))
+        .mount(&providers.resend)
+        .await;
+    providers
+        .mount_mobizon(MobizonLike::new(Duration::ZERO))
+        .await;
+    let app = start(config(&db.url, &providers)).await;
+    let lead = one_lead(&client).await;
+    eventually(Duration::from_secs(20), "both finished", || async {
+        job(&client, lead, "email").await.get::<_, String>(0) == "failed"
+            && job(&client, lead, "sms").await.get::<_, String>(0) == "sent"
+    })
+    .await;
+    let row = job(&client, lead, "email").await;
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert_eq!(
+        row.get::<_, String>(2),
+        "resend 422 validation_error: The `to` field is invalid."
+    );
+    assert_eq!(providers.emails().await.len(), 1, "no retry");
+    let mirror: (bool, Option<String>) = {
+        let r = client
+            .query_one(
+                "select email_sent, email_error from landing_leads where id = $1",
+                &[&lead],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        mirror,
+        (
+            false,
+            Some("resend 422 validation_error: The `to` field is invalid.".into())
+        )
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_timeout_is_retried_with_the_same_idempotency_key_and_body() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::empty().await;
+    Mock::given(method("POST"))
+        .and(path("/emails"))
+        .respond_with(ResendLike::new(Duration::from_secs(4)))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&providers.resend)
+        .await;
+    providers
+        .mount_resend(ResendLike::new(Duration::ZERO))
+        .await;
+    providers
+        .mount_mobizon(MobizonLike::new(Duration::ZERO))
+        .await;
+    let app = start(config(&db.url, &providers)).await;
+    let lead = one_lead(&client).await;
+    eventually(Duration::from_secs(20), "email sent", || async {
+        job(&client, lead, "email").await.get::<_, String>(0) == "sent"
+    })
+    .await;
+    let row = job(&client, lead, "email").await;
+    assert_eq!(row.get::<_, i32>(1), 2);
+    assert!(row.get::<_, String>(4).contains("resend: timed out"));
+    let emails = providers.emails().await;
+    assert_eq!(emails.len(), 2);
+    assert_eq!(
+        emails[0].headers.get("idempotency-key"),
+        emails[1].headers.get("idempotency-key")
+    );
+    assert_eq!(
+        emails[0].body, emails[1].body,
+        "the retry's body is the first one's"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_email_provider_does_not_hold_up_the_sms() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::with_delays(Duration::from_secs(3), Duration::ZERO).await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.worker.provider_timeout = Duration::from_secs(10);
+    cfg.worker.lease = Duration::from_secs(30);
+    let app = start(cfg).await;
+    let mut leads = Vec::new();
+    for _ in 0..4 {
+        leads.push(one_lead(&client).await);
+    }
+    eventually(Duration::from_secs(10), "every SMS sent", || async {
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'sms' and status = 'sent'",
+        )
+        .await
+            == 4
+    })
+    .await;
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'email' and status = 'sent'"
+        )
+        .await,
+        0,
+        "the SMS went out while the emails were still waiting for Resend"
+    );
+    eventually(Duration::from_secs(20), "every email sent", || async {
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'email' and status = 'sent'",
+        )
+        .await
+            == 4
+    })
+    .await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn mobizon_codes_decide_between_retry_and_failure() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::empty().await;
+    providers
+        .mount_resend(ResendLike::new(Duration::ZERO))
+        .await;
+    // First a general service error (temporary), then a validation error (permanent).
+    Mock::given(method("POST"))
+        .and(path("/service/message/sendsmsmessage"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"code": 999, "data": [], "message": "Service error"}),
+        ))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&providers.mobizon)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/service/message/sendsmsmessage"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"code": 1, "data": {"recipient": "Номер получателя указан неверно"}, "message": "Ошибка валидации"}),
+        ))
+        .mount(&providers.mobizon)
+        .await;
+    let app = start(config(&db.url, &providers)).await;
+    let lead = one_lead(&client).await;
+    eventually(Duration::from_secs(20), "sms failed", || async {
+        job(&client, lead, "sms").await.get::<_, String>(0) == "failed"
+    })
+    .await;
+    let row = job(&client, lead, "sms").await;
+    assert_eq!(row.get::<_, i32>(1), 2);
+    let error: String = row.get(2);
+    assert!(
+        error.contains("mobizon code 1: Ошибка валидации"),
+        "{error}"
+    );
+    assert!(row.get::<_, String>(4).contains("mobizon code 999"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn temporary_failures_stop_after_max_attempts_with_the_last_error() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client
+        .batch_execute("alter table notification_jobs alter column max_attempts set default 3")
+        .await
+        .unwrap();
+    let providers = Providers::empty().await;
+    Mock::given(method("POST"))
+        .and(path("/emails"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("upstream unavailable"))
+        .mount(&providers.resend)
+        .await;
+    providers
+        .mount_mobizon(MobizonLike::new(Duration::ZERO))
+        .await;
+    let app = start(config(&db.url, &providers)).await;
+    let lead = one_lead(&client).await;
+    eventually(Duration::from_secs(20), "email failed", || async {
+        job(&client, lead, "email").await.get::<_, String>(0) == "failed"
+    })
+    .await;
+    let row = job(&client, lead, "email").await;
+    assert_eq!(row.get::<_, i32>(1), 3);
+    assert_eq!(
+        row.get::<_, String>(2),
+        "gave up after 3 attempts; last error: resend 503: upstream unavailable"
+    );
+    assert_eq!(providers.emails().await.len(), 3);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn lead_tracking_rows_go_to_the_tracking_database_when_it_is_another_one() {
+    let db = fresh_db().await;
+    let tracking = harness::empty_db().await;
+    let tracking_client = tracking.client().await;
+    tracking_client
+        .batch_execute(LEAD_TRACKING_TABLE)
+        .await
+        .unwrap();
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::healthy().await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.lead_tracking_database_url = Some(leadrelay::config::Secret::new(tracking.url.clone()));
+    let app = start(cfg).await;
+    let lead = one_lead(&client).await;
+    eventually(
+        Duration::from_secs(20),
+        "tracking row with both flags",
+        || async {
+            count(
+                &tracking_client,
+                "select count(*) from lead_tracking where email_sent and sms_sent",
+            )
+            .await
+                == 1
+                && unfinished(&client).await == 0
+        },
+    )
+    .await;
+    let row = tracking_client
+        .query_one("select full_name, email, phone, source, metadata->>'landing_lead_id' from lead_tracking", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "Айгерим");
+    assert_eq!(row.get::<_, String>(1), "aigerim.test0@gmail.com");
+    assert_eq!(row.get::<_, String>(2), "+7 (705) 123-45-67");
+    assert_eq!(row.get::<_, String>(3), "proftest");
+    assert_eq!(row.get::<_, String>(4), lead.to_string());
+    assert_eq!(
+        count(&tracking_client, "select count(*) from lead_tracking").await,
+        1,
+        "one row however often it syncs"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tracking_database_that_is_down_delays_the_row_but_loses_nothing() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    // No lead_tracking table yet: every sync fails like an unreachable database.
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let lead = one_lead(&client).await;
+    eventually(
+        Duration::from_secs(10),
+        "a failed sync is scheduled again",
+        || async {
+            let row = job(&client, lead, "lead_tracking").await;
+            row.get::<_, String>(0) == "scheduled"
+                && row
+                    .get::<_, Option<String>>(2)
+                    .is_some_and(|e| e.contains("lead_tracking"))
+        },
+    )
+    .await;
+    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
+    eventually(Duration::from_secs(20), "the row arrives", || async {
+        count(
+            &client,
+            "select count(*) from lead_tracking where email_sent and sms_sent",
+        )
+        .await
+            == 1
+    })
+    .await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_queue_statement_prepares_against_the_migrated_schema() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    for sql in leadrelay::queue::all_statements() {
+        client
+            .prepare(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{}\n{sql}", leadrelay::db::describe(&e)));
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_requests_in_flight_and_gives_back_what_was_not_sent() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client
+        .batch_execute("update notification_rules set enabled = false where channel <> 'email'")
+        .await
+        .unwrap();
+    let providers = Providers::with_delays(Duration::from_millis(1500), Duration::ZERO).await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.resend.max_rps = 1.0;
+    cfg.worker.concurrency = 3;
+    cfg.worker.provider_timeout = Duration::from_secs(5);
+    cfg.worker.lease = Duration::from_secs(30);
+    let app = start(cfg).await;
+    for _ in 0..3 {
+        one_lead(&client).await;
+    }
+    // One request is in flight; the other two wait for their pacing slot.
+    eventually(Duration::from_secs(5), "a request in flight", || async {
+        !providers.emails().await.is_empty()
+    })
+    .await;
+    app.shutdown().await;
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where status = 'sending'"
+        )
+        .await,
+        0
+    );
+    let sent = count(
+        &client,
+        "select count(*) from notification_jobs where status = 'sent'",
+    )
+    .await;
+    assert!(sent >= 1, "the request in flight was finished and recorded");
+    assert_eq!(
+        sent as usize,
+        providers.emails().await.len(),
+        "every request made was recorded"
+    );
+    let released = count(
+        &client,
+        "select count(*) from notification_jobs where status = 'due' and attempts = 0",
+    )
+    .await;
+    assert_eq!(
+        sent + released,
+        3,
+        "the rest went back unsent, without using an attempt"
+    );
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_on_a_database_without_the_migrations() {
+    let db = harness::empty_db().await;
+    let providers = Providers::healthy().await;
+    let err = match leadrelay::serve::Application::build(config(&db.url, &providers)).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started on an unmigrated database"),
+    };
+    assert!(err.contains("run `leadrelay migrate`"), "{err}");
+}
+
+#[test]
+fn serve_with_missing_configuration_stops_with_one_line_naming_the_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")
+        .env("RESEND_API_KEY", "re_x")
+        .env("EMAIL_FROM", "a@b.kz")
+        .env("MOBIZON_API_KEY", "kz")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "leadrelay: configuration error: PRODUCT_URL is not set"
+    );
+}
+
+/// Kills the real binary with SIGKILL while emails and SMS are in flight, starts
+/// it again, and checks that nothing is lost and no email is sent twice.
+#[tokio::test]
+async fn a_worker_killed_mid_flight_loses_nothing_and_sends_no_email_twice() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
+    let providers =
+        Providers::with_delays(Duration::from_millis(700), Duration::from_millis(700)).await;
+    let env = [
+        ("JOB_LEASE", "3s"),
+        ("PROVIDER_TIMEOUT", "1500ms"),
+        ("WORKER_CONCURRENCY", "4"),
+    ];
+    let mut first = ServeProcess::start(&db.url, &providers, &env);
+    let mut leads = Vec::new();
+    for i in 0..20 {
+        leads.push(
+            insert_as_landing(
+                &client,
+                Some(&format!("Lead {i}")),
+                Some(&format!("lead{i}@mail.ru")),
+                Some("+7 705 123 45 67"),
+                Some("proftest_main"),
+                None,
+            )
+            .await,
+        );
+    }
+    eventually(Duration::from_secs(20), "some sent and some in flight", || async {
+        count(&client, "select count(*) from notification_jobs where status = 'sent' and channel = 'email'").await >= 2
+            && count(&client, "select count(*) from notification_jobs where status = 'sending'").await >= 1
+    })
+    .await;
+    first.kill_9();
+    let in_flight = count(
+        &client,
+        "select count(*) from notification_jobs where status = 'sending'",
+    )
+    .await;
+    assert!(in_flight >= 1, "the kill left jobs in flight");
+
+    let _second = ServeProcess::start(&db.url, &providers, &env);
+    eventually(
+        Duration::from_secs(60),
+        "every job finished after the restart",
+        || async { unfinished(&client).await == 0 },
+    )
+    .await;
+
+    // No lead without its messages.
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where status <> 'sent'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from landing_leads where not (email_sent and sms_sent)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&client, "select count(*) from lead_tracking").await,
+        20
+    );
+
+    // No email twice: every retried request carried its job's key and body, so
+    // Resend (the mock enforces its rules) answered with the first email id.
+    let emails = providers.emails().await;
+    let mut per_key: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    for r in &emails {
+        per_key
+            .entry(
+                r.headers
+                    .get("idempotency-key")
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            )
+            .or_default()
+            .push(r.body.clone());
+    }
+    assert_eq!(per_key.len(), 20, "one key per email job");
+    assert!(
+        per_key
+            .values()
+            .all(|bodies| bodies.windows(2).all(|w| w[0] == w[1]))
+    );
+    let recorded: Vec<(i64, String)> = client
+        .query(
+            "select id, provider_message_id from notification_jobs where channel = 'email'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (id, message_id) in recorded {
+        assert_eq!(
+            message_id,
+            format!("email-leadrelay-job-{id}"),
+            "one message recorded per job"
+        );
+    }
+    let rescued = count(
+        &client,
+        "select count(*) from notification_jobs where errors::text like '%lease expired%'",
+    )
+    .await;
+    assert!(
+        rescued >= 1,
+        "the jobs in flight came back through lease expiry"
+    );
+}
+
+#[tokio::test]
+async fn two_serve_processes_share_the_work_and_send_every_job_once() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
+    let providers =
+        Providers::with_delays(Duration::from_millis(20), Duration::from_millis(20)).await;
+    let _a = ServeProcess::start(&db.url, &providers, &[]);
+    let _b = ServeProcess::start(&db.url, &providers, &[]);
+    for i in 0..60 {
+        insert_as_landing(
+            &client,
+            Some(&format!("L{i}")),
+            Some(&format!("l{i}@mail.ru")),
+            Some("87051234567"),
+            Some("proftest_main"),
+            None,
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(60), "every job finished", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    let emails = providers.emails().await;
+    assert_eq!(emails.len(), 60, "each email requested once");
+    let keys: HashSet<_> = emails
+        .iter()
+        .map(|r| r.headers.get("idempotency-key").unwrap().clone())
+        .collect();
+    assert_eq!(keys.len(), 60);
+    assert_eq!(providers.sms().await.len(), 60, "each SMS requested once");
+    assert_eq!(
+        count(&client, "select count(*) from lead_tracking").await,
+        60
+    );
+}
+
+/// A database restart while the service runs: nothing is lost and the
+/// listener reconnects by itself.
+#[tokio::test]
+async fn a_database_restart_loses_nothing_and_the_listener_comes_back() {
+    let cluster = harness::new_cluster();
+    harness::prepare_database(&cluster, "restart").await;
+    let url = cluster.url("restart");
+    let client = leadrelay::db::connect(&url).await.unwrap();
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
+    let providers = Providers::healthy().await;
+    let mut cfg = config(&url, &providers);
+    // A long sweep: after the restart, only the listener's reconnect (and its
+    // sweep) can pick the new leads up quickly.
+    cfg.worker.sweep_interval = Duration::from_secs(120);
+    let app = start(cfg).await;
+    insert_as_landing(
+        &client,
+        Some("Before"),
+        Some("before@mail.ru"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    eventually(Duration::from_secs(20), "first lead done", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    drop(client);
+
+    cluster.stop(leadrelay::cluster::StopMode::Fast).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.restart().unwrap();
+
+    let client = leadrelay::db::connect(&url).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the listener reconnected",
+        || async { app.listener.reconnects() >= 1 && app.listener.is_connected() },
+    )
+    .await;
+    let after = Instant::now();
+    for i in 0..5 {
+        insert_as_landing(
+            &client,
+            Some(&format!("After {i}")),
+            Some("after@mail.ru"),
+            Some("87051234567"),
+            Some("proftest_main"),
+            None,
+        )
+        .await;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "leads after the restart done",
+        || async { unfinished(&client).await == 0 },
+    )
+    .await;
+    assert!(after.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where status = 'sent'"
+        )
+        .await,
+        18
+    );
+    assert_eq!(providers.emails().await.len(), 6);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_binary_cleanly_and_leaves_no_job_in_flight() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
+    let providers =
+        Providers::with_delays(Duration::from_millis(500), Duration::from_millis(500)).await;
+    let mut serve = ServeProcess::start(&db.url, &providers, &[("PROVIDER_TIMEOUT", "5s")]);
+    for i in 0..5 {
+        insert_as_landing(
+            &client,
+            Some(&format!("L{i}")),
+            Some("a@mail.ru"),
+            Some("87051234567"),
+            Some("proftest_main"),
+            None,
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(10), "requests in flight", || async {
+        count(
+            &client,
+            "select count(*) from notification_jobs where status = 'sending'",
+        )
+        .await
+            >= 1
+    })
+    .await;
+    let started = Instant::now();
+    let status = serve.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped within the grace period"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where status = 'sending'"
+        )
+        .await,
+        0
+    );
+}
