@@ -32,14 +32,20 @@ struct MockState {
     seen: Mutex<HashMap<i64, Instant>>,
 }
 
-async fn resend(State(state): State<Arc<MockState>>, headers: HeaderMap) -> axum::Json<serde_json::Value> {
+async fn resend(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+) -> axum::Json<serde_json::Value> {
     state.emails.fetch_add(1, Ordering::Relaxed);
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    if let Some(id) = key.strip_prefix("leadrelay-job-").and_then(|id| id.parse::<i64>().ok()) {
+    if let Some(id) = key
+        .strip_prefix("leadrelay-job-")
+        .and_then(|id| id.parse::<i64>().ok())
+    {
         state.seen.lock().unwrap().insert(id, Instant::now());
     }
     axum::Json(serde_json::json!({ "id": format!("email-{key}") }))
@@ -47,7 +53,9 @@ async fn resend(State(state): State<Arc<MockState>>, headers: HeaderMap) -> axum
 
 async fn mobizon(State(state): State<Arc<MockState>>) -> axum::Json<serde_json::Value> {
     let n = state.sms.fetch_add(1, Ordering::Relaxed);
-    axum::Json(serde_json::json!({"code": 0, "data": {"campaignId": "1", "messageId": n.to_string(), "status": 2}, "message": ""}))
+    axum::Json(
+        serde_json::json!({"code": 0, "data": {"campaignId": "1", "messageId": n.to_string(), "status": 2}, "message": ""}),
+    )
 }
 
 async fn start_mock(state: Arc<MockState>) -> String {
@@ -72,11 +80,24 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() {
-    let jobs: usize = std::env::var("BENCH_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let latency_samples: usize = std::env::var("BENCH_LATENCY_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
-    let concurrency: usize = std::env::var("BENCH_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
+    let jobs: usize = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let latency_samples: usize = std::env::var("BENCH_LATENCY_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
 
-    let root = tempfile::Builder::new().prefix("leadrelay-bench-").tempdir().unwrap().keep();
+    let root = tempfile::Builder::new()
+        .prefix("leadrelay-bench-")
+        .tempdir()
+        .unwrap()
+        .keep();
     let cluster = Cluster::start(&ClusterOptions {
         root,
         port: None,
@@ -84,11 +105,15 @@ async fn main() {
         cron_database: "postgres".into(),
     })
     .expect("start cluster");
-    cluster.remove_when_process_exits(std::process::id()).unwrap();
+    cluster
+        .remove_when_process_exits(std::process::id())
+        .unwrap();
     let url = cluster.url("postgres");
     let mut client = db::connect(&url).await.unwrap();
     client.batch_execute(dev::SUPABASE_ROLES).await.unwrap();
-    migrate::apply(&mut client, &migrate::embedded().unwrap()).await.unwrap();
+    migrate::apply(&mut client, &migrate::embedded().unwrap())
+        .await
+        .unwrap();
     // Only the two messages; the jobs are created scheduled, far in the future.
     client
         .batch_execute(
@@ -132,9 +157,21 @@ async fn main() {
             concurrency,
             shutdown_grace: Duration::from_secs(10),
         },
+        resend_webhook_key: leadrelay::svix::SigningKey::parse(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .unwrap(),
+        mobizon_webhook_token: Secret::new("bench-token-0123456789"),
+        admin_token: Secret::new("bench-admin-0123456789"),
+        mobizon_poll_interval: None,
     };
 
-    println!("leadrelay worker benchmark ({} cores, PostgreSQL in a throwaway cluster, mock providers on loopback)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "leadrelay worker benchmark ({} cores, PostgreSQL in a throwaway cluster, mock providers on loopback)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     println!("concurrency per channel: {concurrency}");
 
     // 1. Throughput.
@@ -160,10 +197,17 @@ async fn main() {
         .await
         .unwrap()
         .get(0);
-    let _: i32 = client.query_one("select promote_due_notification_jobs(1000000)", &[]).await.unwrap().get(0);
+    let _: i32 = client
+        .query_one("select promote_due_notification_jobs(1000000)", &[])
+        .await
+        .unwrap()
+        .get(0);
     loop {
         let left: i64 = client
-            .query_one("select count(*) from notification_jobs where status in ('due', 'sending')", &[])
+            .query_one(
+                "select count(*) from notification_jobs where status in ('due', 'sending')",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -174,12 +218,19 @@ async fn main() {
     }
     let elapsed = started.elapsed();
     let sent: i64 = client
-        .query_one("select count(*) from notification_jobs where status = 'sent'", &[])
+        .query_one(
+            "select count(*) from notification_jobs where status = 'sent'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     println!();
-    println!("throughput: {sent} of {promoted} jobs sent in {:.2} s = {:.0} jobs/s end to end", elapsed.as_secs_f64(), sent as f64 / elapsed.as_secs_f64());
+    println!(
+        "throughput: {sent} of {promoted} jobs sent in {:.2} s = {:.0} jobs/s end to end",
+        elapsed.as_secs_f64(),
+        sent as f64 / elapsed.as_secs_f64()
+    );
     println!(
         "  mock saw {} emails and {} SMS",
         mock.emails.load(Ordering::Relaxed),
@@ -208,10 +259,15 @@ async fn main() {
         .map(|r| r.get(0))
         .collect();
     let make_due = client
-        .prepare("update notification_jobs set due_at = now() - interval '1 millisecond' where id = $1")
+        .prepare(
+            "update notification_jobs set due_at = now() - interval '1 millisecond' where id = $1",
+        )
         .await
         .unwrap();
-    let promote = client.prepare("select promote_due_notification_jobs()").await.unwrap();
+    let promote = client
+        .prepare("select promote_due_notification_jobs()")
+        .await
+        .unwrap();
     let mut latencies = Vec::with_capacity(ids.len());
     for id in &ids {
         client.execute(&make_due, &[id]).await.unwrap();

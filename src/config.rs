@@ -133,6 +133,14 @@ pub struct ServeConfig {
     pub listen_addr: std::net::SocketAddr,
     pub product_url: String,
     pub worker: WorkerSettings,
+    /// The key of `RESEND_WEBHOOK_SECRET` (`whsec_…`).
+    pub resend_webhook_key: crate::svix::SigningKey,
+    /// The secret the Mobizon callback URL carries.
+    pub mobizon_webhook_token: Secret,
+    /// Bearer token for the status API and the ops page.
+    pub admin_token: Secret,
+    /// How often sent SMS without a final state are asked about; None: never.
+    pub mobizon_poll_interval: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +232,14 @@ pub struct ServeArgs {
     pub worker_concurrency: Option<String>,
     #[arg(long, env = "SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    #[arg(long, env = "RESEND_WEBHOOK_SECRET", hide_env_values = true)]
+    pub resend_webhook_secret: Option<String>,
+    #[arg(long, env = "MOBIZON_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub mobizon_webhook_token: Option<String>,
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    #[arg(long, env = "MOBIZON_POLL_INTERVAL")]
+    pub mobizon_poll_interval: Option<String>,
 }
 
 impl ServeConfig {
@@ -327,6 +343,27 @@ impl ServeConfig {
                 ),
             });
         }
+        let resend_webhook_key = crate::svix::SigningKey::parse(required(
+            "RESEND_WEBHOOK_SECRET",
+            args.resend_webhook_secret.as_deref(),
+        )?)
+        .map_err(|reason| ConfigError::Malformed {
+            name: "RESEND_WEBHOOK_SECRET",
+            reason,
+        })?;
+        let mobizon_webhook_token = token(
+            "MOBIZON_WEBHOOK_TOKEN",
+            args.mobizon_webhook_token.as_deref(),
+        )?;
+        let admin_token = token("ADMIN_TOKEN", args.admin_token.as_deref())?;
+        let mobizon_poll_interval = match args.mobizon_poll_interval.as_deref().map(str::trim) {
+            Some("off") | Some("0") => None,
+            other => Some(duration(
+                "MOBIZON_POLL_INTERVAL",
+                other,
+                std::time::Duration::from_secs(300),
+            )?),
+        };
         Ok(ServeConfig {
             database_url,
             lead_tracking_database_url,
@@ -335,8 +372,24 @@ impl ServeConfig {
             listen_addr,
             product_url,
             worker,
+            resend_webhook_key,
+            mobizon_webhook_token,
+            admin_token,
+            mobizon_poll_interval,
         })
     }
+}
+
+/// A shared secret someone could guess if it were short.
+fn token(name: &'static str, value: Option<&str>) -> Result<Secret, ConfigError> {
+    let value = required(name, value)?;
+    if value.len() < 16 || value.len() > 512 || !value.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ConfigError::Malformed {
+            name,
+            reason: "expected 16 to 512 printable ASCII characters without spaces (e.g. `openssl rand -hex 32`)".into(),
+        });
+    }
+    Ok(Secret::new(value))
 }
 
 fn database_url_value(name: &'static str, value: &str) -> Result<Secret, ConfigError> {
@@ -431,6 +484,9 @@ mod serve_tests {
             email_from: Some("Академия <hello@academy.kz>".into()),
             mobizon_api_key: Some("kz123".into()),
             product_url: Some("https://academy.kz/product".into()),
+            resend_webhook_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            mobizon_webhook_token: Some("mobizon-token-0123456789".into()),
+            admin_token: Some("admin-token-0123456789".into()),
             ..Default::default()
         }
     }
@@ -452,12 +508,15 @@ mod serve_tests {
 
     #[test]
     fn each_missing_variable_is_named() {
-        let cases: [Case; 5] = [
+        let cases: [Case; 8] = [
             ("DATABASE_URL", |a| a.database_url = None),
             ("RESEND_API_KEY", |a| a.resend_api_key = None),
             ("EMAIL_FROM", |a| a.email_from = Some(" ".into())),
             ("MOBIZON_API_KEY", |a| a.mobizon_api_key = None),
             ("PRODUCT_URL", |a| a.product_url = None),
+            ("RESEND_WEBHOOK_SECRET", |a| a.resend_webhook_secret = None),
+            ("MOBIZON_WEBHOOK_TOKEN", |a| a.mobizon_webhook_token = None),
+            ("ADMIN_TOKEN", |a| a.admin_token = Some("".into())),
         ];
         for (name, unset) in cases {
             let mut args = complete();
@@ -471,7 +530,7 @@ mod serve_tests {
 
     #[test]
     fn malformed_values_are_named_and_explained() {
-        let cases: [Case; 12] = [
+        let cases: [Case; 16] = [
             ("RESEND_MAX_RPS", |a| a.resend_max_rps = Some("fast".into())),
             ("RESEND_MAX_RPS", |a| a.resend_max_rps = Some("0".into())),
             ("MOBIZON_MAX_RPS", |a| {
@@ -495,6 +554,16 @@ mod serve_tests {
             ("JOB_LEASE", |a| a.job_lease = Some("5s".into())),
             ("LEAD_TRACKING_DATABASE_URL", |a| {
                 a.lead_tracking_database_url = Some("mysql://x".into())
+            }),
+            ("RESEND_WEBHOOK_SECRET", |a| {
+                a.resend_webhook_secret = Some("whsec_***not-base64***".into())
+            }),
+            ("ADMIN_TOKEN", |a| a.admin_token = Some("short".into())),
+            ("MOBIZON_WEBHOOK_TOKEN", |a| {
+                a.mobizon_webhook_token = Some("has spaces in it, sixteen+".into())
+            }),
+            ("MOBIZON_POLL_INTERVAL", |a| {
+                a.mobizon_poll_interval = Some("often".into())
             }),
         ];
         for (name, spoil) in cases {

@@ -99,6 +99,7 @@ async fn listen_once(
             tracing::info!("listening for due jobs");
         } else {
             state.reconnects.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("leadrelay_listener_reconnects_total").increment(1);
             tracing::info!("listener reconnected");
         }
         // Anything that became due while we were not listening is found now.

@@ -174,6 +174,17 @@ pub const NEXT_DUE: &str = "
 select extract(epoch from (min(due_at) - clock_timestamp()))::float8
 from public.notification_jobs where status = 'scheduled'";
 
+/// Sent SMS without a final delivery state yet, oldest news first: what the
+/// Mobizon status poll asks about (at most $1, sent within the last 2 days:
+/// Mobizon gives up delivering after one).
+pub const SMS_AWAITING_STATUS: &str = "
+select provider_message_id from public.notification_jobs
+where channel = 'sms' and status = 'sent'
+  and (delivery_status is null or delivery_status in ('accepted', 'partly_delivered'))
+  and sent_at > now() - interval '2 days' and provider_message_id is not null
+order by coalesce(delivery_status_at, sent_at)
+limit $1";
+
 /// Every statement above, for the test that prepares each one against the
 /// migrated schema (a renamed column fails a test, not production).
 pub fn all_statements() -> Vec<String> {
@@ -186,6 +197,13 @@ pub fn all_statements() -> Vec<String> {
         RELEASE.to_string(),
         PROMOTE.to_string(),
         NEXT_DUE.to_string(),
+        SMS_AWAITING_STATUS.to_string(),
+        crate::delivery::RECORD_EVENT.to_string(),
+        crate::delivery::APPLY_PENDING.to_string(),
+        crate::delivery::APPLY_ALL_PENDING.to_string(),
+        crate::metrics::JOBS_BY_STATUS.to_string(),
+        crate::http::status_statements()[0].to_string(),
+        crate::http::status_statements()[1].to_string(),
     ]
 }
 
@@ -391,6 +409,37 @@ impl Queue {
     pub async fn promote(&self) -> Result<i32, QueueError> {
         let client = self.pool.get().await?;
         Ok(client.query_one(PROMOTE, &[]).await?.get(0))
+    }
+
+    /// Applies webhook events that arrived before this message id was recorded.
+    pub async fn apply_pending_events(
+        &self,
+        provider: &str,
+        message_id: &str,
+    ) -> Result<i32, QueueError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_one(crate::delivery::APPLY_PENDING, &[&provider, &message_id])
+            .await?
+            .get(0))
+    }
+
+    pub async fn apply_all_pending_events(&self) -> Result<i32, QueueError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_one(crate::delivery::APPLY_ALL_PENDING, &[])
+            .await?
+            .get(0))
+    }
+
+    pub async fn sms_awaiting_status(&self, limit: i64) -> Result<Vec<String>, QueueError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query(SMS_AWAITING_STATUS, &[&limit])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     /// How long until the next scheduled job is due, if any is.

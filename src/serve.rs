@@ -9,10 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,7 +20,7 @@ use crate::providers::resend::ResendClient;
 use crate::queue::Queue;
 use crate::wakeups::Wakeups;
 use crate::worker::Worker;
-use crate::{db, migrate};
+use crate::{db, http, migrate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -37,13 +33,6 @@ pub enum ServeError {
     },
     #[error("the database schema is not ready: {0}")]
     Schema(String),
-}
-
-/// Shared by the HTTP handlers.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: deadpool_postgres::Pool,
-    pub listener: Arc<ListenerState>,
 }
 
 pub struct Application {
@@ -122,12 +111,21 @@ impl Application {
             cancel.clone(),
         ));
         worker.start(&cancel);
+        if let Some(every) = config.mobizon_poll_interval {
+            let poller = Arc::clone(&worker);
+            let token = cancel.clone();
+            other_tasks.spawn(async move { poller.sms_status_loop(every, token).await });
+        }
 
-        let state = AppState {
+        crate::metrics::install();
+        let state = http::AppState {
             pool,
             listener: Arc::clone(&listener_state),
+            resend_key: config.resend_webhook_key.clone(),
+            mobizon_token: config.mobizon_webhook_token.clone(),
+            admin_token: config.admin_token.clone(),
         };
-        let app = router(state);
+        let app = http::router(state);
         let http_stop = http_cancel.clone();
         other_tasks.spawn(async move {
             let served = axum::serve(tcp, app)
@@ -176,30 +174,6 @@ impl Application {
     pub async fn run_until_signal(self) {
         crate::dev::shutdown_signal().await;
         self.shutdown().await;
-    }
-}
-
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
-}
-
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-/// Ready when the database answers and the listener is connected.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    let db_ok = match tokio::time::timeout(Duration::from_secs(2), state.pool.get()).await {
-        Ok(Ok(client)) => client.simple_query("select 1").await.is_ok(),
-        _ => false,
-    };
-    match (db_ok, state.listener.is_connected()) {
-        (true, true) => (StatusCode::OK, "ready"),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
-        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "listener not connected"),
     }
 }
 

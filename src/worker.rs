@@ -70,6 +70,10 @@ impl Worker {
                     sleep_for = sleep_for.min(Duration::from_secs(1));
                 }
             }
+            // Webhook events that beat the worker's own write of a message id.
+            if let Err(e) = self.queue.apply_all_pending_events().await {
+                tracing::warn!(error = %e, "applying pending delivery events failed");
+            }
             // Lanes look for work after every sweep, notification or not.
             self.wakeups.wake_all();
             if let Ok(Some(next)) = self.queue.next_due().await {
@@ -231,7 +235,9 @@ impl Worker {
             _ = self.mobizon.pacer.wait_turn() => {}
         }
         let text = templates::proftest_sms(&self.product_url);
+        let started = std::time::Instant::now();
         let result = self.mobizon.send(&to, &text, &job.template).await;
+        observe_request("mobizon", started, &result);
         if let Err(SendError::Temporary {
             outcome_unknown: true,
             ..
@@ -311,6 +317,13 @@ impl Worker {
             match self.queue.record(job.id, &outcome).await {
                 Ok(true) => {
                     log_state_change(job, &outcome);
+                    if let Outcome::Sent {
+                        provider_message_id,
+                    } = &outcome
+                    {
+                        self.apply_early_events(job.channel, provider_message_id)
+                            .await;
+                    }
                     return;
                 }
                 Ok(false) => {
@@ -351,6 +364,70 @@ fn precheck(job: &ClaimedJob) -> Option<Outcome> {
     None
 }
 
+impl Worker {
+    /// A delivery report can arrive before the send is recorded; it waits in
+    /// notification_events and is applied now (or by the next sweep).
+    async fn apply_early_events(&self, channel: Channel, message_id: &str) {
+        let provider = match channel {
+            Channel::Email => "resend",
+            Channel::Sms => "mobizon",
+            Channel::LeadTracking => return,
+        };
+        if let Err(e) = self.queue.apply_pending_events(provider, message_id).await {
+            tracing::warn!(error = %e, "applying early delivery events failed; the next sweep retries");
+        }
+    }
+
+    /// Asks Mobizon for the state of sent SMS that have none yet, for accounts
+    /// whose delivery-report webhook is not set up (or missed a report).
+    pub async fn sms_status_loop(&self, every: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let ids = match self.queue.sms_awaiting_status(100).await {
+                Ok(ids) if !ids.is_empty() => ids,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SMS status poll: listing messages failed");
+                    continue;
+                }
+            };
+            self.mobizon.pacer.wait_turn().await;
+            match self.mobizon.statuses(&ids).await {
+                Ok(statuses) => {
+                    for (id, status, payload) in statuses {
+                        let Some(event) = crate::delivery::mobizon_polled(&id, &status, payload)
+                        else {
+                            continue;
+                        };
+                        if let Err(e) = crate::delivery::store(self.queue.pool(), &event).await {
+                            tracing::warn!(error = %e, "SMS status poll: storing a status failed");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "SMS status poll: Mobizon did not answer"),
+            }
+        }
+    }
+}
+
+fn observe_request(
+    provider: &'static str,
+    started: std::time::Instant,
+    result: &Result<Sent, SendError>,
+) {
+    let outcome = match result {
+        Ok(_) => "sent",
+        Err(SendError::Temporary { .. }) => "temporary_error",
+        Err(SendError::Permanent { .. }) => "permanent_error",
+    };
+    metrics::histogram!("leadrelay_provider_request_seconds", "provider" => provider)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("leadrelay_provider_requests_total", "provider" => provider, "outcome" => outcome).increment(1);
+}
+
 fn lease_lost(job: &ClaimedJob) {
     tracing::warn!(
         lead_id = %job.lead_id, job_id = job.id, channel = job.channel.as_str(),
@@ -360,6 +437,15 @@ fn lease_lost(job: &ClaimedJob) {
 
 fn log_state_change(job: &ClaimedJob, outcome: &Outcome) {
     let channel = job.channel.as_str();
+    let name = match outcome {
+        Outcome::Sent { .. } => "sent",
+        Outcome::Retry { .. } => "retry",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Invalid { .. } => "invalid",
+        Outcome::Cancelled { .. } => "cancelled",
+    };
+    metrics::counter!("leadrelay_job_outcomes_total", "channel" => channel, "outcome" => name)
+        .increment(1);
     match outcome {
         Outcome::Sent {
             provider_message_id,

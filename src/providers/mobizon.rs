@@ -75,24 +75,78 @@ impl MobizonClient {
         if let Some(from) = &self.from {
             form.push(("from", from));
         }
+        let (status, body) = self.call("sendsmsmessage", &form).await?;
+        classify(status, &body)
+    }
+}
+
+impl MobizonClient {
+    /// POSTs `form` to `service/message/{method}` with the API key in the query
+    /// (as Mobizon expects it); returns the HTTP status and the body, bounded.
+    async fn call(&self, method: &str, form: &[(&str, &str)]) -> Result<(u16, Vec<u8>), SendError> {
         let response = self
             .http
-            .post(format!("{}/service/message/sendsmsmessage", self.base_url))
+            .post(format!("{}/service/message/{method}", self.base_url))
             .query(&[
                 ("output", "json"),
                 ("api", "v1"),
                 ("apiKey", self.api_key.expose()),
             ])
-            .form(&form)
+            .form(form)
             .send()
             .await
+            // without_url: the URL carries the API key
             .map_err(|e| SendError::from_transport("mobizon", &e.without_url()))?;
         let status = response.status().as_u16();
         let body = read_limited(response)
             .await
             .map_err(|e| SendError::from_transport("mobizon", &e.without_url()))?;
-        classify(status, &body)
+        Ok((status, body))
     }
+
+    /// `getsmsstatus` for up to 100 message ids: each one's id, status code
+    /// (NEW, ENQUEUD, ACCEPTD, PDLIVRD, DELIVRD, UNDELIV, REJECTD, EXPIRED,
+    /// DELETED) and the raw entry. Unknown ids are left out by Mobizon.
+    pub async fn statuses(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, String, serde_json::Value)>, SendError> {
+        let form: Vec<(&str, &str)> = ids
+            .iter()
+            .take(100)
+            .map(|id| ("ids[]", id.as_str()))
+            .collect();
+        let (status, body) = self.call("getsmsstatus", &form).await?;
+        parse_statuses(status, &body)
+    }
+}
+
+fn parse_statuses(
+    status: u16,
+    body: &[u8],
+) -> Result<Vec<(String, String, serde_json::Value)>, SendError> {
+    let answer: Answer = serde_json::from_slice(body).map_err(|_| {
+        SendError::temporary(format!("mobizon HTTP {status}: unreadable status answer"))
+    })?;
+    if answer.code.as_i64() != Some(0) && answer.code.as_str() != Some("0") {
+        return Err(SendError::temporary(format!(
+            "mobizon status code {}",
+            answer.code
+        )));
+    }
+    let entries = answer.data.as_array().cloned().unwrap_or_default();
+    Ok(entries
+        .into_iter()
+        .filter_map(|entry| {
+            let id = match entry.get("id")? {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            let state = entry.get("status")?.as_str()?.to_string();
+            Some((id, state, entry))
+        })
+        .collect())
 }
 
 fn classify(status: u16, body: &[u8]) -> Result<Sent, SendError> {
@@ -250,6 +304,17 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn status_answers_list_each_message() {
+        let body = br#"{"code":0,"data":[{"id":"13","status":"DELIVRD","segNum":"1","startSendTs":"2026-01-01 10:00:00","statusUpdateTs":"2026-01-01 10:00:05"},{"id":14,"status":"NEW"},{"status":"X"}],"message":""}"#;
+        let got = parse_statuses(200, body).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0.as_str(), got[0].1.as_str()), ("13", "DELIVRD"));
+        assert_eq!((got[1].0.as_str(), got[1].1.as_str()), ("14", "NEW"));
+        assert!(parse_statuses(200, br#"{"code":8,"data":[],"message":"auth"}"#).is_err());
+        assert!(parse_statuses(502, b"<html>").is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@ create schema if not exists tap;
 create extension if not exists pgtap with schema tap;
 set local search_path = public, tap;
 
-select plan(27);
+select plan(28);
 
 select has_table('public', 'landing_leads', 'landing_leads exists');
 select has_table('public', 'notification_rules', 'notification_rules exists');
@@ -53,9 +53,17 @@ select is(
    where n.nspname = 'public'
      and p.proname in ('enqueue_lead_notifications', 'delete_lead_notifications',
                        'promote_due_notification_jobs', 'leadrelay_email_problem',
-                       'leadrelay_phone_digits', 'leadrelay_phone_problem')
+                       'leadrelay_phone_digits', 'leadrelay_phone_problem', 'leadrelay_delivery_rank',
+                       'apply_pending_notification_events', 'record_notification_event',
+                       'apply_all_pending_notification_events')
      and not exists (select 1 from unnest(coalesce(p.proconfig, '{}')) c where c like 'search_path=%')),
   0, 'every function pins search_path');
+select is(
+  (select count(*)::int from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+   where n.nspname = 'public' and p.prolang <> (select oid from pg_language where lanname = 'c')
+     and not exists (select 1 from unnest(coalesce(p.proconfig, '{}')) c where c like 'search_path=%')
+     and not exists (select 1 from pg_depend d where d.objid = p.oid and d.deptype = 'e')),
+  0, 'no function in public, ours or added later, leaves search_path open');
 
 select is(
   (select count(*)::int from pg_extension e join pg_namespace n on n.oid = e.extnamespace

@@ -14,6 +14,9 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 pub const PRODUCT_URL: &str = "https://academy.kz/product";
+pub const RESEND_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const MOBIZON_WEBHOOK_TOKEN: &str = "mobizon-callback-token-0123456789";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
 /// Answers like Resend: the email id is derived from the idempotency key, the
 /// same key with the same body gets the first answer again, and the same key
@@ -166,6 +169,10 @@ pub fn config(db_url: &str, providers: &Providers) -> ServeConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         product_url: PRODUCT_URL.into(),
         worker: fast_worker(),
+        resend_webhook_key: leadrelay::svix::SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap(),
+        mobizon_webhook_token: Secret::new(MOBIZON_WEBHOOK_TOKEN),
+        admin_token: Secret::new(ADMIN_TOKEN),
+        mobizon_poll_interval: None,
     }
 }
 
@@ -246,6 +253,10 @@ impl ServeProcess {
             .env("MOBIZON_API_URL", providers.mobizon.uri())
             .env("MOBIZON_MAX_RPS", "100")
             .env("PRODUCT_URL", PRODUCT_URL)
+            .env("RESEND_WEBHOOK_SECRET", RESEND_WEBHOOK_SECRET)
+            .env("MOBIZON_WEBHOOK_TOKEN", MOBIZON_WEBHOOK_TOKEN)
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("MOBIZON_POLL_INTERVAL", "off")
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("SWEEP_INTERVAL", "1s")
             .env("RETRY_BASE_DELAY", "100ms")

@@ -5,4 +5,5 @@ mod harness;
 mod migrate_cmd;
 mod pgtap;
 mod sql_core;
+mod webhooks;
 mod worker;

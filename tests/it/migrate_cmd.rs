@@ -255,7 +255,11 @@ async fn the_migrate_command_applies_the_built_in_files_and_reports_them() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("applied 2 migration(s)"), "{stdout}");
+    let n = migrate::embedded().unwrap().len();
+    assert!(
+        stdout.contains(&format!("applied {n} migration(s)")),
+        "{stdout}"
+    );
     let out = Command::new(BIN)
         .args(["migrate", "--database-url", &db.url])
         .env_remove("DATABASE_URL")
@@ -263,7 +267,8 @@ async fn the_migrate_command_applies_the_built_in_files_and_reports_them() {
         .unwrap();
     assert!(out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("applied 0 migration(s); 2 already applied")
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("applied 0 migration(s); {n} already applied"))
     );
 }
 

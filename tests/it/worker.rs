@@ -679,6 +679,12 @@ fn serve_with_missing_configuration_stops_with_one_line_naming_the_variable() {
         .env("RESEND_API_KEY", "re_x")
         .env("EMAIL_FROM", "a@b.kz")
         .env("MOBIZON_API_KEY", "kz")
+        .env(
+            "RESEND_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .env("MOBIZON_WEBHOOK_TOKEN", "mobizon-token-0123456789")
+        .env("ADMIN_TOKEN", "admin-token-0123456789")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

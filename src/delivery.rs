@@ -1,0 +1,435 @@
+//! Delivery reports: Resend's webhook events and Mobizon's delivery reports
+//! turned into one shape, and stored through
+//! `record_notification_event()` (stored once, applied forward-only).
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use deadpool_postgres::Pool;
+use serde::Deserialize;
+
+use crate::db::describe;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryEvent {
+    pub provider: &'static str,
+    /// Unique per event and the same on every redelivery.
+    pub event_id: String,
+    pub event_type: String,
+    /// The id the provider gave the message when we sent it.
+    pub message_id: Option<String>,
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// Our name for the state the event reports; None for events without one.
+    pub delivery_status: Option<&'static str>,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    #[error("body is not a {0} event: {1}")]
+    Shape(&'static str, String),
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Resend's event types and the delivery state each reports. Contact and
+/// domain events, and `email.scheduled`, are accepted and carry no state.
+fn resend_status(event_type: &str) -> Result<Option<&'static str>, ParseError> {
+    Ok(match event_type {
+        "email.sent" => Some("sent"),
+        "email.delivered" => Some("delivered"),
+        "email.delivery_delayed" => Some("delivery_delayed"),
+        "email.bounced" => Some("bounced"),
+        "email.complained" => Some("complained"),
+        "email.opened" => Some("opened"),
+        "email.clicked" => Some("clicked"),
+        "email.failed" => Some("failed"),
+        "email.scheduled" | "email.received" => None,
+        t if t.starts_with("contact.") || t.starts_with("domain.") => None,
+        other => return Err(ParseError::UnknownType(other.chars().take(100).collect())),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ResendEnvelope {
+    #[serde(rename = "type")]
+    event_type: String,
+    created_at: Option<String>,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+/// A Resend event: `{"type", "created_at", "data": {"email_id", …}}`; a bounce
+/// carries `data.bounce` with `type`, `subType` and `message`. `svix_id` is
+/// the event's id.
+pub fn parse_resend(svix_id: &str, body: &[u8]) -> Result<DeliveryEvent, ParseError> {
+    let payload: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let envelope: ResendEnvelope = serde_json::from_value(payload.clone())
+        .map_err(|e| ParseError::Shape("Resend", e.to_string()))?;
+    let delivery_status = resend_status(&envelope.event_type)?;
+    let message_id = envelope
+        .data
+        .get("email_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    if delivery_status.is_some()
+        && message_id
+            .as_deref()
+            .is_none_or(|id| id.is_empty() || id.len() > 200)
+    {
+        return Err(ParseError::Invalid(format!(
+            "{} without a usable data.email_id",
+            envelope.event_type
+        )));
+    }
+    if svix_id.is_empty() || svix_id.len() > 256 {
+        return Err(ParseError::Invalid(
+            "svix-id is empty or longer than 256 characters".into(),
+        ));
+    }
+    Ok(DeliveryEvent {
+        provider: "resend",
+        event_id: svix_id.to_string(),
+        event_type: envelope.event_type,
+        message_id,
+        occurred_at: envelope.created_at.as_deref().and_then(parse_time),
+        delivery_status,
+        payload,
+    })
+}
+
+/// Mobizon's SMS statuses and ours. NEW, ENQUEUD and ACCEPTD are on the way;
+/// PDLIVRD is partly delivered; the others are final.
+pub fn mobizon_status(status: &str) -> Option<&'static str> {
+    Some(match status.trim().to_ascii_uppercase().as_str() {
+        "NEW" | "ENQUEUD" | "ACCEPTD" => "accepted",
+        "PDLIVRD" => "partly_delivered",
+        "DELIVRD" => "delivered",
+        "UNDELIV" => "undelivered",
+        "REJECTD" => "rejected",
+        "EXPIRED" => "expired",
+        "DELETED" => "deleted",
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct MobizonEnvelope {
+    #[serde(rename = "eventId")]
+    event_id: serde_json::Value,
+    #[serde(rename = "eventType")]
+    event_type: String,
+    #[serde(rename = "eventCreateTs")]
+    created: Option<String>,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+/// A Mobizon webhook: `{"eventId", "eventType": "sms-delivery-report",
+/// "eventCreateTs", "webhookId", "attempt", "data": {"campaignId",
+/// "messageId", "segNum", "statusUpdateTs", "status", "to"}, "sign"}`.
+/// Form events (`form-…`) are accepted and carry no state.
+pub fn parse_mobizon(body: &[u8]) -> Result<DeliveryEvent, ParseError> {
+    let payload: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let envelope: MobizonEnvelope = serde_json::from_value(payload.clone())
+        .map_err(|e| ParseError::Shape("Mobizon", e.to_string()))?;
+    let event_id = id_text(&envelope.event_id)
+        .ok_or_else(|| ParseError::Invalid("eventId is missing".into()))?;
+    match envelope.event_type.as_str() {
+        "sms-delivery-report" => {
+            let message_id = envelope
+                .data
+                .get("messageId")
+                .and_then(id_text)
+                .ok_or_else(|| {
+                    ParseError::Invalid("sms-delivery-report without data.messageId".into())
+                })?;
+            let raw_status = envelope
+                .data
+                .get("status")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            let status = mobizon_status(raw_status).ok_or_else(|| {
+                ParseError::Invalid(format!(
+                    "unknown SMS status {:?}",
+                    raw_status.chars().take(20).collect::<String>()
+                ))
+            })?;
+            let occurred = envelope
+                .data
+                .get("statusUpdateTs")
+                .and_then(|v| v.as_str())
+                .or(envelope.created.as_deref())
+                .and_then(parse_time);
+            Ok(DeliveryEvent {
+                provider: "mobizon",
+                event_id: format!("webhook-{event_id}"),
+                event_type: envelope.event_type,
+                message_id: Some(message_id),
+                occurred_at: occurred,
+                delivery_status: Some(status),
+                payload,
+            })
+        }
+        t if t.starts_with("form-") => Ok(DeliveryEvent {
+            provider: "mobizon",
+            event_id: format!("webhook-{event_id}"),
+            event_type: envelope.event_type,
+            message_id: None,
+            occurred_at: envelope.created.as_deref().and_then(parse_time),
+            delivery_status: None,
+            payload,
+        }),
+        other => Err(ParseError::UnknownType(other.chars().take(100).collect())),
+    }
+}
+
+/// A status read from Mobizon's `getsmsstatus`, as an event: its id names the
+/// message and the status, so polling the same state again stores nothing.
+pub fn mobizon_polled(
+    message_id: &str,
+    raw_status: &str,
+    payload: serde_json::Value,
+) -> Option<DeliveryEvent> {
+    let status = mobizon_status(raw_status)?;
+    Some(DeliveryEvent {
+        provider: "mobizon",
+        event_id: format!(
+            "poll-{message_id}-{}",
+            raw_status.trim().to_ascii_uppercase()
+        ),
+        event_type: "sms-status-poll".into(),
+        message_id: Some(message_id.to_string()),
+        occurred_at: payload
+            .get("statusUpdateTs")
+            .and_then(|v| v.as_str())
+            .and_then(parse_time),
+        delivery_status: Some(status),
+        payload,
+    })
+}
+
+fn id_text(v: &serde_json::Value) -> Option<String> {
+    let text = match v {
+        serde_json::Value::String(s) => s.trim().to_string(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    (!text.is_empty() && text.len() <= 100).then_some(text)
+}
+
+/// RFC 3339 (Resend) or `YYYY-MM-DD HH:MM:SS` (Mobizon; its own clock, taken
+/// as UTC: it only orders events of one message).
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = DateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f%#z") {
+        return Some(t.with_timezone(&Utc));
+    }
+    NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// What storing an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Duplicate,
+    Applied,
+    Pending,
+    Stored,
+}
+
+impl Stored {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stored::Duplicate => "duplicate",
+            Stored::Applied => "applied",
+            Stored::Pending => "pending",
+            Stored::Stored => "stored",
+        }
+    }
+}
+
+pub const RECORD_EVENT: &str =
+    "select public.record_notification_event($1, $2, $3, $4, $5, $6, $7)";
+pub const APPLY_PENDING: &str = "select public.apply_pending_notification_events($1, $2)";
+pub const APPLY_ALL_PENDING: &str = "select public.apply_all_pending_notification_events()";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Pool(String),
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+/// Stores an event once and applies it; one round trip.
+pub async fn store(pool: &Pool, event: &DeliveryEvent) -> Result<Stored, StoreError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Pool(e.to_string()))?;
+    let statement = client
+        .prepare_cached(RECORD_EVENT)
+        .await
+        .map_err(|e| StoreError::Db(describe(&e)))?;
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &event.provider,
+                &event.event_id,
+                &event.event_type,
+                &event.message_id,
+                &event.occurred_at,
+                &event.payload,
+                &event.delivery_status,
+            ],
+        )
+        .await
+        .map_err(|e| StoreError::Db(describe(&e)))?;
+    Ok(match row.get::<_, String>(0).as_str() {
+        "duplicate" => Stored::Duplicate,
+        "applied" => Stored::Applied,
+        "pending" => Stored::Pending,
+        _ => Stored::Stored,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resend_events_map_to_delivery_states() {
+        let body = br#"{"type":"email.delivered","created_at":"2026-11-24T12:00:00.000Z","data":{"email_id":"4ef9a417","to":["a@b.kz"]}}"#;
+        let e = parse_resend("msg_1", body).unwrap();
+        assert_eq!(e.delivery_status, Some("delivered"));
+        assert_eq!(e.message_id.as_deref(), Some("4ef9a417"));
+        assert_eq!(e.event_id, "msg_1");
+        assert!(e.occurred_at.is_some());
+        let bounce = br#"{"type":"email.bounced","created_at":"2026-11-24T12:00:00Z","data":{"email_id":"x","bounce":{"message":"Mailbox does not exist","subType":"General","type":"Permanent"}}}"#;
+        assert_eq!(
+            parse_resend("m", bounce).unwrap().delivery_status,
+            Some("bounced")
+        );
+        let contact =
+            br#"{"type":"contact.created","created_at":"2026-11-24T12:00:00Z","data":{"id":"c"}}"#;
+        assert_eq!(parse_resend("m", contact).unwrap().delivery_status, None);
+    }
+
+    #[test]
+    fn malformed_and_unknown_resend_events_are_refused() {
+        assert!(matches!(
+            parse_resend("m", b"{not json"),
+            Err(ParseError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_resend("m", br#"{"data":{}}"#),
+            Err(ParseError::Shape(..))
+        ));
+        assert!(matches!(
+            parse_resend(
+                "m",
+                br#"{"type":"email.teleported","data":{"email_id":"x"}}"#
+            ),
+            Err(ParseError::UnknownType(_))
+        ));
+        assert!(matches!(
+            parse_resend("m", br#"{"type":"email.delivered","data":{}}"#),
+            Err(ParseError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_resend("m", br#"{"type":"email.delivered","data":{"email_id":7}}"#),
+            Err(ParseError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_resend("", br#"{"type":"email.delivered","data":{"email_id":"x"}}"#),
+            Err(ParseError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn mobizon_reports_map_to_delivery_states() {
+        let body = br#"{"eventId":26,"eventType":"sms-delivery-report","eventCreateTs":"2026-01-15 11:42:28","webhookId":1,"attempt":1,"data":{"campaignId":245455096,"messageId":169275418,"segNum":3,"statusUpdateTs":"2026-01-15 11:42:08","status":"DELIVRD","to":"380737893456"},"sign":"3f0a"}"#;
+        let e = parse_mobizon(body).unwrap();
+        assert_eq!(e.event_id, "webhook-26");
+        assert_eq!(e.message_id.as_deref(), Some("169275418"));
+        assert_eq!(e.delivery_status, Some("delivered"));
+        assert_eq!(
+            e.occurred_at.unwrap().to_rfc3339(),
+            "2026-01-15T11:42:08+00:00"
+        );
+        for (raw, ours) in [
+            ("UNDELIV", "undelivered"),
+            ("REJECTD", "rejected"),
+            ("EXPIRED", "expired"),
+            ("ACCEPTD", "accepted"),
+            ("PDLIVRD", "partly_delivered"),
+            ("DELETED", "deleted"),
+        ] {
+            assert_eq!(mobizon_status(raw), Some(ours));
+        }
+        assert_eq!(mobizon_status("LOST"), None);
+    }
+
+    #[test]
+    fn malformed_and_unknown_mobizon_reports_are_refused() {
+        assert!(matches!(parse_mobizon(b""), Err(ParseError::NotJson(_))));
+        assert!(matches!(
+            parse_mobizon(br#"{"eventType":"sms-delivery-report"}"#),
+            Err(ParseError::Shape(..))
+        ));
+        assert!(matches!(
+            parse_mobizon(br#"{"eventId":null,"eventType":"sms-delivery-report","data":{}}"#),
+            Err(ParseError::Invalid(_))
+        ));
+        assert!(matches!(parse_mobizon(br#"{"eventId":1,"eventType":"sms-delivery-report","data":{"messageId":5,"status":"LOST"}}"#), Err(ParseError::Invalid(_))));
+        assert!(matches!(
+            parse_mobizon(br#"{"eventId":1,"eventType":"call-report","data":{}}"#),
+            Err(ParseError::UnknownType(_))
+        ));
+        let form = br#"{"eventId":40,"eventType":"form-submission","eventCreateTs":"2026-01-15 16:53:30","data":{"formId":846}}"#;
+        assert_eq!(parse_mobizon(form).unwrap().delivery_status, None);
+    }
+
+    #[test]
+    fn polled_statuses_have_ids_that_repeat_for_the_same_state() {
+        let a = mobizon_polled(
+            "42",
+            "DELIVRD",
+            serde_json::json!({"id": 42, "status": "DELIVRD"}),
+        )
+        .unwrap();
+        let b = mobizon_polled("42", "delivrd", serde_json::json!({})).unwrap();
+        assert_eq!(a.event_id, b.event_id);
+        assert!(mobizon_polled("42", "???", serde_json::json!({})).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_parsers(body in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let _ = parse_resend("msg", &body);
+            let _ = parse_mobizon(&body);
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics_the_parsers(
+            t in "[a-z._-]{0,30}",
+            id in proptest::option::of(".{0,300}"),
+            status in ".{0,12}",
+            ts in ".{0,40}",
+        ) {
+            let resend = serde_json::json!({"type": t, "created_at": ts, "data": {"email_id": id}});
+            let _ = parse_resend("msg", resend.to_string().as_bytes());
+            let mobizon = serde_json::json!({"eventId": id, "eventType": t, "eventCreateTs": ts, "data": {"messageId": id, "status": status}});
+            let _ = parse_mobizon(mobizon.to_string().as_bytes());
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The HTTP API: provider webhooks, the lead status API, health, metrics and
+//! the OpenAPI document. Errors become a status code and a short JSON message;
+//! database or internal error text never reaches a caller (it is logged).
+
+mod openapi;
+mod status;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+use crate::listener::ListenerState;
+use crate::svix::SigningKey;
+
+/// Webhook bodies above this are refused with 413 (Resend's largest events,
+/// with headers and tags, are a few kilobytes).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: deadpool_postgres::Pool,
+    pub listener: Arc<ListenerState>,
+    pub resend_key: SigningKey,
+    pub mobizon_token: Secret,
+    pub admin_token: Secret,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/resend", post(webhooks::resend))
+        .route("/webhooks/mobizon", post(webhooks::mobizon_query_token))
+        .route(
+            "/webhooks/mobizon/{token}",
+            post(webhooks::mobizon_path_token),
+        )
+        .route("/leads/{id}/status", get(status::lead_status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The cause is logged where it happened; the caller (a provider) retries.
+    #[error("temporarily unavailable, try again")]
+    Unavailable,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+/// The status API's statements, for the test that prepares every statement.
+pub fn status_statements() -> [&'static str; 2] {
+    [status::LEAD, status::MESSAGES]
+}
+
+/// Compares secrets in constant time, length included (both are hashed).
+pub fn secret_matches(given: &str, expected: &Secret) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.expose().as_bytes());
+    a.ct_eq(&b).into()
+}
+
+/// `Authorization: Bearer ADMIN_TOKEN`.
+pub fn require_admin(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::Unauthorized("Authorization: Bearer <ADMIN_TOKEN> is required".into())
+        })?;
+    if secret_matches(given.trim(), &state.admin_token) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("wrong token".into()))
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when the database answers and the listener is connected.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    let db_ok = match tokio::time::timeout(Duration::from_secs(2), state.pool.get()).await {
+        Ok(Ok(client)) => client.simple_query("select 1").await.is_ok(),
+        _ => false,
+    };
+    match (db_ok, state.listener.is_connected()) {
+        (true, true) => (StatusCode::OK, "ready"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
+        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "listener not connected"),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    crate::metrics::refresh_job_gauges(&state.pool, &state.listener).await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+        .into_response()
+}

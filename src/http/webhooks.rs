@@ -1,0 +1,119 @@
+//! `POST /webhooks/resend` (Svix-signed) and `POST /webhooks/mobizon`
+//! (authenticated by `MOBIZON_WEBHOOK_TOKEN` in the URL). An event is stored
+//! before we answer 2xx; a bad signature, a wrong token, a malformed body or an
+//! unknown event type gets a 4xx and changes nothing; a database outage gets
+//! a 503 so the provider delivers it again later.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+
+use super::{ApiError, AppState, secret_matches};
+use crate::delivery::{self, DeliveryEvent, ParseError};
+use crate::svix::{SvixError, SvixHeaders, verify_svix_signature};
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn count(provider: &'static str, outcome: &'static str) {
+    metrics::counter!("leadrelay_webhook_events_total", "provider" => provider, "outcome" => outcome).increment(1);
+}
+
+fn parse_error(provider: &'static str, e: ParseError) -> ApiError {
+    match e {
+        ParseError::UnknownType(_) => {
+            count(provider, "unknown_type");
+            ApiError::Unprocessable(e.to_string())
+        }
+        _ => {
+            count(provider, "malformed");
+            ApiError::BadRequest(e.to_string())
+        }
+    }
+}
+
+async fn store(
+    state: &AppState,
+    event: DeliveryEvent,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match delivery::store(&state.pool, &event).await {
+        Ok(stored) => {
+            count(event.provider, stored.as_str());
+            tracing::info!(
+                provider = event.provider, event_id = %event.event_id, event_type = %event.event_type,
+                message_id = event.message_id.as_deref().unwrap_or(""), outcome = stored.as_str(),
+                "webhook event"
+            );
+            Ok(Json(serde_json::json!({ "status": stored.as_str() })))
+        }
+        Err(e) => {
+            count(event.provider, "error");
+            tracing::error!(provider = event.provider, event_id = %event.event_id, error = %e, "could not store webhook event");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+pub async fn resend(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let svix = SvixHeaders {
+        id: header(&headers, "svix-id"),
+        timestamp: header(&headers, "svix-timestamp"),
+        signature: header(&headers, "svix-signature"),
+    };
+    let now = chrono::Utc::now().timestamp();
+    let id = verify_svix_signature(&state.resend_key, svix, &body, now).map_err(|e| match e {
+        SvixError::MissingHeader(_) | SvixError::BadTimestamp => {
+            count("resend", "malformed");
+            ApiError::BadRequest(e.to_string())
+        }
+        SvixError::StaleTimestamp | SvixError::BadSignature => {
+            count("resend", "rejected_signature");
+            ApiError::Unauthorized(e.to_string())
+        }
+    })?;
+    let event = delivery::parse_resend(id, &body).map_err(|e| parse_error("resend", e))?;
+    store(&state, event).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// `POST /webhooks/mobizon?token=…`
+pub async fn mobizon_query_token(
+    State(state): State<AppState>,
+    Query(query): Query<TokenQuery>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    mobizon(state, query.token.as_deref(), body).await
+}
+
+/// `POST /webhooks/mobizon/{token}`
+pub async fn mobizon_path_token(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    mobizon(state, Some(&token), body).await
+}
+
+async fn mobizon(
+    state: AppState,
+    token: Option<&str>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let authorised = token.is_some_and(|t| secret_matches(t, &state.mobizon_token));
+    if !authorised {
+        count("mobizon", "unauthorized");
+        return Err(ApiError::Unauthorized("missing or wrong token".into()));
+    }
+    let event = delivery::parse_mobizon(&body).map_err(|e| parse_error("mobizon", e))?;
+    store(&state, event).await
+}

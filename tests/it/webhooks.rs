@@ -1,0 +1,816 @@
+//! Webhooks, the status API, health, metrics and the OpenAPI document, over
+//! real HTTP against the running application.
+
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::app::{
+    ADMIN_TOKEN, LEAD_TRACKING_TABLE, MOBIZON_WEBHOOK_TOKEN, NO_DELAY, Providers,
+    RESEND_WEBHOOK_SECRET, config, count, eventually, start, unfinished,
+};
+use crate::harness::{fresh_db, incident_fixture, insert_as_landing};
+use leadrelay::svix::SigningKey;
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(app: &leadrelay::serve::Application) -> Api {
+        Api {
+            base: format!("http://{}", app.local_addr()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Posts a Resend event signed as Svix signs it.
+    async fn resend_signed(&self, svix_id: &str, body: &[u8]) -> reqwest::Response {
+        let timestamp = chrono::Utc::now().timestamp().to_string();
+        self.resend_with(svix_id, &timestamp, None, body).await
+    }
+
+    async fn resend_with(
+        &self,
+        svix_id: &str,
+        timestamp: &str,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> reqwest::Response {
+        let key = SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap();
+        let signature = signature
+            .map(str::to_string)
+            .unwrap_or_else(|| key.signature(svix_id, timestamp, body));
+        self.http
+            .post(format!("{}/webhooks/resend", self.base))
+            .header("svix-id", svix_id)
+            .header("svix-timestamp", timestamp)
+            .header("svix-signature", signature)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn mobizon(&self, token: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/webhooks/mobizon?token={token}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn status(&self, lead: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}/leads/{lead}/status", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// name, email_delivery_status, sms_status, sms_delivery_status
+type ViewRow = (String, Option<String>, Option<String>, Option<String>);
+
+fn resend_event(event_type: &str, email_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": event_type,
+        "created_at": chrono::Utc::now().to_rfc3339(),
+        "data": {"email_id": email_id, "from": "hello@academy.kz", "to": ["a@b.kz"], "subject": "Тест пройден. Получить продукт"}
+    }))
+    .unwrap()
+}
+
+fn mobizon_report(event_id: u64, message_id: &str, status: &str) -> serde_json::Value {
+    serde_json::json!({
+        "eventId": event_id, "eventType": "sms-delivery-report", "eventCreateTs": "2026-11-24 12:00:00",
+        "webhookId": 1, "attempt": 1,
+        "data": {"campaignId": 77, "messageId": message_id, "segNum": 1, "statusUpdateTs": "2026-11-24 12:00:00", "status": status, "to": "77051234567"},
+        "sign": "ignored"
+    })
+}
+
+async fn events(client: &tokio_postgres::Client) -> i64 {
+    count(client, "select count(*) from notification_events").await
+}
+
+#[tokio::test]
+async fn a_signed_resend_event_is_stored_once_and_a_redelivery_changes_nothing() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let body = resend_event("email.delivered", "unknown-email-id");
+    let first = api.resend_signed("msg_1", &body).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.json::<serde_json::Value>().await.unwrap()["status"],
+        "pending"
+    );
+    let again = api.resend_signed("msg_1", &body).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        again.json::<serde_json::Value>().await.unwrap()["status"],
+        "duplicate"
+    );
+    assert_eq!(events(&client).await, 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_signatures_timestamps_headers_and_bodies_are_refused_and_change_nothing() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let body = resend_event("email.delivered", "e1");
+    let now = chrono::Utc::now().timestamp();
+    let key = SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap();
+
+    // forged
+    let forged = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+    assert_eq!(
+        api.resend_with("msg_f", &now.to_string(), Some(forged), &body)
+            .await
+            .status(),
+        401
+    );
+    // stale and future
+    for ts in [now - 301, now + 301] {
+        assert_eq!(
+            api.resend_with("msg_t", &ts.to_string(), None, &body)
+                .await
+                .status(),
+            401
+        );
+    }
+    // one byte altered after signing
+    let signature = key.signature("msg_a", &now.to_string(), &body);
+    let mut altered = body.clone();
+    altered[10] ^= 0x01;
+    assert_eq!(
+        api.resend_with("msg_a", &now.to_string(), Some(&signature), &altered)
+            .await
+            .status(),
+        401
+    );
+    // missing headers
+    for missing in ["svix-id", "svix-timestamp", "svix-signature"] {
+        let mut request = api
+            .http
+            .post(format!("{}/webhooks/resend", api.base))
+            .body(body.clone());
+        for (name, value) in [
+            ("svix-id", "msg_m".to_string()),
+            ("svix-timestamp", now.to_string()),
+            (
+                "svix-signature",
+                key.signature("msg_m", &now.to_string(), &body),
+            ),
+        ] {
+            if name != missing {
+                request = request.header(name, value);
+            }
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400);
+        let text = response.text().await.unwrap();
+        assert!(text.contains(missing), "{text}");
+    }
+    // signed, but malformed or of an unknown type
+    assert_eq!(api.resend_signed("msg_j", b"{not json").await.status(), 400);
+    assert_eq!(
+        api.resend_signed("msg_u", &resend_event("email.teleported", "e1"))
+            .await
+            .status(),
+        422
+    );
+    assert_eq!(
+        api.resend_signed("msg_n", br#"{"type":"email.delivered","data":{}}"#)
+            .await
+            .status(),
+        400
+    );
+    // oversized: refused before it is read whole
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    let response = api.resend_signed("msg_big", &huge).await;
+    assert_eq!(response.status(), 413);
+
+    assert_eq!(events(&client).await, 0, "nothing was stored");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn arbitrary_signed_bytes_never_cause_a_server_error_or_a_stored_event() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261124);
+    let valid = resend_event("email.delivered", "e1");
+    for i in 0..200 {
+        let body: Vec<u8> = if i % 2 == 0 {
+            let len = rng.random_range(0..600);
+            (0..len).map(|_| rng.random::<u8>()).collect()
+        } else {
+            // a valid event with a few bytes mangled
+            let mut b = valid.clone();
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(0..b.len());
+                b[at] = rng.random::<u8>();
+            }
+            b
+        };
+        let status = api
+            .resend_signed(&format!("msg_fuzz_{i}"), &body)
+            .await
+            .status();
+        assert!(
+            status.is_client_error() || status == 200,
+            "body {i}: {status}"
+        );
+        let token_status = api
+            .http
+            .post(format!(
+                "{}/webhooks/mobizon?token={MOBIZON_WEBHOOK_TOKEN}",
+                api.base
+            ))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(
+            token_status.is_client_error() || token_status == 200,
+            "mobizon body {i}: {token_status}"
+        );
+    }
+    // Whatever was accepted was a well-formed event; nothing else was stored.
+    let stored = events(&client).await;
+    let malformed: i64 = count(&client, "select count(*) from notification_events where event_type not like 'email.%' and event_type not like 'sms-%' and event_type not like 'form-%' and event_type not like 'contact.%' and event_type not like 'domain.%'").await;
+    assert_eq!(malformed, 0, "{stored} stored");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_mobizon_webhook_needs_its_token() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let report = mobizon_report(1, "5001", "DELIVRD");
+    assert_eq!(
+        api.mobizon("wrong-token-wrong-token", &report)
+            .await
+            .status(),
+        401
+    );
+    let no_token = api
+        .http
+        .post(format!("{}/webhooks/mobizon", api.base))
+        .json(&report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
+    assert_eq!(events(&client).await, 0);
+    assert_eq!(
+        api.mobizon(MOBIZON_WEBHOOK_TOKEN, &report).await.status(),
+        200
+    );
+    let by_path = api
+        .http
+        .post(format!(
+            "{}/webhooks/mobizon/{MOBIZON_WEBHOOK_TOKEN}",
+            api.base
+        ))
+        .json(&mobizon_report(2, "5001", "DELIVRD"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_path.status(), 200);
+    assert_eq!(events(&client).await, 2);
+    assert_eq!(api.mobizon(MOBIZON_WEBHOOK_TOKEN, &serde_json::json!({"eventId": 3, "eventType": "sms-delivery-report", "data": {"messageId": 1, "status": "LOST"}})).await.status(), 400);
+    assert_eq!(
+        api.mobizon(
+            MOBIZON_WEBHOOK_TOKEN,
+            &serde_json::json!({"eventId": 4, "eventType": "voice-report", "data": {}})
+        )
+        .await
+        .status(),
+        422
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn delivery_states_only_move_forward_and_early_events_wait_for_their_message() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute("update notification_rules set delay = interval '1 hour'; update notification_rules set enabled = false where channel = 'lead_tracking'").await.unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let lead = insert_as_landing(
+        &client,
+        Some("A"),
+        Some("a@mail.ru"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let email_job: i64 = client
+        .query_one(
+            "select id from notification_jobs where lead_id = $1 and channel = 'email'",
+            &[&lead],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The mock names the email after the job's idempotency key.
+    let email_id = format!("email-leadrelay-job-{email_job}");
+    // Out of order, and before the email is even sent.
+    assert_eq!(
+        api.resend_signed("evt_delivered", &resend_event("email.delivered", &email_id))
+            .await
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["status"],
+        "pending"
+    );
+    assert_eq!(
+        api.resend_signed("evt_sent", &resend_event("email.sent", &email_id))
+            .await
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["status"],
+        "pending"
+    );
+    client
+        .execute(
+            "update notification_jobs set due_at = now() where lead_id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("select promote_due_notification_jobs()")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the early events applied once the email is sent", || async {
+        count(&client, "select count(*) from notification_jobs where channel = 'email' and status = 'sent' and delivery_status = 'delivered'").await == 1
+    })
+    .await;
+    // A late, lesser event changes nothing.
+    let late = api
+        .resend_signed(
+            "evt_delayed",
+            &resend_event("email.delivery_delayed", &email_id),
+        )
+        .await;
+    assert_eq!(
+        late.json::<serde_json::Value>().await.unwrap()["status"],
+        "applied"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where delivery_status = 'delivered'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from landing_leads where email_delivery_status = 'delivered'"
+        )
+        .await,
+        1
+    );
+    // A bounce after delivery is news: it moves forward, with its reason.
+    let bounce = serde_json::to_vec(&serde_json::json!({
+        "type": "email.bounced", "created_at": chrono::Utc::now().to_rfc3339(),
+        "data": {"email_id": email_id, "bounce": {"type": "Permanent", "subType": "General", "message": "The recipient's mailbox does not exist."}}
+    })).unwrap();
+    api.resend_signed("evt_bounced", &bounce).await;
+    let row = client
+        .query_one(
+            "select delivery_status, last_error from notification_jobs where id = $1",
+            &[&email_job],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "bounced");
+    assert_eq!(
+        row.get::<_, String>(1),
+        "The recipient's mailbox does not exist."
+    );
+    // No final state replaces another, and "delivered" does not undo a bounce.
+    api.resend_signed(
+        "evt_delivered_again",
+        &resend_event("email.delivered", &email_id),
+    )
+    .await;
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where delivery_status = 'bounced'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_events where applied_at is null"
+        )
+        .await,
+        0
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_incident_leads_end_to_end_with_delivery_reports_in_the_status_api_and_the_view() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let fixture = incident_fixture();
+    let mut leads = Vec::new();
+    for lead in &fixture.leads {
+        leads.push(
+            insert_as_landing(
+                &client,
+                Some(&lead.name),
+                Some(&lead.email),
+                Some(&lead.phone),
+                Some(&fixture.source),
+                Some(&fixture.metadata_example),
+            )
+            .await,
+        );
+    }
+    eventually(Duration::from_secs(20), "every job finished", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+
+    let message_id = |lead: uuid::Uuid, channel: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one("select provider_message_id from notification_jobs where lead_id = $1 and channel = $2", &[&lead, &channel])
+                .await
+                .unwrap()
+                .get::<_, Option<String>>(0)
+        }
+    };
+    // Emails: three delivered, Алия's bounced. SMS: two delivered, Ерлан's undelivered.
+    for (i, lead) in leads.iter().enumerate() {
+        let id = message_id(*lead, "email").await.unwrap();
+        let kind = if i == 2 {
+            "email.bounced"
+        } else {
+            "email.delivered"
+        };
+        assert_eq!(
+            api.resend_signed(&format!("msg_e2e_{i}"), &resend_event(kind, &id))
+                .await
+                .status(),
+            200
+        );
+        if let Some(sms_id) = message_id(*lead, "sms").await {
+            let status = if i == 3 { "UNDELIV" } else { "DELIVRD" };
+            assert_eq!(
+                api.mobizon(
+                    MOBIZON_WEBHOOK_TOKEN,
+                    &mobizon_report(100 + i as u64, &sms_id, status)
+                )
+                .await
+                .status(),
+                200
+            );
+        }
+    }
+
+    let status: serde_json::Value = api
+        .status(&leads[2].to_string(), Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let email = status["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["channel"] == "email")
+        .unwrap();
+    assert_eq!(email["status"], "sent");
+    assert_eq!(email["delivery_status"], "bounced");
+    let sms = status["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["channel"] == "sms")
+        .unwrap();
+    assert_eq!(sms["delivery_status"], "delivered");
+    assert_eq!(
+        status["lead"]["email"], "A***@gmail.com",
+        "contacts are masked"
+    );
+
+    let invalid: serde_json::Value = api
+        .status(&leads[1].to_string(), Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sms = invalid["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["channel"] == "sms")
+        .unwrap();
+    assert_eq!(sms["status"], "invalid");
+    assert!(sms["error"].as_str().unwrap().contains("10 digits"));
+
+    let view: Vec<ViewRow> = client
+        .query("select name, email_delivery_status, sms_status, sms_delivery_status from lead_notification_status order by created_at", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            (
+                "Айгерим".into(),
+                Some("delivered".into()),
+                Some("sent".into()),
+                Some("delivered".into())
+            ),
+            (
+                "Нурлан".into(),
+                Some("delivered".into()),
+                Some("invalid".into()),
+                None
+            ),
+            (
+                "Алия".into(),
+                Some("bounced".into()),
+                Some("sent".into()),
+                Some("delivered".into())
+            ),
+            (
+                "Ерлан".into(),
+                Some("delivered".into()),
+                Some("sent".into()),
+                Some("undelivered".into())
+            ),
+        ]
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from landing_leads where email_delivery_status = 'bounced'"
+        )
+        .await,
+        1
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_status_api_needs_the_admin_token_and_answers_400_and_404() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let lead = insert_as_landing(
+        &client,
+        Some("A"),
+        Some("a@mail.ru"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    assert_eq!(api.status(&lead.to_string(), None).await.status(), 401);
+    assert_eq!(
+        api.status(&lead.to_string(), Some("wrong-token-wrong-token"))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        api.status("not-a-uuid", Some(ADMIN_TOKEN)).await.status(),
+        400
+    );
+    assert_eq!(
+        api.status("'%20or%201=1--", Some(ADMIN_TOKEN))
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        api.status(&uuid::Uuid::new_v4().to_string(), Some(ADMIN_TOKEN))
+            .await
+            .status(),
+        404
+    );
+    let ok = api.status(&lead.to_string(), Some(ADMIN_TOKEN)).await;
+    assert_eq!(ok.status(), 200);
+    let body: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(body["lead"]["id"], lead.to_string());
+    assert_eq!(body["messages"].as_array().unwrap().len(), 3);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn database_errors_never_reach_the_caller() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    client
+        .batch_execute("alter table notification_events rename to notification_events_gone")
+        .await
+        .unwrap();
+    let response = api
+        .resend_signed("msg_db", &resend_event("email.delivered", "x"))
+        .await;
+    assert_eq!(
+        response.status(),
+        503,
+        "the provider delivers it again later"
+    );
+    let text = response.text().await.unwrap();
+    assert_eq!(text, r#"{"error":"temporarily unavailable, try again"}"#);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_openapi_are_served() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    assert_eq!(
+        api.http
+            .get(format!("{}/healthz", api.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    eventually(Duration::from_secs(10), "ready", || async {
+        api.http
+            .get(format!("{}/readyz", api.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    insert_as_landing(
+        &client,
+        Some("A"),
+        Some("a@mail.ru"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    eventually(Duration::from_secs(20), "sent", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    api.resend_signed("msg_metrics", &resend_event("email.delivered", "nope"))
+        .await;
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "leadrelay_jobs{",
+        "status=\"sent\"",
+        "leadrelay_provider_requests_total{",
+        "leadrelay_provider_request_seconds_bucket{",
+        "leadrelay_webhook_events_total{",
+        "leadrelay_job_outcomes_total{",
+        "leadrelay_listener_connected",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+    let spec: serde_json::Value = api
+        .http
+        .get(format!("{}/openapi.json", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    for route in [
+        "/webhooks/resend",
+        "/webhooks/mobizon",
+        "/leads/{id}/status",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(spec["paths"].get(route).is_some(), "{route}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_mobizon_status_poll_fills_in_sms_states_without_a_webhook() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client
+        .batch_execute("update notification_rules set enabled = (channel = 'sms')")
+        .await
+        .unwrap();
+    let providers = Providers::healthy().await;
+    Mock::given(method("POST"))
+        .and(path("/service/message/getsmsstatus"))
+        .respond_with(|request: &wiremock::Request| {
+            let form: Vec<(String, String)> = url::form_urlencoded::parse(&request.body).into_owned().collect();
+            let data: Vec<serde_json::Value> = form
+                .iter()
+                .filter(|(k, _)| k == "ids[]")
+                .map(|(_, id)| serde_json::json!({"id": id, "status": "DELIVRD", "segNum": "1", "statusUpdateTs": "2026-11-24 12:00:00"}))
+                .collect();
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"code": 0, "data": data, "message": ""}))
+        })
+        .mount(&providers.mobizon)
+        .await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.mobizon_poll_interval = Some(Duration::from_millis(300));
+    let app = start(cfg).await;
+    for _ in 0..3 {
+        insert_as_landing(
+            &client,
+            Some("A"),
+            Some("a@mail.ru"),
+            Some("87051234567"),
+            Some("proftest_main"),
+            None,
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(20), "polled states applied", || async {
+        count(&client, "select count(*) from notification_jobs where channel = 'sms' and delivery_status = 'delivered'").await == 3
+    })
+    .await;
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from landing_leads where sms_delivery_status = 'delivered'"
+        )
+        .await,
+        3
+    );
+    let polls_before = providers.mobizon.received_requests().await.unwrap().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let polls_after = providers.mobizon.received_requests().await.unwrap().len();
+    assert_eq!(
+        polls_before, polls_after,
+        "final states are not asked about again"
+    );
+    app.shutdown().await;
+}
