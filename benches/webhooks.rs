@@ -49,10 +49,20 @@ async fn drive(concurrency: usize, requests: Vec<reqwest::RequestBuilder>) -> (D
 
 #[tokio::main]
 async fn main() {
-    let emails: usize = std::env::var("BENCH_EMAILS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
-    let concurrency: usize = std::env::var("BENCH_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
+    let emails: usize = std::env::var("BENCH_EMAILS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
 
-    let root = tempfile::Builder::new().prefix("leadrelay-bench-").tempdir().unwrap().keep();
+    let root = tempfile::Builder::new()
+        .prefix("leadrelay-bench-")
+        .tempdir()
+        .unwrap()
+        .keep();
     let cluster = Cluster::start(&ClusterOptions {
         root,
         port: None,
@@ -60,13 +70,19 @@ async fn main() {
         cron_database: "postgres".into(),
     })
     .expect("start cluster");
-    cluster.remove_when_process_exits(std::process::id()).unwrap();
+    cluster
+        .remove_when_process_exits(std::process::id())
+        .unwrap();
     let url = cluster.url("postgres");
     let mut client = db::connect(&url).await.unwrap();
     client.batch_execute(dev::SUPABASE_ROLES).await.unwrap();
-    migrate::apply(&mut client, &migrate::embedded().unwrap()).await.unwrap();
+    migrate::apply(&mut client, &migrate::embedded().unwrap())
+        .await
+        .unwrap();
     client
-        .batch_execute("update notification_rules set enabled = (channel = 'email'), delay = interval '1 day'")
+        .batch_execute(
+            "update notification_rules set enabled = (channel = 'email'), delay = interval '1 day'",
+        )
         .await
         .unwrap();
     client
@@ -125,22 +141,34 @@ async fn main() {
     };
     let app = Application::build(config).await.unwrap();
     let base = format!("http://{}", app.local_addr());
-    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
     let key = SigningKey::parse(SECRET).unwrap();
 
     println!(
         "leadrelay webhook benchmark ({} cores; server, PostgreSQL and load generator on one machine, loopback)",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
 
     // Reference: a route that does nothing, same server, same concurrency.
-    let noop: Vec<_> = (0..emails * 4).map(|_| http.get(format!("{base}/healthz"))).collect();
+    let noop: Vec<_> = (0..emails * 4)
+        .map(|_| http.get(format!("{base}/healthz")))
+        .collect();
     let (noop_time, noop_ok) = drive(concurrency, noop).await;
     let noop_rate = noop_ok as f64 / noop_time.as_secs_f64();
 
     let mut events = Vec::new();
     for id in &message_ids {
-        for kind in ["email.sent", "email.delivered", "email.opened", "email.clicked"] {
+        for kind in [
+            "email.sent",
+            "email.delivered",
+            "email.opened",
+            "email.clicked",
+        ] {
             events.push((id.clone(), kind));
         }
     }
@@ -174,7 +202,10 @@ async fn main() {
         .unwrap()
         .get(0);
     let clicked: i64 = client
-        .query_one("select count(*) from notification_jobs where delivery_status = 'clicked'", &[])
+        .query_one(
+            "select count(*) from notification_jobs where delivery_status = 'clicked'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{config, db, dev, migrate, serve};
+use crate::{config, db, dev, migrate, ops_cli, serve};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +28,65 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// The production process: the worker and the HTTP server.
     Serve(Box<config::ServeArgs>),
+    /// Enqueue messages, due now, for leads in a time window that have none
+    /// (the leads that arrived before leadrelay).
+    Backfill(BackfillArgs),
+    /// One lead's messages and delivery states, by lead id, email or phone.
+    Status(StatusArgs),
+    /// Put failed jobs back to due after the cause was fixed (a wrong API key, say).
+    Retry(RetryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DatabaseArg {
+    /// The landing database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub db: DatabaseArg,
+    /// Start of the window (inclusive): 2026-11-24, "2026-11-24 12:30" (UTC) or RFC 3339.
+    #[arg(long)]
+    pub since: String,
+    /// End of the window (exclusive); default: now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only leads whose source matches this LIKE pattern.
+    #[arg(long, default_value = "proftest%")]
+    pub source: String,
+    /// Show what would be enqueued; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub db: DatabaseArg,
+    /// A lead id, an email address or a phone number.
+    pub lead: String,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["job", "failed_since"])))]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub db: DatabaseArg,
+    /// One failed job, by id.
+    pub job: Option<i64>,
+    /// Every job that failed since this time.
+    #[arg(long)]
+    pub failed_since: Option<String>,
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +118,8 @@ pub enum CliError {
     Dev(#[from] dev::DevError),
     #[error(transparent)]
     Serve(#[from] serve::ServeError),
+    #[error(transparent)]
+    Ops(#[from] ops_cli::OpsError),
 }
 
 pub async fn main() -> ExitCode {
@@ -99,6 +160,41 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Dev(args) => Ok(dev::run(&args).await?),
+        Command::Backfill(args) => {
+            let since = ops_cli::parse_time("--since", &args.since)?;
+            let until = match &args.until {
+                Some(u) => ops_cli::parse_time("--until", u)?,
+                None => chrono::Utc::now(),
+            };
+            let mut client = connect(&args.db).await?;
+            ops_cli::backfill(
+                &mut client,
+                &ops_cli::BackfillRequest {
+                    since,
+                    until,
+                    source_pattern: args.source.clone(),
+                    dry_run: args.dry_run,
+                    yes: args.yes,
+                },
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Status(args) => {
+            let client = connect(&args.db).await?;
+            print!("{}", ops_cli::status(&client, &args.lead).await?);
+            Ok(())
+        }
+        Command::Retry(args) => {
+            let since = args
+                .failed_since
+                .as_deref()
+                .map(|t| ops_cli::parse_time("--failed-since", t))
+                .transpose()?;
+            let client = connect(&args.db).await?;
+            ops_cli::retry(&client, args.job, since, args.dry_run, args.yes).await?;
+            Ok(())
+        }
         Command::Serve(args) => {
             let config = config::ServeConfig::from_args(&args)?;
             let app = serve::Application::build(config).await?;
@@ -106,6 +202,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+async fn connect(arg: &DatabaseArg) -> Result<tokio_postgres::Client, CliError> {
+    let url = config::database_url("DATABASE_URL", arg.database_url.as_deref())?;
+    Ok(db::connect(url.expose()).await?)
 }
 
 fn init_tracing() {

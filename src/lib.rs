@@ -13,6 +13,7 @@ pub mod listener;
 pub mod mask;
 pub mod metrics;
 pub mod migrate;
+pub mod ops_cli;
 pub mod pacer;
 pub mod providers;
 pub mod queue;

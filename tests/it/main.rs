@@ -3,6 +3,7 @@
 mod app;
 mod harness;
 mod migrate_cmd;
+mod operator;
 mod pgtap;
 mod sql_core;
 mod webhooks;

@@ -1,0 +1,410 @@
+//! Operator commands: `backfill`, `status`, `retry`. Each prints what it is
+//! about to do and asks before changing anything (unless `--yes`), and
+//! `--dry-run` changes nothing at all.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::db::describe;
+use crate::mask;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(
+        "{name} {value:?} is not a time: use 2026-11-24, \"2026-11-24 12:30\" (UTC) or 2026-11-24T12:30:00+05:00"
+    )]
+    Time { name: &'static str, value: String },
+    #[error("--until must be after --since")]
+    EmptyWindow,
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("not confirmed: nothing was changed (answer y, or pass --yes when not at a terminal)")]
+    NotConfirmed,
+    #[error("no lead matches {0:?} (search by lead id, email or phone)")]
+    NoLead(String),
+    #[error("{0}")]
+    Input(String),
+}
+
+impl From<tokio_postgres::Error> for OpsError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        OpsError::Db(describe(&e))
+    }
+}
+
+/// Parses an operator's time: RFC 3339, a date (midnight UTC) or a date and
+/// time without zone (UTC).
+pub fn parse_time(name: &'static str, value: &str) -> Result<DateTime<Utc>, OpsError> {
+    let v = value.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for format in [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(v, format) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d")
+        && let Some(t) = d.and_hms_opt(0, 0, 0)
+    {
+        return Ok(t.and_utc());
+    }
+    Err(OpsError::Time {
+        name,
+        value: value.chars().take(60).collect(),
+    })
+}
+
+/// Asks on the terminal; refuses when there is none to ask.
+fn confirm(question: &str, yes: bool) -> Result<(), OpsError> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(OpsError::NotConfirmed);
+    }
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(OpsError::NotConfirmed)
+    }
+}
+
+// ---------------------------------------------------------------- backfill
+
+/// Leads in [$1, $2) whose source matches $3 and that have no job at all.
+pub const BACKFILL_CANDIDATES: &str = "
+select l.id, l.source, l.created_at
+from public.landing_leads l
+where l.created_at >= $1 and l.created_at < $2 and l.source like $3
+  and not exists (select 1 from public.notification_jobs j where j.lead_id = l.id)
+  and exists (select 1 from public.notification_rules r where r.enabled and l.source like r.source_pattern)
+order by l.created_at, l.id";
+
+/// Creates the jobs the rules ask for, due now, for the leads $1 that still
+/// have none: the checks are the trigger's own, so an unusable address gives
+/// an `invalid` job with its reason, never a failed statement.
+pub const BACKFILL_INSERT: &str = "
+with leads as (
+  select l.* from public.landing_leads l
+  where l.id = any($1)
+    and not exists (select 1 from public.notification_jobs j where j.lead_id = l.id)
+), planned as (
+  select l.id as lead_id, r.channel, r.template,
+         case r.channel
+           when 'email' then public.leadrelay_email_problem(l.email)
+           when 'sms' then public.leadrelay_phone_problem(l.phone)
+         end as problem,
+         l.email, l.phone
+  from leads l
+  join public.notification_rules r on r.enabled and l.source like r.source_pattern
+), inserted as (
+  insert into public.notification_jobs (lead_id, channel, template, recipient, status, due_at, last_error, finished_at)
+  select p.lead_id, p.channel, p.template,
+         case
+           when p.problem is not null then null
+           when p.channel = 'email' then btrim(p.email)
+           when p.channel = 'sms' then public.leadrelay_phone_digits(p.phone)
+         end,
+         case when p.problem is not null then 'invalid' else 'due' end,
+         now(), p.problem,
+         case when p.problem is not null then now() end
+  from planned p
+  on conflict on constraint notification_jobs_lead_channel_template_key do nothing
+  returning id, status
+)
+select count(*) filter (where status = 'due'),
+       count(*) filter (where status = 'invalid'),
+       (select count(pg_notify('notification_jobs', i.id::text)) from inserted i where i.status = 'due')
+from inserted";
+
+#[derive(Debug, Clone)]
+pub struct BackfillRequest {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub source_pattern: String,
+    pub dry_run: bool,
+    pub yes: bool,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BackfillReport {
+    pub leads: usize,
+    pub due: i64,
+    pub invalid: i64,
+}
+
+pub async fn backfill(
+    client: &mut Client,
+    request: &BackfillRequest,
+) -> Result<BackfillReport, OpsError> {
+    if request.until <= request.since {
+        return Err(OpsError::EmptyWindow);
+    }
+    let rows = client
+        .query(
+            BACKFILL_CANDIDATES,
+            &[&request.since, &request.until, &request.source_pattern],
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    println!(
+        "{} lead(s) from {} to {} with source like {:?} have no messages yet.",
+        ids.len(),
+        request.since.format("%Y-%m-%d %H:%M:%S UTC"),
+        request.until.format("%Y-%m-%d %H:%M:%S UTC"),
+        request.source_pattern
+    );
+    for row in rows.iter().take(10) {
+        let id: Uuid = row.get(0);
+        let source: Option<String> = row.get(1);
+        let created: DateTime<Utc> = row.get(2);
+        println!(
+            "  {id}  {}  {}",
+            created.format("%Y-%m-%d %H:%M"),
+            source.unwrap_or_default()
+        );
+    }
+    if ids.len() > 10 {
+        println!("  … and {} more", ids.len() - 10);
+    }
+    if ids.is_empty() {
+        return Ok(BackfillReport::default());
+    }
+    if request.dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(BackfillReport {
+            leads: ids.len(),
+            ..Default::default()
+        });
+    }
+    confirm(
+        &format!("Send their messages now ({} lead(s))?", ids.len()),
+        request.yes,
+    )?;
+    let progress = indicatif::ProgressBar::new(ids.len() as u64);
+    if ids.len() < 200 {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut report = BackfillReport {
+        leads: ids.len(),
+        ..Default::default()
+    };
+    let statement = client.prepare(BACKFILL_INSERT).await?;
+    for chunk in ids.chunks(500) {
+        let row = client.query_one(&statement, &[&chunk]).await?;
+        report.due += row.get::<_, i64>(0);
+        report.invalid += row.get::<_, i64>(1);
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    println!(
+        "enqueued {} message(s) due now; {} invalid (unusable address, see `leadrelay status`)",
+        report.due, report.invalid
+    );
+    Ok(report)
+}
+
+// ---------------------------------------------------------------- status
+
+/// Leads found by id, email (case-insensitive) or phone (digits, 8 → 7).
+pub const FIND_LEADS: &str = "
+select id, name, email, phone, source, created_at from public.landing_leads
+where ($1::uuid is not null and id = $1)
+   or ($2::text is not null and lower(btrim(email)) = lower(btrim($2)))
+   or ($3::text is not null and public.leadrelay_phone_digits(phone) = $3)
+order by created_at desc
+limit 20";
+
+pub const LEAD_JOBS: &str = "
+select id, channel, status, attempts, max_attempts, due_at, sent_at, delivery_status, last_error
+from public.notification_jobs where lead_id = $1 order by channel";
+
+pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
+    let query = query.trim();
+    if query.is_empty() || query.len() > 320 {
+        return Err(OpsError::Input(
+            "give a lead id, an email or a phone".into(),
+        ));
+    }
+    let id = Uuid::parse_str(query).ok();
+    let email = (id.is_none() && query.contains('@')).then(|| query.to_string());
+    let phone = if id.is_none() && email.is_none() {
+        crate::recipients::phone(Some(query)).ok().or_else(|| {
+            let digits: String = query.chars().filter(char::is_ascii_digit).collect();
+            (digits.len() == 11).then(|| format!("7{}", &digits[1..]))
+        })
+    } else {
+        None
+    };
+    if id.is_none() && email.is_none() && phone.is_none() {
+        return Err(OpsError::Input(format!(
+            "{query:?} is not a lead id, an email or an 11-digit phone"
+        )));
+    }
+    let leads = client.query(FIND_LEADS, &[&id, &email, &phone]).await?;
+    if leads.is_empty() {
+        return Err(OpsError::NoLead(query.chars().take(80).collect()));
+    }
+    let mut out = String::new();
+    for lead in &leads {
+        let lead_id: Uuid = lead.get(0);
+        let name: Option<String> = lead.get(1);
+        let email: Option<String> = lead.get(2);
+        let phone: Option<String> = lead.get(3);
+        let source: Option<String> = lead.get(4);
+        let created: DateTime<Utc> = lead.get(5);
+        out.push_str(&format!(
+            "lead {lead_id}  {}  created {}  source {}\n  email {}  phone {}\n",
+            name.map(|n| n.chars().take(60).collect::<String>())
+                .unwrap_or_else(|| "(no name)".into()),
+            created.format("%Y-%m-%d %H:%M:%S UTC"),
+            source.unwrap_or_else(|| "(none)".into()),
+            email
+                .map(|e| mask::email(&e))
+                .unwrap_or_else(|| "(none)".into()),
+            phone
+                .map(|p| mask::phone(&p))
+                .unwrap_or_else(|| "(none)".into()),
+        ));
+        let jobs = client.query(LEAD_JOBS, &[&lead_id]).await?;
+        if jobs.is_empty() {
+            out.push_str("  no messages: this lead arrived before leadrelay or matched no rule (see `leadrelay backfill`)\n\n");
+            continue;
+        }
+        out.push_str(&format!(
+            "  {:<8} {:<14} {:<10} {:<9} {:<17} {:<17} {:<17} {}\n",
+            "job", "channel", "status", "attempts", "due", "sent", "delivery", "error"
+        ));
+        for job in &jobs {
+            let fmt_time = |t: Option<DateTime<Utc>>| {
+                t.map(|t| t.format("%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            let error: Option<String> = job.get(8);
+            out.push_str(&format!(
+                "  {:<8} {:<14} {:<10} {:<9} {:<17} {:<17} {:<17} {}\n",
+                job.get::<_, i64>(0),
+                job.get::<_, String>(1),
+                job.get::<_, String>(2),
+                format!("{}/{}", job.get::<_, i32>(3), job.get::<_, i32>(4)),
+                fmt_time(Some(job.get(5))),
+                fmt_time(job.get(6)),
+                job.get::<_, Option<String>>(7)
+                    .unwrap_or_else(|| "-".into()),
+                error
+                    .map(|e| e.chars().take(120).collect::<String>())
+                    .unwrap_or_default(),
+            ));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- retry
+
+/// Failed jobs to put back: one by id ($1), or all failed since $2.
+pub const RETRY_CANDIDATES: &str = "
+select id, lead_id, channel, last_error from public.notification_jobs
+where status = 'failed'
+  and (($1::bigint is not null and id = $1) or ($2::timestamptz is not null and finished_at >= $2))
+order by id";
+
+/// Puts failed jobs $1 back to due with fresh attempts; their error history
+/// stays.
+pub const RETRY_UPDATE: &str = "
+with retried as (
+  update public.notification_jobs
+     set status = 'due', due_at = now(), attempts = 0, finished_at = null, updated_at = now()
+   where id = any($1) and status = 'failed'
+  returning id
+)
+select count(pg_notify('notification_jobs', id::text)) from retried";
+
+pub async fn retry(
+    client: &Client,
+    job: Option<i64>,
+    failed_since: Option<DateTime<Utc>>,
+    dry_run: bool,
+    yes: bool,
+) -> Result<i64, OpsError> {
+    let rows = client
+        .query(RETRY_CANDIDATES, &[&job, &failed_since])
+        .await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    println!("{} failed job(s) to put back to due:", ids.len());
+    for row in rows.iter().take(10) {
+        let error: Option<String> = row.get(3);
+        println!(
+            "  job {}  lead {}  {}  {}",
+            row.get::<_, i64>(0),
+            row.get::<_, Uuid>(1),
+            row.get::<_, String>(2),
+            error
+                .map(|e| e.chars().take(100).collect::<String>())
+                .unwrap_or_default()
+        );
+    }
+    if ids.len() > 10 {
+        println!("  … and {} more", ids.len() - 10);
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    if dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(0);
+    }
+    confirm(&format!("Retry {} job(s) now?", ids.len()), yes)?;
+    let n: i64 = client.query_one(RETRY_UPDATE, &[&ids]).await?.get(0);
+    println!("{n} job(s) are due again");
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_times_parse_in_the_documented_forms() {
+        assert_eq!(
+            parse_time("--since", "2026-11-24").unwrap().to_rfc3339(),
+            "2026-11-24T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("--since", "2026-11-24 12:30")
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-24T12:30:00+00:00"
+        );
+        assert_eq!(
+            parse_time("--since", "2026-11-24T12:30:00+05:00")
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-24T07:30:00+00:00"
+        );
+        for bad in [
+            "yesterday",
+            "",
+            "2026-13-01",
+            "12:30",
+            "2026-11-24; drop table x",
+        ] {
+            let err = parse_time("--since", bad).unwrap_err().to_string();
+            assert!(err.starts_with("--since"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! `leadrelay backfill`, `status` and `retry`, run as an operator would.
+
+use std::process::{Command, Output};
+
+use crate::app::count;
+use crate::harness::{fresh_db, incident_fixture, insert_as_landing};
+
+fn leadrelay(db_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("LEADRELAY_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The incident's four leads, inserted as they were: before leadrelay, so
+/// without jobs; plus one lead that has its jobs and one outside the window.
+async fn leads_from_before_leadrelay(client: &tokio_postgres::Client) -> Vec<uuid::Uuid> {
+    client
+        .batch_execute(
+            "alter table landing_leads disable trigger landing_leads_enqueue_notifications",
+        )
+        .await
+        .unwrap();
+    let fixture = incident_fixture();
+    let mut ids = Vec::new();
+    for lead in &fixture.leads {
+        ids.push(
+            insert_as_landing(
+                client,
+                Some(&lead.name),
+                Some(&lead.email),
+                Some(&lead.phone),
+                Some(&fixture.source),
+                Some(&fixture.metadata_example),
+            )
+            .await,
+        );
+    }
+    client
+        .execute(
+            "update landing_leads set created_at = '2026-11-20 12:07:00+00' where id = any($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap();
+    let old = insert_as_landing(
+        client,
+        Some("Old"),
+        Some("old@mail.ru"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    client
+        .execute(
+            "update landing_leads set created_at = '2026-10-01 00:00:00+00' where id = $1",
+            &[&old],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "alter table landing_leads enable trigger landing_leads_enqueue_notifications",
+        )
+        .await
+        .unwrap();
+    let served = insert_as_landing(
+        client,
+        Some("Served"),
+        Some("s@mail.ru"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    client
+        .execute(
+            "update landing_leads set created_at = '2026-11-20 13:00:00+00' where id = $1",
+            &[&served],
+        )
+        .await
+        .unwrap();
+    ids
+}
+
+#[tokio::test]
+async fn backfill_dry_run_changes_nothing_a_real_run_enqueues_exactly_the_leads_without_jobs_and_a_second_run_nothing()
+ {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let incident = leads_from_before_leadrelay(&client).await;
+    let jobs_before = count(&client, "select count(*) from notification_jobs").await;
+    assert_eq!(jobs_before, 3, "only the lead served by leadrelay has jobs");
+
+    let window = ["--since", "2026-11-20", "--until", "2026-11-21"];
+    let dry = leadrelay(
+        &db.url,
+        &[&["backfill"][..], &window, &["--dry-run"]].concat(),
+    );
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(text(&dry).contains("4 lead(s)"), "{}", text(&dry));
+    assert!(text(&dry).contains("dry run: nothing was changed"));
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs").await,
+        jobs_before
+    );
+
+    // Without a terminal and without --yes, nothing happens.
+    let unconfirmed = leadrelay(&db.url, &[&["backfill"][..], &window].concat());
+    assert!(!unconfirmed.status.success());
+    assert!(
+        text(&unconfirmed).contains("not confirmed: nothing was changed"),
+        "{}",
+        text(&unconfirmed)
+    );
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs").await,
+        jobs_before
+    );
+
+    let real = leadrelay(&db.url, &[&["backfill"][..], &window, &["--yes"]].concat());
+    assert!(real.status.success(), "{}", text(&real));
+    assert!(
+        text(&real).contains("enqueued 11 message(s) due now; 1 invalid"),
+        "{}",
+        text(&real)
+    );
+    for (i, lead) in incident.iter().enumerate() {
+        let rows = client
+            .query(
+                "select channel, status from notification_jobs where lead_id = $1 order by channel",
+                &[lead],
+            )
+            .await
+            .unwrap();
+        let states: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let sms = if i == 1 { "invalid" } else { "due" };
+        assert_eq!(
+            states,
+            vec![
+                ("email".into(), "due".into()),
+                ("lead_tracking".into(), "due".into()),
+                ("sms".into(), sms.into())
+            ]
+        );
+    }
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs").await,
+        jobs_before + 12
+    );
+    assert_eq!(
+        count(&client, "select count(*) from landing_leads l where created_at < '2026-11-01' and exists (select 1 from notification_jobs j where j.lead_id = l.id)").await,
+        0,
+        "the lead outside the window is untouched"
+    );
+
+    let again = leadrelay(&db.url, &[&["backfill"][..], &window, &["--yes"]].concat());
+    assert!(again.status.success());
+    assert!(text(&again).contains("0 lead(s)"), "{}", text(&again));
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs").await,
+        jobs_before + 12
+    );
+}
+
+#[tokio::test]
+async fn backfill_refuses_bad_windows_with_a_clear_message() {
+    let db = fresh_db().await;
+    let out = leadrelay(&db.url, &["backfill", "--since", "last tuesday", "--yes"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--since \"last tuesday\" is not a time"),
+        "{}",
+        text(&out)
+    );
+    let out = leadrelay(
+        &db.url,
+        &[
+            "backfill",
+            "--since",
+            "2026-11-21",
+            "--until",
+            "2026-11-20",
+            "--yes",
+        ],
+    );
+    assert!(
+        text(&out).contains("--until must be after --since"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn status_finds_a_lead_by_id_email_or_phone_and_shows_its_messages() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let lead = insert_as_landing(
+        &client,
+        Some("Нурлан"),
+        Some("Nurlan0000@mail.ru"),
+        Some("+7 (476) 123-45-6"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let other = insert_as_landing(
+        &client,
+        Some("Айгерим"),
+        Some("aigerim@gmail.com"),
+        Some("+7 (705) 123-45-67"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    for query in [lead.to_string(), "nurlan0000@MAIL.ru".to_string()] {
+        let out = leadrelay(&db.url, &["status", &query]);
+        assert!(out.status.success(), "{}", text(&out));
+        let t = text(&out);
+        assert!(t.contains(&lead.to_string()), "{t}");
+        assert!(t.contains("invalid") && t.contains("10 digits"), "{t}");
+        assert!(t.contains("N***@mail.ru"), "contacts are masked: {t}");
+        assert!(!t.contains("Nurlan0000@mail.ru"), "{t}");
+    }
+    let out = leadrelay(&db.url, &["status", "8 705 123 45 67"]);
+    assert!(text(&out).contains(&other.to_string()), "{}", text(&out));
+    let out = leadrelay(&db.url, &["status", "nobody@nowhere.kz"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no lead matches"), "{}", text(&out));
+    let out = leadrelay(&db.url, &["status", "'; drop table landing_leads; --"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        count(&client, "select count(*) from landing_leads").await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn retry_puts_failed_jobs_back_to_due_with_fresh_attempts() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let lead = insert_as_landing(
+        &client,
+        Some("A"),
+        Some("a@mail.ru"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    client
+        .execute(
+            "update notification_jobs set status = 'failed', attempts = 8, finished_at = now(), last_error = 'resend 401 invalid_api_key: API key is invalid' where lead_id = $1 and channel = 'email'",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    let job: i64 = client
+        .query_one(
+            "select id from notification_jobs where lead_id = $1 and channel = 'email'",
+            &[&lead],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let dry = leadrelay(
+        &db.url,
+        &["retry", "--failed-since", "2020-01-01", "--dry-run"],
+    );
+    assert!(text(&dry).contains("invalid_api_key"), "{}", text(&dry));
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where status = 'failed'"
+        )
+        .await,
+        1
+    );
+    let out = leadrelay(&db.url, &["retry", &job.to_string(), "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let row = client
+        .query_one(
+            "select status, attempts, last_error from notification_jobs where id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "due");
+    assert_eq!(row.get::<_, i32>(1), 0);
+    let out = leadrelay(&db.url, &["retry"]);
+    assert!(!out.status.success(), "a job or --failed-since is required");
+}
