@@ -164,6 +164,7 @@ async fn main() {
         mobizon_webhook_token: Secret::new("bench-token-0123456789"),
         admin_token: Secret::new("bench-admin-0123456789"),
         mobizon_poll_interval: None,
+        dev_outbox: None,
     };
 
     println!(

@@ -94,6 +94,19 @@ pub struct DevArgs {
     /// Where the private cluster and the outbox live.
     #[arg(long, env = "LEADRELAY_DEV_DIR", default_value = ".leadrelay")]
     pub dir: PathBuf,
+    /// Set the email and SMS rules' delay, e.g. 30s for a demo (kept in the dev database).
+    #[arg(long)]
+    pub delay: Option<String>,
+    /// HTTP address.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// The product page the messages link to.
+    #[arg(
+        long,
+        env = "PRODUCT_URL",
+        default_value = "https://example.com/product"
+    )]
+    pub product_url: String,
 }
 
 #[derive(Debug, clap::Args)]

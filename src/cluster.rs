@@ -34,6 +34,10 @@ pub enum ClusterError {
     Command { command: String, output: String },
     #[error("no free TCP port on 127.0.0.1: {0}")]
     NoPort(std::io::Error),
+    #[error(
+        "PostgreSQL runs as user {user} here (it refuses root), and that user cannot enter {path}: choose a directory it can reach, e.g. LEADRELAY_DEV_DIR=/var/tmp/leadrelay"
+    )]
+    Unreachable { user: String, path: PathBuf },
 }
 
 /// How a cluster is made and configured.
@@ -65,7 +69,13 @@ impl Cluster {
         let bin_dir = find_bin_dir().ok_or(ClusterError::BinariesMissing)?;
         let run_as = unprivileged_user()?;
         let pg_cron = pg_cron_installed(&bin_dir);
-        let root = options.root.clone();
+        let root = std::path::absolute(&options.root).map_err(|source| ClusterError::Io {
+            path: options.root.clone(),
+            source,
+        })?;
+        if let Some(owner) = run_as {
+            check_reachable(&root, owner)?;
+        }
         create_owned_dir(&root, run_as)?;
         let data = root.join("data");
         let port = match options.port {
@@ -309,6 +319,32 @@ fn unprivileged_user() -> Result<Option<(Uid, Gid)>, ClusterError> {
         }
     }
     Err(ClusterError::NoUnprivilegedUser)
+}
+
+/// Every existing directory above `dir` must let the server's user through.
+fn check_reachable(dir: &Path, (uid, gid): (Uid, Gid)) -> Result<(), ClusterError> {
+    use std::os::unix::fs::MetadataExt;
+    for ancestor in dir.ancestors().skip(1) {
+        let Ok(meta) = fs::metadata(ancestor) else {
+            continue;
+        };
+        let mode = meta.mode();
+        let passable = mode & 0o001 != 0
+            || (meta.uid() == uid.as_raw() && mode & 0o100 != 0)
+            || (meta.gid() == gid.as_raw() && mode & 0o010 != 0);
+        if !passable {
+            let user = User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| uid.to_string());
+            return Err(ClusterError::Unreachable {
+                user,
+                path: ancestor.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn create_owned_dir(dir: &Path, owner: Option<(Uid, Gid)>) -> Result<(), ClusterError> {

@@ -141,6 +141,8 @@ pub struct ServeConfig {
     pub admin_token: Secret,
     /// How often sent SMS without a final state are asked about; None: never.
     pub mobizon_poll_interval: Option<std::time::Duration>,
+    /// `leadrelay dev` only: the stand-in providers' outbox, shown on /ops.
+    pub dev_outbox: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -376,6 +378,7 @@ impl ServeConfig {
             mobizon_webhook_token,
             admin_token,
             mobizon_poll_interval,
+            dev_outbox: None,
         })
     }
 }

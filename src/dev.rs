@@ -6,7 +6,10 @@ use std::path::Path;
 
 use crate::cli::DevArgs;
 use crate::cluster::{Cluster, ClusterError, ClusterOptions, StopMode};
-use crate::{db, migrate};
+use crate::config::{MobizonSettings, ResendSettings, Secret, ServeConfig, WorkerSettings};
+use crate::serve::{Application, ServeError};
+use crate::svix::SigningKey;
+use crate::{db, migrate, standin};
 
 /// The roles a Supabase database has, so that the migrations' grants and the
 /// landing's `service_role` inserts behave here as they do there.
@@ -39,8 +42,10 @@ pub enum DevError {
     Db(#[from] db::DbError),
     #[error(transparent)]
     Migrate(#[from] migrate::MigrateError),
-    #[error("preparing the dev database: {0}")]
+    #[error("dev mode: {0}")]
     Prepare(String),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 /// Starts the private cluster (creating it on first use) and migrates it.
@@ -67,17 +72,128 @@ pub async fn start_cluster(dir: &Path) -> Result<Cluster, DevError> {
 
 pub async fn run(args: &DevArgs) -> Result<(), DevError> {
     let cluster = start_cluster(&args.dir).await?;
+    let url = cluster.url("postgres");
+    let client = db::connect(&url).await?;
+    if let Some(delay) = &args.delay {
+        let delay = parse_delay(delay)?;
+        client
+            .execute(
+                "update public.notification_rules set delay = make_interval(secs => $1) where channel in ('email', 'sms')",
+                &[&delay.as_secs_f64()],
+            )
+            .await
+            .map_err(|e| DevError::Prepare(db::describe(&e)))?;
+    }
+    let delay: String = client
+        .query_one(
+            "select coalesce(string_agg(distinct delay::text, ', '), 'no rule') from public.notification_rules where enabled and channel in ('email', 'sms')",
+            &[],
+        )
+        .await
+        .map_err(|e| DevError::Prepare(db::describe(&e)))?
+        .get(0);
+    drop(client);
+
+    let outbox = std::path::absolute(args.dir.join("outbox"))
+        .map_err(|e| DevError::Prepare(e.to_string()))?;
+    let admin_token = persistent_secret(&args.dir.join("admin-token"), 16)?;
+    let webhook_secret = format!(
+        "whsec_{}",
+        persistent_secret(&args.dir.join("webhook-secret"), 24)?
+    );
+    let resend_webhook_key = SigningKey::parse(&webhook_secret).map_err(DevError::Prepare)?;
+    let mobizon_token = Secret::new(persistent_secret(&args.dir.join("mobizon-token"), 16)?);
+    let stand_in = standin::start(
+        outbox.clone(),
+        resend_webhook_key.clone(),
+        mobizon_token.clone(),
+    )
+    .await
+    .map_err(|e| DevError::Prepare(format!("stand-in providers: {e}")))?;
+
+    let config = ServeConfig {
+        database_url: Secret::new(url.clone()),
+        lead_tracking_database_url: None,
+        resend: ResendSettings {
+            api_key: Secret::new("re_dev_stand_in"),
+            api_url: stand_in.url.clone(),
+            from: "leadrelay dev <dev@leadrelay.invalid>".into(),
+            max_rps: 5.0,
+        },
+        mobizon: MobizonSettings {
+            api_key: Secret::new("dev_stand_in"),
+            api_url: stand_in.url.clone(),
+            from: None,
+            max_rps: 5.0,
+        },
+        listen_addr: args.listen,
+        product_url: args.product_url.clone(),
+        worker: WorkerSettings {
+            sweep_interval: std::time::Duration::from_secs(5),
+            ..WorkerSettings::default()
+        },
+        resend_webhook_key,
+        mobizon_webhook_token: mobizon_token,
+        admin_token: Secret::new(admin_token.clone()),
+        mobizon_poll_interval: None,
+        dev_outbox: Some(outbox.clone()),
+    };
+    let app = Application::build(config).await?;
+    let base = format!("http://{}", app.local_addr());
+    stand_in.deliver_reports_to(base.clone());
+
     if !cluster.has_pg_cron() {
         println!(
-            "pg_cron is not installed (Debian package postgresql-15-cron); the worker's sweep promotes due jobs"
+            "note: pg_cron is not installed (Debian package postgresql-15-cron); the worker promotes due jobs itself"
         );
     }
-    println!("PostgreSQL is up: DATABASE_URL={}", cluster.url("postgres"));
-    println!("Press Ctrl-C to stop.");
+    println!(
+        "leadrelay dev is running
+  ops page    {base}/ops   (admin token {admin_token}, kept in {token_file})
+  status API  curl -H 'Authorization: Bearer {admin_token}' {base}/leads/<lead id>/status
+  metrics     {base}/metrics
+  database    DATABASE_URL={url}
+  outbox      {outbox}  (every email and SMS the stand-in providers received)
+  delay       {delay} after a lead arrives (`leadrelay dev --delay 30s` for a quicker demo)
+Try it:
+  psql '{url}' -c \"insert into landing_leads (name, email, phone, source) values ('Айгерим', 'aigerim@example.com', '+7 705 123 45 67', 'proftest_main')\"
+Ctrl-C stops leadrelay and its PostgreSQL.",
+        token_file = args.dir.join("admin-token").display(),
+        outbox = outbox.display(),
+    );
     shutdown_signal().await;
+    app.shutdown().await;
     cluster.stop(StopMode::Fast)?;
     println!("stopped");
     Ok(())
+}
+
+/// `--delay`: 0s is allowed here (messages at once), unlike the worker's
+/// durations.
+fn parse_delay(value: &str) -> Result<std::time::Duration, DevError> {
+    humantime::parse_duration(value.trim())
+        .ok()
+        .filter(|d| *d <= std::time::Duration::from_secs(30 * 86_400))
+        .ok_or_else(|| {
+            DevError::Prepare(format!(
+                "--delay {value:?} is not a duration such as 30s or 2m"
+            ))
+        })
+}
+
+/// A random hex secret kept in `path`, so it survives restarts of dev mode.
+fn persistent_secret(path: &Path, bytes: usize) -> Result<String, DevError> {
+    if let Ok(existing) = std::fs::read_to_string(path)
+        && !existing.trim().is_empty()
+    {
+        return Ok(existing.trim().to_string());
+    }
+    let value: String = (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    std::fs::write(path, &value)
+        .map_err(|e| DevError::Prepare(format!("{}: {e}", path.display())))?;
+    Ok(value)
 }
 
 /// Ctrl-C in a terminal, SIGTERM from a service manager or `timeout`.

@@ -20,6 +20,7 @@ pub mod queue;
 pub mod recipients;
 pub mod retry;
 pub mod serve;
+pub mod standin;
 pub mod svix;
 pub mod templates;
 pub mod wakeups;

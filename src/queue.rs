@@ -188,7 +188,7 @@ limit $1";
 /// Every statement above, for the test that prepares each one against the
 /// migrated schema (a renamed column fails a test, not production).
 pub fn all_statements() -> Vec<String> {
-    vec![
+    [
         CLAIM.to_string(),
         record_sent_sql(),
         record_retry_sql(),
@@ -202,9 +202,22 @@ pub fn all_statements() -> Vec<String> {
         crate::delivery::APPLY_PENDING.to_string(),
         crate::delivery::APPLY_ALL_PENDING.to_string(),
         crate::metrics::JOBS_BY_STATUS.to_string(),
-        crate::http::status_statements()[0].to_string(),
-        crate::http::status_statements()[1].to_string(),
     ]
+    .into_iter()
+    .chain(crate::http::statements().iter().map(|s| s.to_string()))
+    .chain(
+        [
+            crate::ops_cli::BACKFILL_CANDIDATES,
+            crate::ops_cli::BACKFILL_INSERT,
+            crate::ops_cli::FIND_LEADS,
+            crate::ops_cli::LEAD_JOBS,
+            crate::ops_cli::RETRY_CANDIDATES,
+            crate::ops_cli::RETRY_UPDATE,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    )
+    .collect()
 }
 
 #[derive(Debug, thiserror::Error)]

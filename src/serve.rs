@@ -124,6 +124,7 @@ impl Application {
             resend_key: config.resend_webhook_key.clone(),
             mobizon_token: config.mobizon_webhook_token.clone(),
             admin_token: config.admin_token.clone(),
+            dev_outbox: config.dev_outbox.clone(),
         };
         let app = http::router(state);
         let http_stop = http_cancel.clone();

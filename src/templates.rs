@@ -57,7 +57,8 @@ fn display_name(name: Option<&str>) -> Option<String> {
     (!cleaned.is_empty()).then_some(cleaned)
 }
 
-fn html_escape(s: &str) -> String {
+/// Escapes text for HTML content and attribute values.
+pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -3,6 +3,7 @@
 //! database or internal error text never reaches a caller (it is logged).
 
 mod openapi;
+mod ops;
 mod status;
 mod webhooks;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub resend_key: SigningKey,
     pub mobizon_token: Secret,
     pub admin_token: Secret,
+    /// `leadrelay dev`: where the stand-in providers write, shown on /ops.
+    pub dev_outbox: Option<std::path::PathBuf>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -43,6 +46,9 @@ pub fn router(state: AppState) -> Router {
             post(webhooks::mobizon_path_token),
         )
         .route("/leads/{id}/status", get(status::lead_status))
+        .route("/ops", get(ops::page))
+        .route("/ops/login", post(ops::login))
+        .route("/ops/logout", post(ops::logout))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -83,9 +89,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The status API's statements, for the test that prepares every statement.
-pub fn status_statements() -> [&'static str; 2] {
-    [status::LEAD, status::MESSAGES]
+/// The HTTP layer's statements, for the test that prepares every statement.
+pub fn statements() -> [&'static str; 6] {
+    [
+        status::LEAD,
+        status::MESSAGES,
+        ops::FUNNEL,
+        ops::LAST_LEADS,
+        ops::FAILURES,
+        ops::OVERDUE,
+    ]
 }
 
 /// Compares secrets in constant time, length included (both are hashed).

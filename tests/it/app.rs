@@ -173,6 +173,7 @@ pub fn config(db_url: &str, providers: &Providers) -> ServeConfig {
         mobizon_webhook_token: Secret::new(MOBIZON_WEBHOOK_TOKEN),
         admin_token: Secret::new(ADMIN_TOKEN),
         mobizon_poll_interval: None,
+        dev_outbox: None,
     }
 }
 

@@ -1,9 +1,11 @@
 //! Integration tests: a real PostgreSQL cluster, started once for this process.
 
 mod app;
+mod dev_mode;
 mod harness;
 mod migrate_cmd;
 mod operator;
+mod ops_page;
 mod pgtap;
 mod sql_core;
 mod webhooks;

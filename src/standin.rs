@@ -1,0 +1,203 @@
+//! Local stand-ins for Resend and Mobizon, for `leadrelay dev`: they record
+//! every email and SMS as files under `.leadrelay/outbox/` instead of sending
+//! them, answer as the real APIs do (the same idempotency key gets the same
+//! email id), and a second later post a signed delivery report to our own
+//! webhooks, so a new user sees the whole flow with no accounts.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+
+use crate::config::Secret;
+use crate::svix::SigningKey;
+
+struct StandInState {
+    outbox: PathBuf,
+    resend_key: SigningKey,
+    mobizon_token: Secret,
+    /// Where our webhooks are, known once the server is up.
+    webhooks: OnceLock<String>,
+    email_ids: Mutex<HashMap<String, String>>,
+    next_sms: AtomicU64,
+    http: reqwest::Client,
+}
+
+pub struct StandIn {
+    pub url: String,
+    state: Arc<StandInState>,
+}
+
+impl StandIn {
+    /// Tells the stand-ins where to post delivery reports.
+    pub fn deliver_reports_to(&self, base_url: String) {
+        let _ = self.state.webhooks.set(base_url);
+    }
+}
+
+pub async fn start(
+    outbox: PathBuf,
+    resend_key: SigningKey,
+    mobizon_token: Secret,
+) -> std::io::Result<StandIn> {
+    std::fs::create_dir_all(&outbox)?;
+    let state = Arc::new(StandInState {
+        outbox,
+        resend_key,
+        mobizon_token,
+        webhooks: OnceLock::new(),
+        email_ids: Mutex::new(HashMap::new()),
+        next_sms: AtomicU64::new(1),
+        http: reqwest::Client::new(),
+    });
+    let app = Router::new()
+        .route("/emails", post(email))
+        .route("/service/message/sendsmsmessage", post(sms))
+        .route("/service/message/getsmsstatus", post(sms_status))
+        .with_state(Arc::clone(&state));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "stand-in providers stopped");
+        }
+    });
+    Ok(StandIn { url, state })
+}
+
+fn stamp() -> String {
+    chrono::Utc::now().format("%Y%m%d-%H%M%S%.3f").to_string()
+}
+
+fn write(state: &StandInState, name: &str, contents: &[u8]) {
+    let path = state.outbox.join(name);
+    if let Err(e) = std::fs::write(&path, contents) {
+        tracing::warn!(path = %path.display(), error = %e, "could not write to the outbox");
+    }
+}
+
+async fn email(
+    State(state): State<Arc<StandInState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::Json<serde_json::Value> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let (id, first_time) = {
+        let mut ids = state.email_ids.lock().unwrap_or_else(|e| e.into_inner());
+        match ids.get(&key) {
+            Some(id) => (id.clone(), false),
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                ids.insert(key.clone(), id.clone());
+                (id, true)
+            }
+        }
+    };
+    if first_time {
+        let message: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let record = serde_json::json!({
+            "provider": "resend (stand-in)", "email_id": id, "idempotency_key": key,
+            "from": message["from"], "to": message["to"], "subject": message["subject"],
+            "text": message["text"], "received_at": chrono::Utc::now(),
+        });
+        let name = format!("{}-email-{id}", stamp());
+        write(
+            &state,
+            &format!("{name}.json"),
+            &serde_json::to_vec_pretty(&record).unwrap_or_default(),
+        );
+        if let Some(html) = message["html"].as_str() {
+            write(&state, &format!("{name}.html"), html.as_bytes());
+        }
+        let report_state = Arc::clone(&state);
+        let email_id = id.clone();
+        tokio::spawn(async move { report_email_delivered(report_state, email_id).await });
+    }
+    axum::Json(serde_json::json!({ "id": id }))
+}
+
+async fn report_email_delivered(state: Arc<StandInState>, email_id: String) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let Some(base) = state.webhooks.get() else {
+        return;
+    };
+    let body = serde_json::to_vec(&serde_json::json!({
+        "type": "email.delivered", "created_at": chrono::Utc::now().to_rfc3339(),
+        "data": {"email_id": email_id}
+    }))
+    .unwrap_or_default();
+    let svix_id = format!("msg_standin_{}", uuid::Uuid::new_v4().simple());
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = state.resend_key.signature(&svix_id, &timestamp, &body);
+    let _ = state
+        .http
+        .post(format!("{base}/webhooks/resend"))
+        .header("svix-id", svix_id)
+        .header("svix-timestamp", timestamp)
+        .header("svix-signature", signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await;
+}
+
+async fn sms(State(state): State<Arc<StandInState>>, body: Bytes) -> axum::Json<serde_json::Value> {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let id = state.next_sms.fetch_add(1, Ordering::Relaxed).to_string();
+    let record = serde_json::json!({
+        "provider": "mobizon (stand-in)", "message_id": id,
+        "recipient": form.get("recipient"), "from": form.get("from"), "text": form.get("text"),
+        "received_at": chrono::Utc::now(),
+    });
+    write(
+        &state,
+        &format!("{}-sms-{id}.json", stamp()),
+        &serde_json::to_vec_pretty(&record).unwrap_or_default(),
+    );
+    let report_state = Arc::clone(&state);
+    let message_id = id.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(base) = report_state.webhooks.get() else {
+            return;
+        };
+        let report = serde_json::json!({
+            "eventId": format!("standin-{message_id}"), "eventType": "sms-delivery-report",
+            "eventCreateTs": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+            "webhookId": 0, "attempt": 1,
+            "data": {"messageId": message_id, "status": "DELIVRD", "segNum": 1,
+                     "statusUpdateTs": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()}
+        });
+        let _ = report_state
+            .http
+            .post(format!(
+                "{base}/webhooks/mobizon?token={}",
+                report_state.mobizon_token.expose()
+            ))
+            .json(&report)
+            .send()
+            .await;
+    });
+    axum::Json(
+        serde_json::json!({"code": 0, "data": {"campaignId": "0", "messageId": id, "status": 2}, "message": ""}),
+    )
+}
+
+async fn sms_status(body: Bytes) -> axum::Json<serde_json::Value> {
+    let data: Vec<serde_json::Value> = url::form_urlencoded::parse(&body)
+        .filter(|(k, _)| k == "ids[]")
+        .map(|(_, id)| serde_json::json!({"id": id, "status": "DELIVRD"}))
+        .collect();
+    axum::Json(serde_json::json!({"code": 0, "data": data, "message": ""}))
+}

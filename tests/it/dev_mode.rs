@@ -1,0 +1,135 @@
+//! `leadrelay dev` as a new user runs it: a fresh directory, one command, one
+//! INSERT, and the email and SMS show up in the outbox.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::app::eventually;
+
+#[tokio::test]
+async fn dev_mode_sends_a_new_leads_email_and_sms_to_the_stand_in_providers() {
+    let dir = tempfile::tempdir().unwrap();
+    // PostgreSQL runs as an unprivileged user when we are root: it must reach the directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dev_dir = dir.path().join(".leadrelay");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .args(["dev", "--delay", "0s"])
+        .env("LEADRELAY_DEV_DIR", &dev_dir)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("LEADRELAY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut banner = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !banner.iter().any(|l: &String| l.contains("Ctrl-C stops")) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no banner; printed so far: {banner:#?}"));
+        banner.push(line);
+    }
+    let text = banner.join("\n");
+    let database_url = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("DATABASE_URL="))
+        .expect("the banner names DATABASE_URL")
+        .to_string();
+    assert!(text.contains("/ops"), "{text}");
+    assert!(text.contains("insert into landing_leads"), "{text}");
+
+    let client = leadrelay::db::connect(&database_url).await.unwrap();
+    client
+        .batch_execute("insert into landing_leads (name, email, phone, source) values ('Айгерим', 'aigerim@example.com', '+7 705 123 45 67', 'proftest_main')")
+        .await
+        .unwrap();
+    let outbox = dev_dir.join("outbox");
+    eventually(
+        Duration::from_secs(30),
+        "an email and an SMS in the outbox",
+        || async {
+            let names: Vec<String> = std::fs::read_dir(&outbox)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names
+                .iter()
+                .any(|n| n.contains("-email-") && n.ends_with(".json"))
+                && names
+                    .iter()
+                    .any(|n| n.contains("-sms-") && n.ends_with(".json"))
+        },
+    )
+    .await;
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let email: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            files
+                .iter()
+                .find(|p| {
+                    p.to_string_lossy().contains("-email-")
+                        && p.extension().is_some_and(|e| e == "json")
+                })
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(email["to"][0], "aigerim@example.com");
+    assert_eq!(email["subject"], "Тест пройден. Получить продукт");
+    let sms: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            files
+                .iter()
+                .find(|p| p.to_string_lossy().contains("-sms-"))
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sms["recipient"], "77051234567");
+    // The stand-ins report delivery back through the signed webhooks.
+    eventually(Duration::from_secs(30), "delivered states", || async {
+        let n: i64 = client
+            .query_one(
+                "select count(*) from notification_jobs where delivery_status = 'delivered'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 2
+    })
+    .await;
+    drop(client);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        leadrelay::db::connect(&format!("{database_url}?connect_timeout=2"))
+            .await
+            .is_err(),
+        "the private PostgreSQL was stopped"
+    );
+}
