@@ -7,6 +7,7 @@ mod migrate_cmd;
 mod operator;
 mod ops_page;
 mod pgtap;
+mod sql_checks;
 mod sql_core;
 mod webhooks;
 mod worker;

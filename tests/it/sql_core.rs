@@ -582,6 +582,19 @@ async fn pg_cron_really_runs_the_promotion_in_the_test_cluster() {
         .unwrap()
         .get(0);
     assert!(runs >= 1);
+    let history = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sql/04_pg_cron_history.sql"
+    ))
+    .unwrap();
+    let rows = client.simple_query(&history).await.unwrap();
+    assert!(
+        rows.iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count()
+            >= 2,
+        "sql/04 shows the job and its runs"
+    );
 }
 
 /// A LISTEN connection whose notifications arrive on a channel.

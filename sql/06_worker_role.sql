@@ -1,0 +1,63 @@
+-- A database role for `leadrelay serve` with only the rights it needs, instead
+-- of the postgres superuser. Run once, as postgres, in the SQL editor, after
+-- `leadrelay migrate`; replace the password. Then connect the service as
+--   postgres://leadrelay_worker.<project-ref>:<password>@<host>:5432/postgres
+-- (Supabase's session-mode pooler names the role with the project suffix; a
+-- direct connection uses plain leadrelay_worker).
+-- `leadrelay migrate` still runs as postgres: it creates and alters tables.
+do $$
+begin
+  if not exists (select 1 from pg_roles where rolname = 'leadrelay_worker') then
+    create role leadrelay_worker login password 'change-me-to-a-long-random-secret';
+  end if;
+end
+$$;
+
+grant usage on schema public to leadrelay_worker;
+
+-- The queue: claim, record outcomes, store webhook events.
+grant select, update on public.notification_jobs to leadrelay_worker;
+grant select, insert, update on public.notification_events to leadrelay_worker;
+grant select on public.notification_rules to leadrelay_worker;
+grant usage on sequence public.notification_events_id_seq to leadrelay_worker;
+
+-- The leads: read them, and write only the mirror columns.
+grant select on public.landing_leads to leadrelay_worker;
+grant update (email_sent, email_sent_at, email_error, sms_sent, sms_sent_at, sms_error,
+              email_delivery_status, sms_delivery_status)
+  on public.landing_leads to leadrelay_worker;
+grant select on public.lead_notification_status to leadrelay_worker;
+
+-- The functions the worker and the webhooks call (they run as their owner).
+grant execute on function public.promote_due_notification_jobs(integer) to leadrelay_worker;
+grant execute on function public.record_notification_event(text, text, text, text, timestamptz, jsonb, text) to leadrelay_worker;
+grant execute on function public.apply_pending_notification_events(text, text) to leadrelay_worker;
+grant execute on function public.apply_all_pending_notification_events(integer) to leadrelay_worker;
+grant execute on function public.leadrelay_delivery_rank(text) to leadrelay_worker;
+grant execute on function public.leadrelay_phone_digits(text) to leadrelay_worker;
+grant execute on function public.leadrelay_email_problem(text) to leadrelay_worker;
+grant execute on function public.leadrelay_phone_problem(text) to leadrelay_worker;
+
+-- `serve` checks at start that the migrations are applied.
+grant usage on schema supabase_migrations to leadrelay_worker;
+grant select on supabase_migrations.schema_migrations to leadrelay_worker;
+
+-- RLS is on for leadrelay's tables (and may be on landing_leads): these
+-- policies let this one role through, and nobody else.
+drop policy if exists leadrelay_worker_jobs on public.notification_jobs;
+create policy leadrelay_worker_jobs on public.notification_jobs
+  for all to leadrelay_worker using (true) with check (true);
+drop policy if exists leadrelay_worker_events on public.notification_events;
+create policy leadrelay_worker_events on public.notification_events
+  for all to leadrelay_worker using (true) with check (true);
+drop policy if exists leadrelay_worker_rules on public.notification_rules;
+create policy leadrelay_worker_rules on public.notification_rules
+  for select to leadrelay_worker using (true);
+drop policy if exists leadrelay_worker_leads on public.landing_leads;
+create policy leadrelay_worker_leads on public.landing_leads
+  for all to leadrelay_worker using (true) with check (true);
+
+-- lead_tracking, when it is in this database (otherwise run these two lines in
+-- the tracking project, for the role LEAD_TRACKING_DATABASE_URL uses):
+--   grant select, insert, update on public.lead_tracking to leadrelay_worker;
+--   create policy leadrelay_worker_tracking on public.lead_tracking for all to leadrelay_worker using (true) with check (true);

@@ -1,0 +1,137 @@
+//! The operator's SQL in sql/: each check runs against the migrated schema,
+//! and the worker runs as the least-privilege role of sql/06_worker_role.sql.
+
+use std::time::Duration;
+
+use crate::app::{
+    LEAD_TRACKING_TABLE, NO_DELAY, Providers, config, count, eventually, start, unfinished,
+};
+use crate::harness::{fresh_db, incident_fixture, insert_as_landing};
+
+fn sql(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/sql/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[tokio::test]
+async fn every_operator_check_runs_against_the_schema_and_finds_the_incident_leads() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let fixture = incident_fixture();
+    for lead in &fixture.leads {
+        insert_as_landing(
+            &client,
+            Some(&lead.name),
+            Some(&lead.email),
+            Some(&lead.phone),
+            Some(&fixture.source),
+            None,
+        )
+        .await;
+    }
+    let rows = client
+        .simple_query(&sql("01_did_these_leads_get_their_messages.sql"))
+        .await
+        .unwrap();
+    let found = rows
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(found, 2, "Айгерим by name and email, Алия by phone");
+    for file in [
+        "02_failures_last_day.sql",
+        "03_overdue_jobs.sql",
+        "05_funnel.sql",
+    ] {
+        client
+            .simple_query(&sql(file))
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {}", leadrelay::db::describe(&e)));
+    }
+    let failures = client
+        .simple_query(&sql("02_failures_last_day.sql"))
+        .await
+        .unwrap();
+    assert_eq!(
+        failures
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count(),
+        1,
+        "the 10-digit phone"
+    );
+}
+
+#[tokio::test]
+async fn the_worker_runs_as_the_least_privilege_role() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
+    client
+        .batch_execute(&sql("06_worker_role.sql"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&sql("06_worker_role.sql"))
+        .await
+        .expect("the script runs twice");
+    client
+        .batch_execute(
+            "grant select, insert, update on public.lead_tracking to leadrelay_worker;
+             alter table public.lead_tracking enable row level security;
+             create policy leadrelay_worker_tracking on public.lead_tracking for all to leadrelay_worker using (true) with check (true);
+             alter table public.landing_leads enable row level security;",
+        )
+        .await
+        .unwrap();
+    let worker_url = db
+        .url
+        .replacen("postgres://postgres@", "postgres://leadrelay_worker@", 1);
+    let worker = leadrelay::db::connect(&worker_url).await.unwrap();
+    let denied = worker.batch_execute("delete from landing_leads").await;
+    assert!(denied.is_err(), "it cannot delete leads");
+    let denied = worker
+        .batch_execute("update landing_leads set email = 'x@y.kz'")
+        .await;
+    assert!(denied.is_err(), "it cannot change what people typed");
+
+    let providers = Providers::healthy().await;
+    let app = start(config(&worker_url, &providers)).await;
+    let fixture = incident_fixture();
+    for lead in &fixture.leads {
+        insert_as_landing(
+            &client,
+            Some(&lead.name),
+            Some(&lead.email),
+            Some(&lead.phone),
+            Some(&fixture.source),
+            None,
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(20), "every job finished", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where status = 'sent'"
+        )
+        .await,
+        11
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from landing_leads where email_sent"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        count(&client, "select count(*) from lead_tracking").await,
+        4
+    );
+    app.shutdown().await;
+}
