@@ -444,10 +444,10 @@ fn rate(name: &'static str, value: Option<&str>, default: f64) -> Result<f64, Co
         Some(v) => v
             .parse::<f64>()
             .ok()
-            .filter(|r| r.is_finite() && *r >= 0.1 && *r <= 1000.0)
+            .filter(|r| r.is_finite() && *r >= 0.1 && *r <= 100_000.0)
             .ok_or(ConfigError::Malformed {
                 name,
-                reason: "expected requests per second, a number from 0.1 to 1000".into(),
+                reason: "expected requests per second, a number from 0.1 to 100000".into(),
             }),
     }
 }
