@@ -44,6 +44,7 @@ struct Row {
 }
 
 fn row(scenario: &str, measured: String, reference: String, ratio: String, target: &str) -> Row {
+    println!("{scenario}: {measured} | {reference} | {ratio} | target {target}");
     Row {
         scenario: scenario.into(),
         measured,
@@ -494,6 +495,7 @@ async fn main() {
         }
     );
 
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     // 1. Lead insert cost.
     let insert_db = database(&cluster, "bench_insert").await;
     insert_db
@@ -513,6 +515,10 @@ async fn main() {
         ));
     }
     drop(insert_db);
+    if only == "insert" {
+        print_table(&rows);
+        return;
+    }
 
     // The service, as deployed: the release binary against the mock providers.
     let client = database(&cluster, "postgres").await;
@@ -698,7 +704,7 @@ async fn main() {
     client
         .execute(
             "insert into landing_leads (name, email, source, created_at)
-             select 'Timing ' || g, 'at' || g || '@mail.ru', 'proftest_timing', $1 - interval '1 day' from generate_series(1, 200) g",
+             select 'Timing ' || g, 'at' || g || '@mail.ru', 'proftest_timing', $1::timestamptz - interval '1 day' from generate_series(1, 200) g",
             &[&due_at],
         )
         .await

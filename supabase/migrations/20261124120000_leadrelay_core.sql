@@ -254,21 +254,44 @@ security definer
 set search_path = ''
 as $$
 declare
+  v_email text := btrim(new.email);
+  v_phone text := new.phone;
+  v_digits text;
   v_email_problem text;
   v_phone_problem text;
-  v_notified bigint;
+  v_inserted bigint;
 begin
   begin
-    -- Cheap exit for sources no rule wants (a null source matches nothing).
-    if not exists (
-      select 1 from public.notification_rules r
-      where r.enabled and new.source like r.source_pattern
-    ) then
-      return null;
+    -- The checks of leadrelay_email_problem() and leadrelay_phone_problem(),
+    -- written out here: a call to a function with its own SET search_path
+    -- costs a configuration save and restore, which on every landing insert
+    -- was most of this trigger's cost. supabase/tests/ checks both agree.
+    v_email_problem := case
+      when v_email is null or v_email = '' then 'email is missing'
+      when length(new.email) > 254 then 'email is longer than 254 characters'
+      when v_email !~ '^[^@[:space:]<>(),;:"]+@[^@[:space:]<>(),;:"]+\.[^@[:space:]<>(),;:".]{2,}$'
+        then 'email is not an address of the form name@domain.tld'
+      when v_email ~ '\.\.' then 'email has two dots in a row'
+    end;
+    if v_phone is null or btrim(v_phone) = '' then
+      v_phone_problem := 'phone is missing';
+    elsif length(v_phone) > 64 then
+      v_phone_problem := 'phone is longer than 64 characters';
+    elsif v_phone ~ '[^0-9[:space:]()+.\-]' then
+      v_phone_problem := 'phone contains characters other than digits, spaces, +, -, ( and )';
+    else
+      v_digits := regexp_replace(v_phone, '[^0-9]', '', 'g');
+      v_phone_problem := case
+        when length(v_digits) = 0 then 'phone has no digits'
+        when length(v_digits) <> 11 then format(
+          'phone has %s digits; a Kazakhstan number needs 11 (7, the 3-digit operator code and 7 digits)',
+          length(v_digits))
+        when left(v_digits, 1) not in ('7', '8') then 'phone does not start with the country code 7 (or 8)'
+      end;
+      if v_phone_problem is null then
+        v_digits := '7' || substr(v_digits, 2);
+      end if;
     end if;
-
-    v_email_problem := public.leadrelay_email_problem(new.email);
-    v_phone_problem := public.leadrelay_phone_problem(new.phone);
 
     with rules as (
       select r.channel, r.template, r.delay,
@@ -284,8 +307,8 @@ begin
       select new.id, rules.channel, rules.template,
              case
                when rules.problem is not null then null
-               when rules.channel = 'email' then btrim(new.email)
-               when rules.channel = 'sms' then public.leadrelay_phone_digits(new.phone)
+               when rules.channel = 'email' then v_email
+               when rules.channel = 'sms' then v_digits
              end,
              case
                when rules.problem is not null then 'invalid'
@@ -297,17 +320,17 @@ begin
              case when rules.problem is not null then now() end
       from rules
       on conflict on constraint notification_jobs_lead_channel_template_key do nothing
-      returning id, status
+      returning id
     )
-    -- Jobs with no delay are due now: wake the workers at commit, one
-    -- notification per job as the promotion sends them.
-    select count(pg_notify('notification_jobs', inserted.id::text))
-      from inserted where inserted.status = 'due'
-      into strict v_notified;
+    select count(*) from inserted into strict v_inserted;
+    -- No NOTIFY here, even for jobs due at once: PostgreSQL serialises the
+    -- commits of all transactions that notify, which would make concurrent
+    -- landing inserts wait for each other. Those jobs are found by the
+    -- worker's next sweep (SWEEP_INTERVAL, 30 s by default).
 
     -- Show an unusable address where the dashboard looks. Rare, so the extra
     -- update of the new row costs nothing in the common case.
-    if v_email_problem is not null or v_phone_problem is not null then
+    if v_inserted > 0 and (v_email_problem is not null or v_phone_problem is not null) then
       update public.landing_leads l
          set email_error = case when exists (
                select 1 from public.notification_jobs j

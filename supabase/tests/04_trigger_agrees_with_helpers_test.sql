@@ -1,0 +1,48 @@
+-- The trigger writes its recipient checks out for speed; they must give the
+-- same answers as leadrelay_email_problem(), leadrelay_phone_problem() and
+-- leadrelay_phone_digits(), which backfill and the tests use.
+begin;
+create schema if not exists tap;
+create extension if not exists pgtap with schema tap;
+set local search_path = public, tap;
+
+select plan(2);
+
+create temporary table samples (email text, phone text) on commit drop;
+insert into samples values
+  ('aigerim.test0@gmail.com', '+7 (705) 123-45-67'),
+  ('  Aliya.Test1@gmail.com ', '8 702 765 43 21'),
+  (null, null),
+  ('', '   '),
+  ('no-at-sign', '+7 (476) 123-45-6'),
+  ('a..b@mail.ru', 'call me'),
+  ('a@b', '+1 (555) 123-4567'),
+  (repeat('a', 250) || '@x.kz', repeat('7', 70)),
+  ('emoji😀@x', '()--'),
+  ('x@y.kz''); drop table t; --', '7'' or ''1''=''1'),
+  ('ok@mail.ru', '87051234567');
+
+insert into landing_leads (name, email, phone, source)
+select 'sample', email, phone, 'proftest_check' from samples;
+
+select is(
+  (select count(*)::int
+   from landing_leads l
+   join notification_jobs e on e.lead_id = l.id and e.channel = 'email'
+   where l.source = 'proftest_check'
+     and (e.last_error is distinct from leadrelay_email_problem(l.email)
+          or (e.status = 'invalid') is distinct from (leadrelay_email_problem(l.email) is not null)
+          or (e.recipient is distinct from case when leadrelay_email_problem(l.email) is null then btrim(l.email) end))),
+  0, 'email: the trigger and leadrelay_email_problem() agree');
+
+select is(
+  (select count(*)::int
+   from landing_leads l
+   join notification_jobs s on s.lead_id = l.id and s.channel = 'sms'
+   where l.source = 'proftest_check'
+     and (s.last_error is distinct from leadrelay_phone_problem(l.phone)
+          or s.recipient is distinct from case when leadrelay_phone_problem(l.phone) is null then leadrelay_phone_digits(l.phone) end)),
+  0, 'phone: the trigger and leadrelay_phone_problem() / leadrelay_phone_digits() agree');
+
+select * from finish();
+rollback;
