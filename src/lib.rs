@@ -19,6 +19,7 @@ pub mod providers;
 pub mod queue;
 pub mod recipients;
 pub mod retry;
+pub mod sent_batches;
 pub mod serve;
 pub mod standin;
 pub mod svix;

@@ -86,6 +86,10 @@ mirror as (
      and t.status in ('sent', 'failed')
   returning t.id
 )
+";
+
+/// The end of a one-job outcome statement: 1 if the job was still ours.
+const ONE_RESULT: &str = "
 select (select count(*) from done),
        (select count(pg_notify('notification_jobs', r.id::text)) from resync r)";
 
@@ -101,8 +105,28 @@ pub fn record_sent_sql() -> String {
      set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = $3,
          last_error = null, locked_by = null, locked_until = null, updated_at = now()
    where j.id = $1 and j.status = 'sending' and j.locked_by = $2
-  returning j.lead_id, j.channel, null::text as error, true as sent
-), {MIRROR}"
+  returning j.id, j.lead_id, j.channel, null::text as error, true as sent
+), {MIRROR}{ONE_RESULT}"
+    )
+}
+
+/// Many jobs of one channel, held by worker $3, were accepted: job ids $1
+/// with provider message ids $2, recorded in one statement (the hot path of
+/// a busy queue). Returns the ids that were still ours.
+pub fn record_sent_batch_sql() -> String {
+    format!(
+        "with input as (
+  select * from unnest($1::bigint[], $2::text[]) as t(id, provider_message_id)
+), done as (
+  update public.notification_jobs j
+     set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = i.provider_message_id,
+         last_error = null, locked_by = null, locked_until = null, updated_at = now()
+    from input i
+   where j.id = i.id and j.status = 'sending' and j.locked_by = $3
+  returning j.id, j.lead_id, j.channel, null::text as error, true as sent
+), {MIRROR}
+select coalesce((select array_agg(id) from done), '{{}}'::bigint[]),
+       (select count(pg_notify('notification_jobs', r.id::text)) from resync r)"
     )
 }
 
@@ -120,8 +144,8 @@ pub fn record_retry_sql() -> String {
          {APPEND_ERROR},
          locked_by = null, locked_until = null, updated_at = now()
    where j.id = $1 and j.status = 'sending' and j.locked_by = $2
-  returning j.lead_id, j.channel, j.last_error as error, false as sent
-), {MIRROR}"
+  returning j.id, j.lead_id, j.channel, j.last_error as error, false as sent
+), {MIRROR}{ONE_RESULT}"
     )
 }
 
@@ -136,8 +160,8 @@ pub fn record_final_sql() -> String {
          {APPEND_ERROR},
          locked_by = null, locked_until = null, updated_at = now()
    where j.id = $1 and j.status = 'sending' and j.locked_by = $2
-  returning j.lead_id, j.channel, j.last_error as error, false as sent
-), {MIRROR}"
+  returning j.id, j.lead_id, j.channel, j.last_error as error, false as sent
+), {MIRROR}{ONE_RESULT}"
     )
 }
 
@@ -191,6 +215,7 @@ pub fn all_statements() -> Vec<String> {
     [
         CLAIM.to_string(),
         record_sent_sql(),
+        record_sent_batch_sql(),
         record_retry_sql(),
         record_final_sql(),
         RECORD_TRACKED.to_string(),
@@ -220,7 +245,7 @@ pub fn all_statements() -> Vec<String> {
     .collect()
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     #[error("database unavailable: {0}")]
     Pool(String),
@@ -396,6 +421,21 @@ impl Queue {
             }
         };
         Ok(row.get::<_, i64>(0) == 1)
+    }
+
+    /// Records `sent` for many jobs of one channel; returns the ids that
+    /// were still ours.
+    pub async fn record_sent_batch(
+        &self,
+        ids: &[i64],
+        message_ids: &[String],
+    ) -> Result<Vec<i64>, QueueError> {
+        let client = self.pool.get().await?;
+        let st = client.prepare_cached(&record_sent_batch_sql()).await?;
+        let row = client
+            .query_one(&st, &[&ids, &message_ids, &self.worker_id])
+            .await?;
+        Ok(row.get(0))
     }
 
     pub async fn record_tracked(

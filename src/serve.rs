@@ -67,8 +67,10 @@ impl Application {
         let listener_state = Arc::new(ListenerState::default());
         let worker_tasks = TaskTracker::new();
         let other_tasks = TaskTracker::new();
+        let queue = Queue::new(pool.clone(), worker_id.clone());
         let worker = Arc::new(Worker {
-            queue: Queue::new(pool.clone(), worker_id.clone()),
+            sent_batches: crate::sent_batches::SentBatches::start(queue.clone()),
+            queue,
             tracking_pool,
             resend: ResendClient::new(
                 http.clone(),

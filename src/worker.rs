@@ -20,6 +20,7 @@ use crate::providers::mobizon::MobizonClient;
 use crate::providers::resend::{self, OutgoingEmail, ResendClient, Tag};
 use crate::providers::{SendError, Sent};
 use crate::queue::{Channel, ClaimedJob, Outcome, Queue};
+
 use crate::wakeups::Wakeups;
 use crate::{lead_tracking, mask, recipients, templates};
 
@@ -36,6 +37,7 @@ pub struct Worker {
     pub settings: WorkerSettings,
     pub wakeups: Arc<Wakeups>,
     pub tasks: TaskTracker,
+    pub sent_batches: crate::sent_batches::SentBatches,
 }
 
 impl Worker {
@@ -314,7 +316,17 @@ impl Worker {
         let mut wait = Duration::from_millis(100);
         let deadline = tokio::time::Instant::now() + self.settings.lease;
         loop {
-            match self.queue.record(job.id, &outcome).await {
+            let recorded = match &outcome {
+                Outcome::Sent {
+                    provider_message_id,
+                } => {
+                    self.sent_batches
+                        .record(job.channel, job.id, provider_message_id)
+                        .await
+                }
+                other => self.queue.record(job.id, other).await,
+            };
+            match recorded {
                 Ok(true) => {
                     log_state_change(job, &outcome);
                     if let Outcome::Sent {
