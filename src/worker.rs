@@ -7,6 +7,7 @@
 //! batch plus the request timeout, so a job is never held while it waits
 //! behind others, and never re-sent while its request is still running.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,60 +93,74 @@ impl Worker {
 
     async fn lane_loop(self: Arc<Self>, channel: Channel, cancel: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        // Claimed ahead of free slots, so that one claim serves many jobs
+        // under load instead of one claim per finished request.
+        let batch = self.settings.concurrency * 2;
+        let mut claimed: VecDeque<ClaimedJob> = VecDeque::new();
         loop {
-            let first = tokio::select! {
+            if claimed.is_empty() {
+                match self
+                    .queue
+                    .claim(channel, batch as i64, self.lease_for(channel, batch))
+                    .await
+                {
+                    Ok(jobs) if !jobs.is_empty() => claimed.extend(jobs),
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = self.wakeups.lane(channel).notified() => {}
+                            _ = tokio::time::sleep(self.settings.sweep_interval) => {}
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = channel.as_str(), error = %e, "claim failed");
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let permit = tokio::select! {
                 _ = cancel.cancelled() => break,
                 permit = Arc::clone(&slots).acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
                 },
             };
-            let mut permits = vec![first];
-            while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
-                permits.push(p);
-            }
-            let lease = self.lease_for(channel, permits.len());
-            let jobs = match self.queue.claim(channel, permits.len() as i64, lease).await {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::warn!(channel = channel.as_str(), error = %e, "claim failed");
-                    drop(permits);
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    continue;
-                }
-            };
-            if jobs.is_empty() {
-                drop(permits);
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = self.wakeups.lane(channel).notified() => {}
-                    _ = tokio::time::sleep(self.settings.sweep_interval) => {}
-                }
+            let Some(job) = claimed.pop_front() else {
                 continue;
-            }
-            for (job, permit) in jobs.into_iter().zip(permits) {
-                let worker = Arc::clone(&self);
-                let token = cancel.clone();
-                self.tasks.spawn(async move {
-                    worker.process(job, token).await;
-                    drop(permit);
-                });
+            };
+            let worker = Arc::clone(&self);
+            let token = cancel.clone();
+            self.tasks.spawn(async move {
+                worker.process(job, token).await;
+                drop(permit);
+            });
+        }
+        // Stopping: what was claimed but not started goes back unsent.
+        for job in claimed {
+            if let Err(e) = self.queue.release(job.id).await {
+                tracing::warn!(job_id = job.id, error = %e, "could not release job; its lease will expire");
             }
         }
     }
 
-    /// The lease for a batch of `n`: the pacing wait of the last job in it,
-    /// the request timeout twice over, and a margin for recording the outcome.
+    /// The lease for a claim of `n`: the request timeout twice over (at least
+    /// JOB_LEASE), plus the wait of the last job for a free slot (n /
+    /// concurrency requests) and for its pacing turn.
     fn lease_for(&self, channel: Channel, n: usize) -> Duration {
         let pacing = match channel {
             Channel::Email => self.resend.pacer.interval(),
             Channel::Sms => self.mobizon.pacer.interval(),
             Channel::LeadTracking => Duration::ZERO,
         };
-        self.settings.lease.max(self.settings.provider_timeout * 2) + pacing * n as u32
+        let rounds = n.div_ceil(self.settings.concurrency.max(1)) as u32;
+        self.settings.lease.max(self.settings.provider_timeout * 2)
+            + self.settings.provider_timeout * rounds
+            + pacing * n as u32
     }
 
     /// Sends one claimed job and records how it went.
