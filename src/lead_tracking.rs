@@ -13,9 +13,14 @@ use crate::queue::ClaimedJob;
 const LOCK: &str = "select pg_advisory_xact_lock(hashtextextended($1, 0))";
 
 /// Only the flags are updated on an existing row: people edit the rest.
+/// They only move forward (a message once sent stays sent), so a slower,
+/// superseded sync of the same lead can never write older flags over newer.
 const UPDATE_FLAGS: &str = "
 update public.lead_tracking
-   set email_sent = $2, email_sent_at = $3, sms_sent = $4, sms_sent_at = $5
+   set email_sent = coalesce(email_sent, false) or $2,
+       email_sent_at = coalesce(email_sent_at, $3),
+       sms_sent = coalesce(sms_sent, false) or $4,
+       sms_sent_at = coalesce(sms_sent_at, $5)
  where metadata ->> 'landing_lead_id' = $1";
 
 const INSERT_ROW: &str = "

@@ -78,12 +78,18 @@ mirror as (
    where l.id = d.lead_id and d.channel in ('email', 'sms')
   returning l.id
 ), resync as (
-  -- the dashboard row shows the sent flags: sync it again
+  -- The dashboard row shows the sent flags: sync it again. A sync in flight
+  -- ('sending') is taken back too: it may have read the flags before this
+  -- statement commits, and its own completion may not see this commit either
+  -- (each statement reads its own snapshot). Taking it back makes the row
+  -- lock order the two: the in-flight sync then finds its job no longer its
+  -- own and the job runs once more with fresh flags.
   update public.notification_jobs t
-     set status = 'due', due_at = now(), attempts = 0, finished_at = null, updated_at = now()
+     set status = 'due', due_at = now(), attempts = 0, finished_at = null,
+         locked_by = null, locked_until = null, updated_at = now()
     from done d
    where d.sent and t.lead_id = d.lead_id and t.channel = 'lead_tracking'
-     and t.status in ('sent', 'failed')
+     and t.status in ('sent', 'failed', 'sending')
   returning t.id
 )
 ";

@@ -217,3 +217,23 @@ pub async fn insert_as_landing(
         .expect("reset role");
     row.get(0)
 }
+
+/// The incident's four leads, inserted as the landing inserts them.
+pub async fn insert_incident_leads(client: &Client) -> Vec<uuid::Uuid> {
+    let fixture = incident_fixture();
+    let mut ids = Vec::new();
+    for lead in &fixture.leads {
+        ids.push(
+            insert_as_landing(
+                client,
+                Some(&lead.name),
+                Some(&lead.email),
+                Some(&lead.phone),
+                Some(&fixture.source),
+                Some(&fixture.metadata_example),
+            )
+            .await,
+        );
+    }
+    ids
+}

@@ -3,7 +3,7 @@
 use std::process::{Command, Output};
 
 use crate::app::count;
-use crate::harness::{fresh_db, incident_fixture, insert_as_landing};
+use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads};
 
 fn leadrelay(db_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_leadrelay"))
@@ -32,21 +32,7 @@ async fn leads_from_before_leadrelay(client: &tokio_postgres::Client) -> Vec<uui
         )
         .await
         .unwrap();
-    let fixture = incident_fixture();
-    let mut ids = Vec::new();
-    for lead in &fixture.leads {
-        ids.push(
-            insert_as_landing(
-                client,
-                Some(&lead.name),
-                Some(&lead.email),
-                Some(&lead.phone),
-                Some(&fixture.source),
-                Some(&fixture.metadata_example),
-            )
-            .await,
-        );
-    }
+    let ids = insert_incident_leads(client).await;
     client
         .execute(
             "update landing_leads set created_at = '2026-11-20 12:07:00+00' where id = any($1)",

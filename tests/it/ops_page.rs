@@ -8,7 +8,7 @@ use crate::app::{
     ADMIN_TOKEN, LEAD_TRACKING_TABLE, NO_DELAY, Providers, RESEND_WEBHOOK_SECRET, config,
     eventually, start, unfinished,
 };
-use crate::harness::{fresh_db, incident_fixture, insert_as_landing};
+use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads};
 
 const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
 
@@ -20,21 +20,7 @@ async fn a_person_signs_in_and_sees_leads_failures_and_the_funnel_in_chromium() 
     client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
     let providers = Providers::healthy().await;
     let app = start(config(&db.url, &providers)).await;
-    let fixture = incident_fixture();
-    let mut leads = Vec::new();
-    for lead in &fixture.leads {
-        leads.push(
-            insert_as_landing(
-                &client,
-                Some(&lead.name),
-                Some(&lead.email),
-                Some(&lead.phone),
-                Some(&fixture.source),
-                None,
-            )
-            .await,
-        );
-    }
+    let leads = insert_incident_leads(&client).await;
     insert_as_landing(
         &client,
         Some("<script>window.__leadrelay_xss=1</script>"),

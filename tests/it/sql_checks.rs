@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::app::{
     LEAD_TRACKING_TABLE, NO_DELAY, Providers, config, count, eventually, start, unfinished,
 };
-use crate::harness::{fresh_db, incident_fixture, insert_as_landing};
+use crate::harness::{fresh_db, insert_incident_leads};
 
 fn sql(name: &str) -> String {
     std::fs::read_to_string(format!("{}/sql/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -16,18 +16,7 @@ fn sql(name: &str) -> String {
 async fn every_operator_check_runs_against_the_schema_and_finds_the_incident_leads() {
     let db = fresh_db().await;
     let client = db.client().await;
-    let fixture = incident_fixture();
-    for lead in &fixture.leads {
-        insert_as_landing(
-            &client,
-            Some(&lead.name),
-            Some(&lead.email),
-            Some(&lead.phone),
-            Some(&fixture.source),
-            None,
-        )
-        .await;
-    }
+    insert_incident_leads(&client).await;
     let rows = client
         .simple_query(&sql("01_did_these_leads_get_their_messages.sql"))
         .await
@@ -97,18 +86,7 @@ async fn the_worker_runs_as_the_least_privilege_role() {
 
     let providers = Providers::healthy().await;
     let app = start(config(&worker_url, &providers)).await;
-    let fixture = incident_fixture();
-    for lead in &fixture.leads {
-        insert_as_landing(
-            &client,
-            Some(&lead.name),
-            Some(&lead.email),
-            Some(&lead.phone),
-            Some(&fixture.source),
-            None,
-        )
-        .await;
-    }
+    insert_incident_leads(&client).await;
     eventually(Duration::from_secs(20), "every job finished", || async {
         unfinished(&client).await == 0
     })

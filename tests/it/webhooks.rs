@@ -11,7 +11,7 @@ use crate::app::{
     ADMIN_TOKEN, LEAD_TRACKING_TABLE, MOBIZON_WEBHOOK_TOKEN, NO_DELAY, Providers,
     RESEND_WEBHOOK_SECRET, config, count, eventually, start, unfinished,
 };
-use crate::harness::{fresh_db, incident_fixture, insert_as_landing};
+use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads};
 use leadrelay::svix::SigningKey;
 
 struct Api {
@@ -450,21 +450,7 @@ async fn the_incident_leads_end_to_end_with_delivery_reports_in_the_status_api_a
     let providers = Providers::healthy().await;
     let app = start(config(&db.url, &providers)).await;
     let api = Api::new(&app);
-    let fixture = incident_fixture();
-    let mut leads = Vec::new();
-    for lead in &fixture.leads {
-        leads.push(
-            insert_as_landing(
-                &client,
-                Some(&lead.name),
-                Some(&lead.email),
-                Some(&lead.phone),
-                Some(&fixture.source),
-                Some(&fixture.metadata_example),
-            )
-            .await,
-        );
-    }
+    let leads = insert_incident_leads(&client).await;
     eventually(Duration::from_secs(20), "every job finished", || async {
         unfinished(&client).await == 0
     })

@@ -10,26 +10,7 @@ use crate::app::{
     LEAD_TRACKING_TABLE, MobizonLike, NO_DELAY, Providers, ResendLike, ServeProcess, config, count,
     eventually, start, unfinished,
 };
-use crate::harness::{self, fresh_db, incident_fixture, insert_as_landing};
-
-async fn insert_incident_leads(client: &tokio_postgres::Client) -> Vec<uuid::Uuid> {
-    let fixture = incident_fixture();
-    let mut ids = Vec::new();
-    for lead in &fixture.leads {
-        ids.push(
-            insert_as_landing(
-                client,
-                Some(&lead.name),
-                Some(&lead.email),
-                Some(&lead.phone),
-                Some(&fixture.source),
-                Some(&fixture.metadata_example),
-            )
-            .await,
-        );
-    }
-    ids
-}
+use crate::harness::{self, fresh_db, insert_as_landing, insert_incident_leads};
 
 async fn one_lead(client: &tokio_postgres::Client) -> uuid::Uuid {
     insert_as_landing(
