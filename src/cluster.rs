@@ -277,8 +277,13 @@ pub enum StopMode {
     Immediate,
 }
 
-/// Where `initdb` lives: PATH first, then Debian's versioned directories.
+/// Where `initdb` lives: `LEADRELAY_PG_BIN` when set (a PostgreSQL installed
+/// elsewhere), else PATH, then Debian's versioned directories.
 pub fn find_bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("LEADRELAY_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        return (dir.join("initdb").exists() && dir.join("pg_ctl").exists()).then_some(dir);
+    }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
             let candidate = dir.join("initdb");

@@ -137,6 +137,8 @@ pub struct ServeConfig {
     pub resend_webhook_key: crate::svix::SigningKey,
     /// The secret the Mobizon callback URL carries.
     pub mobizon_webhook_token: Secret,
+    /// Mobizon's own webhook secret key: when set, its `sign` must match.
+    pub mobizon_webhook_secret: Option<Secret>,
     /// Bearer token for the status API and the ops page.
     pub admin_token: Secret,
     /// How often sent SMS without a final state are asked about; None: never.
@@ -238,6 +240,8 @@ pub struct ServeArgs {
     pub resend_webhook_secret: Option<String>,
     #[arg(long, env = "MOBIZON_WEBHOOK_TOKEN", hide_env_values = true)]
     pub mobizon_webhook_token: Option<String>,
+    #[arg(long, env = "MOBIZON_WEBHOOK_SECRET", hide_env_values = true)]
+    pub mobizon_webhook_secret: Option<String>,
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     #[arg(long, env = "MOBIZON_POLL_INTERVAL")]
@@ -358,6 +362,16 @@ impl ServeConfig {
             args.mobizon_webhook_token.as_deref(),
         )?;
         let admin_token = token("ADMIN_TOKEN", args.admin_token.as_deref())?;
+        let mobizon_webhook_secret = match args.mobizon_webhook_secret.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) if v.len() <= 512 && !v.chars().any(char::is_control) => Some(Secret::new(v)),
+            Some(_) => {
+                return Err(ConfigError::Malformed {
+                    name: "MOBIZON_WEBHOOK_SECRET",
+                    reason: "expected at most 512 printable characters".into(),
+                });
+            }
+        };
         let mobizon_poll_interval = match args.mobizon_poll_interval.as_deref().map(str::trim) {
             Some("off") | Some("0") => None,
             other => Some(duration(
@@ -376,6 +390,7 @@ impl ServeConfig {
             worker,
             resend_webhook_key,
             mobizon_webhook_token,
+            mobizon_webhook_secret,
             admin_token,
             mobizon_poll_interval,
             dev_outbox: None,

@@ -188,6 +188,36 @@ pub fn parse_mobizon(body: &[u8]) -> Result<DeliveryEvent, ParseError> {
     }
 }
 
+/// Checks Mobizon's own webhook signature: `sign` is the hex SHA1 of
+/// `eventId|attempt|eventCreateTs|<the webhook's secret key>` (Mobizon's
+/// webhook documentation), compared in constant time.
+pub fn mobizon_sign_valid(body: &[u8], secret: &str) -> bool {
+    use sha1::{Digest, Sha1};
+    use subtle::ConstantTimeEq;
+    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let part = |name: &str| match payload.get(name) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let (Some(id), Some(attempt), Some(created), Some(sign)) = (
+        part("eventId"),
+        part("attempt"),
+        part("eventCreateTs"),
+        part("sign"),
+    ) else {
+        return false;
+    };
+    let digest = Sha1::digest(format!("{id}|{attempt}|{created}|{secret}").as_bytes());
+    let expected: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    expected
+        .as_bytes()
+        .ct_eq(sign.trim().to_ascii_lowercase().as_bytes())
+        .into()
+}
+
 /// A status read from Mobizon's `getsmsstatus`, as an event: its id names the
 /// message and the status, so polling the same state again stores nothing.
 pub fn mobizon_polled(
@@ -397,6 +427,24 @@ mod tests {
         ));
         let form = br#"{"eventId":40,"eventType":"form-submission","eventCreateTs":"2026-01-15 16:53:30","data":{"formId":846}}"#;
         assert_eq!(parse_mobizon(form).unwrap().delivery_status, None);
+    }
+
+    #[test]
+    fn mobizon_signatures_are_checked_as_documented() {
+        use sha1::{Digest, Sha1};
+        let expected: String = Sha1::digest(b"26|1|2026-01-15 11:42:28|secret123")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let body = format!(
+            r#"{{"eventId":26,"eventType":"sms-delivery-report","eventCreateTs":"2026-01-15 11:42:28","attempt":1,"data":{{}},"sign":"{expected}"}}"#
+        );
+        assert!(mobizon_sign_valid(body.as_bytes(), "secret123"));
+        assert!(!mobizon_sign_valid(body.as_bytes(), "another-secret"));
+        let tampered = body.replace("\"attempt\":1", "\"attempt\":2");
+        assert!(!mobizon_sign_valid(tampered.as_bytes(), "secret123"));
+        assert!(!mobizon_sign_valid(br#"{"eventId":26}"#, "secret123"));
+        assert!(!mobizon_sign_valid(b"not json", "secret123"));
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub async fn start_cluster(dir: &Path) -> Result<Cluster, DevError> {
         .await
         .map_err(|e| DevError::Prepare(db::describe(&e)))?;
     migrate::apply(&mut client, &migrate::embedded()?).await?;
+    client
+        .batch_execute(crate::lead_tracking::DASHBOARD_TABLE)
+        .await
+        .map_err(|e| DevError::Prepare(db::describe(&e)))?;
     Ok(cluster)
 }
 
@@ -134,6 +138,7 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
         },
         resend_webhook_key,
         mobizon_webhook_token: mobizon_token,
+        mobizon_webhook_secret: None,
         admin_token: Secret::new(admin_token.clone()),
         mobizon_poll_interval: None,
         dev_outbox: Some(outbox.clone()),

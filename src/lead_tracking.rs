@@ -10,6 +10,16 @@ use deadpool_postgres::Pool;
 use crate::db::describe;
 use crate::queue::ClaimedJob;
 
+/// The sales dashboard's table as it looks in the tracking project; `leadrelay
+/// dev` creates it so the whole flow runs locally, and the tests use it.
+pub const DASHBOARD_TABLE: &str = "
+create table if not exists public.lead_tracking (
+  id uuid primary key default gen_random_uuid(),
+  full_name text, email text, phone text, source text, metadata jsonb,
+  email_sent boolean default false, email_sent_at timestamptz,
+  sms_sent boolean default false, sms_sent_at timestamptz,
+  created_at timestamptz default now())";
+
 const LOCK: &str = "select pg_advisory_xact_lock(hashtextextended($1, 0))";
 
 /// Only the flags are updated on an existing row: people edit the rest.

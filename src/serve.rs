@@ -125,6 +125,7 @@ impl Application {
             listener: Arc::clone(&listener_state),
             resend_key: config.resend_webhook_key.clone(),
             mobizon_token: config.mobizon_webhook_token.clone(),
+            mobizon_secret: config.mobizon_webhook_secret.clone(),
             admin_token: config.admin_token.clone(),
             dev_outbox: config.dev_outbox.clone(),
         };

@@ -458,7 +458,7 @@ fn observe_request(
 fn lease_lost(job: &ClaimedJob) {
     tracing::warn!(
         lead_id = %job.lead_id, job_id = job.id, channel = job.channel.as_str(),
-        "outcome not recorded: the job's lease expired and another worker holds it"
+        "outcome not recorded: the job is no longer this worker's (its lease expired, or a newer lead_tracking sync took it back)"
     );
 }
 

@@ -32,6 +32,7 @@ pub struct AppState {
     pub listener: Arc<ListenerState>,
     pub resend_key: SigningKey,
     pub mobizon_token: Secret,
+    pub mobizon_secret: Option<Secret>,
     pub admin_token: Secret,
     /// `leadrelay dev`: where the stand-in providers write, shown on /ops.
     pub dev_outbox: Option<std::path::PathBuf>,

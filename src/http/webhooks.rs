@@ -114,6 +114,14 @@ async fn mobizon(
         count("mobizon", "unauthorized");
         return Err(ApiError::Unauthorized("missing or wrong token".into()));
     }
+    if let Some(secret) = &state.mobizon_secret
+        && !delivery::mobizon_sign_valid(&body, secret.expose())
+    {
+        count("mobizon", "rejected_signature");
+        return Err(ApiError::Unauthorized(
+            "the sign field does not match MOBIZON_WEBHOOK_SECRET".into(),
+        ));
+    }
     let event = delivery::parse_mobizon(&body).map_err(|e| parse_error("mobizon", e))?;
     store(&state, event).await
 }

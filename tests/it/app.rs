@@ -171,6 +171,7 @@ pub fn config(db_url: &str, providers: &Providers) -> ServeConfig {
         worker: fast_worker(),
         resend_webhook_key: leadrelay::svix::SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap(),
         mobizon_webhook_token: Secret::new(MOBIZON_WEBHOOK_TOKEN),
+        mobizon_webhook_secret: None,
         admin_token: Secret::new(ADMIN_TOKEN),
         mobizon_poll_interval: None,
         dev_outbox: None,
@@ -184,13 +185,7 @@ pub async fn start(config: ServeConfig) -> Application {
 }
 
 /// The dashboard's table, as it looks in the tracking project.
-pub const LEAD_TRACKING_TABLE: &str = "
-create table if not exists public.lead_tracking (
-  id uuid primary key default gen_random_uuid(),
-  full_name text, email text, phone text, source text, metadata jsonb,
-  email_sent boolean default false, email_sent_at timestamptz,
-  sms_sent boolean default false, sms_sent_at timestamptz,
-  created_at timestamptz default now())";
+pub const LEAD_TRACKING_TABLE: &str = leadrelay::lead_tracking::DASHBOARD_TABLE;
 
 /// Rules with no delay, so inserted leads are due at once.
 pub const NO_DELAY: &str = "update public.notification_rules set delay = interval '0'";

@@ -104,6 +104,19 @@ async fn dev_mode_sends_a_new_leads_email_and_sms_to_the_stand_in_providers() {
     )
     .unwrap();
     assert_eq!(sms["recipient"], "77051234567");
+    // The dashboard row, in the dev database's own lead_tracking table.
+    eventually(Duration::from_secs(30), "the lead_tracking row", || async {
+        let n: i64 = client
+            .query_one(
+                "select count(*) from lead_tracking where email_sent and sms_sent",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 1
+    })
+    .await;
     // The stand-ins report delivery back through the signed webhooks.
     eventually(Duration::from_secs(30), "delivered states", || async {
         let n: i64 = client
@@ -131,5 +144,24 @@ async fn dev_mode_sends_a_new_leads_email_and_sms_to_the_stand_in_providers() {
             .await
             .is_err(),
         "the private PostgreSQL was stopped"
+    );
+}
+
+#[test]
+fn dev_mode_without_postgresql_names_the_debian_package_to_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .arg("dev")
+        .env("LEADRELAY_DEV_DIR", dir.path().join(".leadrelay"))
+        .env("LEADRELAY_PG_BIN", dir.path().join("no-postgresql-here"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("install the Debian package postgresql-15"),
+        "{stderr}"
     );
 }

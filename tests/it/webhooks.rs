@@ -800,3 +800,39 @@ async fn the_mobizon_status_poll_fills_in_sms_states_without_a_webhook() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_mobizon_webhook_secret_set_a_report_needs_a_matching_sign_too() {
+    use sha1::{Digest, Sha1};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.mobizon_webhook_secret = Some(leadrelay::config::Secret::new("secret123"));
+    let app = start(cfg).await;
+    let api = Api::new(&app);
+    let mut report = mobizon_report(77, "5001", "DELIVRD");
+    let sign: String = Sha1::digest(b"77|1|2026-11-24 12:00:00|secret123")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        api.mobizon(MOBIZON_WEBHOOK_TOKEN, &report).await.status(),
+        401,
+        "the example's sign is wrong"
+    );
+    report["sign"] = serde_json::Value::String(sign);
+    assert_eq!(
+        api.mobizon(MOBIZON_WEBHOOK_TOKEN, &report).await.status(),
+        200
+    );
+    assert_eq!(
+        api.mobizon("wrong-token-wrong-token", &report)
+            .await
+            .status(),
+        401,
+        "the token is still needed"
+    );
+    assert_eq!(events(&client).await, 1);
+    app.shutdown().await;
+}
