@@ -283,6 +283,8 @@ pub struct ClaimedJob {
     pub max_attempts: i32,
     pub previous_outcome_unknown: bool,
     pub lead: Option<Lead>,
+    /// When this worker's lease ends (by our clock, a little early).
+    pub lease_ends: tokio::time::Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -298,7 +300,7 @@ pub struct Lead {
     pub sms_sent_at: Option<DateTime<Utc>>,
 }
 
-fn claimed_job(channel: Channel, row: &Row) -> ClaimedJob {
+fn claimed_job(channel: Channel, row: &Row, lease_ends: tokio::time::Instant) -> ClaimedJob {
     let lead_exists: bool = row.get(7);
     ClaimedJob {
         id: row.get(0),
@@ -320,6 +322,7 @@ fn claimed_job(channel: Channel, row: &Row) -> ClaimedJob {
             sms_sent: row.get(15),
             sms_sent_at: row.get(16),
         }),
+        lease_ends,
     }
 }
 
@@ -370,6 +373,9 @@ impl Queue {
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, QueueError> {
+        // The lease is counted from before the claim: our idea of its end is
+        // never later than the database's.
+        let lease_ends = tokio::time::Instant::now() + lease;
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(CLAIM).await?;
         let rows = client
@@ -383,7 +389,10 @@ impl Queue {
                 ],
             )
             .await?;
-        Ok(rows.iter().map(|row| claimed_job(channel, row)).collect())
+        Ok(rows
+            .iter()
+            .map(|row| claimed_job(channel, row, lease_ends))
+            .collect())
     }
 
     /// Records how job `id` ended. Returns false when the job was no longer

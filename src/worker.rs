@@ -163,6 +163,22 @@ impl Worker {
             + pacing * n as u32
     }
 
+    /// After a long pacing pause (a provider's Retry-After), the lease may be
+    /// about to end: another worker could then rescue the job and send it
+    /// while we do. Such a job is given back unsent instead.
+    fn lease_covers_a_request(&self, job: &ClaimedJob) -> bool {
+        // the request, and half as long again to record its outcome
+        let needed = self.settings.provider_timeout + self.settings.provider_timeout / 2;
+        let covered = tokio::time::Instant::now() + needed <= job.lease_ends;
+        if !covered {
+            tracing::info!(
+                lead_id = %job.lead_id, job_id = job.id, channel = job.channel.as_str(),
+                "lease too close to its end after waiting for the provider's pace: giving the job back unsent"
+            );
+        }
+        covered
+    }
+
     /// Sends one claimed job and records how it went.
     pub async fn process(&self, job: ClaimedJob, cancel: CancellationToken) {
         let outcome = match job.channel {
@@ -218,6 +234,9 @@ impl Worker {
             _ = cancel.cancelled() => return None,
             _ = self.resend.pacer.wait_turn() => {}
         }
+        if !self.lease_covers_a_request(job) {
+            return None;
+        }
         tracing::debug!(lead_id = %job.lead_id, job_id = job.id, to = %mask::email(&to), "sending email");
         let result = self
             .resend
@@ -250,6 +269,9 @@ impl Worker {
         tokio::select! {
             _ = cancel.cancelled() => return None,
             _ = self.mobizon.pacer.wait_turn() => {}
+        }
+        if !self.lease_covers_a_request(job) {
+            return None;
         }
         let text = templates::proftest_sms(&self.product_url);
         let started = std::time::Instant::now();

@@ -969,3 +969,60 @@ async fn sigterm_stops_the_binary_cleanly_and_leaves_no_job_in_flight() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_job_whose_lease_ran_out_during_a_long_retry_after_is_given_back_not_sent_twice() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client
+        .batch_execute("update notification_rules set enabled = (channel = 'email')")
+        .await
+        .unwrap();
+    let providers = Providers::empty().await;
+    Mock::given(method("POST"))
+        .and(path("/emails"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "20")
+                .set_body_json(serde_json::json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "Too many requests"})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&providers.resend)
+        .await;
+    providers
+        .mount_resend(ResendLike::new(Duration::ZERO))
+        .await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.worker.concurrency = 1;
+    cfg.resend.max_rps = 1.0;
+    // a lease of 10 s + 2 s per request round + pacing = 16 s: the other jobs
+    // wait out the 20 s pause past their lease
+    let app = start(cfg).await;
+    for _ in 0..3 {
+        one_lead(&client).await;
+    }
+    eventually(Duration::from_secs(60), "every email sent", || async {
+        count(
+            &client,
+            "select count(*) from notification_jobs where status = 'sent'",
+        )
+        .await
+            == 3
+    })
+    .await;
+    let emails = providers.emails().await;
+    let keys: Vec<_> = emails
+        .iter()
+        .map(|r| r.headers.get("idempotency-key").unwrap().clone())
+        .collect();
+    let distinct: HashSet<_> = keys.iter().collect();
+    assert_eq!(
+        emails.len(),
+        4,
+        "one 429, then one request per email: {keys:?}"
+    );
+    assert_eq!(distinct.len(), 3);
+    app.shutdown().await;
+}
