@@ -32,7 +32,7 @@ impl Channel {
     }
 }
 
-/// Claims up to $2 due jobs of channel $1 for worker $3 with a lease of $4
+/// Claims up to $2 due jobs of channel $1 under lease token $3 for $4
 /// seconds, oldest first, skipping jobs another worker holds. Returns them with
 /// their lead. `previous_outcome_unknown`: the last attempt ended with an
 /// expired lease, so it may have reached the provider.
@@ -116,19 +116,19 @@ pub fn record_sent_sql() -> String {
     )
 }
 
-/// Many jobs of one channel, held by worker $3, were accepted: job ids $1
-/// with provider message ids $2, recorded in one statement (the hot path of
-/// a busy queue). Returns the ids that were still ours.
+/// Many jobs of one channel were accepted: job ids $1 with provider message
+/// ids $2, each held under lease token $3, recorded in one statement (the hot
+/// path of a busy queue). Returns the ids that were still ours.
 pub fn record_sent_batch_sql() -> String {
     format!(
         "with input as (
-  select * from unnest($1::bigint[], $2::text[]) as t(id, provider_message_id)
+  select * from unnest($1::bigint[], $2::text[], $3::text[]) as t(id, provider_message_id, lock)
 ), done as (
   update public.notification_jobs j
      set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = i.provider_message_id,
          last_error = null, locked_by = null, locked_until = null, updated_at = now()
     from input i
-   where j.id = i.id and j.status = 'sending' and j.locked_by = $3
+   where j.id = i.id and j.status = 'sending' and j.locked_by = i.lock
   returning j.id, j.lead_id, j.channel, null::text as error, true as sent
 ), {MIRROR}
 select coalesce((select array_agg(id) from done), '{{}}'::bigint[]),
@@ -285,6 +285,10 @@ pub struct ClaimedJob {
     pub lead: Option<Lead>,
     /// When this worker's lease ends (by our clock, a little early).
     pub lease_ends: tokio::time::Instant,
+    /// The lease token of this claim (`locked_by`): the worker id and a
+    /// claim number, so that a stale claim of a job this same worker claimed
+    /// again later can never record or release over the new one.
+    pub lock: String,
 }
 
 #[derive(Debug, Clone)]
@@ -300,7 +304,12 @@ pub struct Lead {
     pub sms_sent_at: Option<DateTime<Utc>>,
 }
 
-fn claimed_job(channel: Channel, row: &Row, lease_ends: tokio::time::Instant) -> ClaimedJob {
+fn claimed_job(
+    channel: Channel,
+    row: &Row,
+    lease_ends: tokio::time::Instant,
+    lock: &str,
+) -> ClaimedJob {
     let lead_exists: bool = row.get(7);
     ClaimedJob {
         id: row.get(0),
@@ -323,6 +332,7 @@ fn claimed_job(channel: Channel, row: &Row, lease_ends: tokio::time::Instant) ->
             sms_sent_at: row.get(16),
         }),
         lease_ends,
+        lock: lock.to_string(),
     }
 }
 
@@ -352,11 +362,16 @@ pub enum Outcome {
 pub struct Queue {
     pool: Pool,
     worker_id: String,
+    claims: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Queue {
     pub fn new(pool: Pool, worker_id: String) -> Queue {
-        Queue { pool, worker_id }
+        Queue {
+            pool,
+            worker_id,
+            claims: Default::default(),
+        }
     }
 
     pub fn worker_id(&self) -> &str {
@@ -376,28 +391,29 @@ impl Queue {
         // The lease is counted from before the claim: our idea of its end is
         // never later than the database's.
         let lease_ends = tokio::time::Instant::now() + lease;
+        let lock = format!(
+            "{}:{}",
+            self.worker_id,
+            self.claims
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(CLAIM).await?;
         let rows = client
             .query(
                 &statement,
-                &[
-                    &channel.as_str(),
-                    &limit,
-                    &self.worker_id,
-                    &lease.as_secs_f64(),
-                ],
+                &[&channel.as_str(), &limit, &lock, &lease.as_secs_f64()],
             )
             .await?;
         Ok(rows
             .iter()
-            .map(|row| claimed_job(channel, row, lease_ends))
+            .map(|row| claimed_job(channel, row, lease_ends, &lock))
             .collect())
     }
 
     /// Records how job `id` ended. Returns false when the job was no longer
     /// ours (its lease expired and another worker took it).
-    pub async fn record(&self, id: i64, outcome: &Outcome) -> Result<bool, QueueError> {
+    pub async fn record(&self, id: i64, lock: &str, outcome: &Outcome) -> Result<bool, QueueError> {
         let client = self.pool.get().await?;
         let row = match outcome {
             Outcome::Sent {
@@ -405,7 +421,7 @@ impl Queue {
             } => {
                 let st = client.prepare_cached(&record_sent_sql()).await?;
                 client
-                    .query_one(&st, &[&id, &self.worker_id, provider_message_id])
+                    .query_one(&st, &[&id, &lock, provider_message_id])
                     .await?
             }
             Outcome::Retry {
@@ -415,10 +431,7 @@ impl Queue {
             } => {
                 let st = client.prepare_cached(&record_retry_sql()).await?;
                 client
-                    .query_one(
-                        &st,
-                        &[&id, &self.worker_id, error, &after.as_secs_f64(), counts],
-                    )
+                    .query_one(&st, &[&id, &lock, error, &after.as_secs_f64(), counts])
                     .await?
             }
             Outcome::Failed { error }
@@ -430,9 +443,7 @@ impl Queue {
                     _ => "cancelled",
                 };
                 let st = client.prepare_cached(&record_final_sql()).await?;
-                client
-                    .query_one(&st, &[&id, &self.worker_id, error, &status])
-                    .await?
+                client.query_one(&st, &[&id, &lock, error, &status]).await?
             }
         };
         Ok(row.get::<_, i64>(0) == 1)
@@ -444,32 +455,32 @@ impl Queue {
         &self,
         ids: &[i64],
         message_ids: &[String],
+        locks: &[String],
     ) -> Result<Vec<i64>, QueueError> {
         let client = self.pool.get().await?;
         let st = client.prepare_cached(&record_sent_batch_sql()).await?;
-        let row = client
-            .query_one(&st, &[&ids, &message_ids, &self.worker_id])
-            .await?;
+        let row = client.query_one(&st, &[&ids, &message_ids, &locks]).await?;
         Ok(row.get(0))
     }
 
     pub async fn record_tracked(
         &self,
         id: i64,
+        lock: &str,
         email_sent: bool,
         sms_sent: bool,
     ) -> Result<bool, QueueError> {
         let client = self.pool.get().await?;
         let st = client.prepare_cached(RECORD_TRACKED).await?;
         let row = client
-            .query_one(&st, &[&id, &self.worker_id, &email_sent, &sms_sent])
+            .query_one(&st, &[&id, &lock, &email_sent, &sms_sent])
             .await?;
         Ok(row.get::<_, i64>(0) == 1)
     }
 
-    pub async fn release(&self, id: i64) -> Result<(), QueueError> {
+    pub async fn release(&self, id: i64, lock: &str) -> Result<(), QueueError> {
         let client = self.pool.get().await?;
-        client.execute(RELEASE, &[&id, &self.worker_id]).await?;
+        client.execute(RELEASE, &[&id, &lock]).await?;
         Ok(())
     }
 

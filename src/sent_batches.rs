@@ -15,6 +15,7 @@ const MAX_BATCH: usize = 500;
 struct Pending {
     channel: Channel,
     job_id: i64,
+    lock: String,
     provider_message_id: String,
     answer: oneshot::Sender<Result<bool, QueueError>>,
 }
@@ -38,6 +39,7 @@ impl SentBatches {
         &self,
         channel: Channel,
         job_id: i64,
+        lock: &str,
         provider_message_id: &str,
     ) -> Result<bool, QueueError> {
         let (answer, wait) = oneshot::channel();
@@ -45,6 +47,7 @@ impl SentBatches {
             .send(Pending {
                 channel,
                 job_id,
+                lock: lock.to_string(),
                 provider_message_id: provider_message_id.to_string(),
                 answer,
             })
@@ -77,7 +80,8 @@ async fn run(queue: Queue, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 .iter()
                 .map(|p| p.provider_message_id.clone())
                 .collect();
-            let result = queue.record_sent_batch(&ids, &message_ids).await;
+            let locks: Vec<String> = group.iter().map(|p| p.lock.clone()).collect();
+            let result = queue.record_sent_batch(&ids, &message_ids, &locks).await;
             for p in group {
                 let answer = result
                     .as_ref()

@@ -142,7 +142,7 @@ impl Worker {
         }
         // Stopping: what was claimed but not started goes back unsent.
         for job in claimed {
-            if let Err(e) = self.queue.release(job.id).await {
+            if let Err(e) = self.queue.release(job.id, &job.lock).await {
                 tracing::warn!(job_id = job.id, error = %e, "could not release job; its lease will expire");
             }
         }
@@ -191,7 +191,7 @@ impl Worker {
         };
         let Some(outcome) = outcome else {
             // Stopping before the request was made: give the job back unsent.
-            if let Err(e) = self.queue.release(job.id).await {
+            if let Err(e) = self.queue.release(job.id, &job.lock).await {
                 tracing::warn!(job_id = job.id, error = %e, "could not release job; its lease will expire");
             }
             return;
@@ -295,7 +295,7 @@ impl Worker {
             Ok((email_sent, sms_sent)) => {
                 match self
                     .queue
-                    .record_tracked(job.id, email_sent, sms_sent)
+                    .record_tracked(job.id, &job.lock, email_sent, sms_sent)
                     .await
                 {
                     Ok(true) => tracing::info!(
@@ -358,10 +358,10 @@ impl Worker {
                     provider_message_id,
                 } => {
                     self.sent_batches
-                        .record(job.channel, job.id, provider_message_id)
+                        .record(job.channel, job.id, &job.lock, provider_message_id)
                         .await
                 }
-                other => self.queue.record(job.id, other).await,
+                other => self.queue.record(job.id, &job.lock, other).await,
             };
             match recorded {
                 Ok(true) => {
