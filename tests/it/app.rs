@@ -104,6 +104,25 @@ impl Providers {
         providers
     }
 
+    /// Resend answers `first` once, then as Resend does; Mobizon at once.
+    pub async fn resend_fails_once(first: impl Respond + 'static) -> Providers {
+        let providers = Providers::empty().await;
+        Mock::given(method("POST"))
+            .and(path("/emails"))
+            .respond_with(first)
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&providers.resend)
+            .await;
+        providers
+            .mount_resend(ResendLike::new(Duration::ZERO))
+            .await;
+        providers
+            .mount_mobizon(MobizonLike::new(Duration::ZERO))
+            .await;
+        providers
+    }
+
     pub async fn empty() -> Providers {
         Providers {
             resend: MockServer::start().await,

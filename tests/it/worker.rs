@@ -209,20 +209,10 @@ async fn a_server_error_is_retried_and_the_next_attempt_succeeds() {
     let db = fresh_db().await;
     let client = db.client().await;
     client.batch_execute(NO_DELAY).await.unwrap();
-    let providers = Providers::empty().await;
-    Mock::given(method("POST"))
-        .and(path("/emails"))
-        .respond_with(ResponseTemplate::new(500).set_body_json(serde_json::json!({"statusCode": 500, "name": "internal_server_error", "message": "boom"})))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&providers.resend)
-        .await;
-    providers
-        .mount_resend(ResendLike::new(Duration::ZERO))
-        .await;
-    providers
-        .mount_mobizon(MobizonLike::new(Duration::ZERO))
-        .await;
+    let providers = Providers::resend_fails_once(ResponseTemplate::new(500).set_body_json(
+        serde_json::json!({"statusCode": 500, "name": "internal_server_error", "message": "boom"}),
+    ))
+    .await;
     let app = start(config(&db.url, &providers)).await;
     let lead = one_lead(&client).await;
     eventually(Duration::from_secs(20), "email sent", || async {
@@ -244,24 +234,12 @@ async fn a_429_waits_for_retry_after_and_does_not_count_as_an_attempt() {
     let db = fresh_db().await;
     let client = db.client().await;
     client.batch_execute(NO_DELAY).await.unwrap();
-    let providers = Providers::empty().await;
-    Mock::given(method("POST"))
-        .and(path("/emails"))
-        .respond_with(
+    let providers = Providers::resend_fails_once(
             ResponseTemplate::new(429)
                 .insert_header("retry-after", "2")
                 .set_body_json(serde_json::json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "Too many requests"})),
         )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&providers.resend)
-        .await;
-    providers
-        .mount_resend(ResendLike::new(Duration::ZERO))
-        .await;
-    providers
-        .mount_mobizon(MobizonLike::new(Duration::ZERO))
-        .await;
+    .await;
     let app = start(config(&db.url, &providers)).await;
     let started = Instant::now();
     let lead = one_lead(&client).await;
@@ -334,20 +312,7 @@ async fn a_timeout_is_retried_with_the_same_idempotency_key_and_body() {
     let db = fresh_db().await;
     let client = db.client().await;
     client.batch_execute(NO_DELAY).await.unwrap();
-    let providers = Providers::empty().await;
-    Mock::given(method("POST"))
-        .and(path("/emails"))
-        .respond_with(ResendLike::new(Duration::from_secs(4)))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&providers.resend)
-        .await;
-    providers
-        .mount_resend(ResendLike::new(Duration::ZERO))
-        .await;
-    providers
-        .mount_mobizon(MobizonLike::new(Duration::ZERO))
-        .await;
+    let providers = Providers::resend_fails_once(ResendLike::new(Duration::from_secs(4))).await;
     let app = start(config(&db.url, &providers)).await;
     let lead = one_lead(&client).await;
     eventually(Duration::from_secs(20), "email sent", || async {
@@ -979,21 +944,12 @@ async fn a_job_whose_lease_ran_out_during_a_long_retry_after_is_given_back_not_s
         .batch_execute("update notification_rules set enabled = (channel = 'email')")
         .await
         .unwrap();
-    let providers = Providers::empty().await;
-    Mock::given(method("POST"))
-        .and(path("/emails"))
-        .respond_with(
+    let providers = Providers::resend_fails_once(
             ResponseTemplate::new(429)
                 .insert_header("retry-after", "20")
                 .set_body_json(serde_json::json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "Too many requests"})),
         )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&providers.resend)
-        .await;
-    providers
-        .mount_resend(ResendLike::new(Duration::ZERO))
-        .await;
+    .await;
     let mut cfg = config(&db.url, &providers);
     cfg.worker.concurrency = 1;
     cfg.resend.max_rps = 1.0;
