@@ -11,7 +11,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use nix::unistd::{Gid, Uid, User, chown};
 
@@ -381,16 +380,4 @@ fn free_port() -> Result<u16, ClusterError> {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().unwrap_or_default()
-}
-
-/// Waits until a TCP connection to the cluster's port is accepted.
-pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }

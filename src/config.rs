@@ -255,7 +255,7 @@ impl ServeConfig {
         let lead_tracking_database_url =
             match args.lead_tracking_database_url.as_deref().map(str::trim) {
                 None | Some("") => None,
-                Some(v) => Some(database_url_value("LEAD_TRACKING_DATABASE_URL", v)?),
+                Some(v) => Some(self::database_url("LEAD_TRACKING_DATABASE_URL", Some(v))?),
             };
         let resend = ResendSettings {
             api_key: Secret::new(required("RESEND_API_KEY", args.resend_api_key.as_deref())?),
@@ -408,10 +408,6 @@ fn token(name: &'static str, value: Option<&str>) -> Result<Secret, ConfigError>
         });
     }
     Ok(Secret::new(value))
-}
-
-fn database_url_value(name: &'static str, value: &str) -> Result<Secret, ConfigError> {
-    database_url(name, Some(value))
 }
 
 fn http_url(name: &'static str, value: Option<&str>, default: &str) -> Result<String, ConfigError> {

@@ -49,6 +49,29 @@ pub enum DevError {
 }
 
 /// Starts the private cluster (creating it on first use) and migrates it.
+/// Creates database `name` in `cluster` (`postgres` exists already), shaped
+/// like a Supabase database (its roles), with the migrations applied. Dev
+/// mode, the tests and the benchmark all start from one of these.
+pub async fn create_migrated_database(
+    cluster: &Cluster,
+    name: &str,
+) -> Result<tokio_postgres::Client, DevError> {
+    if name != "postgres" {
+        let admin = db::connect(&cluster.url("postgres")).await?;
+        admin
+            .batch_execute(&format!("create database \"{}\"", name.replace('"', "")))
+            .await
+            .map_err(|e| DevError::Prepare(db::describe(&e)))?;
+    }
+    let mut client = db::connect(&cluster.url(name)).await?;
+    client
+        .batch_execute(SUPABASE_ROLES)
+        .await
+        .map_err(|e| DevError::Prepare(db::describe(&e)))?;
+    migrate::apply(&mut client, &migrate::embedded()?).await?;
+    Ok(client)
+}
+
 pub async fn start_cluster(dir: &Path) -> Result<Cluster, DevError> {
     let root = std::path::absolute(dir.join("pg")).map_err(|e| DevError::Prepare(e.to_string()))?;
     if let Some(parent) = root.parent() {
@@ -61,12 +84,7 @@ pub async fn start_cluster(dir: &Path) -> Result<Cluster, DevError> {
         ephemeral: false,
         cron_database: "postgres".into(),
     })?;
-    let mut client = db::connect(&cluster.url("postgres")).await?;
-    client
-        .batch_execute(SUPABASE_ROLES)
-        .await
-        .map_err(|e| DevError::Prepare(db::describe(&e)))?;
-    migrate::apply(&mut client, &migrate::embedded()?).await?;
+    let client = create_migrated_database(&cluster, "postgres").await?;
     client
         .batch_execute(crate::lead_tracking::DASHBOARD_TABLE)
         .await

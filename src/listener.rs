@@ -75,7 +75,7 @@ async fn listen_once(
         .await
         .map_err(|e| describe(&e))?;
     let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<String>();
-    let notify_target = wakeups.clone_handle();
+    let notify_target = Arc::clone(wakeups);
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let reason = loop {

@@ -53,7 +53,6 @@ pub async fn refresh_job_gauges(pool: &deadpool_postgres::Pool, listener: &Liste
     } else {
         0.0
     });
-    metrics::gauge!("leadrelay_listener_reconnects").set(listener.reconnects() as f64);
     let Ok(client) = pool.get().await else {
         return;
     };

@@ -219,12 +219,13 @@ pub async fn backfill(
 
 // ---------------------------------------------------------------- status
 
-/// Leads found by id, email (case-insensitive) or phone (digits, 8 → 7).
+/// Leads found by id, email (case-insensitive) or phone (digits, 8 → 7, as
+/// the trigger normalises them).
 pub const FIND_LEADS: &str = "
 select id, name, email, phone, source, created_at from public.landing_leads
 where ($1::uuid is not null and id = $1)
    or ($2::text is not null and lower(btrim(email)) = lower(btrim($2)))
-   or ($3::text is not null and public.leadrelay_phone_digits(phone) = $3)
+   or ($3::text is not null and public.leadrelay_phone_digits(phone) = public.leadrelay_phone_digits($3))
 order by created_at desc
 limit 20";
 
@@ -241,15 +242,9 @@ pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
     }
     let id = Uuid::parse_str(query).ok();
     let email = (id.is_none() && query.contains('@')).then(|| query.to_string());
-    let phone = if id.is_none() && email.is_none() {
-        crate::recipients::phone(Some(query)).ok().or_else(|| {
-            let digits: String = query.chars().filter(char::is_ascii_digit).collect();
-            (digits.len() == 11).then(|| format!("7{}", &digits[1..]))
-        })
-    } else {
-        None
-    };
-    if id.is_none() && email.is_none() && phone.is_none() {
+    // the trigger's own normaliser, in SQL: the same digits as stored jobs
+    let phone = (id.is_none() && email.is_none()).then(|| query.to_string());
+    if phone.is_some() && query.chars().filter(char::is_ascii_digit).count() != 11 {
         return Err(OpsError::Input(format!(
             "{query:?} is not a lead id, an email or an 11-digit phone"
         )));

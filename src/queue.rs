@@ -374,10 +374,6 @@ impl Queue {
         }
     }
 
-    pub fn worker_id(&self) -> &str {
-        &self.worker_id
-    }
-
     pub fn pool(&self) -> &Pool {
         &self.pool
     }

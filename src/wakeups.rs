@@ -20,10 +20,6 @@ impl Wakeups {
         Arc::new(Wakeups::default())
     }
 
-    pub fn clone_handle(self: &Arc<Self>) -> Arc<Wakeups> {
-        Arc::clone(self)
-    }
-
     pub fn wake_all(&self) {
         for lane in &self.lanes {
             lane.notify_one();

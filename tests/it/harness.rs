@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use leadrelay::cluster::{Cluster, ClusterOptions};
-use leadrelay::{db, dev, migrate};
+use leadrelay::{db, dev};
 use tokio_postgres::Client;
 
 pub const TEMPLATE_DB: &str = "leadrelay_template";
@@ -55,49 +55,31 @@ pub fn new_cluster() -> Cluster {
 
 /// Creates the Supabase roles and migrates `db` in `cluster`.
 pub async fn prepare_database(cluster: &Cluster, db_name: &str) {
-    let admin = db::connect(&cluster.url("postgres"))
+    dev::create_migrated_database(cluster, db_name)
         .await
-        .expect("connect");
-    admin
-        .batch_execute(&format!("create database {db_name}"))
-        .await
-        .expect("create database");
-    let mut client = db::connect(&cluster.url(db_name)).await.expect("connect");
-    client
-        .batch_execute(dev::SUPABASE_ROLES)
-        .await
-        .expect("roles");
-    migrate::apply(&mut client, &migrate::embedded().expect("migrations"))
-        .await
-        .expect("migrate");
+        .unwrap_or_else(|e| panic!("prepare {db_name}: {e}"));
 }
 
 pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let cluster = new_cluster();
-        let url = cluster.url(TEMPLATE_DB);
-        let probe = cluster.url("postgres");
+        let admin_url = cluster.url("postgres");
         block_on_own_runtime(async move {
-            let admin = db::connect(&probe).await.expect("connect");
-            admin
-                .batch_execute(&format!("create database {TEMPLATE_DB}"))
-                .await
-                .expect("template");
-            let mut client = db::connect(&url).await.expect("connect template");
-            client.batch_execute(dev::SUPABASE_ROLES).await.expect("roles");
-            migrate::apply(&mut client, &migrate::embedded().expect("migrations"))
-                .await
-                .expect("migrate template");
-            drop(client);
+            drop(
+                dev::create_migrated_database(&cluster, TEMPLATE_DB)
+                    .await
+                    .expect("migrate the template"),
+            );
             // CREATE DATABASE ... TEMPLATE needs the template to have no sessions.
+            let admin = db::connect(&admin_url).await.expect("connect");
             admin
                 .batch_execute(&format!(
                     "select pg_terminate_backend(pid) from pg_stat_activity where datname = '{TEMPLATE_DB}' and pid <> pg_backend_pid()"
                 ))
                 .await
                 .expect("close template sessions");
-        });
-        cluster
+            cluster
+        })
     })
 }
 
@@ -236,4 +218,17 @@ pub async fn insert_incident_leads(client: &Client) -> Vec<uuid::Uuid> {
         );
     }
     ids
+}
+
+/// An ordinary proftest lead from the landing: a sendable phone, no metadata.
+pub async fn insert_proftest_lead(client: &Client, name: &str, email: &str) -> uuid::Uuid {
+    insert_as_landing(
+        client,
+        Some(name),
+        Some(email),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await
 }

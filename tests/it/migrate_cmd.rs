@@ -5,7 +5,7 @@ use std::process::Command;
 
 use leadrelay::migrate::{self, MigrateError};
 
-use crate::harness::{empty_db, insert_as_landing};
+use crate::harness::{empty_db, insert_proftest_lead};
 
 const BIN: &str = env!("CARGO_BIN_EXE_leadrelay");
 
@@ -130,15 +130,7 @@ async fn migrating_a_database_that_already_holds_leads_keeps_every_lead_untouche
         rls_untouched,
         "an existing table keeps its owners' access rules"
     );
-    let lead = insert_as_landing(
-        &client,
-        Some("New"),
-        Some("n@b.kz"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let lead = insert_proftest_lead(&client, "New", "n@b.kz").await;
     let new_jobs: i64 = client
         .query_one(
             "select count(*) from notification_jobs where lead_id = $1 and channel in ('email', 'sms')",

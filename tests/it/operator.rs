@@ -3,7 +3,7 @@
 use std::process::{Command, Output};
 
 use crate::app::count;
-use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads};
+use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads, insert_proftest_lead};
 
 fn leadrelay(db_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_leadrelay"))
@@ -40,15 +40,7 @@ async fn leads_from_before_leadrelay(client: &tokio_postgres::Client) -> Vec<uui
         )
         .await
         .unwrap();
-    let old = insert_as_landing(
-        client,
-        Some("Old"),
-        Some("old@mail.ru"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let old = insert_proftest_lead(client, "Old", "old@mail.ru").await;
     client
         .execute(
             "update landing_leads set created_at = '2026-10-01 00:00:00+00' where id = $1",
@@ -62,15 +54,7 @@ async fn leads_from_before_leadrelay(client: &tokio_postgres::Client) -> Vec<uui
         )
         .await
         .unwrap();
-    let served = insert_as_landing(
-        client,
-        Some("Served"),
-        Some("s@mail.ru"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let served = insert_proftest_lead(client, "Served", "s@mail.ru").await;
     client
         .execute(
             "update landing_leads set created_at = '2026-11-20 13:00:00+00' where id = $1",
@@ -237,15 +221,7 @@ async fn status_finds_a_lead_by_id_email_or_phone_and_shows_its_messages() {
 async fn retry_puts_failed_jobs_back_to_due_with_fresh_attempts() {
     let db = fresh_db().await;
     let client = db.client().await;
-    let lead = insert_as_landing(
-        &client,
-        Some("A"),
-        Some("a@mail.ru"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let lead = insert_proftest_lead(&client, "A", "a@mail.ru").await;
     client
         .execute(
             "update notification_jobs set status = 'failed', attempts = 8, finished_at = now(), last_error = 'resend 401 invalid_api_key: API key is invalid' where lead_id = $1 and channel = 'email'",

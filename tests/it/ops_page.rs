@@ -8,7 +8,7 @@ use crate::app::{
     ADMIN_TOKEN, LEAD_TRACKING_TABLE, NO_DELAY, Providers, RESEND_WEBHOOK_SECRET, config,
     eventually, start, unfinished,
 };
-use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads};
+use crate::harness::{fresh_db, insert_incident_leads, insert_proftest_lead};
 
 const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
 
@@ -21,13 +21,10 @@ async fn a_person_signs_in_and_sees_leads_failures_and_the_funnel_in_chromium() 
     let providers = Providers::healthy().await;
     let app = start(config(&db.url, &providers)).await;
     let leads = insert_incident_leads(&client).await;
-    insert_as_landing(
+    insert_proftest_lead(
         &client,
-        Some("<script>window.__leadrelay_xss=1</script>"),
-        Some("x@mail.ru"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
+        "<script>window.__leadrelay_xss=1</script>",
+        "x@mail.ru",
     )
     .await;
     eventually(Duration::from_secs(20), "all sent", || async {

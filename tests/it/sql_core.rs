@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use leadrelay::db;
 use uuid::Uuid;
 
-use crate::harness::{self, fresh_db, incident_fixture, insert_as_landing};
+use crate::harness::{self, fresh_db, incident_fixture, insert_as_landing, insert_proftest_lead};
 
 /// name, email, phone, source as the landing sends them.
 type LandingRow<'a> = (
@@ -269,15 +269,7 @@ async fn a_lead_is_saved_even_when_enqueueing_its_jobs_fails() {
         )
         .await
         .unwrap();
-    let id = insert_as_landing(
-        &client,
-        Some("Still saved"),
-        Some("a@b.kz"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let id = insert_proftest_lead(&client, "Still saved", "a@b.kz").await;
     let saved: i64 = client
         .query_one("select count(*) from landing_leads where id = $1", &[&id])
         .await
@@ -310,15 +302,7 @@ async fn a_source_no_rule_matches_gets_no_job_and_rule_changes_apply_to_the_next
         .batch_execute("update notification_rules set enabled = false where source_pattern = 'proftest%' and channel = 'sms'")
         .await
         .unwrap();
-    let lead = insert_as_landing(
-        &client,
-        Some("B"),
-        Some("b@b.kz"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let lead = insert_proftest_lead(&client, "B", "b@b.kz").await;
     let jobs = jobs_of(&client, lead).await;
     assert_eq!(jobs.len(), 1, "sms rule disabled");
     assert_eq!(jobs[0].channel, "email");
@@ -341,15 +325,7 @@ async fn a_source_no_rule_matches_gets_no_job_and_rule_changes_apply_to_the_next
         .await
         .unwrap();
     let (_listener, mut notifications) = listen(&db.url).await;
-    let lead = insert_as_landing(
-        &client,
-        Some("C"),
-        Some("c@b.kz"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let lead = insert_proftest_lead(&client, "C", "c@b.kz").await;
     let jobs = jobs_of(&client, lead).await;
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|j| j.status == "due"));
@@ -368,17 +344,7 @@ async fn promotion_makes_exactly_the_due_jobs_due_and_notifies_each_one() {
     let (listener, mut notifications) = listen(&db.url).await;
     let mut leads = Vec::new();
     for i in 0..5 {
-        leads.push(
-            insert_as_landing(
-                &client,
-                Some(&format!("L{i}")),
-                Some("a@b.kz"),
-                Some("87051234567"),
-                Some("proftest_main"),
-                None,
-            )
-            .await,
-        );
+        leads.push(insert_proftest_lead(&client, &format!("L{i}"), "a@b.kz").await);
     }
     // Leads 0 and 1 were created 11 minutes ago; the others just now.
     client
@@ -447,15 +413,7 @@ async fn promotion_makes_exactly_the_due_jobs_due_and_notifies_each_one() {
 async fn an_expired_lease_returns_its_job_to_due_and_a_job_out_of_attempts_fails() {
     let db = fresh_db().await;
     let client = db.client().await;
-    let lead = insert_as_landing(
-        &client,
-        Some("L"),
-        Some("a@b.kz"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let lead = insert_proftest_lead(&client, "L", "a@b.kz").await;
     client
         .execute(
             "update notification_jobs set status = 'sending', attempts = 1, locked_by = 'dead-worker', locked_until = now() - interval '1 second' where lead_id = $1 and channel = 'email'",
@@ -492,15 +450,7 @@ async fn an_expired_lease_returns_its_job_to_due_and_a_job_out_of_attempts_fails
 async fn deleting_a_lead_deletes_its_jobs() {
     let db = fresh_db().await;
     let client = db.client().await;
-    let lead = insert_as_landing(
-        &client,
-        Some("Forget me"),
-        Some("a@b.kz"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let lead = insert_proftest_lead(&client, "Forget me", "a@b.kz").await;
     client
         .execute("delete from landing_leads where id = $1", &[&lead])
         .await
@@ -527,15 +477,7 @@ async fn pg_cron_really_runs_the_promotion_in_the_test_cluster() {
         .unwrap()
         .get(0);
     assert_eq!(jobs, 1);
-    let lead = insert_as_landing(
-        &client,
-        Some("Cron"),
-        Some("a@b.kz"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let lead = insert_proftest_lead(&client, "Cron", "a@b.kz").await;
     client
         .execute(
             "update notification_jobs set due_at = now() - interval '1 second' where lead_id = $1",

@@ -11,7 +11,7 @@ use crate::app::{
     ADMIN_TOKEN, LEAD_TRACKING_TABLE, MOBIZON_WEBHOOK_TOKEN, NO_DELAY, Providers,
     RESEND_WEBHOOK_SECRET, config, count, eventually, start, unfinished,
 };
-use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads};
+use crate::harness::{fresh_db, insert_incident_leads, insert_proftest_lead};
 use leadrelay::svix::SigningKey;
 
 struct Api {
@@ -320,15 +320,7 @@ async fn delivery_states_only_move_forward_and_early_events_wait_for_their_messa
     let providers = Providers::healthy().await;
     let app = start(config(&db.url, &providers)).await;
     let api = Api::new(&app);
-    let lead = insert_as_landing(
-        &client,
-        Some("A"),
-        Some("a@mail.ru"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let lead = insert_proftest_lead(&client, "A", "a@mail.ru").await;
     let email_job: i64 = client
         .query_one(
             "select id from notification_jobs where lead_id = $1 and channel = 'email'",
@@ -589,15 +581,7 @@ async fn the_status_api_needs_the_admin_token_and_answers_400_and_404() {
     let providers = Providers::healthy().await;
     let app = start(config(&db.url, &providers)).await;
     let api = Api::new(&app);
-    let lead = insert_as_landing(
-        &client,
-        Some("A"),
-        Some("a@mail.ru"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let lead = insert_proftest_lead(&client, "A", "a@mail.ru").await;
     assert_eq!(api.status(&lead.to_string(), None).await.status(), 401);
     assert_eq!(
         api.status(&lead.to_string(), Some("wrong-token-wrong-token"))
@@ -681,15 +665,7 @@ async fn health_readiness_metrics_and_openapi_are_served() {
             == 200
     })
     .await;
-    insert_as_landing(
-        &client,
-        Some("A"),
-        Some("a@mail.ru"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    insert_proftest_lead(&client, "A", "a@mail.ru").await;
     eventually(Duration::from_secs(20), "sent", || async {
         unfinished(&client).await == 0
     })
@@ -769,15 +745,7 @@ async fn the_mobizon_status_poll_fills_in_sms_states_without_a_webhook() {
     cfg.mobizon_poll_interval = Some(Duration::from_millis(300));
     let app = start(cfg).await;
     for _ in 0..3 {
-        insert_as_landing(
-            &client,
-            Some("A"),
-            Some("a@mail.ru"),
-            Some("87051234567"),
-            Some("proftest_main"),
-            None,
-        )
-        .await;
+        insert_proftest_lead(&client, "A", "a@mail.ru").await;
     }
     eventually(Duration::from_secs(20), "polled states applied", || async {
         count(&client, "select count(*) from notification_jobs where channel = 'sms' and delivery_status = 'delivered'").await == 3

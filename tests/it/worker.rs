@@ -10,7 +10,9 @@ use crate::app::{
     LEAD_TRACKING_TABLE, MobizonLike, NO_DELAY, Providers, ResendLike, ServeProcess, config, count,
     eventually, start, unfinished,
 };
-use crate::harness::{self, fresh_db, insert_as_landing, insert_incident_leads};
+use crate::harness::{
+    self, fresh_db, insert_as_landing, insert_incident_leads, insert_proftest_lead,
+};
 
 async fn one_lead(client: &tokio_postgres::Client) -> uuid::Uuid {
     insert_as_landing(
@@ -775,15 +777,7 @@ async fn two_serve_processes_share_the_work_and_send_every_job_once() {
     let _a = ServeProcess::start(&db.url, &providers, &[]);
     let _b = ServeProcess::start(&db.url, &providers, &[]);
     for i in 0..60 {
-        insert_as_landing(
-            &client,
-            Some(&format!("L{i}")),
-            Some(&format!("l{i}@mail.ru")),
-            Some("87051234567"),
-            Some("proftest_main"),
-            None,
-        )
-        .await;
+        insert_proftest_lead(&client, &format!("L{i}"), &format!("l{i}@mail.ru")).await;
     }
     eventually(Duration::from_secs(60), "every job finished", || async {
         unfinished(&client).await == 0
@@ -819,15 +813,7 @@ async fn a_database_restart_loses_nothing_and_the_listener_comes_back() {
     // sweep) can pick the new leads up quickly.
     cfg.worker.sweep_interval = Duration::from_secs(120);
     let app = start(cfg).await;
-    insert_as_landing(
-        &client,
-        Some("Before"),
-        Some("before@mail.ru"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    insert_proftest_lead(&client, "Before", "before@mail.ru").await;
     eventually(Duration::from_secs(20), "first lead done", || async {
         unfinished(&client).await == 0
     })
@@ -852,15 +838,7 @@ async fn a_database_restart_loses_nothing_and_the_listener_comes_back() {
         .await
         .unwrap();
     for i in 0..5 {
-        insert_as_landing(
-            &client,
-            Some(&format!("After {i}")),
-            Some("after@mail.ru"),
-            Some("87051234567"),
-            Some("proftest_main"),
-            None,
-        )
-        .await;
+        insert_proftest_lead(&client, &format!("After {i}"), "after@mail.ru").await;
     }
     let after = Instant::now();
     client
@@ -899,15 +877,7 @@ async fn sigterm_stops_the_binary_cleanly_and_leaves_no_job_in_flight() {
         Providers::with_delays(Duration::from_millis(500), Duration::from_millis(500)).await;
     let mut serve = ServeProcess::start(&db.url, &providers, &[("PROVIDER_TIMEOUT", "5s")]);
     for i in 0..5 {
-        insert_as_landing(
-            &client,
-            Some(&format!("L{i}")),
-            Some("a@mail.ru"),
-            Some("87051234567"),
-            Some("proftest_main"),
-            None,
-        )
-        .await;
+        insert_proftest_lead(&client, &format!("L{i}"), "a@mail.ru").await;
     }
     eventually(Duration::from_secs(10), "requests in flight", || async {
         count(
