@@ -153,6 +153,9 @@ pub struct ResendSettings {
     pub api_url: String,
     pub from: String,
     pub max_rps: f64,
+    /// The most emails one request to the batch endpoint carries; 1: never
+    /// batch.
+    pub batch_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +213,8 @@ pub struct ServeArgs {
     pub email_from: Option<String>,
     #[arg(long, env = "RESEND_MAX_RPS")]
     pub resend_max_rps: Option<String>,
+    #[arg(long, env = "RESEND_BATCH_SIZE")]
+    pub resend_batch_size: Option<String>,
     #[arg(long, env = "MOBIZON_API_KEY", hide_env_values = true)]
     pub mobizon_api_key: Option<String>,
     #[arg(long, env = "MOBIZON_API_URL")]
@@ -266,6 +271,19 @@ impl ServeConfig {
             )?,
             from: email_from(args.email_from.as_deref())?,
             max_rps: rate("RESEND_MAX_RPS", args.resend_max_rps.as_deref(), 2.0)?,
+            batch_size: match args.resend_batch_size.as_deref().map(str::trim) {
+                None | Some("") => crate::providers::resend::MAX_BATCH,
+                Some(v) => v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=crate::providers::resend::MAX_BATCH).contains(n))
+                    .ok_or(ConfigError::Malformed {
+                        name: "RESEND_BATCH_SIZE",
+                        reason:
+                            "expected a whole number from 1 (never batch) to 100 (Resend's limit)"
+                                .into(),
+                    })?,
+            },
         };
         let mobizon = MobizonSettings {
             api_key: Secret::new(required(
@@ -510,6 +528,7 @@ mod serve_tests {
         let c = ServeConfig::from_args(&complete()).unwrap();
         assert_eq!(c.resend.api_url, "https://api.resend.com");
         assert_eq!(c.resend.max_rps, 2.0);
+        assert_eq!(c.resend.batch_size, 100);
         assert_eq!(c.mobizon.api_url, "https://api.mobizon.kz");
         assert_eq!(c.listen_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.worker.sweep_interval, std::time::Duration::from_secs(30));
@@ -544,8 +563,14 @@ mod serve_tests {
 
     #[test]
     fn malformed_values_are_named_and_explained() {
-        let cases: [Case; 16] = [
+        let cases: [Case; 18] = [
             ("RESEND_MAX_RPS", |a| a.resend_max_rps = Some("fast".into())),
+            ("RESEND_BATCH_SIZE", |a| {
+                a.resend_batch_size = Some("101".into())
+            }),
+            ("RESEND_BATCH_SIZE", |a| {
+                a.resend_batch_size = Some("0".into())
+            }),
             ("RESEND_MAX_RPS", |a| a.resend_max_rps = Some("0".into())),
             ("MOBIZON_MAX_RPS", |a| {
                 a.mobizon_max_rps = Some("NaN".into())

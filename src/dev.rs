@@ -141,6 +141,7 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
             api_url: stand_in.url.clone(),
             from: "leadrelay dev <dev@leadrelay.invalid>".into(),
             max_rps: 5.0,
+            batch_size: crate::providers::resend::MAX_BATCH,
         },
         mobizon: MobizonSettings {
             api_key: Secret::new("dev_stand_in"),

@@ -323,7 +323,9 @@ order by id";
 pub const RETRY_UPDATE: &str = "
 with retried as (
   update public.notification_jobs
-     set status = 'due', due_at = now(), attempts = 0, finished_at = null, updated_at = now()
+     set status = 'due', due_at = now(), attempts = 0, finished_at = null, updated_at = now(),
+         -- a retried job goes on its own: the rest of its batch is finished
+         batch_key = null
    where id = any($1) and status = 'failed'
   returning id
 )

@@ -36,10 +36,16 @@ impl Channel {
 /// seconds, oldest first, skipping jobs another worker holds. Returns them with
 /// their lead. `previous_outcome_unknown`: the last attempt ended with an
 /// expired lease, so it may have reached the provider.
+///
+/// $5 (or null): the batch key for the jobs of this claim that were never
+/// tried, when there are two or more of them; stored before any request, so a
+/// batch sent again after a crash is the same batch. Jobs already in a batch
+/// are left to `CLAIM_BATCHES`.
 pub const CLAIM: &str = "
 with claimable as (
-  select j.id from public.notification_jobs j
-  where j.channel = $1 and j.status = 'due'
+  select j.id, j.attempts = 0 and j.errors = '[]'::jsonb as fresh
+  from public.notification_jobs j
+  where j.channel = $1 and j.status = 'due' and j.batch_key is null
   order by j.due_at, j.id
   limit $2
   for update skip locked
@@ -49,18 +55,66 @@ with claimable as (
          attempts = j.attempts + 1,
          locked_by = $3,
          locked_until = now() + make_interval(secs => $4),
+         batch_key = case when c.fresh and (select count(*) from claimable f where f.fresh) >= 2
+                          then $5::text end,
          updated_at = now()
     from claimable c
    where j.id = c.id
   returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
-            coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown
+            coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
+            j.batch_key
 )
 select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
        l.id is not null as lead_exists, l.name, l.email, l.phone, l.metadata, l.created_at,
-       coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at
+       coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
+       c.batch_key, null::timestamptz as rest_of_batch_until
 from claimed c
 left join public.landing_leads l on l.id = c.lead_id
 order by c.id";
+
+/// Claims up to $1 email batches that are due again (their last attempt
+/// failed for a temporary reason, or its outcome is unknown), each with every
+/// due member, under lease token $2 for $3 seconds.
+///
+/// A batch is taken only under a transaction-scoped advisory lock on its key,
+/// so two workers never split one. `rest_of_batch_until`: when members of the
+/// batch are elsewhere (scheduled, or held by a lease), the latest moment they
+/// are expected back; such a batch must not be sent in part (Resend's key
+/// needs the same body), so the worker puts it off until then.
+pub const CLAIM_BATCHES: &str = "
+with keys as (
+  select k.batch_key from (
+    select j.batch_key from public.notification_jobs j
+    where j.channel = 'email' and j.status = 'due' and j.batch_key is not null
+    group by j.batch_key
+    order by min(j.due_at)
+    limit $1
+  ) k
+  where pg_try_advisory_xact_lock(hashtext('leadrelay email batch'), hashtext(k.batch_key))
+), claimed as (
+  update public.notification_jobs j
+     set status = 'sending',
+         attempts = j.attempts + 1,
+         locked_by = $2,
+         locked_until = now() + make_interval(secs => $3),
+         updated_at = now()
+    from keys k
+   where j.batch_key = k.batch_key and j.channel = 'email' and j.status = 'due'
+  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
+            coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
+            j.batch_key
+)
+select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
+       l.id is not null as lead_exists, l.name, l.email, l.phone, l.metadata, l.created_at,
+       coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
+       c.batch_key,
+       -- read before this statement's update: members not due are elsewhere
+       (select max(case r.status when 'scheduled' then r.due_at else r.locked_until end)
+          from public.notification_jobs r
+         where r.batch_key = c.batch_key and r.status in ('scheduled', 'sending')) as rest_of_batch_until
+from claimed c
+left join public.landing_leads l on l.id = c.lead_id
+order by c.batch_key, c.id";
 
 /// Mirrors a job's outcome onto its lead, for the channels that have columns
 /// there. Used as the tail of each outcome statement, so job and mirror commit
@@ -155,6 +209,34 @@ pub fn record_retry_sql() -> String {
     )
 }
 
+/// The members of one batch, job ids $1 held under lease tokens $2, failed
+/// together for a reason worth another attempt ($3): they are tried again
+/// together in $4 seconds, or at $7 when given ($5: whether this attempt
+/// counts). With $6 the batch is dissolved (Resend refused it without sending
+/// anything): each member is then sent on its own. Returns the ids that were
+/// still ours.
+pub fn record_retry_many_sql() -> String {
+    format!(
+        "with input as (
+  select * from unnest($1::bigint[], $2::text[]) as t(id, lock)
+), done as (
+  update public.notification_jobs j
+     set status = 'scheduled',
+         due_at = coalesce($7::timestamptz, now() + make_interval(secs => $4)),
+         attempts = case when $5 then j.attempts else j.attempts - 1 end,
+         batch_key = case when $6 then null else j.batch_key end,
+         last_error = left($3, 2000),
+         {APPEND_ERROR},
+         locked_by = null, locked_until = null, updated_at = now()
+    from input i
+   where j.id = i.id and j.status = 'sending' and j.locked_by = i.lock
+  returning j.id, j.lead_id, j.channel, j.last_error as error, false as sent
+), {MIRROR}
+select coalesce((select array_agg(id) from done), '{{}}'::bigint[]),
+       (select count(pg_notify('notification_jobs', r.id::text)) from resync r)"
+    )
+}
+
 /// Job $1 (worker $2) ends with status $4 (failed, invalid or cancelled)
 /// because of $3.
 pub fn record_final_sql() -> String {
@@ -220,9 +302,11 @@ limit $1";
 pub fn all_statements() -> Vec<String> {
     [
         CLAIM.to_string(),
+        CLAIM_BATCHES.to_string(),
         record_sent_sql(),
         record_sent_batch_sql(),
         record_retry_sql(),
+        record_retry_many_sql(),
         record_final_sql(),
         RECORD_TRACKED.to_string(),
         RELEASE.to_string(),
@@ -289,6 +373,11 @@ pub struct ClaimedJob {
     /// claim number, so that a stale claim of a job this same worker claimed
     /// again later can never record or release over the new one.
     pub lock: String,
+    /// The idempotency key of the email batch this job is sent in, if any.
+    pub batch_key: Option<String>,
+    /// Members of this job's batch are elsewhere until then (see
+    /// `CLAIM_BATCHES`): the batch must wait for them.
+    pub rest_of_batch_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -333,6 +422,8 @@ fn claimed_job(
         }),
         lease_ends,
         lock: lock.to_string(),
+        batch_key: row.get(17),
+        rest_of_batch_until: row.get(18),
     }
 }
 
@@ -358,6 +449,18 @@ pub enum Outcome {
     },
 }
 
+/// When and how the members of a batch go again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchRetry {
+    pub after: Duration,
+    /// At this moment instead of `after`, when given.
+    pub at: Option<DateTime<Utc>>,
+    /// Whether this attempt counts against max_attempts.
+    pub counts: bool,
+    /// Each member goes on its own from now on.
+    pub dissolve: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Queue {
     pool: Pool,
@@ -378,11 +481,52 @@ impl Queue {
         &self.pool
     }
 
+    /// Claims up to `limit` due jobs. With `batching`, the jobs never tried
+    /// before are put in one new email batch when there are two or more.
     pub async fn claim(
         &self,
         channel: Channel,
         limit: i64,
         lease: Duration,
+        batching: bool,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        // A fresh key for every claim: Resend keeps keys for 24 hours, so one
+        // must never be used for two different batches.
+        let batch_key = batching.then(|| format!("leadrelay-batch-{}", Uuid::new_v4()));
+        self.claim_with(CLAIM, channel, lease, |statement_lock| {
+            vec![
+                Box::new(channel.as_str()),
+                Box::new(limit),
+                Box::new(statement_lock),
+                Box::new(lease.as_secs_f64()),
+                Box::new(batch_key.clone()),
+            ]
+        })
+        .await
+    }
+
+    /// Claims up to `limit` email batches that are due again, whole.
+    pub async fn claim_batches(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        self.claim_with(CLAIM_BATCHES, Channel::Email, lease, |statement_lock| {
+            vec![
+                Box::new(limit),
+                Box::new(statement_lock),
+                Box::new(lease.as_secs_f64()),
+            ]
+        })
+        .await
+    }
+
+    async fn claim_with(
+        &self,
+        sql: &str,
+        channel: Channel,
+        lease: Duration,
+        params: impl FnOnce(String) -> Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
     ) -> Result<Vec<ClaimedJob>, QueueError> {
         // The lease is counted from before the claim: our idea of its end is
         // never later than the database's.
@@ -393,18 +537,48 @@ impl Queue {
             self.claims
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
+        let params = params(lock.clone());
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
         let client = self.pool.get().await?;
-        let statement = client.prepare_cached(CLAIM).await?;
-        let rows = client
-            .query(
-                &statement,
-                &[&channel.as_str(), &limit, &lock, &lease.as_secs_f64()],
-            )
-            .await?;
+        let statement = client.prepare_cached(sql).await?;
+        let rows = client.query(&statement, &refs).await?;
         Ok(rows
             .iter()
             .map(|row| claimed_job(channel, row, lease_ends, &lock))
             .collect())
+    }
+
+    /// Records that the members of one batch failed together and go again
+    /// together (or, with `dissolve`, each on its own); returns the ids that
+    /// were still ours.
+    pub async fn record_batch_retry(
+        &self,
+        jobs: &[ClaimedJob],
+        error: &str,
+        retry: BatchRetry,
+    ) -> Result<Vec<i64>, QueueError> {
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let locks: Vec<String> = jobs.iter().map(|j| j.lock.clone()).collect();
+        let client = self.pool.get().await?;
+        let st = client.prepare_cached(&record_retry_many_sql()).await?;
+        let row = client
+            .query_one(
+                &st,
+                &[
+                    &ids,
+                    &locks,
+                    &error,
+                    &retry.after.as_secs_f64(),
+                    &retry.counts,
+                    &retry.dissolve,
+                    &retry.at,
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 
     /// Records how job `id` ended. Returns false when the job was no longer

@@ -79,6 +79,7 @@ impl Application {
                 config.resend.max_rps,
             ),
             email_from: config.resend.from.clone(),
+            email_batch_size: config.resend.batch_size,
             mobizon: MobizonClient::new(
                 http,
                 &config.mobizon.api_url,

@@ -25,7 +25,7 @@ struct StandInState {
     mobizon_token: Secret,
     /// Where our webhooks are, known once the server is up.
     webhooks: OnceLock<String>,
-    email_ids: Mutex<HashMap<String, String>>,
+    email_answers: Mutex<HashMap<String, serde_json::Value>>,
     next_sms: AtomicU64,
     http: reqwest::Client,
 }
@@ -53,12 +53,13 @@ pub async fn start(
         resend_key,
         mobizon_token,
         webhooks: OnceLock::new(),
-        email_ids: Mutex::new(HashMap::new()),
+        email_answers: Mutex::new(HashMap::new()),
         next_sms: AtomicU64::new(1),
         http: reqwest::Client::new(),
     });
     let app = Router::new()
         .route("/emails", post(email))
+        .route("/emails/batch", post(email_batch))
         .route("/service/message/sendsmsmessage", post(sms))
         .route("/service/message/getsmsstatus", post(sms_status))
         .with_state(Arc::clone(&state));
@@ -83,48 +84,80 @@ fn write(state: &StandInState, name: &str, contents: &[u8]) {
     }
 }
 
-async fn email(
-    State(state): State<Arc<StandInState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> axum::Json<serde_json::Value> {
+/// Resend's idempotency: the first answer under a key is the answer to
+/// every later request with that key, and nothing is sent again.
+fn answer_once(
+    state: &StandInState,
+    headers: &HeaderMap,
+    send: impl FnOnce() -> serde_json::Value,
+) -> serde_json::Value {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let (id, first_time) = {
-        let mut ids = state.email_ids.lock().unwrap_or_else(|e| e.into_inner());
-        match ids.get(&key) {
-            Some(id) => (id.clone(), false),
-            None => {
-                let id = uuid::Uuid::new_v4().to_string();
-                ids.insert(key.clone(), id.clone());
-                (id, true)
-            }
-        }
-    };
-    if first_time {
-        let message: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let record = serde_json::json!({
-            "provider": "resend (stand-in)", "email_id": id, "idempotency_key": key,
-            "from": message["from"], "to": message["to"], "subject": message["subject"],
-            "text": message["text"], "received_at": chrono::Utc::now(),
-        });
-        let name = format!("{}-email-{id}", stamp());
-        write(
-            &state,
-            &format!("{name}.json"),
-            &serde_json::to_vec_pretty(&record).unwrap_or_default(),
-        );
-        if let Some(html) = message["html"].as_str() {
-            write(&state, &format!("{name}.html"), html.as_bytes());
-        }
-        let report_state = Arc::clone(&state);
-        let email_id = id.clone();
-        tokio::spawn(async move { report_email_delivered(report_state, email_id).await });
+    let mut answers = state
+        .email_answers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(answer) = answers.get(&key) {
+        return answer.clone();
     }
-    axum::Json(serde_json::json!({ "id": id }))
+    let answer = send();
+    answers.insert(key, answer.clone());
+    answer
+}
+
+async fn email(
+    State(state): State<Arc<StandInState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::Json<serde_json::Value> {
+    let message: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    axum::Json(answer_once(
+        &state,
+        &headers,
+        || serde_json::json!({ "id": deliver_email(&state, &message) }),
+    ))
+}
+
+async fn email_batch(
+    State(state): State<Arc<StandInState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::Json<serde_json::Value> {
+    let messages: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
+    axum::Json(answer_once(&state, &headers, || {
+        let data: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| serde_json::json!({ "id": deliver_email(&state, m) }))
+            .collect();
+        serde_json::json!({ "data": data })
+    }))
+}
+
+/// Writes one email to the outbox and reports it delivered a second later;
+/// returns its email id.
+fn deliver_email(state: &Arc<StandInState>, message: &serde_json::Value) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    let record = serde_json::json!({
+        "provider": "resend (stand-in)", "email_id": id,
+        "from": message["from"], "to": message["to"], "subject": message["subject"],
+        "text": message["text"], "received_at": chrono::Utc::now(),
+    });
+    let name = format!("{}-email-{id}", stamp());
+    write(
+        state,
+        &format!("{name}.json"),
+        &serde_json::to_vec_pretty(&record).unwrap_or_default(),
+    );
+    if let Some(html) = message["html"].as_str() {
+        write(state, &format!("{name}.html"), html.as_bytes());
+    }
+    let report_state = Arc::clone(state);
+    let email_id = id.clone();
+    tokio::spawn(async move { report_email_delivered(report_state, email_id).await });
+    id
 }
 
 async fn report_email_delivered(state: Arc<StandInState>, email_id: String) {

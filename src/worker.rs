@@ -20,10 +20,57 @@ use crate::config::WorkerSettings;
 use crate::providers::mobizon::MobizonClient;
 use crate::providers::resend::{self, OutgoingEmail, ResendClient, Tag};
 use crate::providers::{SendError, Sent};
-use crate::queue::{Channel, ClaimedJob, Outcome, Queue};
+use crate::queue::{BatchRetry, Channel, ClaimedJob, Outcome, Queue, QueueError};
 
 use crate::wakeups::Wakeups;
 use crate::{lead_tracking, mask, recipients, templates};
+
+/// What one lane slot sends: one job, or the members of one email batch
+/// (one request to the batch endpoint).
+#[derive(Debug)]
+enum Work {
+    One(Box<ClaimedJob>),
+    Batch(Vec<ClaimedJob>),
+}
+
+impl Work {
+    fn jobs(self) -> Vec<ClaimedJob> {
+        match self {
+            Work::One(job) => vec![*job],
+            Work::Batch(jobs) => jobs,
+        }
+    }
+}
+
+/// Claimed jobs as units of work: the members of each batch together, in
+/// job-id order (the order of the batch request), the rest one by one.
+fn group(jobs: Vec<ClaimedJob>) -> Vec<Work> {
+    let mut work: Vec<Work> = Vec::new();
+    let mut batches: std::collections::HashMap<String, usize> = Default::default();
+    for job in jobs {
+        let Some(key) = job.batch_key.clone() else {
+            work.push(Work::One(Box::new(job)));
+            continue;
+        };
+        match batches.get(&key) {
+            Some(&i) => {
+                if let Work::Batch(members) = &mut work[i] {
+                    members.push(job);
+                }
+            }
+            None => {
+                batches.insert(key, work.len());
+                work.push(Work::Batch(vec![job]));
+            }
+        }
+    }
+    for item in &mut work {
+        if let Work::Batch(members) = item {
+            members.sort_by_key(|j| j.id);
+        }
+    }
+    work
+}
 
 /// The template the proftest rules name.
 pub const PROFTEST_TEMPLATE: &str = "proftest_result";
@@ -33,6 +80,8 @@ pub struct Worker {
     pub tracking_pool: Pool,
     pub resend: ResendClient,
     pub email_from: String,
+    /// The most emails per batch request; 1: every email on its own.
+    pub email_batch_size: usize,
     pub mobizon: MobizonClient,
     pub product_url: String,
     pub settings: WorkerSettings,
@@ -95,16 +144,12 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         // Claimed ahead of free slots, so that one claim serves many jobs
         // under load instead of one claim per finished request.
-        let batch = self.settings.concurrency * 2;
-        let mut claimed: VecDeque<ClaimedJob> = VecDeque::new();
+        let ahead = self.settings.concurrency * 2;
+        let mut claimed: VecDeque<Work> = VecDeque::new();
         loop {
             if claimed.is_empty() {
-                match self
-                    .queue
-                    .claim(channel, batch as i64, self.lease_for(channel, batch))
-                    .await
-                {
-                    Ok(jobs) if !jobs.is_empty() => claimed.extend(jobs),
+                match self.claim_work(channel, ahead).await {
+                    Ok(work) if !work.is_empty() => claimed.extend(work),
                     Ok(_) => {
                         tokio::select! {
                             _ = cancel.cancelled() => break,
@@ -130,18 +175,95 @@ impl Worker {
                     Err(_) => break,
                 },
             };
-            let Some(job) = claimed.pop_front() else {
+            let Some(work) = claimed.pop_front() else {
                 continue;
             };
             let worker = Arc::clone(&self);
             let token = cancel.clone();
             self.tasks.spawn(async move {
-                worker.process(job, token).await;
+                match work {
+                    Work::One(job) => worker.process(*job, token).await,
+                    Work::Batch(jobs) => worker.process_batch(jobs, token).await,
+                }
                 drop(permit);
             });
         }
         // Stopping: what was claimed but not started goes back unsent.
-        for job in claimed {
+        for work in claimed {
+            self.release_all(work.jobs()).await;
+        }
+    }
+
+    /// The next claim of a lane: for email with batching, batches that are
+    /// due again come first, whole; then due jobs, the fresh ones of which
+    /// become one new batch.
+    async fn claim_work(&self, channel: Channel, ahead: usize) -> Result<Vec<Work>, QueueError> {
+        // A lease for `ahead` requests: a longer claim (a batch plus retried
+        // singles) is still safe, since a job whose lease runs short before
+        // its request is given back unsent.
+        let lease = self.lease_for(channel, ahead);
+        let batching = channel == Channel::Email && self.email_batch_size > 1;
+        if batching {
+            let again = self
+                .queue
+                .claim_batches(self.settings.concurrency as i64, lease)
+                .await?;
+            let work = self.put_off_incomplete_batches(group(again)).await;
+            if !work.is_empty() {
+                return Ok(work);
+            }
+        }
+        let limit = if batching {
+            self.email_batch_size
+        } else {
+            ahead
+        };
+        let jobs = self
+            .queue
+            .claim(channel, limit as i64, lease, batching)
+            .await?;
+        Ok(group(jobs))
+    }
+
+    /// A batch some of whose members are elsewhere (scheduled, or still held
+    /// by a lease) must not go in part: Resend would answer a different body
+    /// under the same key with a 409, or send a second copy under a new key.
+    /// Its due members wait until the rest is expected back, then all go.
+    async fn put_off_incomplete_batches(&self, work: Vec<Work>) -> Vec<Work> {
+        let mut ready = Vec::with_capacity(work.len());
+        for item in work {
+            let until = match &item {
+                Work::Batch(jobs) => jobs.first().and_then(|j| j.rest_of_batch_until),
+                Work::One(job) => job.rest_of_batch_until,
+            };
+            let Some(until) = until else {
+                ready.push(item);
+                continue;
+            };
+            let jobs = item.jobs();
+            tracing::info!(
+                batch_key = jobs[0].batch_key.as_deref().unwrap_or(""), members_due = jobs.len(), %until,
+                "part of an email batch is not due yet: its due members wait for the rest"
+            );
+            let retry = BatchRetry {
+                after: Duration::ZERO,
+                at: Some(until),
+                counts: false,
+                dissolve: false,
+            };
+            if let Err(e) = self
+                .queue
+                .record_batch_retry(&jobs, "waiting for the rest of its email batch", retry)
+                .await
+            {
+                tracing::warn!(error = %e, "could not put off an incomplete batch; its lease will expire");
+            }
+        }
+        ready
+    }
+
+    async fn release_all(&self, jobs: Vec<ClaimedJob>) {
+        for job in jobs {
             if let Err(e) = self.queue.release(job.id, &job.lock).await {
                 tracing::warn!(job_id = job.id, error = %e, "could not release job; its lease will expire");
             }
@@ -199,23 +321,22 @@ impl Worker {
         self.record(&job, outcome).await;
     }
 
-    async fn send_email(&self, job: &ClaimedJob, cancel: &CancellationToken) -> Option<Outcome> {
+    /// The email of job `job`, or the outcome that ends it without a request.
+    fn email_for(&self, job: &ClaimedJob) -> Result<OutgoingEmail, Outcome> {
         if let Some(outcome) = precheck(job) {
-            return Some(outcome);
+            return Err(outcome);
         }
-        let lead = job.lead.as_ref()?;
-        let to = match recipients::email(job.recipient.as_deref()) {
-            Ok(to) => to,
-            Err(reason) => {
-                return Some(Outcome::Invalid {
-                    error: reason.to_string(),
-                });
-            }
-        };
+        let lead = job.lead.as_ref().ok_or(Outcome::Cancelled {
+            error: "the lead no longer exists".into(),
+        })?;
+        let to =
+            recipients::email(job.recipient.as_deref()).map_err(|reason| Outcome::Invalid {
+                error: reason.to_string(),
+            })?;
         let content = templates::proftest_email(lead.name.as_deref(), &self.product_url);
-        let email = OutgoingEmail {
+        Ok(OutgoingEmail {
             from: self.email_from.clone(),
-            to: vec![to.clone()],
+            to: vec![to],
             subject: content.subject,
             html: content.html,
             text: content.text,
@@ -229,6 +350,13 @@ impl Worker {
                     value: job.template.clone(),
                 },
             ],
+        })
+    }
+
+    async fn send_email(&self, job: &ClaimedJob, cancel: &CancellationToken) -> Option<Outcome> {
+        let email = match self.email_for(job) {
+            Ok(email) => email,
+            Err(outcome) => return Some(outcome),
         };
         tokio::select! {
             _ = cancel.cancelled() => return None,
@@ -237,12 +365,172 @@ impl Worker {
         if !self.lease_covers_a_request(job) {
             return None;
         }
-        tracing::debug!(lead_id = %job.lead_id, job_id = job.id, to = %mask::email(&to), "sending email");
+        tracing::debug!(lead_id = %job.lead_id, job_id = job.id, to = %mask::email(&email.to[0]), "sending email");
         let result = self
             .resend
             .send(&email, &resend::idempotency_key(job.id))
             .await;
         Some(self.outcome_of(job, result))
+    }
+
+    /// Sends the members of one email batch in one request, under the key
+    /// stored when they were first claimed, and records how it went for all
+    /// of them at once.
+    ///
+    /// Members that end without a request (lead gone, unusable address) are
+    /// recorded first, so that they are no longer part of the batch when it
+    /// is sent: a batch sent again after a crash then has the same members,
+    /// the same body and the same key, and Resend answers it from its
+    /// idempotency store instead of sending twice.
+    async fn process_batch(&self, jobs: Vec<ClaimedJob>, cancel: CancellationToken) {
+        let Some(key) = jobs.first().and_then(|j| j.batch_key.clone()) else {
+            return;
+        };
+        let mut members = Vec::with_capacity(jobs.len());
+        let mut emails = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.email_for(&job) {
+                Ok(email) => {
+                    members.push(job);
+                    emails.push(email);
+                }
+                Err(outcome) => self.record(&job, outcome).await,
+            }
+        }
+        let Some(first) = members.first() else {
+            return;
+        };
+        if first.previous_outcome_unknown {
+            tracing::info!(
+                batch_key = %key, members = members.len(),
+                "sending an email batch again after an unknown outcome: same key and body, so Resend sends nothing twice"
+            );
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return self.release_all(members).await,
+            _ = self.resend.pacer.wait_turn() => {}
+        }
+        if !self.lease_covers_a_request(first) {
+            return self.release_all(members).await;
+        }
+        tracing::debug!(batch_key = %key, members = members.len(), "sending email batch");
+        metrics::histogram!("leadrelay_email_batch_size").record(members.len() as f64);
+        let result = self.resend.send_batch(&emails, &key).await;
+        match result {
+            Ok(sent) => self.record_batch_sent(&members, sent).await,
+            Err(SendError::Permanent { message })
+                if !message.contains("invalid_idempotent_request") =>
+            {
+                // Refused as a whole, nothing sent (strict validation): each
+                // member goes on its own, where a bad one fails alone.
+                let retry = BatchRetry {
+                    after: Duration::ZERO,
+                    at: None,
+                    counts: true,
+                    dissolve: true,
+                };
+                let error = format!("batch refused, sending each email on its own: {message}");
+                self.record_batch_retry(&members, &error, retry).await;
+            }
+            Err(error) => {
+                // Every member has the same attempts and the same outcome.
+                let outcome = self.outcome_of(first, Err(error));
+                match outcome {
+                    Outcome::Retry {
+                        error,
+                        after,
+                        counts,
+                    } => {
+                        let retry = BatchRetry {
+                            after,
+                            at: None,
+                            counts,
+                            dissolve: false,
+                        };
+                        self.record_batch_retry(&members, &error, retry).await;
+                    }
+                    outcome => {
+                        for job in &members {
+                            self.record(job, outcome.clone()).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn record_batch_sent(&self, members: &[ClaimedJob], sent: Vec<Sent>) {
+        let ids: Vec<i64> = members.iter().map(|j| j.id).collect();
+        let locks: Vec<String> = members.iter().map(|j| j.lock.clone()).collect();
+        let message_ids: Vec<String> = sent.into_iter().map(|s| s.provider_message_id).collect();
+        let recorded = self
+            .persist("batch outcome", || {
+                self.queue.record_sent_batch(&ids, &message_ids, &locks)
+            })
+            .await;
+        let Some(recorded) = recorded else { return };
+        for (job, message_id) in members.iter().zip(&message_ids) {
+            if recorded.contains(&job.id) {
+                log_state_change(
+                    job,
+                    &Outcome::Sent {
+                        provider_message_id: message_id.clone(),
+                    },
+                );
+            } else {
+                lease_lost(job);
+            }
+        }
+        // Delivery reports that beat this write: one statement for the batch.
+        if let Err(e) = self.queue.apply_all_pending_events().await {
+            tracing::warn!(error = %e, "applying early delivery events failed; the next sweep retries");
+        }
+    }
+
+    async fn record_batch_retry(&self, members: &[ClaimedJob], error: &str, retry: BatchRetry) {
+        let recorded = self
+            .persist("batch outcome", || {
+                self.queue.record_batch_retry(members, error, retry)
+            })
+            .await;
+        let Some(recorded) = recorded else { return };
+        let outcome = Outcome::Retry {
+            error: error.to_string(),
+            after: retry.after,
+            counts: retry.counts,
+        };
+        for job in members {
+            if recorded.contains(&job.id) {
+                log_state_change(job, &outcome);
+            } else {
+                lease_lost(job);
+            }
+        }
+    }
+
+    /// Runs a recording statement, riding out a database restart: tries for
+    /// up to the lease. Past that the lease expires and the job is rescued.
+    async fn persist<T, F, Fut>(&self, what: &str, mut statement: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, QueueError>>,
+    {
+        let mut wait = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + self.settings.lease;
+        loop {
+            match statement().await {
+                Ok(value) => return Some(value),
+                Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                    tracing::warn!(error = %e, "could not record {what} yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record {what}; the lease will expire and the job will be retried");
+                    return None;
+                }
+            }
+        }
     }
 
     async fn send_sms(&self, job: &ClaimedJob, cancel: &CancellationToken) -> Option<Outcome> {
@@ -347,48 +635,35 @@ impl Worker {
         }
     }
 
-    /// Records an outcome, riding out a database restart: tries for up to the
-    /// lease. Past that the lease expires and the job is rescued.
+    /// Records an outcome, riding out a database restart.
     async fn record(&self, job: &ClaimedJob, outcome: Outcome) {
-        let mut wait = Duration::from_millis(100);
-        let deadline = tokio::time::Instant::now() + self.settings.lease;
-        loop {
-            let recorded = match &outcome {
-                Outcome::Sent {
-                    provider_message_id,
-                } => {
-                    self.sent_batches
-                        .record(job.channel, job.id, &job.lock, provider_message_id)
-                        .await
-                }
-                other => self.queue.record(job.id, &job.lock, other).await,
-            };
-            match recorded {
-                Ok(true) => {
-                    log_state_change(job, &outcome);
-                    if let Outcome::Sent {
+        let recorded = self
+            .persist("outcome", || async {
+                match &outcome {
+                    Outcome::Sent {
                         provider_message_id,
-                    } = &outcome
-                    {
-                        self.apply_early_events(job.channel, provider_message_id)
-                            .await;
+                    } => {
+                        self.sent_batches
+                            .record(job.channel, job.id, &job.lock, provider_message_id)
+                            .await
                     }
-                    return;
+                    other => self.queue.record(job.id, &job.lock, other).await,
                 }
-                Ok(false) => {
-                    lease_lost(job);
-                    return;
-                }
-                Err(e) if tokio::time::Instant::now() + wait < deadline => {
-                    tracing::warn!(job_id = job.id, error = %e, "could not record outcome yet; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::error!(job_id = job.id, error = %e, ?outcome, "could not record outcome; the job's lease will expire and it will be retried");
-                    return;
+            })
+            .await;
+        match recorded {
+            Some(true) => {
+                log_state_change(job, &outcome);
+                if let Outcome::Sent {
+                    provider_message_id,
+                } = &outcome
+                {
+                    self.apply_early_events(job.channel, provider_message_id)
+                        .await;
                 }
             }
+            Some(false) => lease_lost(job),
+            None => tracing::error!(job_id = job.id, ?outcome, "outcome not recorded"),
         }
     }
 }

@@ -12,6 +12,12 @@
 //!   is derived from the job id alone and the body never changes between
 //!   attempts. A 409 `concurrent_idempotent_requests` means the first request
 //!   with this key is still being processed: try again shortly.
+//! - `POST /emails/batch` takes a JSON list of up to 100 emails and answers
+//!   `{"data": [{"id": …}, …]}` in the same order. One idempotency key covers
+//!   the whole request, and one request counts once against the rate limit.
+//!   In the default (strict) validation mode one invalid email fails the
+//!   whole batch and nothing is sent; we do not ask for the permissive mode,
+//!   so an answer is all or nothing.
 
 use std::time::Duration;
 
@@ -50,6 +56,14 @@ struct SendAnswer {
     id: String,
 }
 
+#[derive(Debug, Deserialize)]
+struct BatchAnswer {
+    data: Vec<SendAnswer>,
+}
+
+/// The most emails one batch request may carry.
+pub const MAX_BATCH: usize = 100;
+
 #[derive(Debug, Default, Deserialize)]
 struct ErrorAnswer {
     #[serde(default)]
@@ -84,39 +98,93 @@ impl ResendClient {
         email: &OutgoingEmail,
         idempotency_key: &str,
     ) -> Result<Sent, SendError> {
+        let (status, limits, body) = self.post("emails", email, idempotency_key).await?;
+        classify(status, &limits, &body)
+    }
+
+    /// Sends up to [`MAX_BATCH`] emails in one request; on success, one
+    /// result per email, in order.
+    pub async fn send_batch(
+        &self,
+        emails: &[OutgoingEmail],
+        idempotency_key: &str,
+    ) -> Result<Vec<Sent>, SendError> {
+        let (status, limits, body) = self.post("emails/batch", emails, idempotency_key).await?;
+        classify_batch(status, &limits, &body, emails.len())
+    }
+
+    /// One request; its rate-limit headers feed the pacer.
+    async fn post(
+        &self,
+        path: &str,
+        json: &(impl Serialize + ?Sized),
+        idempotency_key: &str,
+    ) -> Result<(u16, RateLimitHeaders, Vec<u8>), SendError> {
         let response = self
             .http
-            .post(format!("{}/emails", self.base_url))
+            .post(format!("{}/{path}", self.base_url))
             .bearer_auth(self.api_key.expose())
             .header("Idempotency-Key", idempotency_key)
-            .json(email)
+            .json(json)
             .send()
             .await
             .map_err(|e| SendError::from_transport("resend", &e))?;
-        let status = response.status();
+        let status = response.status().as_u16();
         let limits = RateLimitHeaders::from_headers(response.headers());
         self.pacer.observe(&limits);
         let body = read_limited(response)
             .await
             .map_err(|e| SendError::from_transport("resend", &e))?;
-        classify(status.as_u16(), &limits, &body)
+        Ok((status, limits, body))
     }
+}
+
+fn usable_id(answer: SendAnswer) -> Option<Sent> {
+    (!answer.id.trim().is_empty() && answer.id.len() <= 200).then_some(Sent {
+        provider_message_id: answer.id,
+    })
 }
 
 fn classify(status: u16, limits: &RateLimitHeaders, body: &[u8]) -> Result<Sent, SendError> {
     if (200..300).contains(&status) {
-        return match serde_json::from_slice::<SendAnswer>(body) {
-            Ok(answer) if !answer.id.trim().is_empty() && answer.id.len() <= 200 => Ok(Sent {
-                provider_message_id: answer.id,
-            }),
+        return serde_json::from_slice::<SendAnswer>(body)
+            .ok()
+            .and_then(usable_id)
             // Accepted but unreadable: the retry carries the same idempotency
             // key, so Resend answers it with the first result and sends nothing.
-            _ => Err(SendError::temporary(format!(
-                "resend {status}: answer without an email id: {}",
-                clip(&String::from_utf8_lossy(body), 200)
-            ))),
-        };
+            .ok_or_else(|| {
+                SendError::temporary(format!(
+                    "resend {status}: answer without an email id: {}",
+                    clip(&String::from_utf8_lossy(body), 200)
+                ))
+            });
     }
+    Err(classify_error(status, limits, body))
+}
+
+fn classify_batch(
+    status: u16,
+    limits: &RateLimitHeaders,
+    body: &[u8],
+    expected: usize,
+) -> Result<Vec<Sent>, SendError> {
+    if (200..300).contains(&status) {
+        let ids: Option<Vec<Sent>> = serde_json::from_slice::<BatchAnswer>(body)
+            .ok()
+            .filter(|answer| answer.data.len() == expected)
+            .and_then(|answer| answer.data.into_iter().map(usable_id).collect());
+        // As for one email: the same key and body get the first answer again.
+        return ids.ok_or_else(|| {
+            SendError::temporary(format!(
+                "resend {status}: batch answer without {expected} email ids: {}",
+                clip(&String::from_utf8_lossy(body), 200)
+            ))
+        });
+    }
+    Err(classify_error(status, limits, body))
+}
+
+fn classify_error(status: u16, limits: &RateLimitHeaders, body: &[u8]) -> SendError {
     let error: ErrorAnswer = serde_json::from_slice(body).unwrap_or_default();
     let message = if error.name.is_empty() && error.message.is_empty() {
         format!(
@@ -132,31 +200,31 @@ fn classify(status: u16, limits: &RateLimitHeaders, body: &[u8]) -> Result<Sent,
     };
     let retry_after = limits.retry_after.map(Duration::from_secs_f64);
     match (status, error.name.as_str()) {
-        (429, "daily_quota_exceeded") => Err(SendError::Temporary {
+        (429, "daily_quota_exceeded") => SendError::Temporary {
             message,
             retry_after: Some(Duration::from_secs(3600)),
             rate_limited: true,
             outcome_unknown: false,
-        }),
-        (429, _) => Err(SendError::Temporary {
+        },
+        (429, _) => SendError::Temporary {
             message,
             retry_after: Some(retry_after.unwrap_or(Duration::from_secs(1))),
             rate_limited: true,
             outcome_unknown: false,
-        }),
-        (409, "concurrent_idempotent_requests") => Err(SendError::Temporary {
+        },
+        (409, "concurrent_idempotent_requests") => SendError::Temporary {
             message,
             retry_after: Some(Duration::from_secs(2)),
             rate_limited: true,
             outcome_unknown: false,
-        }),
-        (500..=599, _) | (408, _) => Err(SendError::Temporary {
+        },
+        (500..=599, _) | (408, _) => SendError::Temporary {
             message,
             retry_after,
             rate_limited: false,
             outcome_unknown: false,
-        }),
-        _ => Err(SendError::permanent(message)),
+        },
+        _ => SendError::permanent(message),
     }
 }
 
@@ -249,6 +317,66 @@ mod tests {
                 Err(SendError::Temporary { .. })
             ));
         }
+    }
+
+    #[test]
+    fn a_batch_answer_gives_one_id_per_email_in_order() {
+        let sent = classify_batch(
+            200,
+            &none(),
+            br#"{"data":[{"id":"ae2014de"},{"id":"faccb7a5"}]}"#,
+            2,
+        )
+        .unwrap();
+        let ids: Vec<&str> = sent
+            .iter()
+            .map(|s| s.provider_message_id.as_str())
+            .collect();
+        assert_eq!(ids, ["ae2014de", "faccb7a5"]);
+    }
+
+    #[test]
+    fn a_batch_answer_with_missing_or_unusable_ids_is_retried_under_the_same_key() {
+        for body in [
+            &br#"{"data":[{"id":"a"}]}"#[..],
+            br#"{"data":[{"id":"a"},{"id":""}]}"#,
+            br#"{"data":[{"id":"a"},{"id":"b"},{"id":"c"}]}"#,
+            br#"{"data":[{"id":"a"},{}]}"#,
+            br#"[{"id":"a"},{"id":"b"}]"#,
+            b"{}",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                matches!(
+                    classify_batch(200, &none(), body, 2),
+                    Err(SendError::Temporary { .. })
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_batch_is_classified_like_one_email() {
+        let err = classify_batch(
+            422,
+            &none(),
+            br#"{"statusCode":422,"name":"validation_error","message":"emails[3].to is invalid"}"#,
+            5,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            SendError::permanent("resend 422 validation_error: emails[3].to is invalid")
+        );
+        assert!(matches!(
+            classify_batch(429, &none(), b"{}", 5),
+            Err(SendError::Temporary {
+                rate_limited: true,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use leadrelay::config::{MobizonSettings, ResendSettings, Secret, ServeConfig, WorkerSettings};
 use leadrelay::retry::Backoff;
 use leadrelay::serve::Application;
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 pub const PRODUCT_URL: &str = "https://academy.kz/product";
@@ -18,9 +18,10 @@ pub const RESEND_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 pub const MOBIZON_WEBHOOK_TOKEN: &str = "mobizon-callback-token-0123456789";
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
-/// Answers like Resend: the email id is derived from the idempotency key, the
-/// same key with the same body gets the first answer again, and the same key
-/// with another body is a 409.
+/// Answers like Resend, on `/emails` and `/emails/batch`: the email id is
+/// derived from the idempotency key (and the position in a batch), the same
+/// key with the same body gets the first answer again, and the same key with
+/// another body is a 409.
 pub struct ResendLike {
     bodies: Mutex<HashMap<String, Vec<u8>>>,
     pub delay: Duration,
@@ -55,8 +56,24 @@ impl Respond for ResendLike {
                 "message": "Same idempotency key used with a different request payload."}));
         }
         bodies.insert(key.clone(), request.body.clone());
+        let answer = if request.url.path().ends_with("/batch") {
+            let Ok(emails) = serde_json::from_slice::<Vec<serde_json::Value>>(&request.body) else {
+                return ResponseTemplate::new(422).set_body_json(serde_json::json!({
+                    "statusCode": 422, "name": "validation_error", "message": "expected a list of emails"}));
+            };
+            if emails.is_empty() || emails.len() > 100 {
+                return ResponseTemplate::new(422).set_body_json(serde_json::json!({
+                    "statusCode": 422, "name": "validation_error", "message": "1 to 100 emails"}));
+            }
+            let data: Vec<_> = (0..emails.len())
+                .map(|i| serde_json::json!({"id": format!("email-{key}-{i}")}))
+                .collect();
+            serde_json::json!({ "data": data })
+        } else {
+            serde_json::json!({"id": format!("email-{key}")})
+        };
         ResponseTemplate::new(200)
-            .set_body_json(serde_json::json!({"id": format!("email-{key}")}))
+            .set_body_json(answer)
             .insert_header("ratelimit-limit", "50")
             .set_delay(self.delay)
     }
@@ -130,9 +147,10 @@ impl Providers {
         }
     }
 
+    /// On both `/emails` and `/emails/batch`.
     pub async fn mount_resend(&self, responder: impl Respond + 'static) {
         Mock::given(method("POST"))
-            .and(path("/emails"))
+            .and(path_regex("^/emails(/batch)?$"))
             .respond_with(responder)
             .mount(&self.resend)
             .await;
@@ -178,6 +196,8 @@ pub fn config(db_url: &str, providers: &Providers) -> ServeConfig {
             api_url: providers.resend.uri(),
             from: "Академия <hello@academy.kz>".into(),
             max_rps: 100.0,
+            // The single-email path; the batch tests turn batching on.
+            batch_size: 1,
         },
         mobizon: MobizonSettings {
             api_key: Secret::new("kz_test_key"),
@@ -263,6 +283,8 @@ impl ServeProcess {
             .env("RESEND_API_KEY", "re_test_key")
             .env("RESEND_API_URL", providers.resend.uri())
             .env("RESEND_MAX_RPS", "100")
+            // the single-email path unless a test asks for batches
+            .env("RESEND_BATCH_SIZE", "1")
             .env("EMAIL_FROM", "hello@academy.kz")
             .env("MOBIZON_API_KEY", "kz_test_key")
             .env("MOBIZON_API_URL", providers.mobizon.uri())

@@ -1,6 +1,7 @@
 //! Integration tests: a real PostgreSQL cluster, started once for this process.
 
 mod app;
+mod batches;
 mod dev_mode;
 mod harness;
 mod migrate_cmd;
