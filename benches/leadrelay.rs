@@ -319,6 +319,20 @@ struct Serve {
     base: String,
 }
 
+impl Serve {
+    /// Waits until `/readyz` answers 2xx.
+    async fn ready(&self) {
+        let http = reqwest::Client::new();
+        until(Duration::from_secs(30), || async {
+            http.get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -372,14 +386,7 @@ async fn email_burst(cluster: &Cluster, client: &Client, mock: &Mock, mock_url: 
         mock_url,
         &[("RESEND_MAX_RPS", "2"), ("WORKER_CONCURRENCY", "4")],
     );
-    let http = reqwest::Client::new();
-    until(Duration::from_secs(30), || async {
-        http.get(format!("{}/readyz", serve.base))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    serve.ready().await;
     client
         .execute(
             "insert into landing_leads (name, email, source) select 'Burst ' || g, 'b' || g || '@mail.ru', 'proftest_burst' from generate_series(1, $1::int) g",
@@ -414,6 +421,65 @@ async fn email_burst(cluster: &Cluster, client: &Client, mock: &Mock, mock_url: 
         "-".into(),
         "-".into(),
         ">= 100 emails/s (batch endpoint), no 429 after the first",
+    )
+}
+
+/// Signed Resend events (four per sent email, shuffled) posted by 32
+/// concurrent clients; each answered 2xx only once stored and applied.
+async fn webhook_ingestion(client: &Client, base: &str) -> Row {
+    let message_ids: Vec<String> = client
+        .query("select provider_message_id from notification_jobs where channel = 'email' and status = 'sent' limit 5000", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let key = SigningKey::parse(SECRET).unwrap();
+    let mut events = Vec::new();
+    for id in &message_ids {
+        for kind in [
+            "email.sent",
+            "email.delivered",
+            "email.opened",
+            "email.clicked",
+        ] {
+            events.push((id.clone(), kind));
+        }
+    }
+    events.shuffle(&mut rand::rng());
+    let load = reqwest::Client::builder()
+        .pool_max_idle_per_host(32)
+        .build()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp().to_string();
+    let signed: Vec<reqwest::RequestBuilder> = events
+        .iter()
+        .enumerate()
+        .map(|(i, (email_id, kind))| {
+            let body = serde_json::to_vec(&serde_json::json!({"type": kind, "created_at": chrono::Utc::now().to_rfc3339(), "data": {"email_id": email_id}})).unwrap();
+            let svix_id = format!("msg_bench_{i}");
+            let signature = key.signature(&svix_id, &now, &body);
+            load.post(format!("{}/webhooks/resend", base))
+                .header("svix-id", svix_id)
+                .header("svix-timestamp", now.clone())
+                .header("svix-signature", signature)
+                .body(body)
+        })
+        .collect();
+    let total = signed.len();
+    let (took, ok) = drive(32, signed).await;
+    let noop: Vec<_> = (0..total)
+        .map(|_| load.get(format!("{}/healthz", base)))
+        .collect();
+    let (noop_took, noop_ok) = drive(32, noop).await;
+    let ingest = ok as f64 / took.as_secs_f64();
+    let noop_rate = noop_ok as f64 / noop_took.as_secs_f64();
+    row(
+        &format!("webhook ingestion, {total} signed events"),
+        format!("{ingest:.0} events/s stored ({ok} ok)"),
+        format!("no-op route: {noop_rate:.0} requests/s"),
+        format!("{:.2}x", ingest / noop_rate),
+        ">= 5,000 events/s",
     )
 }
 
@@ -621,27 +687,29 @@ async fn main() {
 
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     // 1. Lead insert cost.
-    let insert_db = database(&cluster, "bench_insert").await;
-    insert_db
-        .batch_execute("create table landing_leads_bare (like landing_leads including all)")
-        .await
-        .unwrap();
-    for clients in [1, 8] {
-        let (bare_tps, bare_p99) =
-            pgbench(&cluster, "bench_insert", "landing_leads_bare", clients, 8);
-        let (tps, p99) = pgbench(&cluster, "bench_insert", "landing_leads", clients, 8);
-        rows.push(row(
-            &format!("lead insert, {clients} client(s)"),
-            format!("{tps:.0} tps, p99 {p99:.2} ms"),
-            format!("no trigger: {bare_tps:.0} tps, p99 {bare_p99:.2} ms"),
-            format!("{:.2}x cost, +{:.2} ms p99", bare_tps / tps, p99 - bare_p99),
-            "<= 1.3x, <= +1 ms",
-        ));
-    }
-    drop(insert_db);
-    if only == "insert" {
-        print_table(&rows);
-        return;
+    if only.is_empty() || only == "insert" {
+        let insert_db = database(&cluster, "bench_insert").await;
+        insert_db
+            .batch_execute("create table landing_leads_bare (like landing_leads including all)")
+            .await
+            .unwrap();
+        for clients in [1, 8] {
+            let (bare_tps, bare_p99) =
+                pgbench(&cluster, "bench_insert", "landing_leads_bare", clients, 8);
+            let (tps, p99) = pgbench(&cluster, "bench_insert", "landing_leads", clients, 8);
+            rows.push(row(
+                &format!("lead insert, {clients} client(s)"),
+                format!("{tps:.0} tps, p99 {p99:.2} ms"),
+                format!("no trigger: {bare_tps:.0} tps, p99 {bare_p99:.2} ms"),
+                format!("{:.2}x cost, +{:.2} ms p99", bare_tps / tps, p99 - bare_p99),
+                "<= 1.3x, <= +1 ms",
+            ));
+        }
+        drop(insert_db);
+        if only == "insert" {
+            print_table(&rows);
+            return;
+        }
     }
 
     // The service, as deployed: the release binary against the mock providers.
@@ -657,20 +725,40 @@ async fn main() {
         print_table(&rows);
         return;
     }
+    if only == "webhooks" {
+        if std::env::var("BENCH_ASYNC_COMMIT").is_ok() {
+            client
+                .batch_execute("alter system set synchronous_commit = off")
+                .await
+                .unwrap();
+            client
+                .batch_execute("select pg_reload_conf()")
+                .await
+                .unwrap();
+        }
+        // Sent emails to report on, without the processing run.
+        client
+            .batch_execute(
+                "insert into landing_leads (name, email, source)
+                 select 'Lead ' || g, 'lead' || g || '@mail.ru', 'proftest_bench' from generate_series(1, 5000) g;
+                 update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(),
+                        provider_message_id = 'email-bench-' || id where channel = 'email';",
+            )
+            .await
+            .unwrap();
+        let serve = spawn_serve(&cluster.url("postgres"), &mock_url, &[]);
+        serve.ready().await;
+        rows.push(webhook_ingestion(&client, &serve.base).await);
+        print_table(&rows);
+        return;
+    }
     let spawned = Instant::now();
     let serve = spawn_serve(
         &cluster.url("postgres"),
         &mock_url,
         &[("WORKER_CONCURRENCY", &concurrency)],
     );
-    let http = reqwest::Client::new();
-    until(Duration::from_secs(30), || async {
-        http.get(format!("{}/readyz", serve.base))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    serve.ready().await;
     let startup = spawned.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = rss_kib(serve.child.id());
@@ -881,60 +969,7 @@ async fn main() {
     ));
 
     // 5. Webhook ingestion: signed Resend events for sent emails, stored and applied.
-    let message_ids: Vec<String> = client
-        .query("select provider_message_id from notification_jobs where channel = 'email' and status = 'sent' limit 5000", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let key = SigningKey::parse(SECRET).unwrap();
-    let mut events = Vec::new();
-    for id in &message_ids {
-        for kind in [
-            "email.sent",
-            "email.delivered",
-            "email.opened",
-            "email.clicked",
-        ] {
-            events.push((id.clone(), kind));
-        }
-    }
-    events.shuffle(&mut rand::rng());
-    let load = reqwest::Client::builder()
-        .pool_max_idle_per_host(32)
-        .build()
-        .unwrap();
-    let now = chrono::Utc::now().timestamp().to_string();
-    let signed: Vec<reqwest::RequestBuilder> = events
-        .iter()
-        .enumerate()
-        .map(|(i, (email_id, kind))| {
-            let body = serde_json::to_vec(&serde_json::json!({"type": kind, "created_at": chrono::Utc::now().to_rfc3339(), "data": {"email_id": email_id}})).unwrap();
-            let svix_id = format!("msg_bench_{i}");
-            let signature = key.signature(&svix_id, &now, &body);
-            load.post(format!("{}/webhooks/resend", serve.base))
-                .header("svix-id", svix_id)
-                .header("svix-timestamp", now.clone())
-                .header("svix-signature", signature)
-                .body(body)
-        })
-        .collect();
-    let total = signed.len();
-    let (took, ok) = drive(32, signed).await;
-    let noop: Vec<_> = (0..total)
-        .map(|_| load.get(format!("{}/healthz", serve.base)))
-        .collect();
-    let (noop_took, noop_ok) = drive(32, noop).await;
-    let ingest = ok as f64 / took.as_secs_f64();
-    let noop_rate = noop_ok as f64 / noop_took.as_secs_f64();
-    rows.push(row(
-        &format!("webhook ingestion, {total} signed events"),
-        format!("{ingest:.0} events/s stored ({ok} ok)"),
-        format!("no-op route: {noop_rate:.0} requests/s"),
-        format!("{:.2}x", ingest / noop_rate),
-        ">= 5,000 events/s",
-    ));
+    rows.push(webhook_ingestion(&client, &serve.base).await);
 
     // 6. Footprint.
     rows.push(row(

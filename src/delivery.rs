@@ -324,12 +324,17 @@ pub async fn store(pool: &Pool, event: &DeliveryEvent) -> Result<Stored, StoreEr
         )
         .await
         .map_err(|e| StoreError::Db(describe(&e)))?;
-    Ok(match row.get::<_, String>(0).as_str() {
+    Ok(stored_from(&row.get::<_, String>(0)))
+}
+
+/// What `record_notification_event` answered.
+pub fn stored_from(answer: &str) -> Stored {
+    match answer {
         "duplicate" => Stored::Duplicate,
         "applied" => Stored::Applied,
         "pending" => Stored::Pending,
         _ => Stored::Stored,
-    })
+    }
 }
 
 #[cfg(test)]

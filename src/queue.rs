@@ -314,6 +314,7 @@ pub fn all_statements() -> Vec<String> {
         NEXT_DUE.to_string(),
         SMS_AWAITING_STATUS.to_string(),
         crate::delivery::RECORD_EVENT.to_string(),
+        crate::event_batches::RECORD_EVENTS.to_string(),
         crate::delivery::APPLY_PENDING.to_string(),
         crate::delivery::APPLY_ALL_PENDING.to_string(),
         crate::metrics::JOBS_BY_STATUS.to_string(),

@@ -122,6 +122,7 @@ impl Application {
 
         crate::metrics::install();
         let state = http::AppState {
+            events: crate::event_batches::EventBatches::start(pool.clone()),
             pool,
             listener: Arc::clone(&listener_state),
             resend_key: config.resend_webhook_key.clone(),

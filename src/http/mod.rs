@@ -29,6 +29,8 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: deadpool_postgres::Pool,
+    /// Webhook events are stored through it, many per commit under load.
+    pub events: crate::event_batches::EventBatches,
     pub listener: Arc<ListenerState>,
     pub resend_key: SigningKey,
     pub mobizon_token: Secret,

@@ -38,19 +38,21 @@ async fn store(
     state: &AppState,
     event: DeliveryEvent,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    match delivery::store(&state.pool, &event).await {
+    let (provider, event_id) = (event.provider, event.event_id.clone());
+    let (event_type, message_id) = (event.event_type.clone(), event.message_id.clone());
+    match state.events.store(event).await {
         Ok(stored) => {
-            count(event.provider, stored.as_str());
+            count(provider, stored.as_str());
             tracing::info!(
-                provider = event.provider, event_id = %event.event_id, event_type = %event.event_type,
-                message_id = event.message_id.as_deref().unwrap_or(""), outcome = stored.as_str(),
+                provider, event_id = %event_id, event_type = %event_type,
+                message_id = message_id.as_deref().unwrap_or(""), outcome = stored.as_str(),
                 "webhook event"
             );
             Ok(Json(serde_json::json!({ "status": stored.as_str() })))
         }
         Err(e) => {
-            count(event.provider, "error");
-            tracing::error!(provider = event.provider, event_id = %event.event_id, error = %e, "could not store webhook event");
+            count(provider, "error");
+            tracing::error!(provider, event_id = %event_id, error = %e, "could not store webhook event");
             Err(ApiError::Unavailable)
         }
     }

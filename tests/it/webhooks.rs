@@ -804,3 +804,104 @@ async fn with_mobizon_webhook_secret_set_a_report_needs_a_matching_sign_too() {
     assert_eq!(events(&client).await, 1);
     app.shutdown().await;
 }
+
+/// Many events at once are stored in groups (one statement for many): each
+/// is stored once, every redelivery is a duplicate, and each message ends in
+/// its most advanced state whatever the order.
+#[tokio::test]
+async fn a_flood_of_concurrent_events_is_stored_once_each_and_the_best_state_wins() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "update notification_rules set delay = interval '1 hour';
+             insert into landing_leads (name, email, source)
+             select 'Lead ' || g, 'lead' || g || '@mail.ru', 'proftest_main' from generate_series(1, 30) g;
+             update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(),
+                    provider_message_id = 'flood-' || id where channel = 'email';",
+        )
+        .await
+        .unwrap();
+    let message_ids: Vec<String> = client
+        .query(
+            "select provider_message_id from notification_jobs where channel = 'email'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = std::sync::Arc::new(Api::new(&app));
+    let mut posts = Vec::new();
+    for (m, message_id) in message_ids.iter().enumerate() {
+        for kind in [
+            "email.sent",
+            "email.delivery_delayed",
+            "email.delivered",
+            "email.opened",
+        ] {
+            let body = resend_event(kind, message_id);
+            let svix_id = format!("flood_{m}_{kind}");
+            // every event twice: Svix redelivers
+            posts.push((svix_id.clone(), body.clone()));
+            posts.push((svix_id, body));
+        }
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for i in (1..posts.len()).rev() {
+        posts.swap(i, rng.random_range(0..=i));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (svix_id, body) in posts {
+        let api = std::sync::Arc::clone(&api);
+        tasks.spawn(async move {
+            let response = api.resend_signed(&svix_id, &body).await;
+            assert_eq!(response.status(), 200);
+            response.json::<serde_json::Value>().await.unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+    }
+    let mut answers = std::collections::HashMap::<String, usize>::new();
+    while let Some(answer) = tasks.join_next().await {
+        *answers.entry(answer.unwrap()).or_default() += 1;
+    }
+    assert_eq!(answers.get("duplicate"), Some(&120), "{answers:?}");
+    assert_eq!(answers.get("applied"), Some(&120), "{answers:?}");
+    assert_eq!(events(&client).await, 120);
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_events where applied_at is null or job_id is null"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs j join landing_leads l on l.id = j.lead_id
+             where j.channel = 'email' and j.delivery_status = 'opened' and l.email_delivery_status = 'opened'"
+        )
+        .await,
+        30
+    );
+    // and they went in groups, not one commit each
+    let metrics = reqwest::get(format!("{}/metrics", api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let grouped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("leadrelay_webhook_events_grouped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(grouped >= 2.0, "no group of events stored:\n{metrics}");
+    app.shutdown().await;
+}

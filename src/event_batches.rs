@@ -1,0 +1,150 @@
+//! Stores webhook events in groups: the events that arrive while a group is
+//! being committed go together in the next statement, so a busy webhook pays
+//! one transaction and one round trip for many events instead of one each.
+//! Each request still waits for the commit of its own event before it is
+//! answered, so a 2xx still means stored; a lone event is stored at once.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::db::describe;
+use crate::delivery::{self, DeliveryEvent, StoreError, Stored};
+
+/// The most events one statement stores.
+const MAX_GROUP: usize = 256;
+/// Groups committed at the same time (the rest wait their turn).
+const PARALLEL_GROUPS: usize = 2;
+
+/// Every event of a group in one statement, in order. Events are sorted by
+/// message id first, so two groups lock the jobs they touch in one order.
+pub const RECORD_EVENTS: &str = "
+select public.record_notification_event(t.provider, t.event_id, t.event_type, t.message_id,
+                                        t.occurred_at, t.payload, t.delivery_status)
+from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[], $7::text[])
+     with ordinality as t(provider, event_id, event_type, message_id, occurred_at, payload, delivery_status, ord)
+order by t.ord";
+
+struct Pending {
+    event: DeliveryEvent,
+    answer: oneshot::Sender<Result<Stored, StoreError>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventBatches {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl EventBatches {
+    /// Starts the recorder; it ends when every handle is dropped.
+    pub fn start(pool: Pool) -> EventBatches {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, rx));
+        EventBatches { tx }
+    }
+
+    /// Stores `event` and applies it; returns once that is committed.
+    pub async fn store(&self, event: DeliveryEvent) -> Result<Stored, StoreError> {
+        let (answer, wait) = oneshot::channel();
+        let stopped = || StoreError::Pool("the event recorder has stopped".into());
+        self.tx
+            .send(Pending { event, answer })
+            .map_err(|_| stopped())?;
+        wait.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(PARALLEL_GROUPS));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        // Whatever arrived meanwhile goes in the same group; no waiting for
+        // more.
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            store_group(&pool, group).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn store_group(pool: &Pool, mut group: Vec<Pending>) {
+    if group.len() == 1 {
+        let Some(p) = group.pop() else { return };
+        let stored = delivery::store(pool, &p.event).await;
+        let _ = p.answer.send(stored);
+        return;
+    }
+    group.sort_by(|a, b| {
+        (a.event.provider, &a.event.message_id).cmp(&(b.event.provider, &b.event.message_id))
+    });
+    match record_all(pool, &group).await {
+        Ok(outcomes) if outcomes.len() == group.len() => {
+            metrics::counter!("leadrelay_webhook_events_grouped_total")
+                .increment(group.len() as u64);
+            for (p, stored) in group.into_iter().zip(outcomes) {
+                let _ = p.answer.send(Ok(stored));
+            }
+        }
+        result => {
+            // One event's trouble (or a deadlock with the worker) must not
+            // cost the others: each goes again on its own.
+            if let Err(e) = result {
+                tracing::debug!(error = %e, events = group.len(), "storing a group of events failed; storing each alone");
+            }
+            for p in group {
+                let stored = delivery::store(pool, &p.event).await;
+                let _ = p.answer.send(stored);
+            }
+        }
+    }
+}
+
+async fn record_all(pool: &Pool, group: &[Pending]) -> Result<Vec<Stored>, StoreError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Pool(e.to_string()))?;
+    let statement = client
+        .prepare_cached(RECORD_EVENTS)
+        .await
+        .map_err(|e| StoreError::Db(describe(&e)))?;
+    let events = group.iter().map(|p| &p.event);
+    let providers: Vec<&str> = events.clone().map(|e| e.provider).collect();
+    let ids: Vec<&str> = events.clone().map(|e| e.event_id.as_str()).collect();
+    let types: Vec<&str> = events.clone().map(|e| e.event_type.as_str()).collect();
+    let message_ids: Vec<Option<&str>> = events.clone().map(|e| e.message_id.as_deref()).collect();
+    let occurred: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        events.clone().map(|e| e.occurred_at).collect();
+    let payloads: Vec<&serde_json::Value> = events.clone().map(|e| &e.payload).collect();
+    let statuses: Vec<Option<&str>> = events.map(|e| e.delivery_status).collect();
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &providers,
+                &ids,
+                &types,
+                &message_ids,
+                &occurred,
+                &payloads,
+                &statuses,
+            ],
+        )
+        .await
+        .map_err(|e| StoreError::Db(describe(&e)))?;
+    Ok(rows
+        .iter()
+        .map(|row| delivery::stored_from(&row.get::<_, String>(0)))
+        .collect())
+}
