@@ -424,6 +424,39 @@ async fn email_burst(cluster: &Cluster, client: &Client, mock: &Mock, mock_url: 
     )
 }
 
+/// BENCH_PROFILE: the statements that took the most time since the last
+/// call, from pg_stat_statements (functions' inner statements included).
+async fn statement_profile(client: &Client, phase: &str) {
+    client
+        .batch_execute("create extension if not exists pg_stat_statements")
+        .await
+        .unwrap();
+    println!("-- statement profile: {phase}");
+    for row in client
+        .query(
+            "select calls, round(total_exec_time::numeric, 1)::text, round(mean_exec_time::numeric, 3)::text,
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+             from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
+             order by total_exec_time desc limit 12",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        println!(
+            "{:>8} calls {:>9} ms total {:>7} ms mean  {}",
+            row.get::<_, i64>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+            row.get::<_, String>(3)
+        );
+    }
+    client
+        .batch_execute("select pg_stat_statements_reset()")
+        .await
+        .unwrap();
+}
+
 /// Signed Resend events (four per sent email, shuffled) posted by 32
 /// concurrent clients; each answered 2xx only once stored and applied.
 async fn webhook_ingestion(client: &Client, base: &str) -> Row {
@@ -637,7 +670,10 @@ async fn claim_latency(client: &Client, total: i64) -> f64 {
     for _ in 0..300 {
         let t0 = Instant::now();
         let rows = client
-            .query(&claim, &[&"email", &10i64, &"bench", &60.0f64])
+            .query(
+                &claim,
+                &[&"email", &10i64, &"bench", &60.0f64, &None::<&str>],
+            )
             .await
             .unwrap();
         times.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -656,6 +692,8 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let concurrency = std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "5".into());
+    // 1: every email on its own (the single endpoint), as without bursts
+    let email_batch = std::env::var("BENCH_EMAIL_BATCH").unwrap_or_else(|_| "100".into());
     let mut rows = Vec::new();
 
     let root = tempfile::Builder::new()
@@ -686,6 +724,30 @@ async fn main() {
     );
 
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let profile = std::env::var("BENCH_PROFILE").is_ok();
+    if profile {
+        let admin = db::connect(&cluster.url("postgres")).await.unwrap();
+        admin
+            .batch_execute(
+                "alter system set shared_preload_libraries = 'pg_cron', 'pg_stat_statements'",
+            )
+            .await
+            .unwrap();
+        drop(admin);
+        cluster
+            .stop(leadrelay::cluster::StopMode::Fast)
+            .expect("stop");
+        cluster.restart().expect("restart with pg_stat_statements");
+        let admin = db::connect(&cluster.url("postgres")).await.unwrap();
+        admin
+            .batch_execute("alter system set pg_stat_statements.track = 'all'")
+            .await
+            .unwrap();
+        admin
+            .batch_execute("select pg_reload_conf()")
+            .await
+            .unwrap();
+    }
     // 1. Lead insert cost.
     if only.is_empty() || only == "insert" {
         let insert_db = database(&cluster, "bench_insert").await;
@@ -756,7 +818,10 @@ async fn main() {
     let serve = spawn_serve(
         &cluster.url("postgres"),
         &mock_url,
-        &[("WORKER_CONCURRENCY", &concurrency)],
+        &[
+            ("WORKER_CONCURRENCY", &concurrency),
+            ("RESEND_BATCH_SIZE", &email_batch),
+        ],
     );
     serve.ready().await;
     let startup = spawned.elapsed();
@@ -787,12 +852,15 @@ async fn main() {
         peak_rss = peak_rss.max(rss_kib(serve.child.id()));
         let client = &client;
         async move {
-            count(
-                client,
-                "select count(*) from notification_jobs where status in ('due', 'sending')",
-            )
-            .await
-                == 0
+            // one index probe, so that polling costs the run little
+            !client
+                .query_one(
+                    "select exists (select 1 from notification_jobs where status in ('due', 'sending'))",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
         }
     })
     .await;
@@ -820,7 +888,9 @@ async fn main() {
     let g_throughput = reference(&["throughput", &jobs.to_string(), "10"]);
     rows.push(row_against(
         &format!("processing rate, {jobs} due jobs"),
-        format!("{rate:.0} jobs/s ({concurrency} per channel, 2 channels)"),
+        format!(
+            "{rate:.0} jobs/s ({concurrency} per channel, 2 channels, emails in batches of up to {email_batch})"
+        ),
         against(
             &g_throughput,
             |v| {
@@ -835,6 +905,14 @@ async fn main() {
         ),
         ">= 2x graphile-worker",
     ));
+
+    if profile {
+        statement_profile(&client, "processing").await;
+    }
+    if only == "processing" {
+        print_table(&rows);
+        return;
+    }
 
     // 3. Pickup latency: promotion commit → provider request, one job at a time.
     client

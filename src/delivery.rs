@@ -288,7 +288,14 @@ impl Stored {
 
 pub const RECORD_EVENT: &str =
     "select public.record_notification_event($1, $2, $3, $4, $5, $6, $7)";
-pub const APPLY_PENDING: &str = "select public.apply_pending_notification_events($1, $2)";
+/// Applies the waiting events of messages $2 of providers $1, in one round
+/// trip; messages with none waiting cost one index probe.
+pub const APPLY_PENDING_MANY: &str = "
+select coalesce(sum(public.apply_pending_notification_events(t.provider, t.message_id)), 0)::int
+from unnest($1::text[], $2::text[]) as t(provider, message_id)
+where exists (select 1 from public.notification_events e
+               where e.applied_at is null and e.provider = t.provider
+                 and e.provider_message_id = t.message_id)";
 pub const APPLY_ALL_PENDING: &str = "select public.apply_all_pending_notification_events()";
 
 #[derive(Debug, thiserror::Error)]

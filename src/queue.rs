@@ -315,7 +315,7 @@ pub fn all_statements() -> Vec<String> {
         SMS_AWAITING_STATUS.to_string(),
         crate::delivery::RECORD_EVENT.to_string(),
         crate::event_batches::RECORD_EVENTS.to_string(),
-        crate::delivery::APPLY_PENDING.to_string(),
+        crate::delivery::APPLY_PENDING_MANY.to_string(),
         crate::delivery::APPLY_ALL_PENDING.to_string(),
         crate::metrics::JOBS_BY_STATUS.to_string(),
     ]
@@ -662,14 +662,25 @@ impl Queue {
     }
 
     /// Applies webhook events that arrived before this message id was recorded.
+    /// Applies webhook events that arrived before these messages' ids were
+    /// recorded (sent jobs of `channel`).
     pub async fn apply_pending_events(
         &self,
-        provider: &str,
-        message_id: &str,
+        channel: Channel,
+        message_ids: &[&str],
     ) -> Result<i32, QueueError> {
+        let provider = match channel {
+            Channel::Email => "resend",
+            Channel::Sms => "mobizon",
+            Channel::LeadTracking => return Ok(0),
+        };
+        let providers = vec![provider; message_ids.len()];
         let client = self.pool.get().await?;
+        let st = client
+            .prepare_cached(crate::delivery::APPLY_PENDING_MANY)
+            .await?;
         Ok(client
-            .query_one(crate::delivery::APPLY_PENDING, &[&provider, &message_id])
+            .query_one(&st, &[&providers, &message_ids])
             .await?
             .get(0))
     }

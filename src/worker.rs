@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -141,7 +141,10 @@ impl Worker {
     }
 
     async fn lane_loop(self: Arc<Self>, channel: Channel, cancel: CancellationToken) {
+        // Requests in flight, and jobs in hand (sent, or being sent, and not
+        // yet recorded): a slow database holds back new requests.
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let in_hand = Arc::new(Semaphore::new(self.settings.concurrency * 4));
         // Claimed ahead of free slots, so that one claim serves many jobs
         // under load instead of one claim per finished request.
         let ahead = self.settings.concurrency * 2;
@@ -168,9 +171,13 @@ impl Worker {
                     }
                 }
             }
-            let permit = tokio::select! {
+            let (in_hand, request_slot) = tokio::select! {
                 _ = cancel.cancelled() => break,
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                permits = async {
+                    let in_hand = Arc::clone(&in_hand).acquire_owned().await?;
+                    let request_slot = Arc::clone(&slots).acquire_owned().await?;
+                    Ok::<_, tokio::sync::AcquireError>((in_hand, request_slot))
+                } => match permits {
                     Ok(p) => p,
                     Err(_) => break,
                 },
@@ -182,10 +189,10 @@ impl Worker {
             let token = cancel.clone();
             self.tasks.spawn(async move {
                 match work {
-                    Work::One(job) => worker.process(*job, token).await,
-                    Work::Batch(jobs) => worker.process_batch(jobs, token).await,
+                    Work::One(job) => worker.process(*job, token, request_slot).await,
+                    Work::Batch(jobs) => worker.process_batch(jobs, token, request_slot).await,
                 }
-                drop(permit);
+                drop(in_hand);
             });
         }
         // Stopping: what was claimed but not started goes back unsent.
@@ -301,8 +308,16 @@ impl Worker {
         covered
     }
 
-    /// Sends one claimed job and records how it went.
-    pub async fn process(&self, job: ClaimedJob, cancel: CancellationToken) {
+    /// Sends one claimed job and records how it went. `request_slot` is
+    /// given back as soon as the provider has answered: the lane's
+    /// concurrency bounds requests in flight, and recording is the
+    /// database's work.
+    async fn process(
+        &self,
+        job: ClaimedJob,
+        cancel: CancellationToken,
+        request_slot: OwnedSemaphorePermit,
+    ) {
         let outcome = match job.channel {
             Channel::Email => self.send_email(&job, &cancel).await,
             Channel::Sms => self.send_sms(&job, &cancel).await,
@@ -311,6 +326,7 @@ impl Worker {
                 return;
             }
         };
+        drop(request_slot);
         let Some(outcome) = outcome else {
             // Stopping before the request was made: give the job back unsent.
             if let Err(e) = self.queue.release(job.id, &job.lock).await {
@@ -382,7 +398,12 @@ impl Worker {
     /// is sent: a batch sent again after a crash then has the same members,
     /// the same body and the same key, and Resend answers it from its
     /// idempotency store instead of sending twice.
-    async fn process_batch(&self, jobs: Vec<ClaimedJob>, cancel: CancellationToken) {
+    async fn process_batch(
+        &self,
+        jobs: Vec<ClaimedJob>,
+        cancel: CancellationToken,
+        request_slot: OwnedSemaphorePermit,
+    ) {
         let Some(key) = jobs.first().and_then(|j| j.batch_key.clone()) else {
             return;
         };
@@ -416,6 +437,7 @@ impl Worker {
         tracing::debug!(batch_key = %key, members = members.len(), "sending email batch");
         metrics::histogram!("leadrelay_email_batch_size").record(members.len() as f64);
         let result = self.resend.send_batch(&emails, &key).await;
+        drop(request_slot);
         match result {
             Ok(sent) => self.record_batch_sent(&members, sent).await,
             Err(SendError::Permanent { message })
@@ -482,7 +504,17 @@ impl Worker {
             }
         }
         // Delivery reports that beat this write: one statement for the batch.
-        if let Err(e) = self.queue.apply_all_pending_events().await {
+        let applicable: Vec<&str> = members
+            .iter()
+            .zip(&message_ids)
+            .filter(|(job, _)| recorded.contains(&job.id))
+            .map(|(_, id)| id.as_str())
+            .collect();
+        if let Err(e) = self
+            .queue
+            .apply_pending_events(Channel::Email, &applicable)
+            .await
+        {
             tracing::warn!(error = %e, "applying early delivery events failed; the next sweep retries");
         }
     }
@@ -652,16 +684,8 @@ impl Worker {
             })
             .await;
         match recorded {
-            Some(true) => {
-                log_state_change(job, &outcome);
-                if let Outcome::Sent {
-                    provider_message_id,
-                } = &outcome
-                {
-                    self.apply_early_events(job.channel, provider_message_id)
-                        .await;
-                }
-            }
+            // (the recorder applies early delivery events of sent jobs)
+            Some(true) => log_state_change(job, &outcome),
             Some(false) => lease_lost(job),
             None => tracing::error!(job_id = job.id, ?outcome, "outcome not recorded"),
         }
@@ -689,19 +713,6 @@ fn precheck(job: &ClaimedJob) -> Option<Outcome> {
 }
 
 impl Worker {
-    /// A delivery report can arrive before the send is recorded; it waits in
-    /// notification_events and is applied now (or by the next sweep).
-    async fn apply_early_events(&self, channel: Channel, message_id: &str) {
-        let provider = match channel {
-            Channel::Email => "resend",
-            Channel::Sms => "mobizon",
-            Channel::LeadTracking => return,
-        };
-        if let Err(e) = self.queue.apply_pending_events(provider, message_id).await {
-            tracing::warn!(error = %e, "applying early delivery events failed; the next sweep retries");
-        }
-    }
-
     /// Asks Mobizon for the state of sent SMS that have none yet, for accounts
     /// whose delivery-report webhook is not set up (or missed a report).
     pub async fn sms_status_loop(&self, every: Duration, cancel: CancellationToken) {
