@@ -166,29 +166,46 @@ impl Default for Mock {
 
 impl Mock {
     /// Resend's per-team limit, a fixed one-second window: the 429 it
-    /// answers past the limit, if this request is past it.
-    fn over_limit(&self) -> Option<axum::response::Response> {
+    /// answers past the limit, or the rate-limit headers Resend sends with
+    /// every answer (`ratelimit-reset` in whole seconds, as Resend sends it).
+    fn over_limit(&self) -> Result<[(&'static str, String); 3], axum::response::Response> {
         let limit = self.limit.load(Ordering::Relaxed);
         if limit == 0 {
-            return None;
+            return Ok([
+                ("ratelimit-limit", "1000000".into()),
+                ("ratelimit-remaining", "1000000".into()),
+                ("ratelimit-reset", "1".into()),
+            ]);
         }
         let mut window = self.window.lock().unwrap();
         if window.0.elapsed() >= Duration::from_secs(1) {
             *window = (Instant::now(), 0);
         }
+        let reset = (Duration::from_secs(1).saturating_sub(window.0.elapsed()))
+            .as_secs_f64()
+            .ceil()
+            .max(1.0)
+            .to_string();
         if window.1 >= limit {
             self.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Some(
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [("retry-after", "1"), ("ratelimit-limit", "2")],
-                    axum::Json(serde_json::json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "Too many requests"})),
-                )
-                    .into_response(),
-            );
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                [
+                    ("retry-after", reset.clone()),
+                    ("ratelimit-limit", limit.to_string()),
+                    ("ratelimit-remaining", "0".into()),
+                    ("ratelimit-reset", reset),
+                ],
+                axum::Json(serde_json::json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "Too many requests"})),
+            )
+                .into_response());
         }
         window.1 += 1;
-        None
+        Ok([
+            ("ratelimit-limit", limit.to_string()),
+            ("ratelimit-remaining", (limit - window.1).to_string()),
+            ("ratelimit-reset", reset),
+        ])
     }
 
     fn saw(&self, job_id: Option<i64>) {
@@ -203,9 +220,10 @@ impl Mock {
 }
 
 async fn resend(State(mock): State<Arc<Mock>>, headers: HeaderMap) -> axum::response::Response {
-    if let Some(refused) = mock.over_limit() {
-        return refused;
-    }
+    let limits = match mock.over_limit() {
+        Ok(limits) => limits,
+        Err(refused) => return refused,
+    };
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -215,7 +233,11 @@ async fn resend(State(mock): State<Arc<Mock>>, headers: HeaderMap) -> axum::resp
         key.strip_prefix("leadrelay-job-")
             .and_then(|id| id.parse::<i64>().ok()),
     );
-    axum::Json(serde_json::json!({ "id": format!("email-{key}") })).into_response()
+    (
+        limits,
+        axum::Json(serde_json::json!({ "id": format!("email-{key}") })),
+    )
+        .into_response()
 }
 
 /// `POST /emails/batch`: one request against the limit for up to 100 emails;
@@ -225,9 +247,10 @@ async fn resend_batch(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> axum::response::Response {
-    if let Some(refused) = mock.over_limit() {
-        return refused;
-    }
+    let limits = match mock.over_limit() {
+        Ok(limits) => limits,
+        Err(refused) => return refused,
+    };
     mock.batches.fetch_add(1, Ordering::Relaxed);
     let key = headers
         .get("idempotency-key")
@@ -245,7 +268,7 @@ async fn resend_batch(
         mock.saw(job_id);
         data.push(serde_json::json!({ "id": format!("email-{key}-{i}") }));
     }
-    axum::Json(serde_json::json!({ "data": data })).into_response()
+    (limits, axum::Json(serde_json::json!({ "data": data }))).into_response()
 }
 
 async fn mobizon(State(mock): State<Arc<Mock>>) -> axum::Json<serde_json::Value> {

@@ -281,10 +281,12 @@ update public.notification_jobs j
 
 pub const PROMOTE: &str = "select public.promote_due_notification_jobs()";
 
-/// Seconds until the next scheduled job is due (negative: overdue), or null.
-pub const NEXT_DUE: &str = "
-select extract(epoch from (min(due_at) - clock_timestamp()))::float8
-from public.notification_jobs where status = 'scheduled'";
+/// Seconds until the next scheduled job is due (negative: overdue), or null;
+/// and whether any job is due now. Two probes of partial indexes.
+pub const GLANCE: &str = "
+select (select extract(epoch from (min(due_at) - clock_timestamp()))::float8
+          from public.notification_jobs where status = 'scheduled'),
+       exists (select 1 from public.notification_jobs where status = 'due')";
 
 /// Sent SMS without a final delivery state yet, oldest news first: what the
 /// Mobizon status poll asks about (at most $1, sent within the last 2 days:
@@ -311,7 +313,7 @@ pub fn all_statements() -> Vec<String> {
         RECORD_TRACKED.to_string(),
         RELEASE.to_string(),
         PROMOTE.to_string(),
-        NEXT_DUE.to_string(),
+        GLANCE.to_string(),
         SMS_AWAITING_STATUS.to_string(),
         crate::delivery::RECORD_EVENT.to_string(),
         crate::event_batches::RECORD_EVENTS.to_string(),
@@ -448,6 +450,15 @@ pub enum Outcome {
     Cancelled {
         error: String,
     },
+}
+
+/// What the sweeper sees between sweeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Glance {
+    /// How long until the next scheduled job is due, if any is.
+    pub next_due: Option<Duration>,
+    /// Whether jobs are due now (claimable).
+    pub any_due: bool,
 }
 
 /// When and how the members of a batch go again.
@@ -703,10 +714,15 @@ impl Queue {
             .collect())
     }
 
-    /// How long until the next scheduled job is due, if any is.
-    pub async fn next_due(&self) -> Result<Option<Duration>, QueueError> {
+    /// When the next scheduled job is due, and whether jobs are due now.
+    pub async fn glance(&self) -> Result<Glance, QueueError> {
         let client = self.pool.get().await?;
-        let seconds: Option<f64> = client.query_one(NEXT_DUE, &[]).await?.get(0);
-        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+        let st = client.prepare_cached(GLANCE).await?;
+        let row = client.query_one(&st, &[]).await?;
+        let seconds: Option<f64> = row.get(0);
+        Ok(Glance {
+            next_due: seconds.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            any_due: row.get(1),
+        })
     }
 }

@@ -72,6 +72,9 @@ fn group(jobs: Vec<ClaimedJob>) -> Vec<Work> {
     work
 }
 
+/// How often the sweeper looks for jobs that came in since (at most).
+const GLANCE_EVERY: Duration = Duration::from_secs(1);
+
 /// The template the proftest rules name.
 pub const PROFTEST_TEMPLATE: &str = "proftest_result";
 
@@ -106,36 +109,53 @@ impl Worker {
         }
     }
 
-    /// Promotes due jobs, then sleeps until the next one is due, the sweep
-    /// interval passes, or a reconnect asks for a sweep.
+    /// Promotes due jobs, then sleeps until the next one is due, a glance
+    /// passes, or a reconnect asks for a sweep.
+    ///
+    /// Landing inserts send no notification (it would serialise their
+    /// commits), so a glance every second (GLANCE: two index probes) finds
+    /// jobs that came in since: a job due at once is sent within about a
+    /// second, and a job due later is sent by the timer armed for it. The
+    /// rest of the sweep (early delivery events) runs every sweep interval.
     async fn sweep_loop(&self, cancel: CancellationToken) {
+        let glance_every = self.settings.sweep_interval.min(GLANCE_EVERY);
+        let mut next_full = tokio::time::Instant::now();
         while !cancel.is_cancelled() {
-            let mut sleep_for = self.settings.sweep_interval;
+            let mut sleep_for = glance_every;
             match self.queue.promote().await {
                 Ok(promoted) => {
                     if promoted > 0 {
                         tracing::debug!(promoted, "promoted due jobs");
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "sweep failed");
-                    sleep_for = sleep_for.min(Duration::from_secs(1));
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+            let full = tokio::time::Instant::now() >= next_full;
+            if full {
+                next_full = tokio::time::Instant::now() + self.settings.sweep_interval;
+                // Webhook events that beat the worker's own write of a message id.
+                if let Err(e) = self.queue.apply_all_pending_events().await {
+                    tracing::warn!(error = %e, "applying pending delivery events failed");
                 }
             }
-            // Webhook events that beat the worker's own write of a message id.
-            if let Err(e) = self.queue.apply_all_pending_events().await {
-                tracing::warn!(error = %e, "applying pending delivery events failed");
-            }
-            // Lanes look for work after every sweep, notification or not.
-            self.wakeups.wake_all();
-            if let Ok(Some(next)) = self.queue.next_due().await {
-                // Wake just after the job is due, whatever pg_cron's tick is.
-                sleep_for = sleep_for.min(next + Duration::from_millis(2));
+            match self.queue.glance().await {
+                Ok(glance) => {
+                    // Lanes look for work after every full sweep, and whenever
+                    // due jobs wait.
+                    if full || glance.any_due {
+                        self.wakeups.wake_all();
+                    }
+                    if let Some(next) = glance.next_due {
+                        // Wake just after the job is due, whatever pg_cron's tick is.
+                        sleep_for = sleep_for.min(next + Duration::from_millis(2));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for due jobs failed"),
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(sleep_for) => {}
-                _ = self.wakeups.sweep().notified() => {}
+                _ = self.wakeups.sweep().notified() => next_full = tokio::time::Instant::now(),
             }
         }
     }

@@ -952,3 +952,26 @@ async fn a_job_whose_lease_ran_out_during_a_long_retry_after_is_given_back_not_s
     assert_eq!(distinct.len(), 3);
     app.shutdown().await;
 }
+
+/// Landing inserts send no notification; the sweeper's one-second glance
+/// finds a job due at once long before the sweep interval (30 s here).
+#[tokio::test]
+async fn a_job_due_at_once_is_sent_within_seconds_whatever_the_sweep_interval() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::healthy().await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.worker.sweep_interval = Duration::from_secs(30);
+    let app = start(cfg).await;
+    // past the sweep at start-up
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    one_lead(&client).await;
+    eventually(Duration::from_secs(5), "the email and SMS sent", || async {
+        providers.emails().await.len() == 1 && providers.sms().await.len() == 1
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    app.shutdown().await;
+}
