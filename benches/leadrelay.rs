@@ -168,7 +168,7 @@ impl Mock {
     /// Resend's per-team limit, a fixed one-second window: the 429 it
     /// answers past the limit, or the rate-limit headers Resend sends with
     /// every answer (`ratelimit-reset` in whole seconds, as Resend sends it).
-    fn over_limit(&self) -> Result<[(&'static str, String); 3], axum::response::Response> {
+    fn over_limit(&self) -> Result<[(&'static str, String); 3], Box<axum::response::Response>> {
         let limit = self.limit.load(Ordering::Relaxed);
         if limit == 0 {
             return Ok([
@@ -188,7 +188,8 @@ impl Mock {
             .to_string();
         if window.1 >= limit {
             self.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err((
+            return Err(Box::new(
+                (
                 StatusCode::TOO_MANY_REQUESTS,
                 [
                     ("retry-after", reset.clone()),
@@ -198,7 +199,8 @@ impl Mock {
                 ],
                 axum::Json(serde_json::json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "Too many requests"})),
             )
-                .into_response());
+                .into_response(),
+            ));
         }
         window.1 += 1;
         Ok([
@@ -222,7 +224,7 @@ impl Mock {
 async fn resend(State(mock): State<Arc<Mock>>, headers: HeaderMap) -> axum::response::Response {
     let limits = match mock.over_limit() {
         Ok(limits) => limits,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let key = headers
         .get("idempotency-key")
@@ -249,7 +251,7 @@ async fn resend_batch(
 ) -> axum::response::Response {
     let limits = match mock.over_limit() {
         Ok(limits) => limits,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     mock.batches.fetch_add(1, Ordering::Relaxed);
     let key = headers
