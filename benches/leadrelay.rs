@@ -1110,7 +1110,7 @@ async fn main() {
 /// Claim latency with 10k and with 1M rows in notification_jobs, mostly
 /// finished: the claim must not grow with the history.
 async fn scale(cluster: &Cluster) -> Row {
-    let scale = database(&cluster, "bench_scale").await;
+    let scale = database(cluster, "bench_scale").await;
     scale
         .batch_execute(
             "insert into notification_jobs (lead_id, channel, template, recipient, status, due_at)
