@@ -20,6 +20,9 @@ pub struct Pacer {
 struct State {
     interval: Duration,
     next_slot: Instant,
+    /// No request starts before this (a 429's `retry-after`, or an empty
+    /// window until its reset).
+    paused_until: Instant,
 }
 
 /// What an answer said about the rate limit.
@@ -62,6 +65,7 @@ impl Pacer {
             state: Mutex::new(State {
                 interval: interval_for(rate_per_second),
                 next_slot: Instant::now(),
+                paused_until: Instant::now(),
             }),
         }
     }
@@ -77,11 +81,19 @@ impl Pacer {
     }
 
     pub async fn wait_turn(&self) {
-        let slot = self.reserve();
-        // tokio's timer ticks in milliseconds: at high rates a sleep for a
-        // slot a few microseconds away would cost a whole tick per request.
-        if slot > Instant::now() + Duration::from_millis(1) {
-            tokio::time::sleep_until(slot).await;
+        loop {
+            let slot = self.reserve();
+            // tokio's timer ticks in milliseconds: at high rates a sleep for a
+            // slot a few microseconds away would cost a whole tick per request.
+            if slot > Instant::now() + Duration::from_millis(1) {
+                tokio::time::sleep_until(slot).await;
+            }
+            // A slot reserved before an answer said the window is used up
+            // (or a 429 came) is no longer good: take a new one after the
+            // pause, behind the requests that wait for it.
+            if self.lock().paused_until <= slot {
+                return;
+            }
         }
     }
 
@@ -106,6 +118,7 @@ impl Pacer {
         if let Some(seconds) = pause {
             let until = now + Duration::from_secs_f64(seconds).min(LONGEST_PAUSE);
             state.next_slot = state.next_slot.max(until);
+            state.paused_until = state.paused_until.max(until);
         }
     }
 
@@ -164,6 +177,33 @@ mod tests {
             ..Default::default()
         });
         assert!(pacer.reserve() - start >= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_reserved_before_a_pause_waits_for_its_end() {
+        let pacer = std::sync::Arc::new(Pacer::new(2.0));
+        let start = Instant::now();
+        pacer.wait_turn().await;
+        // The next turn is reserved for 0.5 s; then an answer says the window
+        // is used up until 1.5 s.
+        let waiter = {
+            let pacer = std::sync::Arc::clone(&pacer);
+            tokio::spawn(async move {
+                pacer.wait_turn().await;
+                Instant::now() - start
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pacer.observe(&RateLimitHeaders {
+            remaining: Some(0),
+            reset: Some(1.4),
+            ..Default::default()
+        });
+        let started_after = waiter.await.unwrap();
+        assert!(
+            started_after >= Duration::from_millis(1500),
+            "{started_after:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

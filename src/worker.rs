@@ -167,7 +167,7 @@ impl Worker {
         let in_hand = Arc::new(Semaphore::new(self.settings.concurrency * 4));
         // Claimed ahead of free slots, so that one claim serves many jobs
         // under load instead of one claim per finished request.
-        let ahead = self.settings.concurrency * 2;
+        let ahead = self.settings.concurrency * 4;
         let mut claimed: VecDeque<Work> = VecDeque::new();
         loop {
             if claimed.is_empty() {
