@@ -474,6 +474,11 @@ impl Worker {
                 let error = format!("batch refused, sending each email on its own: {message}");
                 self.record_batch_retry(&members, &error, retry).await;
             }
+            // A 409 invalid_idempotent_request means Resend accepted a batch
+            // under this key before, with other contents (a lead changed
+            // after an attempt whose outcome was unknown): those emails most
+            // likely went out, so they fail here for a person to look at
+            // rather than go again one by one.
             Err(error) => {
                 // Every member has the same attempts and the same outcome.
                 let outcome = self.outcome_of(first, Err(error));

@@ -379,3 +379,42 @@ async fn a_worker_killed_during_a_batch_request_sends_no_email_twice() {
         assert!(row.get::<_, String>(2).contains("lease expired"));
     }
 }
+
+/// Resend's 409 for a key it knows with another body means a batch under
+/// that key was accepted before: its emails most likely went out. Sending
+/// them again one by one could deliver them twice, so the jobs fail with the
+/// provider's words instead, for a person to look at.
+#[tokio::test]
+async fn a_batch_resend_already_accepted_with_other_contents_fails_and_is_not_sent_again() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(EMAIL_ONLY).await.unwrap();
+    burst(&client, 3).await;
+    let providers = Providers::empty().await;
+    Mock::given(method("POST"))
+        .and(path("/emails/batch"))
+        .respond_with(ResponseTemplate::new(409).set_body_json(serde_json::json!({
+            "statusCode": 409, "name": "invalid_idempotent_request",
+            "message": "Same idempotency key used with a different request payload."})))
+        .mount(&providers.resend)
+        .await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.resend.batch_size = 100;
+    let app = start(cfg).await;
+    eventually(Duration::from_secs(20), "every job finished", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    app.shutdown().await;
+    assert_eq!(providers.emails().await.len(), 1, "no other request");
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs
+              where status = 'failed' and last_error like '%invalid_idempotent_request%'
+                and batch_key is not null"
+        )
+        .await,
+        3
+    );
+}
