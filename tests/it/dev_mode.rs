@@ -130,6 +130,41 @@ async fn dev_mode_sends_a_new_leads_email_and_sms_to_the_stand_in_providers() {
         n == 2
     })
     .await;
+    // Leads that arrive together go through the stand-in's batch endpoint.
+    client
+        .batch_execute(
+            "insert into landing_leads (name, email, source)
+             select 'Lead ' || g, 'lead' || g || '@example.com', 'proftest_main' from generate_series(1, 3) g",
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "three more emails in the outbox, delivered",
+        || async {
+            let n: i64 = client
+                .query_one(
+                    "select count(*) from notification_jobs
+                      where channel = 'email' and batch_key is not null and delivery_status = 'delivered'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let files = std::fs::read_dir(&outbox)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter(|e| {
+                            let name = e.file_name().to_string_lossy().into_owned();
+                            name.contains("-email-") && name.ends_with(".json")
+                        })
+                        .count()
+                })
+                .unwrap_or_default();
+            n == 3 && files == 4
+        },
+    )
+    .await;
     drop(client);
 
     nix::sys::signal::kill(
