@@ -827,16 +827,6 @@ async fn main() {
         return;
     }
     if only == "webhooks" {
-        if std::env::var("BENCH_ASYNC_COMMIT").is_ok() {
-            client
-                .batch_execute("alter system set synchronous_commit = off")
-                .await
-                .unwrap();
-            client
-                .batch_execute("select pg_reload_conf()")
-                .await
-                .unwrap();
-        }
         // Sent emails to report on, without the processing run.
         client
             .batch_execute(

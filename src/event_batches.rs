@@ -61,15 +61,7 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        // Whatever arrived meanwhile goes in the same group; no waiting for
-        // more.
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(p) => group.push(p),
-                Err(_) => break,
-            }
-        }
+        let group = crate::sent_batches::with_waiting(first, &mut rx, MAX_GROUP);
         let pool = pool.clone();
         tokio::spawn(async move {
             store_group(&pool, group).await;

@@ -32,6 +32,22 @@ impl Channel {
     }
 }
 
+/// The end of both claims, after a data-modifying CTE `claimed` that updated
+/// `j`: the columns `claimed_job` reads, in its order, up to the batch key.
+/// Each claim adds `rest_of_batch_until` and its FROM.
+macro_rules! claimed_rows {
+    () => {
+        "  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
+            coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
+            j.batch_key
+)
+select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
+       l.id is not null as lead_exists, l.name, l.email, l.phone, l.metadata, l.created_at,
+       coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
+       c.batch_key,"
+    };
+}
+
 /// Claims up to $2 due jobs of channel $1 under lease token $3 for $4
 /// seconds, oldest first, skipping jobs another worker holds. Returns them with
 /// their lead. `previous_outcome_unknown`: the last attempt ended with an
@@ -41,7 +57,8 @@ impl Channel {
 /// tried, when there are two or more of them; stored before any request, so a
 /// batch sent again after a crash is the same batch. Jobs already in a batch
 /// are left to `CLAIM_BATCHES`.
-pub const CLAIM: &str = "
+pub const CLAIM: &str = concat!(
+    "
 with claimable as (
   select j.id, j.attempts = 0 and j.errors = '[]'::jsonb as fresh
   from public.notification_jobs j
@@ -60,17 +77,13 @@ with claimable as (
          updated_at = now()
     from claimable c
    where j.id = c.id
-  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
-            coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
-            j.batch_key
-)
-select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
-       l.id is not null as lead_exists, l.name, l.email, l.phone, l.metadata, l.created_at,
-       coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
-       c.batch_key, null::timestamptz as rest_of_batch_until
+",
+    claimed_rows!(),
+    " null::timestamptz as rest_of_batch_until
 from claimed c
 left join public.landing_leads l on l.id = c.lead_id
-order by c.id";
+order by c.id"
+);
 
 /// Claims up to $1 email batches that are due again (their last attempt
 /// failed for a temporary reason, or its outcome is unknown), each with every
@@ -81,7 +94,8 @@ order by c.id";
 /// batch are elsewhere (scheduled, or held by a lease), the latest moment they
 /// are expected back; such a batch must not be sent in part (Resend's key
 /// needs the same body), so the worker puts it off until then.
-pub const CLAIM_BATCHES: &str = "
+pub const CLAIM_BATCHES: &str = concat!(
+    "
 with keys as (
   select k.batch_key from (
     select j.batch_key from public.notification_jobs j
@@ -100,21 +114,17 @@ with keys as (
          updated_at = now()
     from keys k
    where j.batch_key = k.batch_key and j.channel = 'email' and j.status = 'due'
-  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
-            coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
-            j.batch_key
-)
-select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
-       l.id is not null as lead_exists, l.name, l.email, l.phone, l.metadata, l.created_at,
-       coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
-       c.batch_key,
+",
+    claimed_rows!(),
+    "
        -- read before this statement's update: members not due are elsewhere
        (select max(case r.status when 'scheduled' then r.due_at else r.locked_until end)
           from public.notification_jobs r
          where r.batch_key = c.batch_key and r.status in ('scheduled', 'sending')) as rest_of_batch_until
 from claimed c
 left join public.landing_leads l on l.id = c.lead_id
-order by c.batch_key, c.id";
+order by c.batch_key, c.id"
+);
 
 /// Mirrors a job's outcome onto its lead, for the channels that have columns
 /// there. Used as the tail of each outcome statement, so job and mirror commit
@@ -505,15 +515,15 @@ impl Queue {
         // A fresh key for every claim: Resend keeps keys for 24 hours, so one
         // must never be used for two different batches.
         let batch_key = batching.then(|| format!("leadrelay-batch-{}", Uuid::new_v4()));
-        self.claim_with(CLAIM, channel, lease, |statement_lock| {
-            vec![
-                Box::new(channel.as_str()),
-                Box::new(limit),
-                Box::new(statement_lock),
-                Box::new(lease.as_secs_f64()),
-                Box::new(batch_key.clone()),
-            ]
-        })
+        let (lock, lease_ends) = self.next_claim(lease);
+        let secs = lease.as_secs_f64();
+        self.claim_rows(
+            CLAIM,
+            channel,
+            &lock,
+            lease_ends,
+            &[&channel.as_str(), &limit, &lock, &secs, &batch_key],
+        )
         .await
     }
 
@@ -523,43 +533,44 @@ impl Queue {
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, QueueError> {
-        self.claim_with(CLAIM_BATCHES, Channel::Email, lease, |statement_lock| {
-            vec![
-                Box::new(limit),
-                Box::new(statement_lock),
-                Box::new(lease.as_secs_f64()),
-            ]
-        })
+        let (lock, lease_ends) = self.next_claim(lease);
+        let secs = lease.as_secs_f64();
+        self.claim_rows(
+            CLAIM_BATCHES,
+            Channel::Email,
+            &lock,
+            lease_ends,
+            &[&limit, &lock, &secs],
+        )
         .await
     }
 
-    async fn claim_with(
+    /// The lease token of a new claim, and when its lease ends by our clock:
+    /// counted from before the claim, so never later than the database's.
+    fn next_claim(&self, lease: Duration) -> (String, tokio::time::Instant) {
+        let n = self
+            .claims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (
+            format!("{}:{n}", self.worker_id),
+            tokio::time::Instant::now() + lease,
+        )
+    }
+
+    async fn claim_rows(
         &self,
         sql: &str,
         channel: Channel,
-        lease: Duration,
-        params: impl FnOnce(String) -> Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
+        lock: &str,
+        lease_ends: tokio::time::Instant,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<ClaimedJob>, QueueError> {
-        // The lease is counted from before the claim: our idea of its end is
-        // never later than the database's.
-        let lease_ends = tokio::time::Instant::now() + lease;
-        let lock = format!(
-            "{}:{}",
-            self.worker_id,
-            self.claims
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let params = params(lock.clone());
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(sql).await?;
-        let rows = client.query(&statement, &refs).await?;
+        let rows = client.query(&statement, params).await?;
         Ok(rows
             .iter()
-            .map(|row| claimed_job(channel, row, lease_ends, &lock))
+            .map(|row| claimed_job(channel, row, lease_ends, lock))
             .collect())
     }
 
@@ -632,17 +643,35 @@ impl Queue {
     }
 
     /// Records `sent` for many jobs of one channel; returns the ids that
-    /// were still ours.
+    /// were still ours. Delivery reports that beat this write (rare) are
+    /// applied next, in one statement; the sweep applies what that misses.
     pub async fn record_sent_batch(
         &self,
+        channel: Channel,
         ids: &[i64],
         message_ids: &[String],
         locks: &[String],
     ) -> Result<Vec<i64>, QueueError> {
-        let client = self.pool.get().await?;
-        let st = client.prepare_cached(&record_sent_batch_sql()).await?;
-        let row = client.query_one(&st, &[&ids, &message_ids, &locks]).await?;
-        Ok(row.get(0))
+        let recorded: Vec<i64> = {
+            let client = self.pool.get().await?;
+            let st = client.prepare_cached(&record_sent_batch_sql()).await?;
+            client
+                .query_one(&st, &[&ids, &message_ids, &locks])
+                .await?
+                .get(0)
+        };
+        let applicable: Vec<&str> = ids
+            .iter()
+            .zip(message_ids)
+            .filter(|(id, _)| recorded.contains(id))
+            .map(|(_, message_id)| message_id.as_str())
+            .collect();
+        if !applicable.is_empty()
+            && let Err(e) = self.apply_pending_events(channel, &applicable).await
+        {
+            tracing::warn!(error = %e, "applying early delivery events failed; the next sweep retries");
+        }
+        Ok(recorded)
     }
 
     pub async fn record_tracked(
@@ -675,7 +704,7 @@ impl Queue {
     /// Applies webhook events that arrived before this message id was recorded.
     /// Applies webhook events that arrived before these messages' ids were
     /// recorded (sent jobs of `channel`).
-    pub async fn apply_pending_events(
+    async fn apply_pending_events(
         &self,
         channel: Channel,
         message_ids: &[&str],

@@ -57,17 +57,22 @@ impl SentBatches {
     }
 }
 
+/// `first` and whatever else is already waiting, up to `max`, for one
+/// statement; no waiting for more, so a lone item goes at once.
+pub(crate) fn with_waiting<T>(first: T, rx: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
+    let mut items = vec![first];
+    while items.len() < max {
+        match rx.try_recv() {
+            Ok(item) => items.push(item),
+            Err(_) => break,
+        }
+    }
+    items
+}
+
 async fn run(queue: Queue, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.recv().await {
-        // Whatever else is already waiting goes in the same statement; no
-        // waiting for more, so a lone job is recorded at once.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+        let batch = with_waiting(first, &mut rx, MAX_BATCH);
         // One statement per channel: the mirror update joins on the lead,
         // which must appear once per statement.
         let mut by_channel: HashMap<Channel, Vec<Pending>> = HashMap::new();
@@ -81,24 +86,15 @@ async fn run(queue: Queue, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 .map(|p| p.provider_message_id.clone())
                 .collect();
             let locks: Vec<String> = group.iter().map(|p| p.lock.clone()).collect();
-            let result = queue.record_sent_batch(&ids, &message_ids, &locks).await;
-            let mut applicable: Vec<&str> = Vec::new();
-            for (p, message_id) in group.into_iter().zip(&message_ids) {
+            let result = queue
+                .record_sent_batch(channel, &ids, &message_ids, &locks)
+                .await;
+            for p in group {
                 let answer = result
                     .as_ref()
                     .map(|recorded| recorded.contains(&p.job_id))
                     .map_err(Clone::clone);
-                if matches!(answer, Ok(true)) {
-                    applicable.push(message_id);
-                }
                 let _ = p.answer.send(answer);
-            }
-            // Delivery reports that beat these writes (rare): one statement
-            // for the group; the sweep applies what this misses.
-            if !applicable.is_empty()
-                && let Err(e) = queue.apply_pending_events(channel, &applicable).await
-            {
-                tracing::warn!(error = %e, "applying early delivery events failed; the next sweep retries");
             }
         }
     }

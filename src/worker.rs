@@ -261,7 +261,7 @@ impl Worker {
         for item in work {
             let until = match &item {
                 Work::Batch(jobs) => jobs.first().and_then(|j| j.rest_of_batch_until),
-                Work::One(job) => job.rest_of_batch_until,
+                Work::One(_) => None,
             };
             let Some(until) = until else {
                 ready.push(item);
@@ -461,7 +461,7 @@ impl Worker {
         match result {
             Ok(sent) => self.record_batch_sent(&members, sent).await,
             Err(SendError::Permanent { message })
-                if !message.contains("invalid_idempotent_request") =>
+                if !resend::key_used_with_other_contents(&message) =>
             {
                 // Refused as a whole, nothing sent (strict validation): each
                 // member goes on its own, where a bad one fails alone.
@@ -512,7 +512,8 @@ impl Worker {
         let message_ids: Vec<String> = sent.into_iter().map(|s| s.provider_message_id).collect();
         let recorded = self
             .persist("batch outcome", || {
-                self.queue.record_sent_batch(&ids, &message_ids, &locks)
+                self.queue
+                    .record_sent_batch(Channel::Email, &ids, &message_ids, &locks)
             })
             .await;
         let Some(recorded) = recorded else { return };
@@ -527,20 +528,6 @@ impl Worker {
             } else {
                 lease_lost(job);
             }
-        }
-        // Delivery reports that beat this write: one statement for the batch.
-        let applicable: Vec<&str> = members
-            .iter()
-            .zip(&message_ids)
-            .filter(|(job, _)| recorded.contains(&job.id))
-            .map(|(_, id)| id.as_str())
-            .collect();
-        if let Err(e) = self
-            .queue
-            .apply_pending_events(Channel::Email, &applicable)
-            .await
-        {
-            tracing::warn!(error = %e, "applying early delivery events failed; the next sweep retries");
         }
     }
 
@@ -709,7 +696,7 @@ impl Worker {
             })
             .await;
         match recorded {
-            // (the recorder applies early delivery events of sent jobs)
+            // (recording a send also applies its early delivery events)
             Some(true) => log_state_change(job, &outcome),
             Some(false) => lease_lost(job),
             None => tracing::error!(job_id = job.id, ?outcome, "outcome not recorded"),

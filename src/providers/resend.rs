@@ -72,6 +72,13 @@ struct ErrorAnswer {
     message: String,
 }
 
+/// Whether a permanent error's message is Resend's 409
+/// `invalid_idempotent_request`: the key was accepted before with another
+/// body, so what it carried then most likely went out.
+pub fn key_used_with_other_contents(message: &str) -> bool {
+    message.starts_with("resend 409 invalid_idempotent_request")
+}
+
 /// The key Resend deduplicates on: the job id alone, so every attempt of a
 /// job, from any worker, carries the same one.
 pub fn idempotency_key(job_id: i64) -> String {
@@ -284,7 +291,9 @@ mod tests {
             br#"{"name":"invalid_idempotent_request","message":"x"}"#,
         )
         .unwrap_err();
-        assert!(matches!(err, SendError::Permanent { .. }));
+        assert!(
+            matches!(&err, SendError::Permanent { message } if key_used_with_other_contents(message))
+        );
     }
 
     #[test]

@@ -97,16 +97,5 @@ $$;
 comment on function public.record_notification_event(text, text, text, text, timestamptz, jsonb, text) is
   'Stores one webhook event once and applies it to its job: duplicate, applied, pending (job not known yet) or stored (no delivery state).';
 
-revoke all on function public.record_notification_event(text, text, text, text, timestamptz, jsonb, text) from public;
-
-do $$
-declare
-  r text;
-begin
-  foreach r in array array['anon', 'authenticated'] loop
-    if exists (select 1 from pg_roles where rolname = r) then
-      execute format('revoke all on function public.record_notification_event(text, text, text, text, timestamptz, jsonb, text) from %I', r);
-    end if;
-  end loop;
-end
-$$;
+-- create or replace keeps the function's owner and grants: it stays closed to
+-- anon and authenticated as …_delivery_events.sql left it.

@@ -11,7 +11,7 @@ use wiremock::{Mock, Request, Respond, ResponseTemplate};
 use crate::app::{
     Providers, ResendLike, ServeProcess, config, count, eventually, start, unfinished,
 };
-use crate::harness::{fresh_db, insert_as_landing};
+use crate::harness::{TestDb, fresh_db, insert_as_landing};
 
 /// Only email rules, due at once.
 const EMAIL_ONLY: &str = "update public.notification_rules set delay = interval '0';
@@ -28,6 +28,42 @@ async fn burst(client: &tokio_postgres::Client, n: i32) {
         )
         .await
         .unwrap();
+}
+
+/// A fresh database with only email rules and `n` leads due together.
+async fn email_burst(n: i32) -> (TestDb, tokio_postgres::Client) {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(EMAIL_ONLY).await.unwrap();
+    burst(&client, n).await;
+    (db, client)
+}
+
+/// Runs the service with batches of up to `batch_size` until no job is
+/// left to do, then stops it.
+async fn send_everything(
+    db: &TestDb,
+    client: &tokio_postgres::Client,
+    providers: &Providers,
+    batch_size: usize,
+) {
+    let mut cfg = config(&db.url, providers);
+    cfg.resend.batch_size = batch_size;
+    let app = start(cfg).await;
+    eventually(Duration::from_secs(20), "every job finished", || async {
+        unfinished(client).await == 0
+    })
+    .await;
+    app.shutdown().await;
+}
+
+/// The batch endpoint answers `answer`, whatever it is sent.
+async fn batch_endpoint_answers(providers: &Providers, answer: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path("/emails/batch"))
+        .respond_with(answer)
+        .mount(&providers.resend)
+        .await;
 }
 
 fn key_of(r: &Request) -> String {
@@ -66,10 +102,7 @@ fn the_one_batch(requests: &[Request]) -> String {
 
 #[tokio::test]
 async fn a_burst_goes_out_in_batches_no_larger_than_the_batch_size_and_a_lone_lead_alone() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(EMAIL_ONLY).await.unwrap();
-    burst(&client, 25).await;
+    let (db, client) = email_burst(25).await;
     let providers = Providers::healthy().await;
     let mut cfg = config(&db.url, &providers);
     cfg.resend.batch_size = 10;
@@ -174,10 +207,7 @@ impl Respond for LosesFirstAnswers {
 
 #[tokio::test]
 async fn a_batch_whose_answer_was_lost_is_sent_again_with_the_same_key_and_body() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(EMAIL_ONLY).await.unwrap();
-    burst(&client, 12).await;
+    let (db, client) = email_burst(12).await;
     let providers = Providers::empty().await;
     providers
         .mount_resend(LosesFirstAnswers {
@@ -186,14 +216,7 @@ async fn a_batch_whose_answer_was_lost_is_sent_again_with_the_same_key_and_body(
             n: 2,
         })
         .await;
-    let mut cfg = config(&db.url, &providers);
-    cfg.resend.batch_size = 100;
-    let app = start(cfg).await;
-    eventually(Duration::from_secs(20), "every email sent", || async {
-        unfinished(&client).await == 0
-    })
-    .await;
-    app.shutdown().await;
+    send_everything(&db, &client, &providers, 100).await;
 
     let requests = providers.emails().await;
     assert_eq!(requests.len(), 3, "two lost answers, then the answer");
@@ -215,29 +238,19 @@ async fn a_batch_whose_answer_was_lost_is_sent_again_with_the_same_key_and_body(
 
 #[tokio::test]
 async fn a_batch_resend_refuses_is_dissolved_and_each_email_goes_alone() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(EMAIL_ONLY).await.unwrap();
-    burst(&client, 5).await;
+    let (db, client) = email_burst(5).await;
     let providers = Providers::empty().await;
-    Mock::given(method("POST"))
-        .and(path("/emails/batch"))
-        .respond_with(ResponseTemplate::new(422).set_body_json(serde_json::json!({
+    batch_endpoint_answers(
+        &providers,
+        ResponseTemplate::new(422).set_body_json(serde_json::json!({
             "statusCode": 422, "name": "validation_error",
-            "message": "The `to` field of email 3 is invalid."})))
-        .mount(&providers.resend)
-        .await;
+            "message": "The `to` field of email 3 is invalid."})),
+    )
+    .await;
     providers
         .mount_resend(ResendLike::new(Duration::ZERO))
         .await;
-    let mut cfg = config(&db.url, &providers);
-    cfg.resend.batch_size = 100;
-    let app = start(cfg).await;
-    eventually(Duration::from_secs(20), "every email sent", || async {
-        unfinished(&client).await == 0
-    })
-    .await;
-    app.shutdown().await;
+    send_everything(&db, &client, &providers, 100).await;
 
     let requests = providers.emails().await;
     assert_eq!(batch_requests(&requests).len(), 1);
@@ -272,10 +285,7 @@ async fn a_batch_resend_refuses_is_dissolved_and_each_email_goes_alone() {
 
 #[tokio::test]
 async fn members_of_a_batch_that_are_due_wait_for_the_rest_and_it_goes_whole() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(EMAIL_ONLY).await.unwrap();
-    burst(&client, 4).await;
+    let (db, client) = email_burst(4).await;
     // A batch from an earlier attempt whose members came back apart: three
     // are due, one waits for its retry time (as after a manual edit).
     client
@@ -290,14 +300,7 @@ async fn members_of_a_batch_that_are_due_wait_for_the_rest_and_it_goes_whole() {
         .await
         .unwrap();
     let providers = Providers::healthy().await;
-    let mut cfg = config(&db.url, &providers);
-    cfg.resend.batch_size = 100;
-    let app = start(cfg).await;
-    eventually(Duration::from_secs(20), "every email sent", || async {
-        unfinished(&client).await == 0
-    })
-    .await;
-    app.shutdown().await;
+    send_everything(&db, &client, &providers, 100).await;
 
     let requests = providers.emails().await;
     assert_eq!(requests.len(), 1, "one request, with every member");
@@ -328,10 +331,7 @@ async fn members_of_a_batch_that_are_due_wait_for_the_rest_and_it_goes_whole() {
 /// twice and every job records the first answer's email id.
 #[tokio::test]
 async fn a_worker_killed_during_a_batch_request_sends_no_email_twice() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(EMAIL_ONLY).await.unwrap();
-    burst(&client, 30).await;
+    let (db, client) = email_burst(30).await;
     let providers = Providers::with_delays(Duration::from_millis(800), Duration::ZERO).await;
     let env = [
         ("JOB_LEASE", "2s"),
@@ -386,26 +386,16 @@ async fn a_worker_killed_during_a_batch_request_sends_no_email_twice() {
 /// provider's words instead, for a person to look at.
 #[tokio::test]
 async fn a_batch_resend_already_accepted_with_other_contents_fails_and_is_not_sent_again() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(EMAIL_ONLY).await.unwrap();
-    burst(&client, 3).await;
+    let (db, client) = email_burst(3).await;
     let providers = Providers::empty().await;
-    Mock::given(method("POST"))
-        .and(path("/emails/batch"))
-        .respond_with(ResponseTemplate::new(409).set_body_json(serde_json::json!({
+    batch_endpoint_answers(
+        &providers,
+        ResponseTemplate::new(409).set_body_json(serde_json::json!({
             "statusCode": 409, "name": "invalid_idempotent_request",
-            "message": "Same idempotency key used with a different request payload."})))
-        .mount(&providers.resend)
-        .await;
-    let mut cfg = config(&db.url, &providers);
-    cfg.resend.batch_size = 100;
-    let app = start(cfg).await;
-    eventually(Duration::from_secs(20), "every job finished", || async {
-        unfinished(&client).await == 0
-    })
+            "message": "Same idempotency key used with a different request payload."})),
+    )
     .await;
-    app.shutdown().await;
+    send_everything(&db, &client, &providers, 100).await;
     assert_eq!(providers.emails().await.len(), 1, "no other request");
     assert_eq!(
         count(
