@@ -39,22 +39,14 @@ impl fmt::Display for Secret {
     }
 }
 
-/// A PostgreSQL connection string, checked by the driver's own parser. The
-/// parser's message never contains the password, only what is wrong.
+/// A PostgreSQL connection string as libpq reads it (URI or key=value, with
+/// `sslmode` and `sslrootcert`), its root file read and checked now so that a
+/// wrong path stops the process at start. Messages never contain the password.
 pub fn database_url(name: &'static str, value: Option<&str>) -> Result<Secret, ConfigError> {
     let value = required(name, value)?;
-    if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
-        return Err(ConfigError::Malformed {
-            name,
-            reason: "expected a URL starting with postgres:// or postgresql://".into(),
-        });
-    }
-    value
-        .parse::<tokio_postgres::Config>()
-        .map_err(|e| ConfigError::Malformed {
-            name,
-            reason: e.to_string(),
-        })?;
+    let malformed = |reason: String| ConfigError::Malformed { name, reason };
+    let info = crate::db::ConnInfo::parse(value).map_err(|e| malformed(e.to_string()))?;
+    crate::db::tls::connector(&info).map_err(|e| malformed(e.to_string()))?;
     Ok(Secret::new(value))
 }
 
@@ -90,6 +82,7 @@ mod tests {
     fn malformed_database_urls_are_refused_without_echoing_them() {
         for bad in [
             "mysql://u:hunter2@db/x",
+            "postgres://u:hunter2@db/x?sslmode=verify-full&sslrootcert=/nonexistent.crt",
             "postgres://u:hunter2@db:notaport/x",
             "postgres://u:hunter2@db/x?sslmode=sometimes",
             "hunter2",
@@ -116,6 +109,8 @@ mod tests {
         for good in [
             "postgres://postgres@127.0.0.1:5432/postgres",
             "postgresql://postgres.abc:pw@aws-0-eu-central-1.pooler.supabase.com:5432/postgres?sslmode=require",
+            "postgresql://postgres:pw@db.abcd.supabase.co:5432/postgres?sslmode=verify-full&sslrootcert=system",
+            "host=db.abcd.supabase.co port=5432 user=postgres sslmode=prefer",
         ] {
             assert!(database_url("DATABASE_URL", Some(good)).is_ok(), "{good}");
         }

@@ -16,7 +16,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
-use crate::db::{describe, tls};
+use crate::db::{ConnInfo, describe};
 use crate::wakeups::Wakeups;
 
 pub const CHANNEL: &str = "notification_jobs";
@@ -71,9 +71,8 @@ async fn listen_once(
     cancel: &CancellationToken,
     first: &mut bool,
 ) -> Result<(), String> {
-    let (client, mut connection) = tokio_postgres::connect(url.expose(), tls())
-        .await
-        .map_err(|e| describe(&e))?;
+    let info = ConnInfo::parse(url.expose()).map_err(|e| e.to_string())?;
+    let (client, mut connection) = crate::db::open(&info).await.map_err(|e| e.to_string())?;
     let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<String>();
     let notify_target = Arc::clone(wakeups);
     let driver = tokio::spawn(async move {

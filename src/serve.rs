@@ -50,10 +50,11 @@ impl Application {
         let pool = db::pool(
             config.database_url.expose(),
             config.worker.concurrency * 3 + 8,
-        )?;
+        )
+        .await?;
         check_schema(&pool).await?;
         let tracking_pool = match &config.lead_tracking_database_url {
-            Some(url) => db::pool(url.expose(), config.worker.concurrency + 2)?,
+            Some(url) => db::pool(url.expose(), config.worker.concurrency + 2).await?,
             None => pool.clone(),
         };
         let http = http_client(config.worker.provider_timeout);

@@ -10,5 +10,6 @@ mod ops_page;
 mod pgtap;
 mod sql_checks;
 mod sql_core;
+mod tls;
 mod webhooks;
 mod worker;
