@@ -39,8 +39,8 @@ grant execute on function public.leadrelay_email_problem(text) to leadrelay_work
 grant execute on function public.leadrelay_phone_problem(text) to leadrelay_worker;
 
 -- `serve` checks at start that the migrations are applied.
-grant usage on schema supabase_migrations to leadrelay_worker;
-grant select on supabase_migrations.schema_migrations to leadrelay_worker;
+grant usage on schema leadrelay to leadrelay_worker;
+grant select on leadrelay.schema_migrations to leadrelay_worker;
 
 -- RLS is on for leadrelay's tables (and may be on landing_leads): these
 -- policies let this one role through, and nobody else.

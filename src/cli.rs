@@ -24,8 +24,12 @@ pub enum Command {
     /// Start (creating on first run) a private PostgreSQL cluster under .leadrelay/
     /// with pg_cron when installed, and apply the migrations.
     Dev(DevArgs),
-    /// Apply supabase/migrations/*.sql to DATABASE_URL, recorded as the Supabase CLI does.
+    /// Apply leadrelay's migrations to DATABASE_URL, recorded in leadrelay.schema_migrations
+    /// (the Supabase CLI's history is left to the project).
     Migrate(MigrateArgs),
+    /// Hand leadrelay's migration files to a team that manages everything with the Supabase CLI.
+    #[command(subcommand)]
+    Migrations(MigrationsCommand),
     /// The production process: the worker and the HTTP server.
     Serve(Box<config::ServeArgs>),
     /// Enqueue messages, due now, for leads in a time window that have none
@@ -119,6 +123,16 @@ pub struct MigrateArgs {
     pub dir: Option<PathBuf>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum MigrationsCommand {
+    /// Write the SQL files named as the Supabase CLI expects into a directory
+    /// (e.g. supabase/migrations of the project's repository).
+    Export {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("configuration error: {0}")]
@@ -169,6 +183,18 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     format!(" ({})", report.applied.join(", "))
                 },
                 report.already_applied.len()
+            );
+            Ok(())
+        }
+        Command::Migrations(MigrationsCommand::Export { dir }) => {
+            let written = migrate::export(&migrate::embedded()?, &dir)?;
+            for path in &written {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "{} file(s) written to {}; `supabase db push` applies them, and `leadrelay migrate` then counts them as applied",
+                written.len(),
+                dir.display()
             );
             Ok(())
         }

@@ -1,31 +1,73 @@
-//! Applies `supabase/migrations/*.sql` the way the Supabase CLI does: in version
-//! order, each file in one transaction together with its row in
-//! `supabase_migrations.schema_migrations`, so that `supabase db push` and
-//! `leadrelay migrate` agree about what is applied.
+//! Applies `supabase/migrations/*.sql` in version order, each file in one
+//! transaction together with its row in leadrelay's own history,
+//! `leadrelay.schema_migrations`.
+//!
+//! The rule this room keeps: the project's own history, the Supabase CLI's
+//! `supabase_migrations.schema_migrations`, belongs to the project. It is
+//! read only for leadrelay's own versions (files handed over with
+//! `leadrelay migrations export` and pushed by the CLI count as applied), and
+//! written only once, to take back the rows an earlier leadrelay put there.
 
 use std::path::{Path, PathBuf};
 
 use include_dir::{Dir, include_dir};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::db::describe;
 
 static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/supabase/migrations");
 
-/// The statements the Supabase CLI runs before it reads the history (its
-/// `CREATE_VERSION_TABLE`, `ADD_STATEMENTS_COLUMN`, `ADD_NAME_COLUMN`).
 const CREATE_HISTORY: &str = "
-create schema if not exists supabase_migrations;
-create table if not exists supabase_migrations.schema_migrations (version text not null primary key);
-alter table supabase_migrations.schema_migrations add column if not exists statements text[];
-alter table supabase_migrations.schema_migrations add column if not exists name text;
+create schema if not exists leadrelay;
+revoke all on schema leadrelay from public;
+create table if not exists leadrelay.schema_migrations (
+  version text primary key,
+  name text not null,
+  applied_at timestamptz not null default now(),
+  -- 'leadrelay migrate'; 'supabase cli' for exported files pushed by the
+  -- CLI; 'taken over' for rows an earlier leadrelay wrote in the CLI's table
+  applied_by text not null
+);
 ";
-const SELECT_APPLIED: &str =
-    "select version from supabase_migrations.schema_migrations order by version";
-const INSERT_APPLIED: &str = "insert into supabase_migrations.schema_migrations (version, name, statements) values ($1, $2, $3)";
+const SELECT_APPLIED: &str = "select version from leadrelay.schema_migrations order by version";
+const INSERT_APPLIED: &str =
+    "insert into leadrelay.schema_migrations (version, name, applied_by) values ($1, $2, $3)";
+/// The CLI's rows for leadrelay's versions, with whether an earlier
+/// leadrelay wrote them: it stored each file whole as one statement, where
+/// the CLI stores the file split into statements.
+const SELECT_CLI_ROWS: &str = "
+select version, coalesce(name, ''), statements is not distinct from array[sql] as ours
+from supabase_migrations.schema_migrations
+join unnest($1::text[], $2::text[]) as m(v, sql) on m.v = version";
+const DELETE_CLI_ROW: &str = "delete from supabase_migrations.schema_migrations where version = $1";
 /// Two `migrate` runs at once (two instances deployed together) take turns.
 const LOCK: &str = "select pg_advisory_lock(hashtext('leadrelay migrate'))";
 const UNLOCK: &str = "select pg_advisory_unlock(hashtext('leadrelay migrate'))";
+
+/// The newest of this binary's versions in leadrelay's history, for `serve`
+/// and `doctor`: None when the history table does not exist.
+pub async fn applied_versions(
+    client: &impl GenericClient,
+) -> Result<Option<Vec<String>>, MigrateError> {
+    let exists: bool = client
+        .query_one(
+            "select to_regclass('leadrelay.schema_migrations') is not null",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(Some(
+        client
+            .query(SELECT_APPLIED, &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect(),
+    ))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -41,7 +83,7 @@ pub enum MigrateError {
     #[error("two migration files share version {0}")]
     DuplicateVersion(String),
     #[error(
-        "the database has migration {version} applied, which is newer than the newest file here ({newest_local}): this leadrelay is older than the database; upgrade it instead of migrating down"
+        "the database has leadrelay migration {version} applied, which is newer than the newest file here ({newest_local}): this leadrelay is older than the database; upgrade it instead of migrating down"
     )]
     NewerUnknownVersion {
         version: String,
@@ -53,6 +95,15 @@ pub enum MigrateError {
         name: String,
         message: String,
     },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} exists with other contents: leadrelay's migrations are never edited; remove it or export elsewhere"
+    )]
+    ExportConflict(PathBuf),
     #[error("database error while migrating: {0}")]
     Database(String),
 }
@@ -163,12 +214,8 @@ async fn apply_locked(
     migrations: &[Migration],
 ) -> Result<MigrateReport, MigrateError> {
     client.batch_execute(CREATE_HISTORY).await?;
-    let applied: Vec<String> = client
-        .query(SELECT_APPLIED, &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    adopt_from_cli_history(client, migrations).await?;
+    let applied = applied_versions(&*client).await?.unwrap_or_default();
     if let Some(newest_local) = migrations.last().map(|m| m.version.clone())
         && let Some(unknown) = applied
             .iter()
@@ -193,6 +240,60 @@ async fn apply_locked(
     Ok(report)
 }
 
+/// leadrelay's versions found in the CLI's history and not yet in ours:
+/// rows an earlier leadrelay wrote move to our table (taken over); rows the
+/// CLI wrote for exported files stay and are recorded as applied by it. A
+/// project migration that only shares a version number (another name) is
+/// not ours and changes nothing.
+async fn adopt_from_cli_history(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<(), MigrateError> {
+    let has_cli_history: bool = client
+        .query_one(
+            "select to_regclass('supabase_migrations.schema_migrations') is not null",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !has_cli_history {
+        return Ok(());
+    }
+    let known = applied_versions(&*client).await?.unwrap_or_default();
+    let pending: Vec<&Migration> = migrations
+        .iter()
+        .filter(|m| !known.contains(&m.version))
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let versions: Vec<&str> = pending.iter().map(|m| m.version.as_str()).collect();
+    let sqls: Vec<&str> = pending.iter().map(|m| m.sql.as_str()).collect();
+    let tx = client.transaction().await?;
+    for row in tx.query(SELECT_CLI_ROWS, &[&versions, &sqls]).await? {
+        let version: String = row.get(0);
+        let name: String = row.get(1);
+        let written_by_leadrelay: bool = row.get(2);
+        let Some(migration) = pending.iter().find(|m| m.version == version) else {
+            continue;
+        };
+        if migration.name != name {
+            continue;
+        }
+        let applied_by = if written_by_leadrelay {
+            tx.execute(DELETE_CLI_ROW, &[&version]).await?;
+            "taken over"
+        } else {
+            "supabase cli"
+        };
+        tx.execute(INSERT_APPLIED, &[&version, &migration.name, &applied_by])
+            .await?;
+        tracing::info!(%version, name = %migration.name, applied_by, "migration found in the Supabase CLI's history");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 async fn apply_one(client: &mut Client, migration: &Migration) -> Result<(), MigrateError> {
     let failed = |e: tokio_postgres::Error| MigrateError::Apply {
         version: migration.version.clone(),
@@ -201,18 +302,38 @@ async fn apply_one(client: &mut Client, migration: &Migration) -> Result<(), Mig
     };
     let tx = client.transaction().await.map_err(failed)?;
     tx.batch_execute(&migration.sql).await.map_err(failed)?;
-    // The CLI stores the file split into statements; the whole file as one
-    // statement is what `supabase migration repair` and `db push` need: they
-    // compare versions only.
-    let statements = vec![migration.sql.clone()];
     tx.execute(
         INSERT_APPLIED,
-        &[&migration.version, &migration.name, &statements],
+        &[&migration.version, &migration.name, &"leadrelay migrate"],
     )
     .await
     .map_err(failed)?;
     tx.commit().await.map_err(failed)?;
     Ok(())
+}
+
+/// `leadrelay migrations export`: the files as the Supabase CLI expects them
+/// (`<version>_<name>.sql`), for teams that keep every migration in their own
+/// repository. An existing file with other contents is never overwritten.
+pub fn export(migrations: &[Migration], dir: &Path) -> Result<Vec<PathBuf>, MigrateError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MigrateError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut written = Vec::new();
+    for m in migrations {
+        let path = dir.join(format!("{}_{}.sql", m.version, m.name));
+        match std::fs::read_to_string(&path) {
+            Ok(existing) if existing == m.sql => continue,
+            Ok(_) => return Err(MigrateError::ExportConflict(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+        std::fs::write(&path, &m.sql).map_err(io(&path))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

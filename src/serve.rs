@@ -196,26 +196,13 @@ async fn check_schema(pool: &deadpool_postgres::Pool) -> Result<(), ServeError> 
         .last()
         .map(|m| m.version.clone())
         .unwrap_or_default();
-    let has_history: bool = client
-        .query_one(
-            "select to_regclass('supabase_migrations.schema_migrations') is not null",
-            &[],
-        )
+    let applied = migrate::applied_versions(&**client)
         .await
-        .map_err(|e| ServeError::Schema(db::describe(&e)))?
-        .get(0);
-    let applied = has_history
-        && client
-            .query_one(
-                "select exists (select 1 from supabase_migrations.schema_migrations where version = $1)",
-                &[&newest],
-            )
-            .await
-            .map_err(|e| ServeError::Schema(db::describe(&e)))?
-            .get::<_, bool>(0);
+        .map_err(|e| ServeError::Schema(e.to_string()))?
+        .is_some_and(|versions| versions.contains(&newest));
     if !applied {
         return Err(ServeError::Schema(format!(
-            "migration {newest} is not applied: run `leadrelay migrate` (or `supabase db push`) first"
+            "migration {newest} is not applied: run `leadrelay migrate` first (it also recognises files exported with `leadrelay migrations export` and pushed by the Supabase CLI)"
         )));
     }
     Ok(())

@@ -1,5 +1,5 @@
-//! `leadrelay migrate`: Supabase-compatible history, idempotent files, existing
-//! data kept, and clear refusals.
+//! `leadrelay migrate`: its own history beside the project's Supabase CLI
+//! history, idempotent files, existing data kept, and clear refusals.
 
 use std::process::Command;
 
@@ -10,23 +10,37 @@ use crate::harness::{empty_db, insert_proftest_lead};
 const BIN: &str = env!("CARGO_BIN_EXE_leadrelay");
 
 #[tokio::test]
-async fn migrate_records_each_version_like_the_supabase_cli_and_a_second_run_applies_nothing() {
+async fn migrate_records_each_version_in_its_own_history_and_a_second_run_applies_nothing() {
     let db = empty_db().await;
     let mut client = db.client().await;
     let migrations = migrate::embedded().unwrap();
     let first = migrate::apply(&mut client, &migrations).await.unwrap();
     assert_eq!(first.applied.len(), migrations.len());
     let rows = client
-        .query("select version, name, statements from supabase_migrations.schema_migrations order by version", &[])
+        .query(
+            "select version, name, applied_by from leadrelay.schema_migrations order by version",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), migrations.len());
     for (row, m) in rows.iter().zip(&migrations) {
         assert_eq!(row.get::<_, String>(0), m.version);
         assert_eq!(row.get::<_, String>(1), m.name);
-        let statements: Vec<String> = row.get(2);
-        assert_eq!(statements.concat(), m.sql);
+        assert_eq!(row.get::<_, String>(2), "leadrelay migrate");
     }
+    let cli_history: Option<String> = client
+        .query_one(
+            "select to_regclass('supabase_migrations.schema_migrations')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        cli_history, None,
+        "the CLI's history is not created by leadrelay"
+    );
     let second = migrate::apply(&mut client, &migrations).await.unwrap();
     assert!(second.applied.is_empty());
     assert_eq!(second.already_applied.len(), migrations.len());
@@ -150,7 +164,7 @@ async fn migrate_refuses_a_database_with_a_newer_unknown_version() {
         .await
         .unwrap();
     client
-        .batch_execute("insert into supabase_migrations.schema_migrations (version, name) values ('29991231235959', 'from_the_future')")
+        .batch_execute("insert into leadrelay.schema_migrations (version, name, applied_by) values ('29991231235959', 'from_the_future', 'leadrelay migrate')")
         .await
         .unwrap();
     let err = migrate::apply(&mut client, &migrate::embedded().unwrap())
@@ -198,10 +212,7 @@ async fn a_failing_migration_applies_nothing_of_itself_and_is_not_recorded() {
         .get(0);
     assert_eq!(half, None);
     let versions: Vec<String> = client
-        .query(
-            "select version from supabase_migrations.schema_migrations",
-            &[],
-        )
+        .query("select version from leadrelay.schema_migrations", &[])
         .await
         .unwrap()
         .iter()
@@ -223,10 +234,7 @@ async fn two_migrate_runs_at_once_take_turns_and_record_each_version_once() {
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert_eq!(ra.applied.len() + rb.applied.len(), migrations.len());
     let n: i64 = a
-        .query_one(
-            "select count(*) from supabase_migrations.schema_migrations",
-            &[],
-        )
+        .query_one("select count(*) from leadrelay.schema_migrations", &[])
         .await
         .unwrap()
         .get(0);
@@ -307,4 +315,181 @@ fn migrate_against_an_unreachable_database_fails_with_a_clear_message() {
         "{stderr}"
     );
     assert!(!stderr.contains("secretpw"), "{stderr}");
+}
+
+/// The Supabase CLI's history table, as `supabase db push` creates it.
+const CLI_HISTORY: &str = "
+create schema supabase_migrations;
+create table supabase_migrations.schema_migrations (version text not null primary key, statements text[], name text);";
+
+/// The project's own migrations, older and newer than leadrelay's.
+const PROJECT_HISTORY: &str = "
+insert into supabase_migrations.schema_migrations (version, name, statements) values
+  ('20250301101500', 'landing_leads', array['create table if not exists public.landing_leads (id uuid primary key default gen_random_uuid(), name text, email text, phone text, source text, metadata jsonb, created_at timestamptz not null default now())']),
+  ('20261201090000', 'add_utm_columns', array['alter table public.landing_leads add column if not exists utm_source text']);";
+
+async fn cli_history(
+    client: &tokio_postgres::Client,
+) -> Vec<(String, Option<String>, Option<Vec<String>>)> {
+    client
+        .query("select version, name, statements from supabase_migrations.schema_migrations order by version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+async fn leadrelay_history(client: &tokio_postgres::Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "select version, applied_by from leadrelay.schema_migrations order by version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn migrate_lives_beside_the_projects_own_older_and_newer_migrations_and_serve_starts() {
+    let db = empty_db().await;
+    let mut client = db.client().await;
+    client.batch_execute(CLI_HISTORY).await.unwrap();
+    client.batch_execute(PROJECT_HISTORY).await.unwrap();
+    client
+        .batch_execute("create table public.landing_leads (id uuid primary key default gen_random_uuid(), name text, email text, phone text, source text, metadata jsonb, created_at timestamptz not null default now(), utm_source text)")
+        .await
+        .unwrap();
+    let before = cli_history(&client).await;
+    let migrations = migrate::embedded().unwrap();
+    let report = migrate::apply(&mut client, &migrations).await.unwrap();
+    assert_eq!(report.applied.len(), migrations.len());
+    assert_eq!(
+        cli_history(&client).await,
+        before,
+        "the project's history is untouched, row for row"
+    );
+    let again = migrate::apply(&mut client, &migrations).await.unwrap();
+    assert!(again.applied.is_empty());
+
+    let providers = crate::app::Providers::healthy().await;
+    let app = crate::app::start(crate::app::config(&db.url, &providers)).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_database_migrated_the_old_way_is_taken_over_once_without_applying_anything_twice() {
+    let db = empty_db().await;
+    let mut client = db.client().await;
+    client.batch_execute(CLI_HISTORY).await.unwrap();
+    client.batch_execute(PROJECT_HISTORY).await.unwrap();
+    let migrations = migrate::embedded().unwrap();
+    // What the earlier release did: each file applied, and recorded in the
+    // CLI's table with the whole file as its one statement.
+    for m in &migrations {
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute(&m.sql).await.unwrap();
+        tx.execute(
+            "insert into supabase_migrations.schema_migrations (version, name, statements) values ($1, $2, $3)",
+            &[&m.version, &m.name, &vec![m.sql.clone()]],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    // A counter that a second run of the core migration's seed would move.
+    let lead = insert_proftest_lead(&client, "Kept", "kept@b.kz").await;
+    let report = migrate::apply(&mut client, &migrations).await.unwrap();
+    assert!(
+        report.applied.is_empty(),
+        "nothing applied twice: {:?}",
+        report.applied
+    );
+    let project: Vec<String> = cli_history(&client)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(
+        project,
+        ["20250301101500", "20261201090000"],
+        "only the project's own rows stay"
+    );
+    let ours = leadrelay_history(&client).await;
+    assert_eq!(ours.len(), migrations.len());
+    assert!(ours.iter().all(|(_, by)| by == "taken over"), "{ours:?}");
+    let jobs: i64 = client
+        .query_one(
+            "select count(*) from notification_jobs where lead_id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(jobs >= 2);
+    // once: a later run finds everything in its own history
+    let again = migrate::apply(&mut client, &migrations).await.unwrap();
+    assert!(again.applied.is_empty());
+    assert_eq!(leadrelay_history(&client).await, ours);
+}
+
+#[tokio::test]
+async fn exported_files_pushed_by_the_supabase_cli_count_as_applied() {
+    let db = empty_db().await;
+    let mut client = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["migrations", "export", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What `supabase db push` does with the exported folder: each file in a
+    // transaction, recorded split into statements.
+    client.batch_execute(CLI_HISTORY).await.unwrap();
+    client.batch_execute(PROJECT_HISTORY).await.unwrap();
+    let exported = migrate::from_dir(dir.path()).unwrap();
+    assert_eq!(exported, migrate::embedded().unwrap());
+    for m in &exported {
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute(&m.sql).await.unwrap();
+        let statements: Vec<String> = m.sql.split(";\n").map(str::to_string).collect();
+        assert!(statements.len() > 1);
+        tx.execute(
+            "insert into supabase_migrations.schema_migrations (version, name, statements) values ($1, $2, $3)",
+            &[&m.version, &m.name, &statements],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let before = cli_history(&client).await;
+    let report = migrate::apply(&mut client, &exported).await.unwrap();
+    assert!(report.applied.is_empty(), "{:?}", report.applied);
+    assert_eq!(cli_history(&client).await, before);
+    assert!(
+        leadrelay_history(&client)
+            .await
+            .iter()
+            .all(|(_, by)| by == "supabase cli")
+    );
+    // exporting again over the same files is a no-op; a changed file is refused
+    let again = migrate::export(&exported, dir.path()).unwrap();
+    assert!(again.is_empty());
+    let first = dir
+        .path()
+        .join(format!("{}_{}.sql", exported[0].version, exported[0].name));
+    std::fs::write(&first, "-- edited").unwrap();
+    let err = migrate::export(&exported, dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("exists with other contents"),
+        "{err}"
+    );
 }
