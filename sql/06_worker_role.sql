@@ -37,6 +37,7 @@ grant execute on function public.leadrelay_delivery_rank(text) to leadrelay_work
 grant execute on function public.leadrelay_phone_digits(text) to leadrelay_worker;
 grant execute on function public.leadrelay_email_problem(text) to leadrelay_worker;
 grant execute on function public.leadrelay_phone_problem(text) to leadrelay_worker;
+grant execute on function public.prune_leadrelay_history(integer) to leadrelay_worker;
 
 -- `serve` checks at start that the migrations are applied.
 grant usage on schema leadrelay to leadrelay_worker;

@@ -291,6 +291,15 @@ update public.notification_jobs j
 
 pub const PROMOTE: &str = "select public.promote_due_notification_jobs()";
 
+/// One bounded batch of housekeeping (old provider events, pg_cron's run
+/// log); the worker runs it only where pg_cron does not.
+pub const PRUNE_HISTORY: &str = "select public.prune_leadrelay_history()::text";
+
+/// Whether pg_cron runs in this database: the migrations then scheduled the
+/// promotion and the pruning there.
+pub const PG_CRON_HERE: &str =
+    "select exists (select 1 from pg_extension where extname = 'pg_cron')";
+
 /// Seconds until the next scheduled job is due (negative: overdue), or null;
 /// and whether any job is due now. Two probes of partial indexes.
 pub const GLANCE: &str = "
@@ -323,6 +332,8 @@ pub fn all_statements() -> Vec<String> {
         RECORD_TRACKED.to_string(),
         RELEASE.to_string(),
         PROMOTE.to_string(),
+        PRUNE_HISTORY.to_string(),
+        PG_CRON_HERE.to_string(),
         GLANCE.to_string(),
         SMS_AWAITING_STATUS.to_string(),
         crate::delivery::RECORD_EVENT.to_string(),
@@ -696,6 +707,16 @@ impl Queue {
     }
 
     /// Promotes due jobs (and rescues expired leases); returns how many.
+    /// Prunes one batch of old history, unless pg_cron does it here; returns
+    /// what was deleted, as JSON text, when it ran.
+    pub async fn prune_history_without_pg_cron(&self) -> Result<Option<String>, QueueError> {
+        let client = self.pool.get().await?;
+        if client.query_one(PG_CRON_HERE, &[]).await?.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        Ok(Some(client.query_one(PRUNE_HISTORY, &[]).await?.get(0)))
+    }
+
     pub async fn promote(&self) -> Result<i32, QueueError> {
         let client = self.pool.get().await?;
         Ok(client.query_one(PROMOTE, &[]).await?.get(0))

@@ -74,6 +74,9 @@ fn group(jobs: Vec<ClaimedJob>) -> Vec<Work> {
 
 /// How often the sweeper looks for jobs that came in since (at most).
 const GLANCE_EVERY: Duration = Duration::from_secs(1);
+/// Where pg_cron does not prune (every 10 minutes), the sweep does, hourly:
+/// one bounded batch a time (`prune_leadrelay_history`).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The template the proftest rules name.
 pub const PROFTEST_TEMPLATE: &str = "proftest_result";
@@ -120,6 +123,7 @@ impl Worker {
     async fn sweep_loop(&self, cancel: CancellationToken) {
         let glance_every = self.settings.sweep_interval.min(GLANCE_EVERY);
         let mut next_full = tokio::time::Instant::now();
+        let mut next_prune = tokio::time::Instant::now();
         while !cancel.is_cancelled() {
             let mut sleep_for = glance_every;
             match self.queue.promote().await {
@@ -136,6 +140,14 @@ impl Worker {
                 // Webhook events that beat the worker's own write of a message id.
                 if let Err(e) = self.queue.apply_all_pending_events().await {
                     tracing::warn!(error = %e, "applying pending delivery events failed");
+                }
+            }
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+                match self.queue.prune_history_without_pg_cron().await {
+                    Ok(Some(pruned)) => tracing::debug!(%pruned, "pruned old history"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning old history failed"),
                 }
             }
             match self.queue.glance().await {
