@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{config, db, dev, migrate, ops_cli, serve};
+use crate::{config, db, dev, doctor, migrate, ops_cli, serve};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +39,21 @@ pub enum Command {
     Status(StatusArgs),
     /// Put failed jobs back to due after the cause was fixed (a wrong API key, say).
     Retry(RetryArgs),
+    /// Check everything serve depends on (database, TLS, LISTEN, migrations, pg_cron,
+    /// privileges, lead_tracking, providers, configuration): one line per check.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub serve: Box<config::ServeArgs>,
+    /// Print one JSON document instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Check the running `leadrelay dev` in this directory (its settings are kept there).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = ".leadrelay")]
+    pub dev: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,6 +167,9 @@ pub enum CliError {
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    if let Command::Doctor(args) = cli.command {
+        return run_doctor(args).await;
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -234,12 +252,38 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             ops_cli::retry(&client, args.job, since, args.dry_run, args.yes).await?;
             Ok(())
         }
+        Command::Doctor(_) => Ok(()),
         Command::Serve(args) => {
             let config = config::ServeConfig::from_args(&args)?;
             let app = serve::Application::build(config).await?;
             app.run_until_signal().await;
             Ok(())
         }
+    }
+}
+
+/// Doctor's exit code is its verdict: 0 when nothing failed, 1 otherwise.
+async fn run_doctor(args: DoctorArgs) -> ExitCode {
+    let mut serve = *args.serve;
+    if let Some(dir) = &args.dev
+        && let Err(e) = dev::fill_from_dev_env(&mut serve, dir)
+    {
+        eprintln!("leadrelay: {e}");
+        return ExitCode::from(2);
+    }
+    let report = doctor::run(&serve).await;
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("leadrelay: {e}"),
+        }
+    } else {
+        print!("{}", report.text());
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -253,8 +297,11 @@ fn init_tracing() {
     let filter =
         EnvFilter::try_from_env("LEADRELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LEADRELAY_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // A log line that cannot be written (stderr piped into a `tee` that was
+    // stopped) is dropped, not reported on stderr, which would panic.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

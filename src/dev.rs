@@ -92,8 +92,22 @@ pub async fn start_cluster(dir: &Path) -> Result<Cluster, DevError> {
     Ok(cluster)
 }
 
+/// Stops the private PostgreSQL however `run` ends: returned, failed, or
+/// unwound by a panic (a log line written to a closed pipe once did that,
+/// and left the cluster running).
+struct StopClusterOnExit<'a>(&'a Cluster);
+
+impl Drop for StopClusterOnExit<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.stop(StopMode::Fast) {
+            tracing::warn!(error = %e, "could not stop the private PostgreSQL");
+        }
+    }
+}
+
 pub async fn run(args: &DevArgs) -> Result<(), DevError> {
     let cluster = start_cluster(&args.dir).await?;
+    let stop_cluster = StopClusterOnExit(&cluster);
     let url = cluster.url("postgres");
     let client = db::connect(&url).await?;
     if let Some(delay) = &args.delay {
@@ -124,7 +138,8 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
         persistent_secret(&args.dir.join("webhook-secret"), 24)?
     );
     let resend_webhook_key = SigningKey::parse(&webhook_secret).map_err(DevError::Prepare)?;
-    let mobizon_token = Secret::new(persistent_secret(&args.dir.join("mobizon-token"), 16)?);
+    let mobizon_token_text = persistent_secret(&args.dir.join("mobizon-token"), 16)?;
+    let mobizon_token = Secret::new(mobizon_token_text.clone());
     let stand_in = standin::start(
         outbox.clone(),
         resend_webhook_key.clone(),
@@ -139,7 +154,7 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
         resend: ResendSettings {
             api_key: Secret::new("re_dev_stand_in"),
             api_url: stand_in.url.clone(),
-            from: "leadrelay dev <dev@leadrelay.invalid>".into(),
+            from: "leadrelay dev <dev@example.com>".into(),
             max_rps: 5.0,
             batch_size: crate::providers::resend::MAX_BATCH,
         },
@@ -165,13 +180,29 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
     let app = Application::build(config).await?;
     let base = format!("http://{}", app.local_addr());
     stand_in.deliver_reports_to(base.clone());
+    write_dev_env(
+        &args.dir,
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("RESEND_API_KEY", "re_dev_stand_in"),
+            ("RESEND_API_URL", stand_in.url.as_str()),
+            ("EMAIL_FROM", "leadrelay dev <dev@example.com>"),
+            ("MOBIZON_API_KEY", "dev_stand_in"),
+            ("MOBIZON_API_URL", stand_in.url.as_str()),
+            ("PRODUCT_URL", args.product_url.as_str()),
+            ("RESEND_WEBHOOK_SECRET", webhook_secret.as_str()),
+            ("MOBIZON_WEBHOOK_TOKEN", mobizon_token_text.as_str()),
+            ("ADMIN_TOKEN", admin_token.as_str()),
+        ],
+    )?;
 
+    let mut banner = String::new();
     if !cluster.has_pg_cron() {
-        println!(
-            "note: pg_cron is not installed (Debian package postgresql-15-cron); the worker promotes due jobs itself"
+        banner.push_str(
+            "note: pg_cron is not installed (Debian package postgresql-15-cron); the worker promotes due jobs itself\n",
         );
     }
-    println!(
+    banner.push_str(&format!(
         "leadrelay dev is running
   ops page    {base}/ops   (admin token {admin_token}, kept in {token_file})
   status API  curl -H 'Authorization: Bearer {admin_token}' {base}/leads/<lead id>/status
@@ -181,14 +212,84 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
   delay       {delay} after a lead arrives (`leadrelay dev --delay 30s` for a quicker demo)
 Try it:
   psql '{url}' -c \"insert into landing_leads (name, email, phone, source) values ('Айгерим', 'aigerim@example.com', '+7 705 123 45 67', 'proftest_main')\"
-Ctrl-C stops leadrelay and its PostgreSQL.",
+Check it as an operator would check production:
+  leadrelay doctor --dev {dir}
+Ctrl-C stops leadrelay and its PostgreSQL.
+",
         token_file = args.dir.join("admin-token").display(),
         outbox = outbox.display(),
-    );
+        dir = args.dir.display(),
+    ));
+    say(&banner);
     shutdown_signal().await;
     app.shutdown().await;
-    cluster.stop(StopMode::Fast)?;
-    println!("stopped");
+    drop(stop_cluster);
+    say("stopped\n");
+    Ok(())
+}
+
+/// Writes to stdout, ignoring a closed pipe (`… | tee log` stopped with
+/// Ctrl-C): `println!` would panic there.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// The settings this dev run uses, for `leadrelay doctor --dev`; only the
+/// owner may read them (they hold the dev tokens).
+const DEV_ENV: &str = "dev.env";
+
+fn write_dev_env(dir: &Path, settings: &[(&str, &str)]) -> Result<(), DevError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(DEV_ENV);
+    let mut text = String::from(
+        "# written by `leadrelay dev` at each start; read by `leadrelay doctor --dev`\n",
+    );
+    for (name, value) in settings {
+        text.push_str(&format!("{name}={value}\n"));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| DevError::Prepare(format!("{}: {e}", path.display())))
+}
+
+/// Fills the settings `args` lacks from a dev run's `dev.env` in `dir`.
+pub fn fill_from_dev_env(args: &mut crate::config::ServeArgs, dir: &Path) -> Result<(), DevError> {
+    let path = dir.join(DEV_ENV);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        DevError::Prepare(format!(
+            "{}: {e} (is `leadrelay dev` running with --dir {}?)",
+            path.display(),
+            dir.display()
+        ))
+    })?;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
+        let field = match name {
+            "DATABASE_URL" => &mut args.database_url,
+            "RESEND_API_KEY" => &mut args.resend_api_key,
+            "RESEND_API_URL" => &mut args.resend_api_url,
+            "EMAIL_FROM" => &mut args.email_from,
+            "MOBIZON_API_KEY" => &mut args.mobizon_api_key,
+            "MOBIZON_API_URL" => &mut args.mobizon_api_url,
+            "PRODUCT_URL" => &mut args.product_url,
+            "RESEND_WEBHOOK_SECRET" => &mut args.resend_webhook_secret,
+            "MOBIZON_WEBHOOK_TOKEN" => &mut args.mobizon_webhook_token,
+            "ADMIN_TOKEN" => &mut args.admin_token,
+            _ => continue,
+        };
+        field.get_or_insert_with(|| value.to_string());
+    }
     Ok(())
 }
 
@@ -220,17 +321,22 @@ fn persistent_secret(path: &Path, bytes: usize) -> Result<String, DevError> {
     Ok(value)
 }
 
-/// Ctrl-C in a terminal, SIGTERM from a service manager or `timeout`.
+/// Ctrl-C in a terminal, SIGTERM from a service manager or `timeout`, SIGHUP
+/// when the terminal closes.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(mut term), Ok(mut hangup)) => {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = hangup.recv() => {}
             }
         }
-        Err(_) => {
+        _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
     }

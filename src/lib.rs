@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod delivery;
 pub mod dev;
+pub mod doctor;
 pub mod event_batches;
 pub mod http;
 pub mod lead_tracking;

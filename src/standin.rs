@@ -62,7 +62,18 @@ pub async fn start(
         .route("/emails/batch", post(email_batch))
         .route("/service/message/sendsmsmessage", post(sms))
         .route("/service/message/getsmsstatus", post(sms_status))
-        .with_state(Arc::clone(&state));
+        .with_state(Arc::clone(&state))
+        // `leadrelay doctor` recognises the stand-ins by this header and does
+        // not take their answers for the real providers'.
+        .layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                response.headers_mut().insert(
+                    crate::doctor::STAND_IN_HEADER,
+                    axum::http::HeaderValue::from_static("dev"),
+                );
+                response
+            },
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move {

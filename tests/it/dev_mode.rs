@@ -200,3 +200,105 @@ fn dev_mode_without_postgresql_names_the_debian_package_to_install() {
         "{stderr}"
     );
 }
+
+/// Starts `leadrelay dev` in `dir` with both output streams piped to us and
+/// returns it with its banner, once it is running.
+fn start_dev(
+    dev_dir: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::process::ChildStdout,
+    std::process::ChildStderr,
+    String,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .args(["dev", "--dir"])
+        .arg(dev_dir)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("LEADRELAY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut banner = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut byte = [0u8; 1];
+    while !banner.contains("Ctrl-C stops") {
+        assert!(Instant::now() < deadline, "no banner: {banner}");
+        match std::io::Read::read(&mut stdout, &mut byte) {
+            Ok(1) => banner.push(byte[0] as char),
+            _ => panic!("dev mode ended early: {banner}"),
+        }
+    }
+    (child, stdout, stderr, banner)
+}
+
+#[tokio::test]
+async fn doctor_passes_against_dev_mode_and_ctrl_c_with_the_output_pipe_closed_still_stops_postgresql()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dev_dir = dir.path().join(".leadrelay");
+    let (mut child, stdout, stderr, banner) = start_dev(&dev_dir);
+    assert!(banner.contains("leadrelay doctor --dev"), "{banner}");
+    let database_url = banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("DATABASE_URL="))
+        .expect("the banner names DATABASE_URL")
+        .to_string();
+
+    let doctor = Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .args(["doctor", "--dev"])
+        .arg(&dev_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&doctor.stderr)
+    );
+    assert!(!report.contains("FAIL"), "{report}");
+    for check in [
+        "database",
+        "listen",
+        "migrations",
+        "privileges",
+        "lead_tracking",
+        "resend",
+        "mobizon",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(check)),
+            "{check}: {report}"
+        );
+    }
+    assert!(
+        report.contains("stand-in"),
+        "the stand-ins are recognised: {report}"
+    );
+
+    // `leadrelay dev 2>&1 | tee dev.log`, then Ctrl-C: the reader is gone
+    // before leadrelay writes its last lines.
+    drop(stdout);
+    drop(stderr);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let _ = child.wait().unwrap();
+    assert!(
+        leadrelay::db::connect(&format!("{database_url}?connect_timeout=2"))
+            .await
+            .is_err(),
+        "the private PostgreSQL was stopped"
+    );
+}

@@ -3,6 +3,7 @@
 mod app;
 mod batches;
 mod dev_mode;
+mod doctor;
 mod harness;
 mod migrate_cmd;
 mod operator;

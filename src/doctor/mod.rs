@@ -1,0 +1,152 @@
+//! `leadrelay doctor`: after configuring, one command that checks everything
+//! `serve` depends on and prints one line per check (ok / warn / fail, what
+//! it found, how to fix it), exiting non-zero when anything fails.
+//!
+//! The rule this room keeps: every check is read-only or sends nothing that
+//! costs anything (LISTEN/NOTIFY on a private channel, Resend's domain list,
+//! Mobizon's balance), so it is safe to run against production at any time.
+
+mod database;
+mod providers;
+
+pub use providers::STAND_IN_HEADER;
+
+use serde::Serialize;
+
+use crate::config::{self, ServeArgs, ServeConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    /// What was found, in a sentence.
+    pub found: String,
+    /// What to do about it, when anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn ok(name: &'static str, found: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Status::Ok,
+            found: found.into(),
+            fix: None,
+        }
+    }
+
+    pub fn warn(name: &'static str, found: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Status::Warn,
+            found: found.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    pub fn fail(name: &'static str, found: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Status::Fail,
+            found: found.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for check in &self.checks {
+            let status = match check.status {
+                Status::Ok => "ok  ",
+                Status::Warn => "warn",
+                Status::Fail => "FAIL",
+            };
+            out.push_str(&format!("{status}  {:<13} {}", check.name, check.found));
+            if let Some(fix) = &check.fix {
+                out.push_str(&format!(" — {fix}"));
+            }
+            out.push('\n');
+        }
+        let failed = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .count();
+        let warned = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Warn)
+            .count();
+        out.push_str(&format!(
+            "{} checks: {} failed, {} warnings\n",
+            self.checks.len(),
+            failed,
+            warned
+        ));
+        out
+    }
+}
+
+/// Runs every check; a failed one never stops the others.
+pub async fn run(args: &ServeArgs) -> Report {
+    let mut checks = vec![configuration(args)];
+    let database_url = config::database_url("DATABASE_URL", args.database_url.as_deref());
+    match database_url {
+        Ok(url) => checks.extend(database::checks(url.expose()).await),
+        Err(e) => checks.push(Check::fail(
+            "database",
+            e.to_string(),
+            "set DATABASE_URL to the direct connection or the session pooler (port 5432), e.g. postgresql://postgres:…@db.<ref>.supabase.co:5432/postgres?sslmode=verify-full&sslrootcert=/etc/leadrelay/prod-ca-2021.crt",
+        )),
+    }
+    checks.push(database::lead_tracking(args).await);
+    checks.extend(providers::checks(args).await);
+    Report {
+        ok: checks.iter().all(|c| c.status != Status::Fail),
+        checks,
+    }
+}
+
+/// The whole configuration as `serve` would load it, and what it allows
+/// that a careful operator would not.
+fn configuration(args: &ServeArgs) -> Check {
+    const NAME: &str = "configuration";
+    match ServeConfig::from_args(args) {
+        Err(e) => Check::fail(
+            NAME,
+            e.to_string(),
+            "set it in the service's environment (see the configuration table in the README)",
+        ),
+        Ok(config) if config.mobizon_webhook_secret.is_none() => Check::warn(
+            NAME,
+            "complete; MOBIZON_WEBHOOK_SECRET is not set, so Mobizon's report signature is not checked",
+            "set MOBIZON_WEBHOOK_SECRET to the secret key of the Mobizon webhook",
+        ),
+        Ok(config) => Check::ok(
+            NAME,
+            format!(
+                "complete: JOB_LEASE {} ≥ 2 × PROVIDER_TIMEOUT {}, secrets of sufficient length, PRODUCT_URL {}",
+                humantime::format_duration(config.worker.lease),
+                humantime::format_duration(config.worker.provider_timeout),
+                config.product_url
+            ),
+        ),
+    }
+}

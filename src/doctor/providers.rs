@@ -1,0 +1,185 @@
+//! The provider checks: each key is shown to the provider through a call
+//! that sends nothing and costs nothing (Resend's domain list, Mobizon's
+//! balance). `leadrelay dev`'s stand-ins say so in a header, and are skipped.
+
+use std::time::Duration;
+
+use super::Check;
+use crate::config::ServeArgs;
+use crate::providers::clip;
+
+/// The header `leadrelay dev`'s stand-in providers put on every answer.
+pub const STAND_IN_HEADER: &str = "x-leadrelay-stand-in";
+
+pub async fn checks(args: &ServeArgs) -> Vec<Check> {
+    let http = crate::providers::http_client(Duration::from_secs(10));
+    vec![resend(&http, args).await, mobizon(&http, args).await]
+}
+
+fn base(value: Option<&str>, default: &str) -> String {
+    match value.map(str::trim) {
+        None | Some("") => default.to_string(),
+        Some(v) => v.trim_end_matches('/').to_string(),
+    }
+}
+
+async fn resend(http: &reqwest::Client, args: &ServeArgs) -> Check {
+    const NAME: &str = "resend";
+    let Some(key) = args
+        .resend_api_key
+        .as_deref()
+        .filter(|k| !k.trim().is_empty())
+    else {
+        return Check::fail(
+            NAME,
+            "RESEND_API_KEY is not set",
+            "create an API key in Resend (API Keys) and set it",
+        );
+    };
+    let url = base(args.resend_api_url.as_deref(), "https://api.resend.com");
+    let answer = http
+        .get(format!("{url}/domains"))
+        .bearer_auth(key.trim())
+        .send()
+        .await;
+    let response = match answer {
+        Ok(r) => r,
+        Err(e) => {
+            return Check::warn(
+                NAME,
+                format!("could not reach {url}: {}", without_url(&e)),
+                "check RESEND_API_URL and the machine's outbound HTTPS",
+            );
+        }
+    };
+    if response.headers().contains_key(STAND_IN_HEADER) {
+        return Check::warn(
+            NAME,
+            format!("skipped: {url} is leadrelay dev's stand-in"),
+            "set RESEND_API_URL to Resend for production",
+        );
+    }
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let name = body
+        .get("name")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    match status.as_u16() {
+        200..=299 => Check::ok(NAME, "API key accepted (a full-access key)"),
+        // A sending-only key may not list domains: it is accepted all the same.
+        401 | 403 if name == "restricted_api_key" => {
+            Check::ok(NAME, "API key accepted (a sending-only key)")
+        }
+        401 | 403 => Check::fail(
+            NAME,
+            format!(
+                "Resend refused the API key ({})",
+                clip(
+                    if name.is_empty() {
+                        status.as_str()
+                    } else {
+                        name
+                    },
+                    60
+                )
+            ),
+            "create a new key in Resend (API Keys) and set RESEND_API_KEY",
+        ),
+        _ => Check::warn(
+            NAME,
+            format!("Resend answered {status} ({})", clip(name, 60)),
+            "try again later; see Resend's status page",
+        ),
+    }
+}
+
+async fn mobizon(http: &reqwest::Client, args: &ServeArgs) -> Check {
+    const NAME: &str = "mobizon";
+    let Some(key) = args
+        .mobizon_api_key
+        .as_deref()
+        .filter(|k| !k.trim().is_empty())
+    else {
+        return Check::fail(
+            NAME,
+            "MOBIZON_API_KEY is not set",
+            "copy the API key from Mobizon's settings and set it",
+        );
+    };
+    let url = base(args.mobizon_api_url.as_deref(), "https://api.mobizon.kz");
+    let answer = http
+        .get(format!("{url}/service/user/getownbalance"))
+        .query(&[("output", "json"), ("api", "v1"), ("apiKey", key.trim())])
+        .send()
+        .await;
+    let response = match answer {
+        Ok(r) => r,
+        Err(e) => {
+            return Check::warn(
+                NAME,
+                format!("could not reach {url}: {}", without_url(&e)),
+                "check MOBIZON_API_URL and the machine's outbound HTTPS",
+            );
+        }
+    };
+    if response.headers().contains_key(STAND_IN_HEADER) {
+        return Check::warn(
+            NAME,
+            format!("skipped: {url} is leadrelay dev's stand-in"),
+            "set MOBIZON_API_URL to Mobizon for production",
+        );
+    }
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let code = body.get("code").and_then(|v| v.as_i64());
+    match (status.as_u16(), code) {
+        (200..=299, Some(0)) => {
+            let data = body.get("data").cloned().unwrap_or_default();
+            let text = |v: Option<&serde_json::Value>| match v {
+                Some(serde_json::Value::String(s)) => clip(s, 20),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                _ => "?".into(),
+            };
+            Check::ok(
+                NAME,
+                format!(
+                    "API key accepted, balance {} {}",
+                    text(data.get("balance")),
+                    text(data.get("currency"))
+                ),
+            )
+        }
+        (401 | 403, _) | (200..=299, Some(_)) => Check::fail(
+            NAME,
+            format!(
+                "Mobizon refused the API key (code {}: {})",
+                code.map_or_else(|| status.as_u16().to_string(), |c| c.to_string()),
+                clip(
+                    body.get("message")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default(),
+                    120
+                )
+            ),
+            "copy the API key again from Mobizon's settings and set MOBIZON_API_KEY",
+        ),
+        _ => Check::warn(
+            NAME,
+            format!("Mobizon answered {status}"),
+            "try again later",
+        ),
+    }
+}
+
+/// reqwest's message carries the URL, and Mobizon's URL carries the key:
+/// only the kind of failure is shown.
+fn without_url(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    }
+}
