@@ -22,6 +22,21 @@ pub struct DeliveryEvent {
     pub payload: serde_json::Value,
 }
 
+impl DeliveryEvent {
+    /// The event with every text PostgreSQL cannot hold made storable
+    /// (`crate::db::storable`); ids change the same way on every redelivery,
+    /// so a repeated event is still recognised.
+    pub fn storable(mut self) -> DeliveryEvent {
+        crate::db::storable::string(&mut self.event_id);
+        crate::db::storable::string(&mut self.event_type);
+        if let Some(id) = self.message_id.as_mut() {
+            crate::db::storable::string(id);
+        }
+        crate::db::storable::json(&mut self.payload);
+        self
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error("body is not JSON: {0}")]
@@ -298,15 +313,49 @@ where exists (select 1 from public.notification_events e
                  and e.provider_message_id = t.message_id)";
 pub const APPLY_ALL_PENDING: &str = "select public.apply_all_pending_notification_events()";
 
+/// Why an event was not stored, by whose fault: the database being away is
+/// ours (503, the provider delivers again later); a body the database
+/// refuses is the request's (4xx: delivering it again would fail the same
+/// way, for days).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database unavailable: {0}")]
     Pool(String),
     #[error("database error: {0}")]
     Db(String),
+    /// SQLSTATE class 22 (data exception) or 23 (a constraint the body breaks).
+    #[error("the database refuses the event's data (SQLSTATE {0})")]
+    Unstorable(String),
 }
 
-/// Stores an event once and applies it; one round trip.
+impl StoreError {
+    /// Classifies a failed statement. The text kept is PostgreSQL's message
+    /// and code alone: its detail and `where` can quote the payload, an
+    /// unmasked phone or address among it.
+    pub fn from_db(error: &tokio_postgres::Error) -> StoreError {
+        match error.as_db_error() {
+            Some(db)
+                if db.code().code().starts_with("22") || db.code().code().starts_with("23") =>
+            {
+                StoreError::Unstorable(db.code().code().to_string())
+            }
+            Some(db) => StoreError::Db(format!("{} (SQLSTATE {})", db.message(), db.code().code())),
+            None => StoreError::Db(describe(error)),
+        }
+    }
+
+    /// A serialization failure or deadlock: the same statement may succeed
+    /// when tried again at once.
+    fn is_transient(error: &tokio_postgres::Error) -> bool {
+        use tokio_postgres::error::SqlState;
+        error.code().is_some_and(|c| {
+            c == &SqlState::T_R_SERIALIZATION_FAILURE || c == &SqlState::T_R_DEADLOCK_DETECTED
+        })
+    }
+}
+
+/// Stores an event once and applies it; one round trip (three tries when
+/// the database answers with a serialization failure or a deadlock).
 pub async fn store(pool: &Pool, event: &DeliveryEvent) -> Result<Stored, StoreError> {
     let client = pool
         .get()
@@ -315,23 +364,30 @@ pub async fn store(pool: &Pool, event: &DeliveryEvent) -> Result<Stored, StoreEr
     let statement = client
         .prepare_cached(RECORD_EVENT)
         .await
-        .map_err(|e| StoreError::Db(describe(&e)))?;
-    let row = client
-        .query_one(
-            &statement,
-            &[
-                &event.provider,
-                &event.event_id,
-                &event.event_type,
-                &event.message_id,
-                &event.occurred_at,
-                &event.payload,
-                &event.delivery_status,
-            ],
-        )
-        .await
-        .map_err(|e| StoreError::Db(describe(&e)))?;
-    Ok(stored_from(&row.get::<_, String>(0)))
+        .map_err(|e| StoreError::from_db(&e))?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let answer = client
+            .query_one(
+                &statement,
+                &[
+                    &event.provider,
+                    &event.event_id,
+                    &event.event_type,
+                    &event.message_id,
+                    &event.occurred_at,
+                    &event.payload,
+                    &event.delivery_status,
+                ],
+            )
+            .await;
+        match answer {
+            Ok(row) => return Ok(stored_from(&row.get::<_, String>(0))),
+            Err(e) if tries < 3 && StoreError::is_transient(&e) => continue,
+            Err(e) => return Err(StoreError::from_db(&e)),
+        }
+    }
 }
 
 /// What `record_notification_event` answered.

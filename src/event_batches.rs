@@ -9,7 +9,6 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::db::describe;
 use crate::delivery::{self, DeliveryEvent, StoreError, Stored};
 
 /// The most events one statement stores.
@@ -110,7 +109,7 @@ async fn record_all(pool: &Pool, group: &[Pending]) -> Result<Vec<Stored>, Store
     let statement = client
         .prepare_cached(RECORD_EVENTS)
         .await
-        .map_err(|e| StoreError::Db(describe(&e)))?;
+        .map_err(|e| StoreError::from_db(&e))?;
     let events = group.iter().map(|p| &p.event);
     let providers: Vec<&str> = events.clone().map(|e| e.provider).collect();
     let ids: Vec<&str> = events.clone().map(|e| e.event_id.as_str()).collect();
@@ -134,7 +133,7 @@ async fn record_all(pool: &Pool, group: &[Pending]) -> Result<Vec<Stored>, Store
             ],
         )
         .await
-        .map_err(|e| StoreError::Db(describe(&e)))?;
+        .map_err(|e| StoreError::from_db(&e))?;
     Ok(rows
         .iter()
         .map(|row| delivery::stored_from(&row.get::<_, String>(0)))

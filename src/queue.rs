@@ -11,7 +11,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::db::describe;
+use crate::db::{describe, storable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Channel {
@@ -596,6 +596,7 @@ impl Queue {
     ) -> Result<Vec<i64>, QueueError> {
         let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
         let locks: Vec<String> = jobs.iter().map(|j| j.lock.clone()).collect();
+        let error = storable::text(error);
         let client = self.pool.get().await?;
         let st = client.prepare_cached(&record_retry_many_sql()).await?;
         let row = client
@@ -617,6 +618,10 @@ impl Queue {
 
     /// Records how job `id` ended. Returns false when the job was no longer
     /// ours (its lease expired and another worker took it).
+    ///
+    /// Provider text is made storable first: an odd byte in an error message
+    /// or a message id must never make this statement fail, which would
+    /// leave a sent job to be rescued and sent again.
     pub async fn record(&self, id: i64, lock: &str, outcome: &Outcome) -> Result<bool, QueueError> {
         let client = self.pool.get().await?;
         let row = match outcome {
@@ -624,8 +629,9 @@ impl Queue {
                 provider_message_id,
             } => {
                 let st = client.prepare_cached(&record_sent_sql()).await?;
+                let provider_message_id = storable::text(provider_message_id);
                 client
-                    .query_one(&st, &[&id, &lock, provider_message_id])
+                    .query_one(&st, &[&id, &lock, &provider_message_id])
                     .await?
             }
             Outcome::Retry {
@@ -634,8 +640,9 @@ impl Queue {
                 counts,
             } => {
                 let st = client.prepare_cached(&record_retry_sql()).await?;
+                let error = storable::text(error);
                 client
-                    .query_one(&st, &[&id, &lock, error, &after.as_secs_f64(), counts])
+                    .query_one(&st, &[&id, &lock, &error, &after.as_secs_f64(), counts])
                     .await?
             }
             Outcome::Failed { error }
@@ -647,7 +654,10 @@ impl Queue {
                     _ => "cancelled",
                 };
                 let st = client.prepare_cached(&record_final_sql()).await?;
-                client.query_one(&st, &[&id, &lock, error, &status]).await?
+                let error = storable::text(error);
+                client
+                    .query_one(&st, &[&id, &lock, &error, &status])
+                    .await?
             }
         };
         Ok(row.get::<_, i64>(0) == 1)
@@ -663,6 +673,10 @@ impl Queue {
         message_ids: &[String],
         locks: &[String],
     ) -> Result<Vec<i64>, QueueError> {
+        let message_ids: Vec<String> = message_ids
+            .iter()
+            .map(|id| storable::text(id).into_owned())
+            .collect();
         let recorded: Vec<i64> = {
             let client = self.pool.get().await?;
             let st = client.prepare_cached(&record_sent_batch_sql()).await?;
@@ -673,7 +687,7 @@ impl Queue {
         };
         let applicable: Vec<&str> = ids
             .iter()
-            .zip(message_ids)
+            .zip(&message_ids)
             .filter(|(id, _)| recorded.contains(id))
             .map(|(_, message_id)| message_id.as_str())
             .collect();

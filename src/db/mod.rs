@@ -3,6 +3,7 @@
 //! strings follow libpq (`conninfo`), TLS follows libpq's `sslmode` (`tls`).
 
 pub mod conninfo;
+pub mod storable;
 pub mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};

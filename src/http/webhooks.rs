@@ -2,7 +2,9 @@
 //! (authenticated by `MOBIZON_WEBHOOK_TOKEN` in the URL). An event is stored
 //! before we answer 2xx; a bad signature, a wrong token, a malformed body or an
 //! unknown event type gets a 4xx and changes nothing; a database outage gets
-//! a 503 so the provider delivers it again later.
+//! a 503 so the provider delivers it again later. Text PostgreSQL cannot hold
+//! (NUL) is made storable first; a body the database still refuses is the
+//! request's fault and gets a 422, never a 503 that would be retried for days.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 
 use super::{ApiError, AppState, secret_matches};
-use crate::delivery::{self, DeliveryEvent, ParseError};
+use crate::delivery::{self, DeliveryEvent, ParseError, StoreError};
 use crate::svix::{SvixError, SvixHeaders, verify_svix_signature};
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -38,6 +40,7 @@ async fn store(
     state: &AppState,
     event: DeliveryEvent,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let event = event.storable();
     let (provider, event_id) = (event.provider, event.event_id.clone());
     let (event_type, message_id) = (event.event_type.clone(), event.message_id.clone());
     match state.events.store(event).await {
@@ -49,6 +52,14 @@ async fn store(
                 "webhook event"
             );
             Ok(Json(serde_json::json!({ "status": stored.as_str() })))
+        }
+        Err(StoreError::Unstorable(sqlstate)) => {
+            count(provider, "unstorable");
+            // No fragment of the payload: only whose event, and the code.
+            tracing::error!(provider, event_id = %event_id, %sqlstate, "webhook event refused by the database");
+            Err(ApiError::Unprocessable(
+                "the event holds data the database cannot store".into(),
+            ))
         }
         Err(e) => {
             count(provider, "error");

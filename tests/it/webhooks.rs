@@ -905,3 +905,224 @@ async fn a_flood_of_concurrent_events_is_stored_once_each_and_the_best_state_win
     assert!(grouped >= 2.0, "no group of events stored:\n{metrics}");
     app.shutdown().await;
 }
+
+/// Strings a foreign mail server or an attacker might put in a report.
+fn hostile_string() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        "[a-z]{0,12}",
+        Just("\u{0}".to_string()),
+        Just("550 5.1.1 \u{0}user unknown\u{0}".to_string()),
+        "\\PC{0,24}",
+        Just("x".repeat(40_000)),
+        Just("\u{202e}\u{200b}<script>{{ '%'}}</script>".to_string()),
+    ]
+}
+
+/// JSON values with hostile strings, extreme numbers and nesting.
+fn hostile_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        hostile_string().prop_map(serde_json::Value::from),
+        Just(serde_json::json!(1e308)),
+        Just(serde_json::json!(-1e308)),
+        Just(serde_json::json!(9_223_372_036_854_775_808u64)),
+        Just(serde_json::json!(i64::MIN)),
+        Just(serde_json::json!(5e-324)),
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(6, 64, 8, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map(hostile_string(), inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn nested(depth: usize) -> serde_json::Value {
+    (0..depth).fold(serde_json::json!("bottom\u{0}"), |v, _| {
+        serde_json::json!([v])
+    })
+}
+
+#[tokio::test]
+async fn signed_hostile_json_never_gets_a_server_error_and_every_recognised_event_is_stored_once() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let cases = (hostile_string(), hostile_value(), 0usize..4);
+    let mut recognised = Vec::new();
+    for i in 0..120 {
+        let (text, extra, kind) = cases.new_tree(&mut runner).unwrap().current();
+        let extra = if i % 17 == 0 { nested(100) } else { extra };
+        // A Resend bounce whose text and extra fields are hostile.
+        let svix_id = format!("msg_hostile_{i}");
+        let event_type = [
+            "email.bounced",
+            "email.delivered",
+            "email.opened",
+            "email.delivery_delayed",
+        ][kind];
+        let sms_status = ["DELIVRD", "UNDELIV", "EXPIRED", "ACCEPTD"][kind];
+        let body = serde_json::to_vec(&serde_json::json!({
+            "type": event_type,
+            "created_at": "2026-11-24T12:00:00.000Z",
+            "data": {"email_id": format!("em-{i}\u{0}"), "to": [text.clone()], "subject": text.clone(),
+                     "bounce": {"type": "Permanent", "subType": "General", "message": text.clone()},
+                     "extra": extra.clone()}
+        }))
+        .unwrap();
+        for round in 0..2 {
+            let status = api.resend_signed(&svix_id, &body).await.status();
+            assert_eq!(status, 200, "resend case {i}, round {round}");
+        }
+        recognised.push(("resend", svix_id));
+        // A Mobizon report whose id, text and extra fields are hostile.
+        let event_id = format!("ev-{i}\u{0}");
+        let report = serde_json::json!({
+            "eventId": event_id, "eventType": "sms-delivery-report", "eventCreateTs": "2026-11-24 12:00:00",
+            "webhookId": 1, "attempt": 1,
+            "data": {"campaignId": 77, "messageId": format!("m-{i}"), "segNum": 1, "statusUpdateTs": "2026-11-24 12:00:00",
+                     "status": sms_status, "to": text, "extra": extra},
+            "sign": "x"
+        });
+        for round in 0..2 {
+            let status = api.mobizon(MOBIZON_WEBHOOK_TOKEN, &report).await.status();
+            assert!(
+                status == 200 || status == 413,
+                "mobizon case {i}, round {round}: {status}"
+            );
+            if status == 413 {
+                break; // over the body limit: refused whole, nothing stored
+            }
+            if round == 1 {
+                recognised.push((
+                    "mobizon",
+                    format!("webhook-{}", event_id.replace('\u{0}', "\u{FFFD}")),
+                ));
+            }
+        }
+    }
+    // Bodies serde cannot read at all (a lone surrogate, numbers past f64,
+    // nesting past its limit) are the sender's fault: 4xx, never 5xx.
+    for (i, body) in [
+        r#"{"type":"email.delivered","created_at":"x","data":{"email_id":"a","s":"\ud800"}}"#
+            .to_string(),
+        r#"{"type":"email.delivered","created_at":"x","data":{"email_id":"a","n":1e400}}"#
+            .to_string(),
+        format!(
+            r#"{{"type":"email.delivered","data":{{"email_id":"a","deep":{}1{}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let status = api
+            .resend_signed(&format!("msg_unreadable_{i}"), body.as_bytes())
+            .await
+            .status();
+        assert!(status.is_client_error(), "unreadable {i}: {status}");
+    }
+    for (provider, id) in recognised {
+        let n = client
+            .query_one(
+                "select count(*) from notification_events where provider = $1 and provider_event_id = $2",
+                &[&provider, &id],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        assert_eq!(n, 1, "{provider} {id:?} stored once");
+    }
+    let nul: i64 = count(
+        &client,
+        "select count(*) from notification_events where payload::text like '%\\u0000%'",
+    )
+    .await;
+    assert_eq!(nul, 0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_the_database_refuses_for_its_data_gets_422_and_an_outage_gets_503() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    // A constraint the body breaks (class 23): refused as the sender's fault.
+    client
+        .batch_execute("alter table notification_events add constraint no_tests check (event_type <> 'email.clicked')")
+        .await
+        .unwrap();
+    let response = api
+        .resend_signed("msg_refused", &resend_event("email.clicked", "x"))
+        .await;
+    assert_eq!(response.status(), 422);
+    let text = response.text().await.unwrap();
+    assert!(
+        !text.contains("no_tests") && !text.contains("SQLSTATE"),
+        "{text}"
+    );
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"outcome="unstorable""#), "{metrics}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_the_database_really_down_a_webhook_still_gets_503() {
+    let cluster = crate::harness::new_cluster();
+    crate::harness::prepare_database(&cluster, "down").await;
+    let url = cluster.url("down");
+    let providers = Providers::healthy().await;
+    let app = start(config(&url, &providers)).await;
+    let api = Api::new(&app);
+    assert_eq!(
+        api.resend_signed("msg_up", &resend_event("email.delivered", "x"))
+            .await
+            .status(),
+        200
+    );
+    cluster
+        .stop(leadrelay::cluster::StopMode::Immediate)
+        .unwrap();
+    let response = api
+        .resend_signed("msg_down", &resend_event("email.delivered", "y"))
+        .await;
+    assert_eq!(
+        response.status(),
+        503,
+        "the provider must deliver it again later"
+    );
+    cluster.restart().unwrap();
+    let mut status = 0;
+    for _ in 0..100 {
+        status = api
+            .resend_signed("msg_down", &resend_event("email.delivered", "y"))
+            .await
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "stored once the database is back");
+    app.shutdown().await;
+}

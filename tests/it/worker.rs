@@ -975,3 +975,48 @@ async fn a_job_due_at_once_is_sent_within_seconds_whatever_the_sweep_interval() 
     assert!(started.elapsed() < Duration::from_secs(5));
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn provider_text_with_nul_bytes_never_stops_an_outcome_being_recorded_nor_sends_twice() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::empty().await;
+    // Resend refuses the email with NUL in its words; Mobizon takes the SMS
+    // and names it with an id that holds a NUL.
+    Mock::given(method("POST"))
+        .and(path("/emails"))
+        .respond_with(ResponseTemplate::new(422).set_body_json(
+            serde_json::json!({"statusCode": 422, "name": "validation_error\u{0}", "message": "The `to`\u{0} field is invalid.\u{0}"}),
+        ))
+        .mount(&providers.resend)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"code": 0, "data": {"campaignId": "77", "messageId": "9\u{0}1", "status": 2}, "message": ""}),
+        ))
+        .mount(&providers.mobizon)
+        .await;
+    let app = start(config(&db.url, &providers)).await;
+    let lead = one_lead(&client).await;
+    eventually(Duration::from_secs(20), "both recorded", || async {
+        job(&client, lead, "email").await.get::<_, String>(0) == "failed"
+            && job(&client, lead, "sms").await.get::<_, String>(0) == "sent"
+    })
+    .await;
+    let email = job(&client, lead, "email").await;
+    let error: String = email.get(2);
+    assert!(error.contains("field is invalid"), "{error}");
+    assert!(!error.contains('\u{0}'), "{error:?}");
+    let sms = job(&client, lead, "sms").await;
+    let message_id: String = sms.get(3);
+    assert!(
+        message_id.starts_with('9') && message_id.ends_with('1') && !message_id.contains('\u{0}'),
+        "{message_id:?}"
+    );
+    // Longer than a lease would take to run out: nothing is sent again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(providers.sms().await.len(), 1, "the SMS went once");
+    assert_eq!(providers.emails().await.len(), 1);
+    app.shutdown().await;
+}
