@@ -23,9 +23,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use leadrelay::cluster::{Cluster, ClusterOptions};
-use leadrelay::svix::SigningKey;
-use leadrelay::{db, dev};
+use leadrelay::cli::dev;
+use leadrelay::ingest::svix::SigningKey;
+use leadrelay::store;
+use leadrelay::store::cluster::{Cluster, ClusterOptions};
 use rand::seq::SliceRandom;
 use tokio_postgres::Client;
 
@@ -694,7 +695,10 @@ async fn jobs_database(cluster: &Cluster, name: &str, total: i64) -> Client {
 /// Claims 10 of the due jobs `rounds` times (each put back by an untimed
 /// statement); the time of each claim in ms.
 async fn claim_times(client: &Client, rounds: usize) -> Vec<f64> {
-    let claim = client.prepare(leadrelay::queue::CLAIM).await.unwrap();
+    let claim = client
+        .prepare(leadrelay::store::queue::CLAIM)
+        .await
+        .unwrap();
     let reset = client
         // through the index of jobs in flight: a scan of the whole table between
         // claims would measure the scan's wake, not the claim
@@ -760,7 +764,7 @@ async fn main() {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let profile = std::env::var("BENCH_PROFILE").is_ok();
     if profile {
-        let admin = db::connect(&cluster.url("postgres")).await.unwrap();
+        let admin = store::connect(&cluster.url("postgres")).await.unwrap();
         admin
             .batch_execute(
                 "alter system set shared_preload_libraries = 'pg_cron', 'pg_stat_statements'",
@@ -769,10 +773,10 @@ async fn main() {
             .unwrap();
         drop(admin);
         cluster
-            .stop(leadrelay::cluster::StopMode::Fast)
+            .stop(leadrelay::store::cluster::StopMode::Fast)
             .expect("stop");
         cluster.restart().expect("restart with pg_stat_statements");
-        let admin = db::connect(&cluster.url("postgres")).await.unwrap();
+        let admin = store::connect(&cluster.url("postgres")).await.unwrap();
         admin
             .batch_execute("alter system set pg_stat_statements.track = 'all'")
             .await
@@ -903,7 +907,7 @@ async fn main() {
 
     let graphile = Graphile::install();
     let graphile_url = {
-        let admin = db::connect(&cluster.url("postgres")).await.unwrap();
+        let admin = store::connect(&cluster.url("postgres")).await.unwrap();
         admin
             .batch_execute("create database bench_graphile")
             .await
@@ -1133,7 +1137,7 @@ async fn scale(cluster: &Cluster) -> Row {
         // rolled back, so it claims nothing.
         let sql = format!(
             "explain (analyze, buffers, costs off) {}",
-            leadrelay::queue::CLAIM
+            leadrelay::store::queue::CLAIM
         );
         scale.batch_execute("begin").await.unwrap();
         println!("-- the claim at 1M rows");

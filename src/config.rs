@@ -2,7 +2,8 @@
 //! environment variable or the command-line flag of the same name; a missing
 //! or malformed one stops the process with one line naming the variable.
 
-use std::fmt;
+use crate::domain::Secret;
+use crate::worker::WorkerSettings;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -12,41 +13,14 @@ pub enum ConfigError {
     Malformed { name: &'static str, reason: String },
 }
 
-/// A value that must not reach a log line or an error message by accident:
-/// `Debug` and `Display` print a placeholder.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
 /// A PostgreSQL connection string as libpq reads it (URI or key=value, with
 /// `sslmode` and `sslrootcert`), its root file read and checked now so that a
 /// wrong path stops the process at start. Messages never contain the password.
 pub fn database_url(name: &'static str, value: Option<&str>) -> Result<Secret, ConfigError> {
     let value = required(name, value)?;
     let malformed = |reason: String| ConfigError::Malformed { name, reason };
-    let info = crate::db::ConnInfo::parse(value).map_err(|e| malformed(e.to_string()))?;
-    crate::db::tls::connector(&info).map_err(|e| malformed(e.to_string()))?;
+    let info = crate::store::ConnInfo::parse(value).map_err(|e| malformed(e.to_string()))?;
+    crate::store::tls::connector(&info).map_err(|e| malformed(e.to_string()))?;
     Ok(Secret::new(value))
 }
 
@@ -129,7 +103,7 @@ pub struct ServeConfig {
     pub product_url: String,
     pub worker: WorkerSettings,
     /// The key of `RESEND_WEBHOOK_SECRET` (`whsec_…`).
-    pub resend_webhook_key: crate::svix::SigningKey,
+    pub resend_webhook_key: crate::ingest::svix::SigningKey,
     /// The secret the Mobizon callback URL carries.
     pub mobizon_webhook_token: Secret,
     /// Mobizon's own webhook secret key: when set, its `sign` must match.
@@ -159,38 +133,6 @@ pub struct MobizonSettings {
     pub api_url: String,
     pub from: Option<String>,
     pub max_rps: f64,
-}
-
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    /// How often the table is swept for due jobs even without a notification.
-    pub sweep_interval: std::time::Duration,
-    /// How long a claimed job is ours before another worker may rescue it.
-    pub lease: std::time::Duration,
-    /// The longest a provider request may take, connection included.
-    pub provider_timeout: std::time::Duration,
-    pub backoff: crate::retry::Backoff,
-    /// Requests in flight per channel.
-    pub concurrency: usize,
-    /// How long SIGTERM waits for requests in flight.
-    pub shutdown_grace: std::time::Duration,
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        use std::time::Duration;
-        WorkerSettings {
-            sweep_interval: Duration::from_secs(30),
-            lease: Duration::from_secs(120),
-            provider_timeout: Duration::from_secs(15),
-            backoff: crate::retry::Backoff {
-                base: Duration::from_secs(30),
-                max: Duration::from_secs(3600),
-            },
-            concurrency: 4,
-            shutdown_grace: Duration::from_secs(20),
-        }
-    }
 }
 
 /// The raw values, as they come from flags or the environment.
@@ -324,7 +266,7 @@ impl ServeConfig {
                 args.provider_timeout.as_deref(),
                 defaults.provider_timeout,
             )?,
-            backoff: crate::retry::Backoff {
+            backoff: crate::worker::retry::Backoff {
                 base: duration(
                     "RETRY_BASE_DELAY",
                     args.retry_base_delay.as_deref(),
@@ -362,7 +304,7 @@ impl ServeConfig {
                 ),
             });
         }
-        let resend_webhook_key = crate::svix::SigningKey::parse(required(
+        let resend_webhook_key = crate::ingest::svix::SigningKey::parse(required(
             "RESEND_WEBHOOK_SECRET",
             args.resend_webhook_secret.as_deref(),
         )?)
@@ -455,7 +397,7 @@ fn email_from(value: Option<&str>) -> Result<String, ConfigError> {
         (None, None) => value,
         _ => "",
     };
-    crate::recipients::email(Some(address)).map_err(|_| ConfigError::Malformed {
+    crate::messages::recipients::email(Some(address)).map_err(|_| ConfigError::Malformed {
         name: "EMAIL_FROM",
         reason: "expected an address like hello@example.com or Name <hello@example.com>".into(),
     })?;

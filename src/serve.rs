@@ -13,19 +13,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
-use crate::listener::{self, ListenerState};
+use crate::http;
 use crate::providers::http_client;
 use crate::providers::mobizon::MobizonClient;
 use crate::providers::resend::ResendClient;
-use crate::queue::Queue;
-use crate::wakeups::Wakeups;
+use crate::store::queue::Queue;
+use crate::store::{self, migrate};
 use crate::worker::Worker;
-use crate::{db, http, migrate};
+use crate::worker::listener::{self, ListenerState};
+use crate::worker::wakeups::Wakeups;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Db(#[from] db::DbError),
+    Db(#[from] store::DbError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -47,14 +48,14 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ServeConfig) -> Result<Application, ServeError> {
-        let pool = db::pool(
+        let pool = store::pool(
             config.database_url.expose(),
             config.worker.concurrency * 3 + 8,
         )
         .await?;
         check_schema(&pool).await?;
         let tracking_pool = match &config.lead_tracking_database_url {
-            Some(url) => db::pool(url.expose(), config.worker.concurrency + 2).await?,
+            Some(url) => store::pool(url.expose(), config.worker.concurrency + 2).await?,
             None => pool.clone(),
         };
         let http = http_client(config.worker.provider_timeout);
@@ -70,7 +71,7 @@ impl Application {
         let other_tasks = TaskTracker::new();
         let queue = Queue::new(pool.clone(), worker_id.clone());
         let worker = Arc::new(Worker {
-            sent_batches: crate::sent_batches::SentBatches::start(queue.clone()),
+            sent_batches: crate::worker::sent_batches::SentBatches::start(queue.clone()),
             queue,
             tracking_pool,
             resend: ResendClient::new(
@@ -121,9 +122,9 @@ impl Application {
             other_tasks.spawn(async move { poller.sms_status_loop(every, token).await });
         }
 
-        crate::metrics::install();
+        crate::http::metrics::install();
         let state = http::AppState {
-            events: crate::event_batches::EventBatches::start(pool.clone()),
+            events: crate::ingest::event_batches::EventBatches::start(pool.clone()),
             pool,
             listener: Arc::clone(&listener_state),
             resend_key: config.resend_webhook_key.clone(),
@@ -179,7 +180,7 @@ impl Application {
     }
 
     pub async fn run_until_signal(self) {
-        crate::dev::shutdown_signal().await;
+        shutdown_signal().await;
         self.shutdown().await;
     }
 }
@@ -190,7 +191,7 @@ async fn check_schema(pool: &deadpool_postgres::Pool) -> Result<(), ServeError> 
     let client = pool
         .get()
         .await
-        .map_err(|e| db::DbError::Connect(e.to_string()))?;
+        .map_err(|e| store::DbError::Connect(e.to_string()))?;
     let newest = migrate::embedded()
         .map_err(|e| ServeError::Schema(e.to_string()))?
         .last()
@@ -213,4 +214,25 @@ fn hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "leadrelay".into())
+}
+
+/// Ctrl-C in a terminal, SIGTERM from a service manager or `timeout`, SIGHUP
+/// when the terminal closes.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(mut term), Ok(mut hangup)) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                _ = hangup.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -1,7 +1,12 @@
 //! The HTTP API: provider webhooks, the lead status API, health, metrics and
 //! the OpenAPI document. Errors become a status code and a short JSON message;
 //! database or internal error text never reaches a caller (it is logged).
+//!
+//! The HTTP room: routes only, each handing its work to the room that owns
+//! it. It uses `ingest`, `worker` (the listener's state), `store`, `messages`
+//! and `domain`; `serve` uses it.
 
+pub mod metrics;
 mod openapi;
 mod ops;
 mod status;
@@ -18,9 +23,9 @@ use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
-use crate::listener::ListenerState;
-use crate::svix::SigningKey;
+use crate::domain::Secret;
+use crate::ingest::svix::SigningKey;
+use crate::worker::listener::ListenerState;
 
 /// Webhook bodies above this are refused with 413 (Resend's largest events,
 /// with headers and tags, are a few kilobytes).
@@ -30,7 +35,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub struct AppState {
     pub pool: deadpool_postgres::Pool,
     /// Webhook events are stored through it, many per commit under load.
-    pub events: crate::event_batches::EventBatches,
+    pub events: crate::ingest::event_batches::EventBatches,
     pub listener: Arc<ListenerState>,
     pub resend_key: SigningKey,
     pub mobizon_token: Secret,
@@ -93,8 +98,9 @@ impl IntoResponse for ApiError {
 }
 
 /// The HTTP layer's statements, for the test that prepares every statement.
-pub fn statements() -> [&'static str; 6] {
+pub fn statements() -> [&'static str; 7] {
     [
+        metrics::JOBS_BY_STATUS,
         status::LEAD,
         status::MESSAGES,
         ops::FUNNEL,
@@ -145,10 +151,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    crate::metrics::refresh_job_gauges(&state.pool, &state.listener).await;
+    crate::http::metrics::refresh_job_gauges(&state.pool, &state.listener).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(),
+        crate::http::metrics::render(),
     )
         .into_response()
 }

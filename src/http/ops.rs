@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{AppState, secret_matches};
-use crate::config::Secret;
-use crate::templates::html_escape as esc;
+use crate::domain::Secret;
+use crate::messages::templates::html_escape as esc;
 
 const COOKIE: &str = "leadrelay_ops";
 
@@ -208,7 +208,7 @@ fn funnel_chart(title: &str, steps: &[(&str, i64)]) -> String {
 
 async fn dashboard(state: &AppState) -> Result<String, String> {
     let client = state.pool.get().await.map_err(|e| e.to_string())?;
-    let db = |e: tokio_postgres::Error| crate::db::describe(&e);
+    let db = |e: tokio_postgres::Error| crate::store::describe(&e);
     let mut charts = String::new();
     for (title, window) in [("Last 24 hours", "24 hours"), ("Last 7 days", "7 days")] {
         let row = client.query_one(FUNNEL, &[&window]).await.map_err(db)?;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{ApiError, AppState, require_admin};
-use crate::mask;
+use crate::messages::mask;
 
 pub const LEAD: &str =
     "select id, name, email, phone, source, created_at from public.landing_leads where id = $1";
@@ -63,7 +63,7 @@ pub async fn lead_status(
         ApiError::Unavailable
     })?;
     let unavailable = |e: tokio_postgres::Error| {
-        tracing::error!(error = %crate::db::describe(&e), "status API query failed");
+        tracing::error!(error = %crate::store::describe(&e), "status API query failed");
         ApiError::Unavailable
     };
     let lead = client

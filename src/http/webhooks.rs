@@ -12,8 +12,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 
 use super::{ApiError, AppState, secret_matches};
-use crate::delivery::{self, DeliveryEvent, ParseError, StoreError};
-use crate::svix::{SvixError, SvixHeaders, verify_svix_signature};
+use crate::ingest::delivery::{self, DeliveryEvent, ParseError, StoreError};
+use crate::ingest::svix::{SvixError, SvixHeaders, verify_svix_signature};
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())

@@ -17,8 +17,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{SendError, Sent, clip, read_limited};
-use crate::config::Secret;
-use crate::pacer::Pacer;
+use crate::domain::Secret;
+use crate::providers::pacer::Pacer;
 
 #[derive(Debug)]
 pub struct MobizonClient {

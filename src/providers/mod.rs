@@ -1,8 +1,12 @@
 //! Outbound providers. Each is a small typed client that turns every answer
 //! into `Sent`, a temporary error (retry later) or a permanent one (fail the
 //! job now with the provider's own words).
+//!
+//! The providers room: the Resend and Mobizon clients and the pacer that
+//! keeps them within their rate limits. It uses `domain` only.
 
 pub mod mobizon;
+pub mod pacer;
 pub mod resend;
 
 use std::time::Duration;

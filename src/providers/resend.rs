@@ -24,8 +24,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{SendError, Sent, clip, read_limited};
-use crate::config::Secret;
-use crate::pacer::{Pacer, RateLimitHeaders};
+use crate::domain::Secret;
+use crate::providers::pacer::{Pacer, RateLimitHeaders};
 
 #[derive(Debug)]
 pub struct ResendClient {

@@ -7,9 +7,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use leadrelay::config::{MobizonSettings, ResendSettings, Secret, ServeConfig, WorkerSettings};
-use leadrelay::retry::Backoff;
+use leadrelay::config::{MobizonSettings, ResendSettings, ServeConfig};
+use leadrelay::domain::Secret;
 use leadrelay::serve::Application;
+use leadrelay::worker::WorkerSettings;
+use leadrelay::worker::retry::Backoff;
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -208,7 +210,8 @@ pub fn config(db_url: &str, providers: &Providers) -> ServeConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         product_url: PRODUCT_URL.into(),
         worker: fast_worker(),
-        resend_webhook_key: leadrelay::svix::SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap(),
+        resend_webhook_key: leadrelay::ingest::svix::SigningKey::parse(RESEND_WEBHOOK_SECRET)
+            .unwrap(),
         mobizon_webhook_token: Secret::new(MOBIZON_WEBHOOK_TOKEN),
         mobizon_webhook_secret: None,
         admin_token: Secret::new(ADMIN_TOKEN),
@@ -224,7 +227,7 @@ pub async fn start(config: ServeConfig) -> Application {
 }
 
 /// The dashboard's table, as it looks in the tracking project.
-pub const LEAD_TRACKING_TABLE: &str = leadrelay::lead_tracking::DASHBOARD_TABLE;
+pub const LEAD_TRACKING_TABLE: &str = leadrelay::worker::lead_tracking::DASHBOARD_TABLE;
 
 /// Rules with no delay, so inserted leads are due at once.
 pub const NO_DELAY: &str = "update public.notification_rules set delay = interval '0'";

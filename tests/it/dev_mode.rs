@@ -48,7 +48,7 @@ async fn dev_mode_sends_a_new_leads_email_and_sms_to_the_stand_in_providers() {
     assert!(text.contains("/ops"), "{text}");
     assert!(text.contains("insert into landing_leads"), "{text}");
 
-    let client = leadrelay::db::connect(&database_url).await.unwrap();
+    let client = leadrelay::store::connect(&database_url).await.unwrap();
     client
         .batch_execute("insert into landing_leads (name, email, phone, source) values ('Айгерим', 'aigerim@example.com', '+7 705 123 45 67', 'proftest_main')")
         .await
@@ -175,7 +175,7 @@ async fn dev_mode_sends_a_new_leads_email_and_sms_to_the_stand_in_providers() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(
-        leadrelay::db::connect(&format!("{database_url}?connect_timeout=2"))
+        leadrelay::store::connect(&format!("{database_url}?connect_timeout=2"))
             .await
             .is_err(),
         "the private PostgreSQL was stopped"
@@ -296,7 +296,7 @@ async fn doctor_passes_against_dev_mode_and_ctrl_c_with_the_output_pipe_closed_s
     .unwrap();
     let _ = child.wait().unwrap();
     assert!(
-        leadrelay::db::connect(&format!("{database_url}?connect_timeout=2"))
+        leadrelay::store::connect(&format!("{database_url}?connect_timeout=2"))
             .await
             .is_err(),
         "the private PostgreSQL was stopped"

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
+use leadrelay::cli::doctor::{self, Report, Status};
 use leadrelay::config::ServeArgs;
-use leadrelay::doctor::{self, Report, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

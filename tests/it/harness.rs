@@ -5,8 +5,9 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use leadrelay::cluster::{Cluster, ClusterOptions};
-use leadrelay::{db, dev};
+use leadrelay::cli::dev;
+use leadrelay::store;
+use leadrelay::store::cluster::{Cluster, ClusterOptions};
 use tokio_postgres::Client;
 
 pub const TEMPLATE_DB: &str = "leadrelay_template";
@@ -71,7 +72,7 @@ pub fn cluster() -> &'static Cluster {
                     .expect("migrate the template"),
             );
             // CREATE DATABASE ... TEMPLATE needs the template to have no sessions.
-            let admin = db::connect(&admin_url).await.expect("connect");
+            let admin = store::connect(&admin_url).await.expect("connect");
             admin
                 .batch_execute(&format!(
                     "select pg_terminate_backend(pid) from pg_stat_activity where datname = '{TEMPLATE_DB}' and pid <> pg_backend_pid()"
@@ -91,7 +92,7 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn client(&self) -> Client {
-        db::connect(&self.url).await.expect("connect test db")
+        store::connect(&self.url).await.expect("connect test db")
     }
 }
 
@@ -102,7 +103,7 @@ pub async fn fresh_db() -> TestDb {
         std::process::id(),
         NEXT_DB.fetch_add(1, Ordering::Relaxed)
     );
-    let admin = db::connect(&cluster.url("postgres"))
+    let admin = store::connect(&cluster.url("postgres"))
         .await
         .expect("connect");
     let sql = format!("create database {name} template {TEMPLATE_DB}");
@@ -115,7 +116,7 @@ pub async fn fresh_db() -> TestDb {
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            Err(e) => panic!("create {name}: {}", db::describe(&e)),
+            Err(e) => panic!("create {name}: {}", store::describe(&e)),
         }
     }
     TestDb {
@@ -132,14 +133,14 @@ pub async fn empty_db() -> TestDb {
         std::process::id(),
         NEXT_DB.fetch_add(1, Ordering::Relaxed)
     );
-    let admin = db::connect(&cluster.url("postgres"))
+    let admin = store::connect(&cluster.url("postgres"))
         .await
         .expect("connect");
     admin
         .batch_execute(&format!("create database {name} template template0"))
         .await
         .expect("create empty db");
-    let client = db::connect(&cluster.url(&name)).await.expect("connect");
+    let client = store::connect(&cluster.url(&name)).await.expect("connect");
     client
         .batch_execute(dev::SUPABASE_ROLES)
         .await
@@ -192,7 +193,7 @@ pub async fn insert_as_landing(
     let row = client
         .query_one(LANDING_INSERT, &[&name, &email, &phone, &source, &metadata])
         .await
-        .unwrap_or_else(|e| panic!("landing insert failed: {}", db::describe(&e)));
+        .unwrap_or_else(|e| panic!("landing insert failed: {}", store::describe(&e)));
     client
         .batch_execute("reset role")
         .await

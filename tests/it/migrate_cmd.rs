@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use leadrelay::migrate::{self, MigrateError};
+use leadrelay::store::migrate::{self, MigrateError};
 
 use crate::harness::{empty_db, insert_proftest_lead};
 
@@ -57,7 +57,7 @@ async fn every_migration_file_applies_twice_each_time_inside_one_transaction() {
                 panic!(
                     "round {round}, {}: {}",
                     m.version,
-                    leadrelay::db::describe(&e)
+                    leadrelay::store::describe(&e)
                 )
             });
             tx.commit().await.unwrap();

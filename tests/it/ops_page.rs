@@ -32,7 +32,7 @@ async fn a_person_signs_in_and_sees_leads_failures_and_the_funnel_in_chromium() 
     })
     .await;
     // Delivery reports: all delivered but Алия's email, which bounced.
-    let key = leadrelay::svix::SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap();
+    let key = leadrelay::ingest::svix::SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap();
     let http = reqwest::Client::new();
     for (i, lead) in leads.iter().enumerate() {
         let email_id: String = client

@@ -34,7 +34,7 @@ async fn every_operator_check_runs_against_the_schema_and_finds_the_incident_lea
         client
             .simple_query(&sql(file))
             .await
-            .unwrap_or_else(|e| panic!("{file}: {}", leadrelay::db::describe(&e)));
+            .unwrap_or_else(|e| panic!("{file}: {}", leadrelay::store::describe(&e)));
     }
     let failures = client
         .simple_query(&sql("02_failures_last_day.sql"))
@@ -76,7 +76,7 @@ async fn the_worker_runs_as_the_least_privilege_role() {
     let worker_url = db
         .url
         .replacen("postgres://postgres@", "postgres://leadrelay_worker@", 1);
-    let worker = leadrelay::db::connect(&worker_url).await.unwrap();
+    let worker = leadrelay::store::connect(&worker_url).await.unwrap();
     let denied = worker.batch_execute("delete from landing_leads").await;
     assert!(denied.is_err(), "it cannot delete leads");
     let denied = worker

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use leadrelay::db;
+use leadrelay::store;
 use uuid::Uuid;
 
 use crate::harness::{self, fresh_db, incident_fixture, insert_as_landing, insert_proftest_lead};
@@ -467,7 +467,9 @@ async fn pg_cron_really_runs_the_promotion_in_the_test_cluster() {
         );
     }
     harness::prepare_database(cluster, harness::CRON_DB).await;
-    let client = db::connect(&cluster.url(harness::CRON_DB)).await.unwrap();
+    let client = store::connect(&cluster.url(harness::CRON_DB))
+        .await
+        .unwrap();
     let jobs: i64 = client
         .query_one(
             "select count(*) from cron.job where jobname = 'promote-due-notification-jobs'",

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use leadrelay::cluster::{Cluster, StopMode};
-use leadrelay::db;
+use leadrelay::store;
+use leadrelay::store::cluster::{Cluster, StopMode};
 
 use crate::app;
 use crate::harness;
@@ -234,7 +234,7 @@ async fn every_sslmode_connects_exactly_where_psql_connects_and_says_why_where_i
     ];
     for (url, connects, why) in cases {
         assert_eq!(psql_connects(&url), connects, "psql with {url}");
-        match db::connect(&url).await {
+        match store::connect(&url).await {
             Ok(client) => {
                 assert!(connects, "leadrelay connected where psql refuses: {url}");
                 let ssl: bool = client
@@ -270,14 +270,14 @@ async fn serve_becomes_ready_over_verify_full_with_the_private_ca() {
         "postgresql://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={ca}",
         cluster.port()
     );
-    let admin = db::connect(&admin_url).await.expect("connect over TLS");
+    let admin = store::connect(&admin_url).await.expect("connect over TLS");
     admin
-        .batch_execute(leadrelay::dev::SUPABASE_ROLES)
+        .batch_execute(leadrelay::cli::dev::SUPABASE_ROLES)
         .await
         .unwrap();
-    leadrelay::migrate::apply(
-        &mut db::connect(&admin_url).await.unwrap(),
-        &leadrelay::migrate::embedded().unwrap(),
+    leadrelay::store::migrate::apply(
+        &mut store::connect(&admin_url).await.unwrap(),
+        &leadrelay::store::migrate::embedded().unwrap(),
     )
     .await
     .unwrap();

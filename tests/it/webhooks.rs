@@ -12,7 +12,7 @@ use crate::app::{
     RESEND_WEBHOOK_SECRET, config, count, eventually, start, unfinished,
 };
 use crate::harness::{fresh_db, insert_incident_leads, insert_proftest_lead};
-use leadrelay::svix::SigningKey;
+use leadrelay::ingest::svix::SigningKey;
 
 struct Api {
     base: String,
@@ -776,7 +776,7 @@ async fn with_mobizon_webhook_secret_set_a_report_needs_a_matching_sign_too() {
     let client = db.client().await;
     let providers = Providers::healthy().await;
     let mut cfg = config(&db.url, &providers);
-    cfg.mobizon_webhook_secret = Some(leadrelay::config::Secret::new("secret123"));
+    cfg.mobizon_webhook_secret = Some(leadrelay::domain::Secret::new("secret123"));
     let app = start(cfg).await;
     let api = Api::new(&app);
     let mut report = mobizon_report(77, "5001", "DELIVRD");
@@ -1100,7 +1100,7 @@ async fn with_the_database_really_down_a_webhook_still_gets_503() {
         200
     );
     cluster
-        .stop(leadrelay::cluster::StopMode::Immediate)
+        .stop(leadrelay::store::cluster::StopMode::Immediate)
         .unwrap();
     let response = api
         .resend_signed("msg_down", &resend_event("email.delivered", "y"))

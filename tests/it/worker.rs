@@ -471,7 +471,7 @@ async fn lead_tracking_rows_go_to_the_tracking_database_when_it_is_another_one()
     client.batch_execute(NO_DELAY).await.unwrap();
     let providers = Providers::healthy().await;
     let mut cfg = config(&db.url, &providers);
-    cfg.lead_tracking_database_url = Some(leadrelay::config::Secret::new(tracking.url.clone()));
+    cfg.lead_tracking_database_url = Some(leadrelay::domain::Secret::new(tracking.url.clone()));
     let app = start(cfg).await;
     let lead = one_lead(&client).await;
     eventually(
@@ -543,11 +543,11 @@ async fn a_tracking_database_that_is_down_delays_the_row_but_loses_nothing() {
 async fn every_queue_statement_prepares_against_the_migrated_schema() {
     let db = fresh_db().await;
     let client = db.client().await;
-    for sql in leadrelay::queue::all_statements() {
+    for sql in leadrelay::statements() {
         client
             .prepare(&sql)
             .await
-            .unwrap_or_else(|e| panic!("{}\n{sql}", leadrelay::db::describe(&e)));
+            .unwrap_or_else(|e| panic!("{}\n{sql}", leadrelay::store::describe(&e)));
     }
 }
 
@@ -804,7 +804,7 @@ async fn a_database_restart_loses_nothing_and_the_listener_comes_back() {
     let cluster = harness::new_cluster();
     harness::prepare_database(&cluster, "restart").await;
     let url = cluster.url("restart");
-    let client = leadrelay::db::connect(&url).await.unwrap();
+    let client = leadrelay::store::connect(&url).await.unwrap();
     client.batch_execute(NO_DELAY).await.unwrap();
     client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
     let providers = Providers::healthy().await;
@@ -820,11 +820,13 @@ async fn a_database_restart_loses_nothing_and_the_listener_comes_back() {
     .await;
     drop(client);
 
-    cluster.stop(leadrelay::cluster::StopMode::Fast).unwrap();
+    cluster
+        .stop(leadrelay::store::cluster::StopMode::Fast)
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.restart().unwrap();
 
-    let client = leadrelay::db::connect(&url).await.unwrap();
+    let client = leadrelay::store::connect(&url).await.unwrap();
     eventually(
         Duration::from_secs(30),
         "the listener reconnected",

@@ -15,9 +15,9 @@ use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
-use crate::db::{ConnInfo, describe};
-use crate::wakeups::Wakeups;
+use crate::domain::Secret;
+use crate::store::{ConnInfo, describe};
+use crate::worker::wakeups::Wakeups;
 
 pub const CHANNEL: &str = "notification_jobs";
 
@@ -72,7 +72,7 @@ async fn listen_once(
     first: &mut bool,
 ) -> Result<(), String> {
     let info = ConnInfo::parse(url.expose()).map_err(|e| e.to_string())?;
-    let (client, mut connection) = crate::db::open(&info).await.map_err(|e| e.to_string())?;
+    let (client, mut connection) = crate::store::open(&info).await.map_err(|e| e.to_string())?;
     let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<String>();
     let notify_target = Arc::clone(wakeups);
     let driver = tokio::spawn(async move {

@@ -8,9 +8,9 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use super::Check;
 use crate::config::{self, ServeArgs};
-use crate::db::tls::Verification;
-use crate::db::{self, ConnInfo, SslMode, describe};
-use crate::migrate;
+use crate::store::migrate;
+use crate::store::tls::Verification;
+use crate::store::{self, ConnInfo, SslMode, describe};
 
 /// Supabase's transaction pooler listens here; LISTEN cannot work through it.
 const TRANSACTION_POOLER_PORT: u16 = 6543;
@@ -26,7 +26,7 @@ pub async fn checks(url: &str) -> Vec<Check> {
             )];
         }
     };
-    let client = match db::open(&info).await {
+    let client = match store::open(&info).await {
         Ok((client, connection)) => {
             tokio::spawn(connection);
             client
@@ -138,7 +138,7 @@ async fn listen(info: &ConnInfo, _client: &Client) -> Check {
 
 async fn listen_round_trip(info: &ConnInfo) -> Result<Option<Duration>, String> {
     let channel = format!("leadrelay_doctor_{:08x}", rand::random::<u32>());
-    let (listener, mut connection) = db::open(info).await.map_err(|e| e.to_string())?;
+    let (listener, mut connection) = store::open(info).await.map_err(|e| e.to_string())?;
     let (heard_tx, mut heard_rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -153,7 +153,7 @@ async fn listen_round_trip(info: &ConnInfo) -> Result<Option<Duration>, String> 
             .batch_execute(&format!("listen {channel}"))
             .await
             .map_err(|e| describe(&e))?;
-        let (sender, sender_connection) = db::open(info).await.map_err(|e| e.to_string())?;
+        let (sender, sender_connection) = store::open(info).await.map_err(|e| e.to_string())?;
         tokio::spawn(sender_connection);
         let started = Instant::now();
         sender
@@ -496,7 +496,7 @@ pub async fn lead_tracking(args: &ServeArgs) -> Check {
         Ok(url) => url,
         Err(e) => return Check::fail(NAME, e.to_string(), format!("correct {name}")),
     };
-    let client = match db::connect(url.expose()).await {
+    let client = match store::connect(url.expose()).await {
         Ok(client) => client,
         Err(e) => {
             return Check::fail(

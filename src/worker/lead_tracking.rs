@@ -7,8 +7,8 @@
 
 use deadpool_postgres::Pool;
 
-use crate::db::describe;
-use crate::queue::ClaimedJob;
+use crate::store::describe;
+use crate::store::queue::ClaimedJob;
 
 /// The sales dashboard's table as it looks in the tracking project; `leadrelay
 /// dev` creates it so the whole flow runs locally, and the tests use it.

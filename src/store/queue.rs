@@ -11,26 +11,8 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::db::{describe, storable};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    Email,
-    Sms,
-    LeadTracking,
-}
-
-impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::LeadTracking];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Email => "email",
-            Channel::Sms => "sms",
-            Channel::LeadTracking => "lead_tracking",
-        }
-    }
-}
+use super::{describe, storable};
+pub use crate::domain::Channel;
 
 /// The end of both claims, after a data-modifying CTE `claimed` that updated
 /// `j`: the columns `claimed_job` reads, in its order, up to the batch key.
@@ -318,9 +300,19 @@ where channel = 'sms' and status = 'sent'
 order by coalesce(delivery_status_at, sent_at)
 limit $1";
 
+/// Applies the waiting events of messages $2 of providers $1, in one round
+/// trip; messages with none waiting cost one index probe.
+pub const APPLY_PENDING_MANY: &str = "
+select coalesce(sum(public.apply_pending_notification_events(t.provider, t.message_id)), 0)::int
+from unnest($1::text[], $2::text[]) as t(provider, message_id)
+where exists (select 1 from public.notification_events e
+               where e.applied_at is null and e.provider = t.provider
+                 and e.provider_message_id = t.message_id)";
+pub const APPLY_ALL_PENDING: &str = "select public.apply_all_pending_notification_events()";
+
 /// Every statement above, for the test that prepares each one against the
-/// migrated schema (a renamed column fails a test, not production).
-pub fn all_statements() -> Vec<String> {
+/// migrated schema (`crate::statements` adds the other rooms' statements).
+pub fn statements() -> Vec<String> {
     [
         CLAIM.to_string(),
         CLAIM_BATCHES.to_string(),
@@ -336,27 +328,10 @@ pub fn all_statements() -> Vec<String> {
         PG_CRON_HERE.to_string(),
         GLANCE.to_string(),
         SMS_AWAITING_STATUS.to_string(),
-        crate::delivery::RECORD_EVENT.to_string(),
-        crate::event_batches::RECORD_EVENTS.to_string(),
-        crate::delivery::APPLY_PENDING_MANY.to_string(),
-        crate::delivery::APPLY_ALL_PENDING.to_string(),
-        crate::metrics::JOBS_BY_STATUS.to_string(),
+        APPLY_PENDING_MANY.to_string(),
+        APPLY_ALL_PENDING.to_string(),
     ]
-    .into_iter()
-    .chain(crate::http::statements().iter().map(|s| s.to_string()))
-    .chain(
-        [
-            crate::ops_cli::BACKFILL_CANDIDATES,
-            crate::ops_cli::BACKFILL_INSERT,
-            crate::ops_cli::FIND_LEADS,
-            crate::ops_cli::LEAD_JOBS,
-            crate::ops_cli::RETRY_CANDIDATES,
-            crate::ops_cli::RETRY_UPDATE,
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    )
-    .collect()
+    .into()
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -751,9 +726,7 @@ impl Queue {
         };
         let providers = vec![provider; message_ids.len()];
         let client = self.pool.get().await?;
-        let st = client
-            .prepare_cached(crate::delivery::APPLY_PENDING_MANY)
-            .await?;
+        let st = client.prepare_cached(APPLY_PENDING_MANY).await?;
         Ok(client
             .query_one(&st, &[&providers, &message_ids])
             .await?
@@ -762,10 +735,7 @@ impl Queue {
 
     pub async fn apply_all_pending_events(&self) -> Result<i32, QueueError> {
         let client = self.pool.get().await?;
-        Ok(client
-            .query_one(crate::delivery::APPLY_ALL_PENDING, &[])
-            .await?
-            .get(0))
+        Ok(client.query_one(APPLY_ALL_PENDING, &[]).await?.get(0))
     }
 
     pub async fn sms_awaiting_status(&self, limit: i64) -> Result<Vec<String>, QueueError> {

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::listener::ListenerState;
+use crate::worker::listener::ListenerState;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

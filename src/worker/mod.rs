@@ -7,6 +7,18 @@
 //! batch plus the request timeout, so a job is never held while it waits
 //! behind others, and never re-sent while its request is still running.
 
+//!
+//! The worker room: the sweeper and the lanes here, with the listener and
+//! wake-ups, the retry schedule, sent-outcome grouping and the
+//! `lead_tracking` sync beside them. It uses `ingest`, `providers`, `store`,
+//! `messages` and `domain`; `http`, `config` and `serve` use it.
+
+pub mod lead_tracking;
+pub mod listener;
+pub mod retry;
+pub mod sent_batches;
+pub mod wakeups;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,14 +28,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::WorkerSettings;
 use crate::providers::mobizon::MobizonClient;
 use crate::providers::resend::{self, OutgoingEmail, ResendClient, Tag};
 use crate::providers::{SendError, Sent};
-use crate::queue::{BatchRetry, Channel, ClaimedJob, Outcome, Queue, QueueError};
+use crate::store::queue::{BatchRetry, Channel, ClaimedJob, Outcome, Queue, QueueError};
 
-use crate::wakeups::Wakeups;
-use crate::{lead_tracking, mask, recipients, templates};
+use crate::messages::{mask, recipients, templates};
+use crate::worker::wakeups::Wakeups;
 
 /// What one lane slot sends: one job, or the members of one email batch
 /// (one request to the batch endpoint).
@@ -72,6 +83,38 @@ fn group(jobs: Vec<ClaimedJob>) -> Vec<Work> {
     work
 }
 
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// How often the table is swept for due jobs even without a notification.
+    pub sweep_interval: std::time::Duration,
+    /// How long a claimed job is ours before another worker may rescue it.
+    pub lease: std::time::Duration,
+    /// The longest a provider request may take, connection included.
+    pub provider_timeout: std::time::Duration,
+    pub backoff: crate::worker::retry::Backoff,
+    /// Requests in flight per channel.
+    pub concurrency: usize,
+    /// How long SIGTERM waits for requests in flight.
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        use std::time::Duration;
+        WorkerSettings {
+            sweep_interval: Duration::from_secs(30),
+            lease: Duration::from_secs(120),
+            provider_timeout: Duration::from_secs(15),
+            backoff: crate::worker::retry::Backoff {
+                base: Duration::from_secs(30),
+                max: Duration::from_secs(3600),
+            },
+            concurrency: 4,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
 /// How often the sweeper looks for jobs that came in since (at most).
 const GLANCE_EVERY: Duration = Duration::from_secs(1);
 /// Where pg_cron does not prune (every 10 minutes), the sweep does, hourly:
@@ -93,7 +136,7 @@ pub struct Worker {
     pub settings: WorkerSettings,
     pub wakeups: Arc<Wakeups>,
     pub tasks: TaskTracker,
-    pub sent_batches: crate::sent_batches::SentBatches,
+    pub sent_batches: crate::worker::sent_batches::SentBatches,
 }
 
 impl Worker {
@@ -757,11 +800,14 @@ impl Worker {
             match self.mobizon.statuses(&ids).await {
                 Ok(statuses) => {
                     for (id, status, payload) in statuses {
-                        let Some(event) = crate::delivery::mobizon_polled(&id, &status, payload)
+                        let Some(event) =
+                            crate::ingest::delivery::mobizon_polled(&id, &status, payload)
                         else {
                             continue;
                         };
-                        if let Err(e) = crate::delivery::store(self.queue.pool(), &event).await {
+                        if let Err(e) =
+                            crate::ingest::delivery::store(self.queue.pool(), &event).await
+                        {
                             tracing::warn!(error = %e, "SMS status poll: storing a status failed");
                         }
                     }

@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use deadpool_postgres::Pool;
 use serde::Deserialize;
 
-use crate::db::describe;
+use crate::store::describe;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryEvent {
@@ -24,15 +24,15 @@ pub struct DeliveryEvent {
 
 impl DeliveryEvent {
     /// The event with every text PostgreSQL cannot hold made storable
-    /// (`crate::db::storable`); ids change the same way on every redelivery,
+    /// (`crate::store::storable`); ids change the same way on every redelivery,
     /// so a repeated event is still recognised.
     pub fn storable(mut self) -> DeliveryEvent {
-        crate::db::storable::string(&mut self.event_id);
-        crate::db::storable::string(&mut self.event_type);
+        crate::store::storable::string(&mut self.event_id);
+        crate::store::storable::string(&mut self.event_type);
         if let Some(id) = self.message_id.as_mut() {
-            crate::db::storable::string(id);
+            crate::store::storable::string(id);
         }
-        crate::db::storable::json(&mut self.payload);
+        crate::store::storable::json(&mut self.payload);
         self
     }
 }
@@ -303,15 +303,6 @@ impl Stored {
 
 pub const RECORD_EVENT: &str =
     "select public.record_notification_event($1, $2, $3, $4, $5, $6, $7)";
-/// Applies the waiting events of messages $2 of providers $1, in one round
-/// trip; messages with none waiting cost one index probe.
-pub const APPLY_PENDING_MANY: &str = "
-select coalesce(sum(public.apply_pending_notification_events(t.provider, t.message_id)), 0)::int
-from unnest($1::text[], $2::text[]) as t(provider, message_id)
-where exists (select 1 from public.notification_events e
-               where e.applied_at is null and e.provider = t.provider
-                 and e.provider_message_id = t.message_id)";
-pub const APPLY_ALL_PENDING: &str = "select public.apply_all_pending_notification_events()";
 
 /// Why an event was not stored, by whose fault: the database being away is
 /// ours (503, the provider delivers again later); a body the database

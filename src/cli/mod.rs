@@ -1,12 +1,21 @@
 //! The command line: `leadrelay <command>`, with configuration from the
 //! environment or flags of the same names.
+//!
+//! The operator's room, at the top: argument parsing and the commands
+//! (`dev`, `doctor`, `backfill`, `status`, `retry`, `migrate`). It may use
+//! every room; none uses it.
+
+pub mod dev;
+pub mod doctor;
+pub mod ops;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{config, db, dev, doctor, migrate, ops_cli, serve};
+use crate::store::{self, migrate};
+use crate::{config, serve};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -155,13 +164,13 @@ pub enum CliError {
     #[error(transparent)]
     Migrate(#[from] migrate::MigrateError),
     #[error(transparent)]
-    Db(#[from] db::DbError),
+    Db(#[from] store::DbError),
     #[error(transparent)]
     Dev(#[from] dev::DevError),
     #[error(transparent)]
     Serve(#[from] serve::ServeError),
     #[error(transparent)]
-    Ops(#[from] ops_cli::OpsError),
+    Ops(#[from] ops::OpsError),
 }
 
 pub async fn main() -> ExitCode {
@@ -190,7 +199,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Some(dir) => migrate::from_dir(dir)?,
                 None => migrate::embedded()?,
             };
-            let mut client = db::connect(url.expose()).await?;
+            let mut client = store::connect(url.expose()).await?;
             let report = migrate::apply(&mut client, &migrations).await?;
             println!(
                 "applied {} migration(s){}; {} already applied",
@@ -218,15 +227,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Dev(args) => Ok(dev::run(&args).await?),
         Command::Backfill(args) => {
-            let since = ops_cli::parse_time("--since", &args.since)?;
+            let since = ops::parse_time("--since", &args.since)?;
             let until = match &args.until {
-                Some(u) => ops_cli::parse_time("--until", u)?,
+                Some(u) => ops::parse_time("--until", u)?,
                 None => chrono::Utc::now(),
             };
             let mut client = connect(&args.db).await?;
-            ops_cli::backfill(
+            ops::backfill(
                 &mut client,
-                &ops_cli::BackfillRequest {
+                &ops::BackfillRequest {
                     since,
                     until,
                     source_pattern: args.source.clone(),
@@ -239,17 +248,17 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Status(args) => {
             let client = connect(&args.db).await?;
-            print!("{}", ops_cli::status(&client, &args.lead).await?);
+            print!("{}", ops::status(&client, &args.lead).await?);
             Ok(())
         }
         Command::Retry(args) => {
             let since = args
                 .failed_since
                 .as_deref()
-                .map(|t| ops_cli::parse_time("--failed-since", t))
+                .map(|t| ops::parse_time("--failed-since", t))
                 .transpose()?;
             let client = connect(&args.db).await?;
-            ops_cli::retry(&client, args.job, since, args.dry_run, args.yes).await?;
+            ops::retry(&client, args.job, since, args.dry_run, args.yes).await?;
             Ok(())
         }
         Command::Doctor(_) => Ok(()),
@@ -289,7 +298,7 @@ async fn run_doctor(args: DoctorArgs) -> ExitCode {
 
 async fn connect(arg: &DatabaseArg) -> Result<tokio_postgres::Client, CliError> {
     let url = config::database_url("DATABASE_URL", arg.database_url.as_deref())?;
-    Ok(db::connect(url.expose()).await?)
+    Ok(store::connect(url.expose()).await?)
 }
 
 fn init_tracing() {

@@ -16,8 +16,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 
-use crate::config::Secret;
-use crate::svix::SigningKey;
+use crate::domain::Secret;
+use crate::ingest::svix::SigningKey;
 
 struct StandInState {
     outbox: PathBuf,
@@ -68,7 +68,7 @@ pub async fn start(
         .layer(axum::middleware::map_response(
             |mut response: axum::response::Response| async move {
                 response.headers_mut().insert(
-                    crate::doctor::STAND_IN_HEADER,
+                    crate::cli::doctor::STAND_IN_HEADER,
                     axum::http::HeaderValue::from_static("dev"),
                 );
                 response

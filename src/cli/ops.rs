@@ -8,8 +8,8 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::db::describe;
-use crate::mask;
+use crate::messages::mask;
+use crate::store::describe;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -369,6 +369,18 @@ pub async fn retry(
     let n: i64 = client.query_one(RETRY_UPDATE, &[&ids]).await?.get(0);
     println!("{n} job(s) are due again");
     Ok(n)
+}
+
+/// The statements of these commands, for the prepare test (`crate::statements`).
+pub fn statements() -> [&'static str; 6] {
+    [
+        BACKFILL_CANDIDATES,
+        BACKFILL_INSERT,
+        FIND_LEADS,
+        LEAD_JOBS,
+        RETRY_CANDIDATES,
+        RETRY_UPDATE,
+    ]
 }
 
 #[cfg(test)]

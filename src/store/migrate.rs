@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use include_dir::{Dir, include_dir};
 use tokio_postgres::{Client, GenericClient};
 
-use crate::db::describe;
+use crate::store::describe;
 
 static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/supabase/migrations");
 

@@ -2,14 +2,18 @@
 //! PostgreSQL cluster under `.leadrelay/` (pg_cron preloaded when installed),
 //! shaped like a Supabase database, with the migrations applied.
 
+pub mod standin;
+
 use std::path::Path;
 
 use crate::cli::DevArgs;
-use crate::cluster::{Cluster, ClusterError, ClusterOptions, StopMode};
-use crate::config::{MobizonSettings, ResendSettings, Secret, ServeConfig, WorkerSettings};
-use crate::serve::{Application, ServeError};
-use crate::svix::SigningKey;
-use crate::{db, migrate, standin};
+use crate::config::{MobizonSettings, ResendSettings, ServeConfig};
+use crate::domain::Secret;
+use crate::ingest::svix::SigningKey;
+use crate::serve::{Application, ServeError, shutdown_signal};
+use crate::store::cluster::{Cluster, ClusterError, ClusterOptions, StopMode};
+use crate::store::{self, migrate};
+use crate::worker::WorkerSettings;
 
 /// The roles a Supabase database has, so that the migrations' grants and the
 /// landing's `service_role` inserts behave here as they do there.
@@ -39,7 +43,7 @@ pub enum DevError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
-    Db(#[from] db::DbError),
+    Db(#[from] store::DbError),
     #[error(transparent)]
     Migrate(#[from] migrate::MigrateError),
     #[error("dev mode: {0}")]
@@ -57,17 +61,17 @@ pub async fn create_migrated_database(
     name: &str,
 ) -> Result<tokio_postgres::Client, DevError> {
     if name != "postgres" {
-        let admin = db::connect(&cluster.url("postgres")).await?;
+        let admin = store::connect(&cluster.url("postgres")).await?;
         admin
             .batch_execute(&format!("create database \"{}\"", name.replace('"', "")))
             .await
-            .map_err(|e| DevError::Prepare(db::describe(&e)))?;
+            .map_err(|e| DevError::Prepare(store::describe(&e)))?;
     }
-    let mut client = db::connect(&cluster.url(name)).await?;
+    let mut client = store::connect(&cluster.url(name)).await?;
     client
         .batch_execute(SUPABASE_ROLES)
         .await
-        .map_err(|e| DevError::Prepare(db::describe(&e)))?;
+        .map_err(|e| DevError::Prepare(store::describe(&e)))?;
     migrate::apply(&mut client, &migrate::embedded()?).await?;
     Ok(client)
 }
@@ -86,9 +90,9 @@ pub async fn start_cluster(dir: &Path) -> Result<Cluster, DevError> {
     })?;
     let client = create_migrated_database(&cluster, "postgres").await?;
     client
-        .batch_execute(crate::lead_tracking::DASHBOARD_TABLE)
+        .batch_execute(crate::worker::lead_tracking::DASHBOARD_TABLE)
         .await
-        .map_err(|e| DevError::Prepare(db::describe(&e)))?;
+        .map_err(|e| DevError::Prepare(store::describe(&e)))?;
     Ok(cluster)
 }
 
@@ -109,7 +113,7 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
     let cluster = start_cluster(&args.dir).await?;
     let stop_cluster = StopClusterOnExit(&cluster);
     let url = cluster.url("postgres");
-    let client = db::connect(&url).await?;
+    let client = store::connect(&url).await?;
     if let Some(delay) = &args.delay {
         let delay = parse_delay(delay)?;
         client
@@ -118,7 +122,7 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
                 &[&delay.as_secs_f64()],
             )
             .await
-            .map_err(|e| DevError::Prepare(db::describe(&e)))?;
+            .map_err(|e| DevError::Prepare(store::describe(&e)))?;
     }
     let delay: String = client
         .query_one(
@@ -126,7 +130,7 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
             &[],
         )
         .await
-        .map_err(|e| DevError::Prepare(db::describe(&e)))?
+        .map_err(|e| DevError::Prepare(store::describe(&e)))?
         .get(0);
     drop(client);
 
@@ -319,25 +323,4 @@ fn persistent_secret(path: &Path, bytes: usize) -> Result<String, DevError> {
     std::fs::write(path, &value)
         .map_err(|e| DevError::Prepare(format!("{}: {e}", path.display())))?;
     Ok(value)
-}
-
-/// Ctrl-C in a terminal, SIGTERM from a service manager or `timeout`, SIGHUP
-/// when the terminal closes.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(mut term), Ok(mut hangup)) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-                _ = hangup.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::queue::{Channel, Queue, QueueError};
+use crate::store::queue::{Channel, Queue, QueueError};
 
 /// The most outcomes one statement records.
 const MAX_BATCH: usize = 500;
@@ -57,22 +57,9 @@ impl SentBatches {
     }
 }
 
-/// `first` and whatever else is already waiting, up to `max`, for one
-/// statement; no waiting for more, so a lone item goes at once.
-pub(crate) fn with_waiting<T>(first: T, rx: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
-    let mut items = vec![first];
-    while items.len() < max {
-        match rx.try_recv() {
-            Ok(item) => items.push(item),
-            Err(_) => break,
-        }
-    }
-    items
-}
-
 async fn run(queue: Queue, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.recv().await {
-        let batch = with_waiting(first, &mut rx, MAX_BATCH);
+        let batch = crate::store::grouping::with_waiting(first, &mut rx, MAX_BATCH);
         // One statement per channel: the mirror update joins on the lead,
         // which must appear once per statement.
         let mut by_channel: HashMap<Channel, Vec<Pending>> = HashMap::new();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::queue::Channel;
+use crate::domain::Channel;
 
 #[derive(Debug, Default)]
 pub struct Wakeups {

@@ -2,10 +2,6 @@
 //! the worker's pool, and readable text for database errors. Connection
 //! strings follow libpq (`conninfo`), TLS follows libpq's `sslmode` (`tls`).
 
-pub mod conninfo;
-pub mod storable;
-pub mod tls;
-
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -14,7 +10,8 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{AsyncMessage, Client, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
+use super::conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
+use super::tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

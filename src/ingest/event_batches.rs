@@ -9,7 +9,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::delivery::{self, DeliveryEvent, StoreError, Stored};
+use crate::ingest::delivery::{self, DeliveryEvent, StoreError, Stored};
 
 /// The most events one statement stores.
 const MAX_GROUP: usize = 256;
@@ -60,7 +60,7 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let group = crate::sent_batches::with_waiting(first, &mut rx, MAX_GROUP);
+        let group = crate::store::grouping::with_waiting(first, &mut rx, MAX_GROUP);
         let pool = pool.clone();
         tokio::spawn(async move {
             store_group(&pool, group).await;

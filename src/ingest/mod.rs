@@ -1,0 +1,15 @@
+//! The ingestion room: provider webhooks verified (Svix signatures), parsed
+//! into delivery events, made storable and stored in groups. It uses `store`
+//! and `domain`; `http` and `worker` use it.
+
+pub mod delivery;
+pub mod event_batches;
+pub mod svix;
+
+/// The statements of this room, for the prepare test (`crate::statements`).
+pub fn statements() -> Vec<String> {
+    vec![
+        delivery::RECORD_EVENT.to_string(),
+        event_batches::RECORD_EVENTS.to_string(),
+    ]
+}
