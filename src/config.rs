@@ -191,165 +191,201 @@ pub struct ServeArgs {
 }
 
 impl ServeConfig {
+    /// Each part in the order of the configuration table; the first value
+    /// that is missing or malformed stops here, named.
     pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
-        let defaults = WorkerSettings::default();
         let database_url = database_url("DATABASE_URL", args.database_url.as_deref())?;
-        let lead_tracking_database_url =
-            match args.lead_tracking_database_url.as_deref().map(str::trim) {
-                None | Some("") => None,
-                Some(v) => Some(self::database_url("LEAD_TRACKING_DATABASE_URL", Some(v))?),
-            };
-        let resend = ResendSettings {
-            api_key: Secret::new(required("RESEND_API_KEY", args.resend_api_key.as_deref())?),
-            api_url: http_url(
-                "RESEND_API_URL",
-                args.resend_api_url.as_deref(),
-                "https://api.resend.com",
-            )?,
-            from: email_from(args.email_from.as_deref())?,
-            max_rps: rate("RESEND_MAX_RPS", args.resend_max_rps.as_deref(), 2.0)?,
-            batch_size: match args.resend_batch_size.as_deref().map(str::trim) {
-                None | Some("") => crate::providers::resend::MAX_BATCH,
-                Some(v) => v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=crate::providers::resend::MAX_BATCH).contains(n))
-                    .ok_or(ConfigError::Malformed {
-                        name: "RESEND_BATCH_SIZE",
-                        reason:
-                            "expected a whole number from 1 (never batch) to 100 (Resend's limit)"
-                                .into(),
-                    })?,
-            },
-        };
-        let mobizon = MobizonSettings {
-            api_key: Secret::new(required(
-                "MOBIZON_API_KEY",
-                args.mobizon_api_key.as_deref(),
-            )?),
-            api_url: http_url(
-                "MOBIZON_API_URL",
-                args.mobizon_api_url.as_deref(),
-                "https://api.mobizon.kz",
-            )?,
-            from: match args.sms_from.as_deref().map(str::trim) {
-                None | Some("") => None,
-                Some(v) if v.chars().count() <= 20 && !v.chars().any(char::is_control) => {
-                    Some(v.to_string())
-                }
-                Some(_) => {
-                    return Err(ConfigError::Malformed {
-                        name: "SMS_FROM",
-                        reason: "a sender name is at most 20 printable characters".into(),
-                    });
-                }
-            },
-            max_rps: rate("MOBIZON_MAX_RPS", args.mobizon_max_rps.as_deref(), 5.0)?,
-        };
-        let listen_addr = match args.listen_addr.as_deref().map(str::trim) {
-            None | Some("") => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
-            Some(v) => v.parse().map_err(|_| ConfigError::Malformed {
-                name: "LISTEN_ADDR",
-                reason: "expected host:port with an IP address, e.g. 127.0.0.1:8080".into(),
-            })?,
-        };
-        let product_url = http_url("PRODUCT_URL", args.product_url.as_deref(), "")?;
-        let worker = WorkerSettings {
-            sweep_interval: duration(
-                "SWEEP_INTERVAL",
-                args.sweep_interval.as_deref(),
-                defaults.sweep_interval,
-            )?,
-            lease: duration("JOB_LEASE", args.job_lease.as_deref(), defaults.lease)?,
-            provider_timeout: duration(
-                "PROVIDER_TIMEOUT",
-                args.provider_timeout.as_deref(),
-                defaults.provider_timeout,
-            )?,
-            backoff: crate::worker::retry::Backoff {
-                base: duration(
-                    "RETRY_BASE_DELAY",
-                    args.retry_base_delay.as_deref(),
-                    defaults.backoff.base,
-                )?,
-                max: duration(
-                    "RETRY_MAX_DELAY",
-                    args.retry_max_delay.as_deref(),
-                    defaults.backoff.max,
-                )?,
-            },
-            concurrency: match args.worker_concurrency.as_deref().map(str::trim) {
-                None | Some("") => defaults.concurrency,
-                Some(v) => v.parse().ok().filter(|n| (1..=256).contains(n)).ok_or(
-                    ConfigError::Malformed {
-                        name: "WORKER_CONCURRENCY",
-                        reason: "expected a whole number from 1 to 256".into(),
-                    },
-                )?,
-            },
-            shutdown_grace: duration(
-                "SHUTDOWN_GRACE",
-                args.shutdown_grace.as_deref(),
-                defaults.shutdown_grace,
-            )?,
-        };
-        // A lease shorter than a request would let a second worker send a job
-        // the first is still sending.
-        if worker.lease < worker.provider_timeout * 2 {
-            return Err(ConfigError::Malformed {
-                name: "JOB_LEASE",
-                reason: format!(
-                    "must be at least twice PROVIDER_TIMEOUT ({}), or a slow request could be sent twice",
-                    humantime::format_duration(worker.provider_timeout)
-                ),
-            });
-        }
-        let resend_webhook_key = crate::ingest::svix::SigningKey::parse(required(
-            "RESEND_WEBHOOK_SECRET",
-            args.resend_webhook_secret.as_deref(),
-        )?)
-        .map_err(|reason| ConfigError::Malformed {
-            name: "RESEND_WEBHOOK_SECRET",
-            reason,
-        })?;
-        let mobizon_webhook_token = token(
-            "MOBIZON_WEBHOOK_TOKEN",
-            args.mobizon_webhook_token.as_deref(),
-        )?;
-        let admin_token = token("ADMIN_TOKEN", args.admin_token.as_deref())?;
-        let mobizon_webhook_secret = match args.mobizon_webhook_secret.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(v) if v.len() <= 512 && !v.chars().any(char::is_control) => Some(Secret::new(v)),
-            Some(_) => {
-                return Err(ConfigError::Malformed {
-                    name: "MOBIZON_WEBHOOK_SECRET",
-                    reason: "expected at most 512 printable characters".into(),
-                });
-            }
-        };
-        let mobizon_poll_interval = match args.mobizon_poll_interval.as_deref().map(str::trim) {
-            Some("off") | Some("0") => None,
-            other => Some(duration(
-                "MOBIZON_POLL_INTERVAL",
-                other,
-                std::time::Duration::from_secs(300),
-            )?),
-        };
+        let lead_tracking_database_url = optional(args.lead_tracking_database_url.as_deref())
+            .map(|v| database_url_of("LEAD_TRACKING_DATABASE_URL", v))
+            .transpose()?;
         Ok(ServeConfig {
             database_url,
             lead_tracking_database_url,
-            resend,
-            mobizon,
-            listen_addr,
-            product_url,
-            worker,
-            resend_webhook_key,
-            mobizon_webhook_token,
-            mobizon_webhook_secret,
-            admin_token,
-            mobizon_poll_interval,
+            resend: resend_settings(args)?,
+            mobizon: mobizon_settings(args)?,
+            listen_addr: listen_addr(args.listen_addr.as_deref())?,
+            product_url: http_url("PRODUCT_URL", args.product_url.as_deref(), "")?,
+            worker: worker_settings(args)?,
+            resend_webhook_key: resend_webhook_key(args.resend_webhook_secret.as_deref())?,
+            mobizon_webhook_token: token(
+                "MOBIZON_WEBHOOK_TOKEN",
+                args.mobizon_webhook_token.as_deref(),
+            )?,
+            mobizon_webhook_secret: mobizon_webhook_secret(args.mobizon_webhook_secret.as_deref())?,
+            admin_token: token("ADMIN_TOKEN", args.admin_token.as_deref())?,
+            mobizon_poll_interval: poll_interval(args.mobizon_poll_interval.as_deref())?,
             dev_outbox: None,
         })
+    }
+}
+
+/// A value that may be absent; blank counts as absent.
+fn optional(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn database_url_of(name: &'static str, value: &str) -> Result<Secret, ConfigError> {
+    database_url(name, Some(value))
+}
+
+fn resend_settings(args: &ServeArgs) -> Result<ResendSettings, ConfigError> {
+    Ok(ResendSettings {
+        api_key: Secret::new(required("RESEND_API_KEY", args.resend_api_key.as_deref())?),
+        api_url: http_url(
+            "RESEND_API_URL",
+            args.resend_api_url.as_deref(),
+            "https://api.resend.com",
+        )?,
+        from: email_from(args.email_from.as_deref())?,
+        max_rps: rate("RESEND_MAX_RPS", args.resend_max_rps.as_deref(), 2.0)?,
+        batch_size: batch_size(args.resend_batch_size.as_deref())?,
+    })
+}
+
+fn batch_size(value: Option<&str>) -> Result<usize, ConfigError> {
+    use crate::providers::resend::MAX_BATCH;
+    match optional(value) {
+        None => Ok(MAX_BATCH),
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_BATCH).contains(n))
+            .ok_or(ConfigError::Malformed {
+                name: "RESEND_BATCH_SIZE",
+                reason: "expected a whole number from 1 (never batch) to 100 (Resend's limit)"
+                    .into(),
+            }),
+    }
+}
+
+fn mobizon_settings(args: &ServeArgs) -> Result<MobizonSettings, ConfigError> {
+    Ok(MobizonSettings {
+        api_key: Secret::new(required(
+            "MOBIZON_API_KEY",
+            args.mobizon_api_key.as_deref(),
+        )?),
+        api_url: http_url(
+            "MOBIZON_API_URL",
+            args.mobizon_api_url.as_deref(),
+            "https://api.mobizon.kz",
+        )?,
+        from: sms_from(args.sms_from.as_deref())?,
+        max_rps: rate("MOBIZON_MAX_RPS", args.mobizon_max_rps.as_deref(), 5.0)?,
+    })
+}
+
+fn sms_from(value: Option<&str>) -> Result<Option<String>, ConfigError> {
+    match optional(value) {
+        None => Ok(None),
+        Some(v) if v.chars().count() <= 20 && !v.chars().any(char::is_control) => {
+            Ok(Some(v.to_string()))
+        }
+        Some(_) => Err(ConfigError::Malformed {
+            name: "SMS_FROM",
+            reason: "a sender name is at most 20 printable characters".into(),
+        }),
+    }
+}
+
+fn listen_addr(value: Option<&str>) -> Result<std::net::SocketAddr, ConfigError> {
+    match optional(value) {
+        None => Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
+        Some(v) => v.parse().map_err(|_| ConfigError::Malformed {
+            name: "LISTEN_ADDR",
+            reason: "expected host:port with an IP address, e.g. 127.0.0.1:8080".into(),
+        }),
+    }
+}
+
+fn worker_settings(args: &ServeArgs) -> Result<WorkerSettings, ConfigError> {
+    let defaults = WorkerSettings::default();
+    let worker = WorkerSettings {
+        sweep_interval: duration(
+            "SWEEP_INTERVAL",
+            args.sweep_interval.as_deref(),
+            defaults.sweep_interval,
+        )?,
+        lease: duration("JOB_LEASE", args.job_lease.as_deref(), defaults.lease)?,
+        provider_timeout: duration(
+            "PROVIDER_TIMEOUT",
+            args.provider_timeout.as_deref(),
+            defaults.provider_timeout,
+        )?,
+        backoff: crate::worker::retry::Backoff {
+            base: duration(
+                "RETRY_BASE_DELAY",
+                args.retry_base_delay.as_deref(),
+                defaults.backoff.base,
+            )?,
+            max: duration(
+                "RETRY_MAX_DELAY",
+                args.retry_max_delay.as_deref(),
+                defaults.backoff.max,
+            )?,
+        },
+        concurrency: concurrency(args.worker_concurrency.as_deref(), defaults.concurrency)?,
+        shutdown_grace: duration(
+            "SHUTDOWN_GRACE",
+            args.shutdown_grace.as_deref(),
+            defaults.shutdown_grace,
+        )?,
+    };
+    // A lease shorter than a request would let a second worker send a job
+    // the first is still sending.
+    if worker.lease < worker.provider_timeout * 2 {
+        return Err(ConfigError::Malformed {
+            name: "JOB_LEASE",
+            reason: format!(
+                "must be at least twice PROVIDER_TIMEOUT ({}), or a slow request could be sent twice",
+                humantime::format_duration(worker.provider_timeout)
+            ),
+        });
+    }
+    Ok(worker)
+}
+
+fn concurrency(value: Option<&str>, default: usize) -> Result<usize, ConfigError> {
+    match optional(value) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=256).contains(n))
+            .ok_or(ConfigError::Malformed {
+                name: "WORKER_CONCURRENCY",
+                reason: "expected a whole number from 1 to 256".into(),
+            }),
+    }
+}
+
+fn resend_webhook_key(value: Option<&str>) -> Result<crate::ingest::svix::SigningKey, ConfigError> {
+    crate::ingest::svix::SigningKey::parse(required("RESEND_WEBHOOK_SECRET", value)?).map_err(
+        |reason| ConfigError::Malformed {
+            name: "RESEND_WEBHOOK_SECRET",
+            reason,
+        },
+    )
+}
+
+fn mobizon_webhook_secret(value: Option<&str>) -> Result<Option<Secret>, ConfigError> {
+    match optional(value) {
+        None => Ok(None),
+        Some(v) if v.len() <= 512 && !v.chars().any(char::is_control) => Ok(Some(Secret::new(v))),
+        Some(_) => Err(ConfigError::Malformed {
+            name: "MOBIZON_WEBHOOK_SECRET",
+            reason: "expected at most 512 printable characters".into(),
+        }),
+    }
+}
+
+fn poll_interval(value: Option<&str>) -> Result<Option<std::time::Duration>, ConfigError> {
+    match value.map(str::trim) {
+        Some("off") | Some("0") => Ok(None),
+        other => Ok(Some(duration(
+            "MOBIZON_POLL_INTERVAL",
+            other,
+            std::time::Duration::from_secs(300),
+        )?)),
     }
 }
 

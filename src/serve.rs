@@ -47,6 +47,8 @@ pub struct Application {
 }
 
 impl Application {
+    /// Connects (checking the schema), binds the address, then starts the
+    /// listener, the worker, the SMS status poll and the HTTP server.
     pub async fn build(config: ServeConfig) -> Result<Application, ServeError> {
         let pool = store::pool(
             config.database_url.expose(),
@@ -58,53 +60,18 @@ impl Application {
             Some(url) => store::pool(url.expose(), config.worker.concurrency + 2).await?,
             None => pool.clone(),
         };
-        let http = http_client(config.worker.provider_timeout);
-        let worker_id = format!(
-            "{}-{}-{:08x}",
-            hostname(),
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let (tcp, addr) = bind(config.listen_addr).await?;
         let wakeups = Wakeups::new();
         let listener_state = Arc::new(ListenerState::default());
         let worker_tasks = TaskTracker::new();
         let other_tasks = TaskTracker::new();
-        let queue = Queue::new(pool.clone(), worker_id.clone());
-        let worker = Arc::new(Worker {
-            sent_batches: crate::worker::sent_batches::SentBatches::start(queue.clone()),
-            queue,
+        let worker = Arc::new(new_worker(
+            &config,
+            pool.clone(),
             tracking_pool,
-            resend: ResendClient::new(
-                http.clone(),
-                &config.resend.api_url,
-                config.resend.api_key.clone(),
-                config.resend.max_rps,
-            ),
-            email_from: config.resend.from.clone(),
-            email_batch_size: config.resend.batch_size,
-            mobizon: MobizonClient::new(
-                http,
-                &config.mobizon.api_url,
-                config.mobizon.api_key.clone(),
-                config.mobizon.from.clone(),
-                config.mobizon.max_rps,
-            ),
-            product_url: config.product_url.clone(),
-            settings: config.worker.clone(),
-            wakeups: Arc::clone(&wakeups),
-            tasks: worker_tasks.clone(),
-        });
-
-        let tcp = tokio::net::TcpListener::bind(config.listen_addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: config.listen_addr,
-                source,
-            })?;
-        let addr = tcp.local_addr().map_err(|source| ServeError::Bind {
-            addr: config.listen_addr,
-            source,
-        })?;
+            Arc::clone(&wakeups),
+            worker_tasks.clone(),
+        ));
 
         let cancel = CancellationToken::new();
         let http_cancel = CancellationToken::new();
@@ -121,29 +88,10 @@ impl Application {
             let token = cancel.clone();
             other_tasks.spawn(async move { poller.sms_status_loop(every, token).await });
         }
-
         crate::http::metrics::install();
-        let state = http::AppState {
-            events: crate::ingest::event_batches::EventBatches::start(pool.clone()),
-            pool,
-            listener: Arc::clone(&listener_state),
-            resend_key: config.resend_webhook_key.clone(),
-            mobizon_token: config.mobizon_webhook_token.clone(),
-            mobizon_secret: config.mobizon_webhook_secret.clone(),
-            admin_token: config.admin_token.clone(),
-            dev_outbox: config.dev_outbox.clone(),
-        };
-        let app = http::router(state);
-        let http_stop = http_cancel.clone();
-        other_tasks.spawn(async move {
-            let served = axum::serve(tcp, app)
-                .with_graceful_shutdown(async move { http_stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
-        tracing::info!(%addr, worker_id, "leadrelay serving");
+        let app = http::router(app_state(&config, pool, Arc::clone(&listener_state)));
+        other_tasks.spawn(serve_http(tcp, app, http_cancel.clone()));
+        tracing::info!(%addr, worker_id = worker.queue.worker_id(), "leadrelay serving");
         Ok(Application {
             addr,
             cancel,
@@ -182,6 +130,84 @@ impl Application {
     pub async fn run_until_signal(self) {
         shutdown_signal().await;
         self.shutdown().await;
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServeError> {
+    let bind_error = |source| ServeError::Bind { addr, source };
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let local = tcp.local_addr().map_err(bind_error)?;
+    Ok((tcp, local))
+}
+
+/// The worker with its clients, under an id unique to this process.
+fn new_worker(
+    config: &ServeConfig,
+    pool: deadpool_postgres::Pool,
+    tracking_pool: deadpool_postgres::Pool,
+    wakeups: Arc<Wakeups>,
+    tasks: TaskTracker,
+) -> Worker {
+    let http = http_client(config.worker.provider_timeout);
+    let worker_id = format!(
+        "{}-{}-{:08x}",
+        hostname(),
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let queue = Queue::new(pool, worker_id);
+    Worker {
+        sent_batches: crate::worker::sent_batches::SentBatches::start(queue.clone()),
+        queue,
+        tracking_pool,
+        resend: ResendClient::new(
+            http.clone(),
+            &config.resend.api_url,
+            config.resend.api_key.clone(),
+            config.resend.max_rps,
+        ),
+        email_from: config.resend.from.clone(),
+        email_batch_size: config.resend.batch_size,
+        mobizon: MobizonClient::new(
+            http,
+            &config.mobizon.api_url,
+            config.mobizon.api_key.clone(),
+            config.mobizon.from.clone(),
+            config.mobizon.max_rps,
+        ),
+        product_url: config.product_url.clone(),
+        settings: config.worker.clone(),
+        wakeups,
+        tasks,
+    }
+}
+
+fn app_state(
+    config: &ServeConfig,
+    pool: deadpool_postgres::Pool,
+    listener: Arc<ListenerState>,
+) -> http::AppState {
+    http::AppState {
+        events: crate::ingest::event_batches::EventBatches::start(pool.clone()),
+        pool,
+        listener,
+        resend_key: config.resend_webhook_key.clone(),
+        mobizon_token: config.mobizon_webhook_token.clone(),
+        mobizon_secret: config.mobizon_webhook_secret.clone(),
+        admin_token: config.admin_token.clone(),
+        dev_outbox: config.dev_outbox.clone(),
+    }
+}
+
+/// Serves until `stop` is cancelled, then lets requests in progress finish.
+async fn serve_http(tcp: tokio::net::TcpListener, app: axum::Router, stop: CancellationToken) {
+    let served = axum::serve(tcp, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP server stopped");
     }
 }
 

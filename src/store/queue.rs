@@ -477,6 +477,11 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// This process's worker id, which every claim's lease token carries.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
     pub fn new(pool: Pool, worker_id: String) -> Queue {
         Queue {
             pool,

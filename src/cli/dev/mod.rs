@@ -7,13 +7,12 @@ pub mod standin;
 use std::path::Path;
 
 use crate::cli::DevArgs;
-use crate::config::{MobizonSettings, ResendSettings, ServeConfig};
+use crate::config::ServeConfig;
 use crate::domain::Secret;
 use crate::ingest::svix::SigningKey;
 use crate::serve::{Application, ServeError, shutdown_signal};
 use crate::store::cluster::{Cluster, ClusterError, ClusterOptions, StopMode};
 use crate::store::{self, migrate};
-use crate::worker::WorkerSettings;
 
 /// The roles a Supabase database has, so that the migrations' grants and the
 /// landing's `service_role` inserts behave here as they do there.
@@ -113,8 +112,40 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
     let cluster = start_cluster(&args.dir).await?;
     let stop_cluster = StopClusterOnExit(&cluster);
     let url = cluster.url("postgres");
-    let client = store::connect(&url).await?;
-    if let Some(delay) = &args.delay {
+    let delay = apply_delay(&url, args.delay.as_deref()).await?;
+    let outbox = std::path::absolute(args.dir.join("outbox"))
+        .map_err(|e| DevError::Prepare(e.to_string()))?;
+    let secrets = DevSecrets::load(&args.dir)?;
+    let stand_in = standin::start(
+        outbox.clone(),
+        SigningKey::parse(&secrets.webhook_secret).map_err(DevError::Prepare)?,
+        Secret::new(secrets.mobizon_token.clone()),
+    )
+    .await
+    .map_err(|e| DevError::Prepare(format!("stand-in providers: {e}")))?;
+    // One set of settings, as `serve` would read them from the environment:
+    // what dev mode runs with is what `doctor --dev` checks.
+    let serve_args = serve_args(args, &url, &stand_in.url, &secrets);
+    write_dev_env(&args.dir, &serve_args)?;
+    let mut config =
+        ServeConfig::from_args(&serve_args).map_err(|e| DevError::Prepare(e.to_string()))?;
+    config.dev_outbox = Some(outbox.clone());
+    let app = Application::build(config).await?;
+    let base = format!("http://{}", app.local_addr());
+    stand_in.deliver_reports_to(base.clone());
+    say(&banner(args, &cluster, &base, &secrets, &outbox, &delay));
+    shutdown_signal().await;
+    app.shutdown().await;
+    drop(stop_cluster);
+    say("stopped\n");
+    Ok(())
+}
+
+/// `--delay` written to the email and SMS rules; returns the delay in force.
+async fn apply_delay(url: &str, delay: Option<&str>) -> Result<String, DevError> {
+    let client = store::connect(url).await?;
+    let prepare = |e: tokio_postgres::Error| DevError::Prepare(store::describe(&e));
+    if let Some(delay) = delay {
         let delay = parse_delay(delay)?;
         client
             .execute(
@@ -122,84 +153,72 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
                 &[&delay.as_secs_f64()],
             )
             .await
-            .map_err(|e| DevError::Prepare(store::describe(&e)))?;
+            .map_err(prepare)?;
     }
-    let delay: String = client
+    Ok(client
         .query_one(
             "select coalesce(string_agg(distinct delay::text, ', '), 'no rule') from public.notification_rules where enabled and channel in ('email', 'sms')",
             &[],
         )
         .await
-        .map_err(|e| DevError::Prepare(store::describe(&e)))?
-        .get(0);
-    drop(client);
+        .map_err(prepare)?
+        .get(0))
+}
 
-    let outbox = std::path::absolute(args.dir.join("outbox"))
-        .map_err(|e| DevError::Prepare(e.to_string()))?;
-    let admin_token = persistent_secret(&args.dir.join("admin-token"), 16)?;
-    let webhook_secret = format!(
-        "whsec_{}",
-        persistent_secret(&args.dir.join("webhook-secret"), 24)?
-    );
-    let resend_webhook_key = SigningKey::parse(&webhook_secret).map_err(DevError::Prepare)?;
-    let mobizon_token_text = persistent_secret(&args.dir.join("mobizon-token"), 16)?;
-    let mobizon_token = Secret::new(mobizon_token_text.clone());
-    let stand_in = standin::start(
-        outbox.clone(),
-        resend_webhook_key.clone(),
-        mobizon_token.clone(),
-    )
-    .await
-    .map_err(|e| DevError::Prepare(format!("stand-in providers: {e}")))?;
+/// The tokens dev mode keeps under its directory, so they survive restarts.
+struct DevSecrets {
+    admin_token: String,
+    webhook_secret: String,
+    mobizon_token: String,
+}
 
-    let config = ServeConfig {
-        database_url: Secret::new(url.clone()),
-        lead_tracking_database_url: None,
-        resend: ResendSettings {
-            api_key: Secret::new("re_dev_stand_in"),
-            api_url: stand_in.url.clone(),
-            from: "leadrelay dev <dev@example.com>".into(),
-            max_rps: 5.0,
-            batch_size: crate::providers::resend::MAX_BATCH,
-        },
-        mobizon: MobizonSettings {
-            api_key: Secret::new("dev_stand_in"),
-            api_url: stand_in.url.clone(),
-            from: None,
-            max_rps: 5.0,
-        },
-        listen_addr: args.listen,
-        product_url: args.product_url.clone(),
-        worker: WorkerSettings {
-            sweep_interval: std::time::Duration::from_secs(5),
-            ..WorkerSettings::default()
-        },
-        resend_webhook_key,
-        mobizon_webhook_token: mobizon_token,
-        mobizon_webhook_secret: None,
-        admin_token: Secret::new(admin_token.clone()),
-        mobizon_poll_interval: None,
-        dev_outbox: Some(outbox.clone()),
-    };
-    let app = Application::build(config).await?;
-    let base = format!("http://{}", app.local_addr());
-    stand_in.deliver_reports_to(base.clone());
-    write_dev_env(
-        &args.dir,
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("RESEND_API_KEY", "re_dev_stand_in"),
-            ("RESEND_API_URL", stand_in.url.as_str()),
-            ("EMAIL_FROM", "leadrelay dev <dev@example.com>"),
-            ("MOBIZON_API_KEY", "dev_stand_in"),
-            ("MOBIZON_API_URL", stand_in.url.as_str()),
-            ("PRODUCT_URL", args.product_url.as_str()),
-            ("RESEND_WEBHOOK_SECRET", webhook_secret.as_str()),
-            ("MOBIZON_WEBHOOK_TOKEN", mobizon_token_text.as_str()),
-            ("ADMIN_TOKEN", admin_token.as_str()),
-        ],
-    )?;
+impl DevSecrets {
+    fn load(dir: &Path) -> Result<DevSecrets, DevError> {
+        Ok(DevSecrets {
+            admin_token: persistent_secret(&dir.join("admin-token"), 16)?,
+            webhook_secret: format!(
+                "whsec_{}",
+                persistent_secret(&dir.join("webhook-secret"), 24)?
+            ),
+            mobizon_token: persistent_secret(&dir.join("mobizon-token"), 16)?,
+        })
+    }
+}
 
+fn serve_args(
+    args: &DevArgs,
+    url: &str,
+    stand_in: &str,
+    secrets: &DevSecrets,
+) -> crate::config::ServeArgs {
+    crate::config::ServeArgs {
+        database_url: Some(url.into()),
+        resend_api_key: Some("re_dev_stand_in".into()),
+        resend_api_url: Some(stand_in.into()),
+        email_from: Some("leadrelay dev <dev@example.com>".into()),
+        resend_max_rps: Some("5".into()),
+        mobizon_api_key: Some("dev_stand_in".into()),
+        mobizon_api_url: Some(stand_in.into()),
+        mobizon_max_rps: Some("5".into()),
+        listen_addr: Some(args.listen.to_string()),
+        product_url: Some(args.product_url.clone()),
+        sweep_interval: Some("5s".into()),
+        resend_webhook_secret: Some(secrets.webhook_secret.clone()),
+        mobizon_webhook_token: Some(secrets.mobizon_token.clone()),
+        admin_token: Some(secrets.admin_token.clone()),
+        mobizon_poll_interval: Some("off".into()),
+        ..Default::default()
+    }
+}
+
+fn banner(
+    args: &DevArgs,
+    cluster: &Cluster,
+    base: &str,
+    secrets: &DevSecrets,
+    outbox: &Path,
+    delay: &str,
+) -> String {
     let mut banner = String::new();
     if !cluster.has_pg_cron() {
         banner.push_str(
@@ -220,16 +239,13 @@ Check it as an operator would check production:
   leadrelay doctor --dev {dir}
 Ctrl-C stops leadrelay and its PostgreSQL.
 ",
+        admin_token = secrets.admin_token,
+        url = cluster.url("postgres"),
         token_file = args.dir.join("admin-token").display(),
         outbox = outbox.display(),
         dir = args.dir.display(),
     ));
-    say(&banner);
-    shutdown_signal().await;
-    app.shutdown().await;
-    drop(stop_cluster);
-    say("stopped\n");
-    Ok(())
+    banner
 }
 
 /// Writes to stdout, ignoring a closed pipe (`… | tee log` stopped with
@@ -245,15 +261,42 @@ fn say(text: &str) {
 /// owner may read them (they hold the dev tokens).
 const DEV_ENV: &str = "dev.env";
 
-fn write_dev_env(dir: &Path, settings: &[(&str, &str)]) -> Result<(), DevError> {
+/// The variables `dev.env` carries, and where each sits in `ServeArgs`:
+/// one table for writing the file and for reading it back.
+fn dev_env_fields(
+    args: &mut crate::config::ServeArgs,
+) -> [(&'static str, &mut Option<String>); 15] {
+    [
+        ("DATABASE_URL", &mut args.database_url),
+        ("RESEND_API_KEY", &mut args.resend_api_key),
+        ("RESEND_API_URL", &mut args.resend_api_url),
+        ("EMAIL_FROM", &mut args.email_from),
+        ("RESEND_MAX_RPS", &mut args.resend_max_rps),
+        ("MOBIZON_API_KEY", &mut args.mobizon_api_key),
+        ("MOBIZON_API_URL", &mut args.mobizon_api_url),
+        ("MOBIZON_MAX_RPS", &mut args.mobizon_max_rps),
+        ("LISTEN_ADDR", &mut args.listen_addr),
+        ("PRODUCT_URL", &mut args.product_url),
+        ("SWEEP_INTERVAL", &mut args.sweep_interval),
+        ("RESEND_WEBHOOK_SECRET", &mut args.resend_webhook_secret),
+        ("MOBIZON_WEBHOOK_TOKEN", &mut args.mobizon_webhook_token),
+        ("ADMIN_TOKEN", &mut args.admin_token),
+        ("MOBIZON_POLL_INTERVAL", &mut args.mobizon_poll_interval),
+    ]
+}
+
+fn write_dev_env(dir: &Path, args: &crate::config::ServeArgs) -> Result<(), DevError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(DEV_ENV);
     let mut text = String::from(
         "# written by `leadrelay dev` at each start; read by `leadrelay doctor --dev`\n",
     );
-    for (name, value) in settings {
-        text.push_str(&format!("{name}={value}\n"));
+    let mut args = args.clone();
+    for (name, value) in dev_env_fields(&mut args) {
+        if let Some(value) = value {
+            text.push_str(&format!("{name}={value}\n"));
+        }
     }
     std::fs::OpenOptions::new()
         .write(true)
@@ -279,20 +322,11 @@ pub fn fill_from_dev_env(args: &mut crate::config::ServeArgs, dir: &Path) -> Res
         let Some((name, value)) = line.split_once('=') else {
             continue;
         };
-        let field = match name {
-            "DATABASE_URL" => &mut args.database_url,
-            "RESEND_API_KEY" => &mut args.resend_api_key,
-            "RESEND_API_URL" => &mut args.resend_api_url,
-            "EMAIL_FROM" => &mut args.email_from,
-            "MOBIZON_API_KEY" => &mut args.mobizon_api_key,
-            "MOBIZON_API_URL" => &mut args.mobizon_api_url,
-            "PRODUCT_URL" => &mut args.product_url,
-            "RESEND_WEBHOOK_SECRET" => &mut args.resend_webhook_secret,
-            "MOBIZON_WEBHOOK_TOKEN" => &mut args.mobizon_webhook_token,
-            "ADMIN_TOKEN" => &mut args.admin_token,
-            _ => continue,
-        };
-        field.get_or_insert_with(|| value.to_string());
+        for (field_name, field) in dev_env_fields(args) {
+            if field_name == name {
+                field.get_or_insert_with(|| value.to_string());
+            }
+        }
     }
     Ok(())
 }

@@ -1,0 +1,300 @@
+//! The benchmark: `cargo bench --bench leadrelay`.
+//!
+//! Starts its own throwaway PostgreSQL cluster (pg_cron preloaded when
+//! installed), a local mock Resend and Mobizon that answer at once, and the
+//! real release binary (`leadrelay serve`), then runs every scenario and
+//! prints one table: each figure, the reference measured in the same run, the
+//! ratio and the target. References: PostgreSQL itself (the same INSERT on a
+//! table without leadrelay's trigger; a no-op HTTP route) and graphile-worker
+//! 0.16, installed from the npm registry into a temporary directory at run
+//! time (never committed; skipped with a note when Node or npm is missing).
+//!
+//! Figures, never assertions: nothing here fails on a slow machine.
+
+mod burst;
+mod graphile;
+mod insert;
+mod latency;
+mod mock;
+mod profile;
+mod scale;
+mod setup;
+mod table;
+mod webhooks;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use leadrelay::cli::dev;
+use leadrelay::ingest::svix::SigningKey;
+use leadrelay::store;
+use leadrelay::store::cluster::{Cluster, ClusterOptions};
+use rand::seq::SliceRandom;
+use tokio_postgres::Client;
+
+use burst::*;
+use graphile::*;
+use insert::*;
+use latency::*;
+use mock::*;
+use profile::*;
+use scale::*;
+use setup::*;
+use table::*;
+use webhooks::*;
+
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const LANDING_INSERT: &str = "\\set id random(1, 1000000000)\n\
+insert into TABLE (name, email, phone, source, metadata) values ('Айгерим', 'lead' || :id || '@gmail.com', '+7 (705) 123-45-67', 'proftest_main', '{\"answers\": [3, 1, 4, 1, 5], \"utm_source\": \"instagram\"}');\n";
+
+#[tokio::main]
+async fn main() {
+    let started = Instant::now();
+    let jobs: i64 = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let concurrency = std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "5".into());
+    // 1: every email on its own (the single endpoint), as without bursts
+    let email_batch = std::env::var("BENCH_EMAIL_BATCH").unwrap_or_else(|_| "100".into());
+    let mut rows = Vec::new();
+
+    let root = tempfile::Builder::new()
+        .prefix("leadrelay-bench-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let cluster = Cluster::start(&ClusterOptions {
+        root,
+        port: None,
+        ephemeral: false,
+        cron_database: "postgres".into(),
+    })
+    .expect("start cluster");
+    cluster
+        .remove_when_process_exits(std::process::id())
+        .unwrap();
+    println!(
+        "leadrelay benchmark: {} cores, PostgreSQL 15 {} pg_cron, everything on this machine (loopback)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        if cluster.has_pg_cron() {
+            "with"
+        } else {
+            "without"
+        }
+    );
+
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let profile = std::env::var("BENCH_PROFILE").is_ok();
+    if profile {
+        let admin = store::connect(&cluster.url("postgres")).await.unwrap();
+        admin
+            .batch_execute(
+                "alter system set shared_preload_libraries = 'pg_cron', 'pg_stat_statements'",
+            )
+            .await
+            .unwrap();
+        drop(admin);
+        cluster
+            .stop(leadrelay::store::cluster::StopMode::Fast)
+            .expect("stop");
+        cluster.restart().expect("restart with pg_stat_statements");
+        let admin = store::connect(&cluster.url("postgres")).await.unwrap();
+        admin
+            .batch_execute("alter system set pg_stat_statements.track = 'all'")
+            .await
+            .unwrap();
+        admin
+            .batch_execute("select pg_reload_conf()")
+            .await
+            .unwrap();
+    }
+    // 1. Lead insert cost.
+    if only.is_empty() || only == "insert" {
+        rows.extend(lead_insert_cost(&cluster).await);
+        if only == "insert" {
+            print_table(&rows);
+            return;
+        }
+    }
+
+    // The service, as deployed: the release binary against the mock providers.
+    let client = database(&cluster, "postgres").await;
+    client
+        .batch_execute("update notification_rules set enabled = (channel <> 'lead_tracking'), delay = interval '1 day'")
+        .await
+        .unwrap();
+    let mock = Arc::new(Mock::default());
+    let mock_url = start_mock(Arc::clone(&mock)).await;
+    if only == "scale" {
+        rows.push(scale(&cluster).await);
+        print_table(&rows);
+        return;
+    }
+    if only == "burst" {
+        rows.push(email_burst(&cluster, &client, &mock, &mock_url).await);
+        print_table(&rows);
+        return;
+    }
+    if only == "webhooks" {
+        // Sent emails to report on, without the processing run.
+        client
+            .batch_execute(
+                "insert into landing_leads (name, email, source)
+                 select 'Lead ' || g, 'lead' || g || '@mail.ru', 'proftest_bench' from generate_series(1, 5000) g;
+                 update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(),
+                        provider_message_id = 'email-bench-' || id where channel = 'email';",
+            )
+            .await
+            .unwrap();
+        let serve = spawn_serve(&cluster.url("postgres"), &mock_url, &[]);
+        serve.ready().await;
+        rows.push(webhook_ingestion(&client, &serve.base).await);
+        print_table(&rows);
+        return;
+    }
+    let spawned = Instant::now();
+    let serve = spawn_serve(
+        &cluster.url("postgres"),
+        &mock_url,
+        &[
+            ("WORKER_CONCURRENCY", &concurrency),
+            ("RESEND_BATCH_SIZE", &email_batch),
+        ],
+    );
+    serve.ready().await;
+    let startup = spawned.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_kib(serve.child.id());
+
+    // 2. Processing rate: `jobs` due jobs (half email, half SMS) drained end to end.
+    client
+        .execute(
+            "insert into landing_leads (name, email, phone, source)
+             select 'Lead ' || g, 'lead' || g || '@mail.ru', '+7 705 ' || lpad((g % 10000000)::text, 7, '0'), 'proftest_bench'
+             from generate_series(1, $1::int) g",
+            &[&((jobs / 2) as i32)],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("update notification_jobs set due_at = now() - interval '1 second' where status = 'scheduled'")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    client
+        .batch_execute("select promote_due_notification_jobs(1000000)")
+        .await
+        .unwrap();
+    let mut peak_rss = idle_rss;
+    until(Duration::from_secs(300), || {
+        peak_rss = peak_rss.max(rss_kib(serve.child.id()));
+        let client = &client;
+        async move {
+            // one index probe, so that polling costs the run little
+            !client
+                .query_one(
+                    "select exists (select 1 from notification_jobs where status in ('due', 'sending'))",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        }
+    })
+    .await;
+    let drained = t0.elapsed();
+    let sent = count(
+        &client,
+        "select count(*) from notification_jobs where status = 'sent'",
+    )
+    .await;
+    let rate = sent as f64 / drained.as_secs_f64();
+
+    let graphile = Graphile::install();
+    let graphile_url = {
+        let admin = store::connect(&cluster.url("postgres")).await.unwrap();
+        admin
+            .batch_execute("create database bench_graphile")
+            .await
+            .unwrap();
+        cluster.url("bench_graphile")
+    };
+    let reference = |args: &[&str]| match &graphile {
+        Ok(g) => g.run(&graphile_url, args),
+        Err(e) => Err(e.clone()),
+    };
+    let g_throughput = reference(&["throughput", &jobs.to_string(), "10"]);
+    rows.push(row_against(
+        &format!("processing rate, {jobs} due jobs"),
+        format!(
+            "{rate:.0} jobs/s ({concurrency} per channel, 2 channels, emails in batches of up to {email_batch})"
+        ),
+        against(
+            &g_throughput,
+            |v| {
+                format!(
+                    "graphile-worker: {:.0} jobs/s (concurrency 10)",
+                    v["jobs_per_second"].as_f64().unwrap_or(f64::NAN)
+                )
+            },
+            rate,
+            "jobs_per_second",
+            "",
+        ),
+        ">= 2x graphile-worker",
+    ));
+
+    if profile {
+        statement_profile(&client, "processing").await;
+    }
+    if only == "processing" {
+        print_table(&rows);
+        return;
+    }
+
+    // 3. Pickup latency: promotion commit → provider request, one job at a time.
+    rows.push(pickup_latency(&client, &mock, &reference).await);
+
+    // 4. Timing accuracy: 200 jobs due at the same future moment.
+    rows.push(timing_accuracy(&client, &mock, &reference).await);
+
+    // 5. Webhook ingestion: signed Resend events for sent emails, stored and applied.
+    rows.push(webhook_ingestion(&client, &serve.base).await);
+
+    // 6. Footprint.
+    rows.push(row(
+        "footprint",
+        format!(
+            "RSS {:.1} MB idle, {:.1} MB peak while processing; start-up {:.0} ms to /readyz",
+            idle_rss as f64 / 1024.0,
+            peak_rss as f64 / 1024.0,
+            startup.as_secs_f64() * 1000.0
+        ),
+        "-".into(),
+        "-".into(),
+        "<= 30 MB idle",
+    ));
+
+    // 7. Email burst against a Resend that enforces 2 requests/s.
+    drop(serve);
+    rows.push(email_burst(&cluster, &client, &mock, &mock_url).await);
+
+    // 8. Scale: claim latency with 10k and with 1M rows, mostly finished.
+    rows.push(scale(&cluster).await);
+
+    println!();
+    print_table(&rows);
+    println!("\n(took {:.0} s)", started.elapsed().as_secs_f64());
+}
