@@ -2,11 +2,12 @@
 //! one, and one lane per channel that claims due jobs and sends them.
 //!
 //! Lanes are independent, so a slow or failing provider never holds up the
-//! other channel. A lane claims only as many jobs as it has free request slots
-//! (`WORKER_CONCURRENCY`), and its lease covers the provider's pacing of that
-//! batch plus the request timeout, so a job is never held while it waits
-//! behind others, and never re-sent while its request is still running.
-
+//! other channel. A lane claims up to four times `WORKER_CONCURRENCY` jobs
+//! ahead, so one claim serves many requests under load; at most
+//! `WORKER_CONCURRENCY` requests are in flight. The claim's lease covers the
+//! provider's pacing of the whole claim plus the request timeout, so a job is
+//! never re-sent while its request is still running, and a job that waited
+//! until its lease was nearly over is given back unsent.
 //!
 //! The worker room: the sweeper and the lanes here, with the listener and
 //! wake-ups, the retry schedule, sent-outcome grouping and the
@@ -284,8 +285,12 @@ impl Worker {
         // singles) is still safe, since a job whose lease runs short before
         // its request is given back unsent.
         let lease = self.lease_for(channel, ahead);
-        let batching = channel == Channel::Email && self.email_batch_size > 1;
-        if batching {
+        // Batches already made are always claimed (their members carry their
+        // key and are skipped by the plain claim), whatever
+        // RESEND_BATCH_SIZE says now: it decides only whether new ones are
+        // made. Otherwise a batch waiting for its retry when an operator sets
+        // RESEND_BATCH_SIZE=1 would stay due for good.
+        if channel == Channel::Email {
             let again = self
                 .queue
                 .claim_batches(self.settings.concurrency as i64, lease)
@@ -295,6 +300,7 @@ impl Worker {
                 return Ok(work);
             }
         }
+        let batching = channel == Channel::Email && self.email_batch_size > 1;
         let limit = if batching {
             self.email_batch_size
         } else {

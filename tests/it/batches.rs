@@ -408,3 +408,53 @@ async fn a_batch_resend_already_accepted_with_other_contents_fails_and_is_not_se
         3
     );
 }
+
+#[tokio::test]
+async fn a_batch_waiting_for_its_retry_still_goes_after_batches_are_turned_off() {
+    let (db, client) = email_burst(5).await;
+    // First run: batches of up to 100; Resend fails the batch once.
+    let failing = Providers::empty().await;
+    batch_endpoint_answers(
+        &failing,
+        ResponseTemplate::new(500).set_body_json(
+            serde_json::json!({"statusCode": 500, "name": "internal_server_error", "message": "try again"}),
+        ),
+    )
+    .await;
+    let mut cfg = config(&db.url, &failing);
+    cfg.resend.batch_size = 100;
+    let app = start(cfg).await;
+    eventually(Duration::from_secs(20), "the batch failed once", || async {
+        count(&client, "select count(*) from notification_jobs where channel = 'email' and batch_key is not null and attempts >= 1 and status in ('scheduled', 'due')").await == 5
+    })
+    .await;
+    app.shutdown().await;
+    assert!(!failing.emails().await.is_empty());
+    let key: String = client
+        .query_one(
+            "select distinct batch_key from notification_jobs where channel = 'email'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    // Second run: an operator set RESEND_BATCH_SIZE=1.
+    let healthy = Providers::empty().await;
+    healthy.mount_resend(ResendLike::new(Duration::ZERO)).await;
+    send_everything(&db, &client, &healthy, 1).await;
+    let requests = healthy.emails().await;
+    assert_eq!(
+        the_one_batch(&requests),
+        key,
+        "the batch went again, whole, with its key"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'email' and status = 'sent'"
+        )
+        .await,
+        5
+    );
+}
