@@ -34,7 +34,7 @@ pub fn spec() -> serde_json::Value {
                     "400": error_response("missing header or malformed body"),
                     "401": error_response("bad signature, or timestamp more than 5 minutes from now"),
                     "413": {"description": "body larger than 256 KiB"},
-                    "422": error_response("unknown event type"),
+                    "422": error_response("the event holds data the database cannot store"),
                     "503": error_response("not stored; deliver again later")
                 }
             }},
@@ -47,7 +47,7 @@ pub fn spec() -> serde_json::Value {
                     "400": error_response("malformed body"),
                     "401": error_response("missing or wrong token"),
                     "413": {"description": "body larger than 256 KiB"},
-                    "422": error_response("unknown event type"),
+                    "422": error_response("the event holds data the database cannot store"),
                     "503": error_response("not stored; deliver again later")
                 }
             }},

@@ -1,7 +1,7 @@
 //! `POST /webhooks/resend` (Svix-signed) and `POST /webhooks/mobizon`
 //! (authenticated by `MOBIZON_WEBHOOK_TOKEN` in the URL). An event is stored
-//! before we answer 2xx; a bad signature, a wrong token, a malformed body or an
-//! unknown event type gets a 4xx and changes nothing; a database outage gets
+//! before we answer 2xx, an event of a type we do not know too; a bad
+//! signature, a wrong token or a malformed body gets a 4xx and changes nothing; a database outage gets
 //! a 503 so the provider delivers it again later. Text PostgreSQL cannot hold
 //! (NUL) is made storable first; a body the database still refuses is the
 //! request's fault and gets a 422, never a 503 that would be retried for days.
@@ -24,16 +24,8 @@ fn count(provider: &'static str, outcome: &'static str) {
 }
 
 fn parse_error(provider: &'static str, e: ParseError) -> ApiError {
-    match e {
-        ParseError::UnknownType(_) => {
-            count(provider, "unknown_type");
-            ApiError::Unprocessable(e.to_string())
-        }
-        _ => {
-            count(provider, "malformed");
-            ApiError::BadRequest(e.to_string())
-        }
-    }
+    count(provider, "malformed");
+    ApiError::BadRequest(e.to_string())
 }
 
 async fn store(
@@ -41,6 +33,11 @@ async fn store(
     event: DeliveryEvent,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let event = event.storable();
+    if !event.recognised {
+        // A type added by the provider after this release: kept, answered
+        // 2xx, so it costs nothing and is there to read.
+        count(event.provider, "unknown_type");
+    }
     let (provider, event_id) = (event.provider, event.event_id.clone());
     let (event_type, message_id) = (event.event_type.clone(), event.message_id.clone());
     match state.events.store(event).await {

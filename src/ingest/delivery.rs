@@ -19,6 +19,8 @@ pub struct DeliveryEvent {
     pub occurred_at: Option<DateTime<Utc>>,
     /// Our name for the state the event reports; None for events without one.
     pub delivery_status: Option<&'static str>,
+    /// False for a type this release does not know: stored all the same.
+    pub recognised: bool,
     pub payload: serde_json::Value,
 }
 
@@ -43,16 +45,16 @@ pub enum ParseError {
     NotJson(String),
     #[error("body is not a {0} event: {1}")]
     Shape(&'static str, String),
-    #[error("unknown event type {0:?}")]
-    UnknownType(String),
     #[error("{0}")]
     Invalid(String),
 }
 
-/// Resend's event types and the delivery state each reports. Contact and
-/// domain events, and `email.scheduled`, are accepted and carry no state.
-fn resend_status(event_type: &str) -> Result<Option<&'static str>, ParseError> {
-    Ok(match event_type {
+/// Resend's event types and the delivery state each reports: `Known(None)`
+/// for the ones that carry no state (contact, domain and suppression-list
+/// events, `email.scheduled`), `Unknown` for a type Resend added after this
+/// release, which is stored and answered 2xx all the same.
+fn resend_status(event_type: &str) -> EventKind {
+    EventKind::Known(match event_type {
         "email.sent" => Some("sent"),
         "email.delivered" => Some("delivered"),
         "email.delivery_delayed" => Some("delivery_delayed"),
@@ -61,10 +63,18 @@ fn resend_status(event_type: &str) -> Result<Option<&'static str>, ParseError> {
         "email.opened" => Some("opened"),
         "email.clicked" => Some("clicked"),
         "email.failed" => Some("failed"),
+        "email.suppressed" => Some("suppressed"),
         "email.scheduled" | "email.received" => None,
+        "suppression.added" | "suppression.removed" => None,
         t if t.starts_with("contact.") || t.starts_with("domain.") => None,
-        other => return Err(ParseError::UnknownType(other.chars().take(100).collect())),
+        _ => return EventKind::Unknown,
     })
+}
+
+/// Whether this release knows an event type, and the state it reports.
+enum EventKind {
+    Known(Option<&'static str>),
+    Unknown,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,7 +94,10 @@ pub fn parse_resend(svix_id: &str, body: &[u8]) -> Result<DeliveryEvent, ParseEr
         serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
     let envelope: ResendEnvelope = serde_json::from_value(payload.clone())
         .map_err(|e| ParseError::Shape("Resend", e.to_string()))?;
-    let delivery_status = resend_status(&envelope.event_type)?;
+    let (recognised, delivery_status) = match resend_status(&envelope.event_type) {
+        EventKind::Known(status) => (true, status),
+        EventKind::Unknown => (false, None),
+    };
     let message_id = envelope
         .data
         .get("email_id")
@@ -112,6 +125,7 @@ pub fn parse_resend(svix_id: &str, body: &[u8]) -> Result<DeliveryEvent, ParseEr
         message_id,
         occurred_at: envelope.created_at.as_deref().and_then(parse_time),
         delivery_status,
+        recognised,
         payload,
     })
 }
@@ -187,19 +201,21 @@ pub fn parse_mobizon(body: &[u8]) -> Result<DeliveryEvent, ParseError> {
                 message_id: Some(message_id),
                 occurred_at: occurred,
                 delivery_status: Some(status),
+                recognised: true,
                 payload,
             })
         }
-        t if t.starts_with("form-") => Ok(DeliveryEvent {
+        // Form events, and any type Mobizon adds later: stored, no state.
+        other => Ok(DeliveryEvent {
             provider: "mobizon",
             event_id: format!("webhook-{event_id}"),
+            recognised: other.starts_with("form-"),
             event_type: envelope.event_type,
             message_id: None,
             occurred_at: envelope.created.as_deref().and_then(parse_time),
             delivery_status: None,
             payload,
         }),
-        other => Err(ParseError::UnknownType(other.chars().take(100).collect())),
     }
 }
 
@@ -254,6 +270,7 @@ pub fn mobizon_polled(
             .and_then(|v| v.as_str())
             .and_then(parse_time),
         delivery_status: Some(status),
+        recognised: true,
         payload,
     })
 }
@@ -423,13 +440,23 @@ mod tests {
             parse_resend("m", br#"{"data":{}}"#),
             Err(ParseError::Shape(..))
         ));
-        assert!(matches!(
-            parse_resend(
-                "m",
-                br#"{"type":"email.teleported","data":{"email_id":"x"}}"#
-            ),
-            Err(ParseError::UnknownType(_))
-        ));
+        let unknown = parse_resend(
+            "m",
+            br#"{"type":"email.teleported","data":{"email_id":"x"}}"#,
+        )
+        .unwrap();
+        assert!(!unknown.recognised && unknown.delivery_status.is_none());
+        let suppressed = parse_resend(
+            "m",
+            br#"{"type":"email.suppressed","data":{"email_id":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(suppressed.delivery_status, Some("suppressed"));
+        for t in ["suppression.added", "suppression.removed"] {
+            let body = format!(r#"{{"type":"{t}","data":{{"id":"s1","email":"a@b.kz"}}}}"#);
+            let event = parse_resend("m", body.as_bytes()).unwrap();
+            assert!(event.recognised && event.delivery_status.is_none(), "{t}");
+        }
         assert!(matches!(
             parse_resend("m", br#"{"type":"email.delivered","data":{}}"#),
             Err(ParseError::Invalid(_))
@@ -480,10 +507,9 @@ mod tests {
             Err(ParseError::Invalid(_))
         ));
         assert!(matches!(parse_mobizon(br#"{"eventId":1,"eventType":"sms-delivery-report","data":{"messageId":5,"status":"LOST"}}"#), Err(ParseError::Invalid(_))));
-        assert!(matches!(
-            parse_mobizon(br#"{"eventId":1,"eventType":"call-report","data":{}}"#),
-            Err(ParseError::UnknownType(_))
-        ));
+        let unknown =
+            parse_mobizon(br#"{"eventId":1,"eventType":"call-report","data":{}}"#).unwrap();
+        assert!(!unknown.recognised && unknown.delivery_status.is_none());
         let form = br#"{"eventId":40,"eventType":"form-submission","eventCreateTs":"2026-01-15 16:53:30","data":{"formId":846}}"#;
         assert_eq!(parse_mobizon(form).unwrap().delivery_status, None);
     }

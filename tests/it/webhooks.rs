@@ -186,11 +186,12 @@ async fn bad_signatures_timestamps_headers_and_bodies_are_refused_and_change_not
     }
     // signed, but malformed or of an unknown type
     assert_eq!(api.resend_signed("msg_j", b"{not json").await.status(), 400);
+    // a type Resend adds later is kept and answered 2xx, never refused
     assert_eq!(
         api.resend_signed("msg_u", &resend_event("email.teleported", "e1"))
             .await
             .status(),
-        422
+        200
     );
     assert_eq!(
         api.resend_signed("msg_n", br#"{"type":"email.delivered","data":{}}"#)
@@ -203,7 +204,11 @@ async fn bad_signatures_timestamps_headers_and_bodies_are_refused_and_change_not
     let response = api.resend_signed("msg_big", &huge).await;
     assert_eq!(response.status(), 413);
 
-    assert_eq!(events(&client).await, 0, "nothing was stored");
+    assert_eq!(
+        events(&client).await,
+        1,
+        "only the well-formed event of an unknown type was stored"
+    );
     app.shutdown().await;
 }
 
@@ -253,10 +258,13 @@ async fn arbitrary_signed_bytes_never_cause_a_server_error_or_a_stored_event() {
             "mobizon body {i}: {token_status}"
         );
     }
-    // Whatever was accepted was a well-formed event; nothing else was stored.
+    // Whatever was accepted was a well-formed event (of a known type or
+    // not); nothing else was stored, and no unknown type moved a state.
     let stored = events(&client).await;
-    let malformed: i64 = count(&client, "select count(*) from notification_events where event_type not like 'email.%' and event_type not like 'sms-%' and event_type not like 'form-%' and event_type not like 'contact.%' and event_type not like 'domain.%'").await;
+    let malformed: i64 = count(&client, "select count(*) from notification_events where jsonb_typeof(payload) <> 'object' or (payload ->> 'type' is null and payload ->> 'eventType' is null)").await;
     assert_eq!(malformed, 0, "{stored} stored");
+    let moved: i64 = count(&client, "select count(*) from notification_events where delivery_status is not null and event_type not like 'email.%' and event_type not like 'sms-%'").await;
+    assert_eq!(moved, 0);
     app.shutdown().await;
 }
 
@@ -307,7 +315,7 @@ async fn the_mobizon_webhook_needs_its_token() {
         )
         .await
         .status(),
-        422
+        200
     );
     app.shutdown().await;
 }
@@ -1124,5 +1132,101 @@ async fn with_the_database_really_down_a_webhook_still_gets_503() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status, 200, "stored once the database is back");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_suppressed_email_ends_in_a_final_failure_with_its_reason_and_suppression_list_events_are_kept()
+ {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let lead = insert_proftest_lead(&client, "Suppressed", "gone@mail.ru").await;
+    client
+        .execute(
+            "update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = 'em-supp' where lead_id = $1 and channel = 'email'",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    let response = api
+        .resend_signed("msg_supp", &resend_event("email.suppressed", "em-supp"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let row = client
+        .query_one(
+            "select j.delivery_status, j.last_error, l.email_delivery_status, l.email_error from notification_jobs j join landing_leads l on l.id = j.lead_id where j.provider_message_id = 'em-supp'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "suppressed");
+    assert!(row.get::<_, String>(1).contains("suppression list"));
+    assert_eq!(row.get::<_, String>(2), "suppressed");
+    assert!(row.get::<_, String>(3).contains("suppression list"));
+    // a later delivered report does not move it back
+    api.resend_signed("msg_supp_late", &resend_event("email.delivered", "em-supp"))
+        .await;
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs where provider_message_id = 'em-supp' and delivery_status = 'suppressed'").await,
+        1
+    );
+    for (id, t) in [
+        ("msg_sa", "suppression.added"),
+        ("msg_sr", "suppression.removed"),
+    ] {
+        let body = serde_json::to_vec(&serde_json::json!({"type": t, "created_at": "2026-11-24T12:00:00Z", "data": {"id": "s1", "email": "gone@mail.ru"}})).unwrap();
+        assert_eq!(api.resend_signed(id, &body).await.status(), 200, "{t}");
+    }
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains(r#"outcome="unknown_type""#),
+        "known types are not counted as unknown"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_mobizon_report_writes_only_our_words_into_the_error_columns() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let lead = insert_proftest_lead(&client, "Forged", "f@mail.ru").await;
+    client
+        .execute(
+            "update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = '7001' where lead_id = $1 and channel = 'sms'",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    let mut report = mobizon_report(91, "7001", "UNDELIV");
+    report["data"]["bounce"] =
+        serde_json::json!({"message": "Call +7 700 000 0000 to unlock your account"});
+    report["data"]["failed"] = serde_json::json!({"reason": "visit evil.example"});
+    assert_eq!(
+        api.mobizon(MOBIZON_WEBHOOK_TOKEN, &report).await.status(),
+        200
+    );
+    let (job_error, lead_error): (String, String) = {
+        let row = client
+            .query_one("select j.last_error, l.sms_error from notification_jobs j join landing_leads l on l.id = j.lead_id where j.provider_message_id = '7001'", &[])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(job_error, "Mobizon: the SMS was not delivered (UNDELIV)");
+    assert_eq!(lead_error, job_error);
     app.shutdown().await;
 }
