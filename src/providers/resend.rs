@@ -79,10 +79,15 @@ pub fn key_used_with_other_contents(message: &str) -> bool {
     message.starts_with("resend 409 invalid_idempotent_request")
 }
 
-/// The key Resend deduplicates on: the job id alone, so every attempt of a
-/// job, from any worker, carries the same one.
-pub fn idempotency_key(job_id: i64) -> String {
-    format!("leadrelay-job-{job_id}")
+/// The key Resend deduplicates a lone email on: the one the job's first
+/// claim stored (`leadrelay-<lead uuid>-<template>`, unique across
+/// databases), so every attempt of a job, from any worker, carries the same
+/// one. A job claimed before keys were stored falls back to its id.
+pub fn idempotency_key(job_id: i64, stored: Option<&str>) -> String {
+    match stored {
+        Some(key) if !key.is_empty() => key.to_string(),
+        _ => format!("leadrelay-job-{job_id}"),
+    }
 }
 
 impl ResendClient {
@@ -390,7 +395,11 @@ mod tests {
 
     #[test]
     fn idempotency_keys_depend_on_the_job_alone_and_fit_resends_limit() {
-        assert_eq!(idempotency_key(42), "leadrelay-job-42");
-        assert!(idempotency_key(i64::MAX).len() <= 256);
+        assert_eq!(idempotency_key(42, None), "leadrelay-job-42");
+        assert_eq!(
+            idempotency_key(42, Some("leadrelay-3f1c-proftest_result")),
+            "leadrelay-3f1c-proftest_result"
+        );
+        assert!(idempotency_key(i64::MAX, None).len() <= 256);
     }
 }

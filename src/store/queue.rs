@@ -21,12 +21,12 @@ macro_rules! claimed_rows {
     () => {
         "  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
             coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
-            j.batch_key
+            j.batch_key, j.idempotency_key
 )
 select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
        l.id is not null as lead_exists, l.name, l.email, l.phone, l.metadata, l.created_at,
        coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
-       c.batch_key,"
+       c.batch_key, c.idempotency_key,"
     };
 }
 
@@ -56,6 +56,12 @@ with claimable as (
          locked_until = now() + make_interval(secs => $4),
          batch_key = case when c.fresh and (select count(*) from claimable f where f.fresh) >= 2
                           then $5::text end,
+         -- fixed by the first claim: the lead's uuid and the template are
+         -- unique across databases; a job tried before keys were stored keeps
+         -- the key it was tried under
+         idempotency_key = case when j.channel = 'email' then coalesce(j.idempotency_key,
+                             case when j.attempts > 0 then 'leadrelay-job-' || j.id
+                                  else 'leadrelay-' || j.lead_id || '-' || j.template end) end,
          updated_at = now()
     from claimable c
    where j.id = c.id
@@ -374,6 +380,9 @@ pub struct ClaimedJob {
     pub lock: String,
     /// The idempotency key of the email batch this job is sent in, if any.
     pub batch_key: Option<String>,
+    /// The Resend idempotency key of an email sent on its own, fixed by the
+    /// job's first claim (None for other channels).
+    pub idempotency_key: Option<String>,
     /// Members of this job's batch are elsewhere until then (see
     /// `CLAIM_BATCHES`): the batch must wait for them.
     pub rest_of_batch_until: Option<DateTime<Utc>>,
@@ -422,7 +431,8 @@ fn claimed_job(
         lease_ends,
         lock: lock.to_string(),
         batch_key: row.get(17),
-        rest_of_batch_until: row.get(18),
+        idempotency_key: row.get(18),
+        rest_of_batch_until: row.get(19),
     }
 }
 

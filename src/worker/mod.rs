@@ -465,7 +465,10 @@ impl Worker {
         tracing::debug!(lead_id = %job.lead_id, job_id = job.id, to = %mask::email(&email.to[0]), "sending email");
         let result = self
             .resend
-            .send(&email, &resend::idempotency_key(job.id))
+            .send(
+                &email,
+                &resend::idempotency_key(job.id, job.idempotency_key.as_deref()),
+            )
             .await;
         Some(self.outcome_of(job, result))
     }

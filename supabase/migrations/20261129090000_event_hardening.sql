@@ -310,3 +310,17 @@ begin
   end loop;
 end
 $$;
+
+-- ---------------------------------------------------------------------------
+-- Resend idempotency keys unique across databases. `leadrelay-job-<id>` repeats
+-- in a second environment or a rebuilt database on the same Resend team, and
+-- within Resend's 24 hours the second email is answered from the first one's
+-- record (or refused with a 409) while the job says sent. The key is now
+-- derived from the lead's uuid and the template (a job's identity), stored on
+-- the job by its first claim and never changed; a job already tried under
+-- the old key keeps it, so a retry after the upgrade is still deduplicated.
+-- ---------------------------------------------------------------------------
+alter table public.notification_jobs add column if not exists idempotency_key text;
+
+comment on column public.notification_jobs.idempotency_key is
+  'The Resend Idempotency-Key of an email job sent on its own, fixed by its first claim.';

@@ -171,17 +171,22 @@ async fn a_burst_goes_out_in_batches_no_larger_than_the_batch_size_and_a_lone_le
     let requests = providers.emails().await;
     let last = requests.last().unwrap();
     assert_eq!(last.url.path(), "/emails");
-    let (id, batch_key): (i64, Option<String>) = {
+    let (key, batch_key): (String, Option<String>) = {
         let row = client
             .query_one(
-                "select id, batch_key from notification_jobs where lead_id = $1",
+                "select idempotency_key, batch_key from notification_jobs where lead_id = $1",
                 &[&lead],
             )
             .await
             .unwrap();
         (row.get(0), row.get(1))
     };
-    assert_eq!(key_of(last), format!("leadrelay-job-{id}"));
+    assert_eq!(key_of(last), key);
+    assert_eq!(
+        key,
+        format!("leadrelay-{lead}-proftest_result"),
+        "unique across databases"
+    );
     assert_eq!(batch_key, None);
     app.shutdown().await;
 }
@@ -261,20 +266,20 @@ async fn a_batch_resend_refuses_is_dissolved_and_each_email_goes_alone() {
     assert_eq!(singles.len(), 5, "then each email on its own");
     let rows = client
         .query(
-            "select id, status, batch_key, provider_message_id, errors->0->>'error' from notification_jobs order by id",
+            "select idempotency_key, status, batch_key, provider_message_id, errors->0->>'error' from notification_jobs order by id",
             &[],
         )
         .await
         .unwrap();
     for row in rows {
-        let id: i64 = row.get(0);
+        let key: String = row.get(0);
         assert_eq!(row.get::<_, String>(1), "sent");
         assert_eq!(
             row.get::<_, Option<String>>(2),
             None,
             "no longer in a batch"
         );
-        assert_eq!(row.get::<_, String>(3), format!("email-leadrelay-job-{id}"));
+        assert_eq!(row.get::<_, String>(3), format!("email-{key}"));
         let error: String = row.get(4);
         assert!(
             error.contains("batch refused") && error.contains("email 3"),

@@ -329,16 +329,9 @@ async fn delivery_states_only_move_forward_and_early_events_wait_for_their_messa
     let app = start(config(&db.url, &providers)).await;
     let api = Api::new(&app);
     let lead = insert_proftest_lead(&client, "A", "a@mail.ru").await;
-    let email_job: i64 = client
-        .query_one(
-            "select id from notification_jobs where lead_id = $1 and channel = 'email'",
-            &[&lead],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    // The mock names the email after the job's idempotency key.
-    let email_id = format!("email-leadrelay-job-{email_job}");
+    // The mock names the email after the job's idempotency key, which its
+    // first claim will make of the lead's uuid and the template.
+    let email_id = format!("email-leadrelay-{lead}-proftest_result");
     // Out of order, and before the email is even sent.
     assert_eq!(
         api.resend_signed("evt_delivered", &resend_event("email.delivered", &email_id))
@@ -406,8 +399,8 @@ async fn delivery_states_only_move_forward_and_early_events_wait_for_their_messa
     api.resend_signed("evt_bounced", &bounce).await;
     let row = client
         .query_one(
-            "select delivery_status, last_error from notification_jobs where id = $1",
-            &[&email_job],
+            "select delivery_status, last_error from notification_jobs where lead_id = $1 and channel = 'email'",
+            &[&lead],
         )
         .await
         .unwrap();

@@ -80,8 +80,8 @@ async fn the_incident_leads_get_their_email_and_sms_and_the_malformed_phone_is_i
     // Resend: one request per email job, keyed by the job, from the configured sender.
     let emails = providers.emails().await;
     assert_eq!(emails.len(), 4);
-    let email_jobs: Vec<(i64, String)> = client
-        .query("select id, provider_message_id from notification_jobs where channel = 'email' order by id", &[])
+    let email_jobs: Vec<(String, String)> = client
+        .query("select idempotency_key, provider_message_id from notification_jobs where channel = 'email' order by id", &[])
         .await
         .unwrap()
         .iter()
@@ -98,9 +98,9 @@ async fn the_incident_leads_get_their_email_and_sms_and_the_malformed_phone_is_i
                 .to_string()
         })
         .collect();
-    for (id, message_id) in &email_jobs {
-        assert!(keys.contains(&format!("leadrelay-job-{id}")));
-        assert_eq!(message_id, &format!("email-leadrelay-job-{id}"));
+    for (key, message_id) in &email_jobs {
+        assert!(keys.contains(key));
+        assert_eq!(message_id, &format!("email-{key}"));
     }
     let body: serde_json::Value = serde_json::from_slice(&emails[0].body).unwrap();
     assert_eq!(body["subject"], "Тест пройден. Получить продукт");
@@ -738,9 +738,9 @@ async fn a_worker_killed_mid_flight_loses_nothing_and_sends_no_email_twice() {
             .values()
             .all(|bodies| bodies.windows(2).all(|w| w[0] == w[1]))
     );
-    let recorded: Vec<(i64, String)> = client
+    let recorded: Vec<(String, String)> = client
         .query(
-            "select id, provider_message_id from notification_jobs where channel = 'email'",
+            "select idempotency_key, provider_message_id from notification_jobs where channel = 'email'",
             &[],
         )
         .await
@@ -748,10 +748,10 @@ async fn a_worker_killed_mid_flight_loses_nothing_and_sends_no_email_twice() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    for (id, message_id) in recorded {
+    for (key, message_id) in recorded {
         assert_eq!(
             message_id,
-            format!("email-leadrelay-job-{id}"),
+            format!("email-{key}"),
             "one message recorded per job"
         );
     }
@@ -1021,4 +1021,57 @@ async fn provider_text_with_nul_bytes_never_stops_an_outcome_being_recorded_nor_
     assert_eq!(providers.sms().await.len(), 1, "the SMS went once");
     assert_eq!(providers.emails().await.len(), 1);
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_databases_on_one_resend_team_never_share_an_idempotency_key() {
+    // Two environments (or a rebuilt database) whose jobs have the same ids,
+    // against one Resend that remembers every key for 24 hours.
+    let providers = Providers::empty().await;
+    providers
+        .mount_resend(ResendLike::new(Duration::ZERO))
+        .await;
+    providers
+        .mount_mobizon(MobizonLike::new(Duration::ZERO))
+        .await;
+    let mut ids = Vec::new();
+    for email in ["first@mail.ru", "second@mail.ru"] {
+        let db = fresh_db().await;
+        let client = db.client().await;
+        client.batch_execute(NO_DELAY).await.unwrap();
+        let app = start(config(&db.url, &providers)).await;
+        let lead = insert_proftest_lead(&client, "Twin", email).await;
+        eventually(Duration::from_secs(20), "the email recorded", || async {
+            job(&client, lead, "email").await.get::<_, String>(0) != "due"
+                && job(&client, lead, "email").await.get::<_, String>(0) != "sending"
+                && job(&client, lead, "email").await.get::<_, String>(0) != "scheduled"
+        })
+        .await;
+        let row = job(&client, lead, "email").await;
+        assert_eq!(
+            row.get::<_, String>(0),
+            "sent",
+            "{email}: {:?}",
+            row.get::<_, Option<String>>(2)
+        );
+        ids.push(
+            client
+                .query_one(
+                    "select id from notification_jobs where lead_id = $1 and channel = 'email'",
+                    &[&lead],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+        );
+        app.shutdown().await;
+    }
+    assert_eq!(ids[0], ids[1], "the same job id in both databases");
+    let emails = providers.emails().await;
+    assert_eq!(emails.len(), 2);
+    let keys: HashSet<&str> = emails
+        .iter()
+        .map(|r| r.headers.get("idempotency-key").unwrap().to_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 2, "two keys: {keys:?}");
 }
