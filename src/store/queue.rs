@@ -156,13 +156,26 @@ const APPEND_ERROR: &str = "errors = (case when jsonb_array_length(j.errors) >= 
                   || jsonb_build_array(jsonb_build_object('attempt', j.attempts, 'at', now(), 'error', left($3, 2000)))";
 
 /// The provider accepted job $1 (held by worker $2) as message $3.
+/// Whether a send may be recorded for the claim with lease token `lock`: it
+/// still holds the job, or its lease expired and the rescue put the job back
+/// (noting the token) with no other claim begun since. A known send is kept
+/// rather than sent again.
+fn still_this_claims(lock: &str) -> String {
+    format!(
+        "((j.status = 'sending' and j.locked_by = {lock})
+       or (j.status in ('due', 'failed') and j.locked_by is null
+           and j.errors -> -1 ->> 'lock' = {lock}))"
+    )
+}
+
 pub fn record_sent_sql() -> String {
+    let still_this_claims = still_this_claims("$2");
     format!(
         "with done as (
   update public.notification_jobs j
      set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = $3,
          last_error = null, locked_by = null, locked_until = null, updated_at = now()
-   where j.id = $1 and j.status = 'sending' and j.locked_by = $2
+   where j.id = $1 and {still_this_claims}
   returning j.id, j.lead_id, j.channel, null::text as error, true as sent
 ), {MIRROR}{ONE_RESULT}"
     )
@@ -172,6 +185,7 @@ pub fn record_sent_sql() -> String {
 /// ids $2, each held under lease token $3, recorded in one statement (the hot
 /// path of a busy queue). Returns the ids that were still ours.
 pub fn record_sent_batch_sql() -> String {
+    let still_this_claims = still_this_claims("i.lock");
     format!(
         "with input as (
   select * from unnest($1::bigint[], $2::text[], $3::text[]) as t(id, provider_message_id, lock)
@@ -180,7 +194,7 @@ pub fn record_sent_batch_sql() -> String {
      set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = i.provider_message_id,
          last_error = null, locked_by = null, locked_until = null, updated_at = now()
     from input i
-   where j.id = i.id and j.status = 'sending' and j.locked_by = i.lock
+   where j.id = i.id and {still_this_claims}
   returning j.id, j.lead_id, j.channel, null::text as error, true as sent
 ), {MIRROR}
 select coalesce((select array_agg(id) from done), '{{}}'::bigint[]),

@@ -845,7 +845,7 @@ fn observe_request(
 fn lease_lost(job: &ClaimedJob) {
     tracing::warn!(
         lead_id = %job.lead_id, job_id = job.id, channel = job.channel.as_str(),
-        "outcome not recorded: the job is no longer this worker's (its lease expired, or a newer lead_tracking sync took it back)"
+        "outcome not recorded: another claim of the job began after this one's lease expired (or a newer lead_tracking sync took it back); that claim's outcome stands"
     );
 }
 

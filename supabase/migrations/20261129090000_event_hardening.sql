@@ -324,3 +324,71 @@ alter table public.notification_jobs add column if not exists idempotency_key te
 
 comment on column public.notification_jobs.idempotency_key is
   'The Resend Idempotency-Key of an email job sent on its own, fixed by its first claim.';
+
+-- ---------------------------------------------------------------------------
+-- A known send is never thrown away. When a worker's answer from the
+-- provider comes after its lease ran out (the database was away longer than
+-- the rest of the lease) the rescue has already put the job back. The rescue
+-- now notes the expired claim's lease token in the error it appends, and the
+-- statements that record a send accept that claim's answer while no other
+-- claim has begun (the job is still due, or failed by the rescue): the
+-- provider's message id is kept and the job is not sent again.
+-- ---------------------------------------------------------------------------
+create or replace function public.promote_due_notification_jobs(p_limit integer default 10000)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_promoted integer := 0;
+  v_id bigint;
+begin
+  for v_id in
+  with expired as (
+    select j.id from public.notification_jobs j
+    where j.status = 'sending' and j.locked_until < now()
+    order by j.locked_until
+    limit p_limit
+    for update skip locked
+  ), rescued as (
+    update public.notification_jobs j
+       set status = case when j.attempts >= j.max_attempts then 'failed' else 'due' end,
+           last_error = format('attempt %s: the worker stopped before recording an outcome (lease expired)', j.attempts),
+           errors = j.errors || jsonb_build_array(jsonb_build_object(
+             'attempt', j.attempts, 'at', now(),
+             'error', 'lease expired: outcome unknown',
+             -- the expired claim's lease token: that claim's answer, if it
+             -- comes, may still be recorded while no other claim has begun
+             'lock', j.locked_by)),
+           finished_at = case when j.attempts >= j.max_attempts then now() end,
+           locked_by = null,
+           locked_until = null,
+           updated_at = now()
+      from expired
+     where j.id = expired.id
+    returning j.id, j.status
+  ), promoted as (
+    update public.notification_jobs j
+       set status = 'due', updated_at = now()
+     where j.id in (
+       select s.id from public.notification_jobs s
+       where s.status = 'scheduled' and s.due_at <= now()
+       order by s.due_at, s.id
+       limit p_limit
+       for update skip locked)
+    returning j.id
+  ), woken as (
+    select id from promoted
+    union all
+    select id from rescued where status = 'due'
+  )
+  select w.id from woken w
+  loop
+    perform pg_notify('notification_jobs', v_id::text);
+    v_promoted := v_promoted + 1;
+  end loop;
+
+  return v_promoted;
+end
+$$;

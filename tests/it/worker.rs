@@ -1075,3 +1075,87 @@ async fn two_databases_on_one_resend_team_never_share_an_idempotency_key() {
         .collect();
     assert_eq!(keys.len(), 2, "two keys: {keys:?}");
 }
+
+#[tokio::test]
+async fn an_answer_that_comes_after_the_lease_ran_out_is_kept_while_no_other_claim_began() {
+    use leadrelay::domain::Channel;
+    use leadrelay::store::queue::{Outcome, Queue};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    insert_proftest_lead(&client, "Late", "late@mail.ru").await;
+    insert_proftest_lead(&client, "Later", "later@mail.ru").await;
+    let pool = leadrelay::store::pool(&db.url, 4).await.unwrap();
+    let first = Queue::new(pool.clone(), "first-worker".into());
+    let second = Queue::new(pool, "second-worker".into());
+    let jobs = first
+        .claim(Channel::Sms, 10, Duration::from_secs(60), false)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 2);
+    // Both leases run out while the database is away; the rescue puts the
+    // jobs back. Then another worker claims one of them again.
+    client
+        .batch_execute(
+            "update notification_jobs set locked_until = now() - interval '1 second' where status = 'sending';
+             select promote_due_notification_jobs();",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'sms' and status = 'due'"
+        )
+        .await,
+        2
+    );
+    let reclaimed = second
+        .claim(Channel::Sms, 1, Duration::from_secs(60), false)
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    let (taken, untouched): (Vec<_>, Vec<_>) = jobs.iter().partition(|j| j.id == reclaimed[0].id);
+    // The first worker's answers arrive now.
+    let sent = |id: &str| Outcome::Sent {
+        provider_message_id: id.to_string(),
+    };
+    assert!(
+        first
+            .record(untouched[0].id, &untouched[0].lock, &sent("late-1"))
+            .await
+            .unwrap(),
+        "no other claim began: the known send is kept"
+    );
+    assert!(
+        !first
+            .record(taken[0].id, &taken[0].lock, &sent("late-2"))
+            .await
+            .unwrap(),
+        "another claim began: its outcome is its own"
+    );
+    let rows: Vec<(i64, String, Option<String>)> = client
+        .query("select id, status, provider_message_id from notification_jobs where channel = 'sms' order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let untouched_row = rows.iter().find(|r| r.0 == untouched[0].id).unwrap();
+    assert_eq!(
+        (untouched_row.1.as_str(), untouched_row.2.as_deref()),
+        ("sent", Some("late-1"))
+    );
+    let taken_row = rows.iter().find(|r| r.0 == taken[0].id).unwrap();
+    assert_eq!(
+        (taken_row.1.as_str(), taken_row.2.as_deref()),
+        ("sending", None)
+    );
+    // The claimed-again job cannot be claimed a third time while it is held,
+    // and the kept one is not claimed at all.
+    let third = first
+        .claim(Channel::Sms, 10, Duration::from_secs(60), false)
+        .await
+        .unwrap();
+    assert!(third.is_empty());
+}
