@@ -201,13 +201,74 @@ fn app_state(
     }
 }
 
-/// Serves until `stop` is cancelled, then lets requests in progress finish.
+/// How long a client may take to send a request's headers, and to start
+/// the next request on a kept-alive connection: a slow or idle client cannot
+/// hold connections open (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take, its body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves until `stop` is cancelled, then lets requests in progress finish
+/// (for up to 5 s). hyper's own connection loop rather than `axum::serve`,
+/// which has no header-read timeout.
 async fn serve_http(tcp: tokio::net::TcpListener, app: axum::Router, stop: CancellationToken) {
-    let served = axum::serve(tcp, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "HTTP server stopped");
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    let app = app.layer(axum::middleware::from_fn(request_timeout));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = tcp.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait rather than spin.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let service = TowerToHyperService::new(app.clone());
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+        }
+    }
+    drop(tcp);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open after 5 s; closing them");
+    }
+}
+
+/// A request (its body included) that takes longer than `REQUEST_TIMEOUT`
+/// is answered 408 and its connection freed.
+async fn request_timeout(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "the request took too long",
+        )
+            .into_response(),
     }
 }
 

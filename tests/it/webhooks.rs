@@ -1223,3 +1223,45 @@ async fn a_mobizon_report_writes_only_our_words_into_the_error_columns() {
     assert_eq!(lead_error, job_error);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_sends_its_headers_too_slowly_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = fresh_db().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let mut slow = tokio::net::TcpStream::connect(app.local_addr())
+        .await
+        .unwrap();
+    slow.write_all(b"POST /webhooks/resend HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    // The server closes the connection (perhaps after a 408) once the
+    // header-read timeout passes; nothing more is ever sent by us.
+    let closed = tokio::time::timeout(
+        leadrelay::serve::HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        async {
+            loop {
+                match slow.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() >= leadrelay::serve::HEADER_READ_TIMEOUT - Duration::from_secs(1));
+    // and the server still serves everyone else
+    let health = reqwest::get(format!("http://{}/healthz", app.local_addr()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    app.shutdown().await;
+}
