@@ -293,6 +293,11 @@ update public.notification_jobs j
 
 pub const PROMOTE: &str = "select public.promote_due_notification_jobs()";
 
+/// Whether job $1 is still held under lease token $2: false once its lead
+/// was deleted (the delete trigger deletes its jobs) or it was taken back.
+pub const STILL_HELD: &str =
+    "select exists (select 1 from public.notification_jobs where id = $1 and locked_by = $2)";
+
 /// One bounded batch of housekeeping (old provider events, pg_cron's run
 /// log); the worker runs it only where pg_cron does not.
 pub const PRUNE_HISTORY: &str = "select public.prune_leadrelay_history()::text";
@@ -346,6 +351,7 @@ pub fn statements() -> Vec<String> {
         PROMOTE.to_string(),
         PRUNE_HISTORY.to_string(),
         PG_CRON_HERE.to_string(),
+        STILL_HELD.to_string(),
         GLANCE.to_string(),
         SMS_AWAITING_STATUS.to_string(),
         APPLY_PENDING_MANY.to_string(),
@@ -388,6 +394,9 @@ pub struct ClaimedJob {
     pub lead: Option<Lead>,
     /// When this worker's lease ends (by our clock, a little early).
     pub lease_ends: tokio::time::Instant,
+    /// When it was claimed: a job held a while is checked again before its
+    /// request (its lead may have been deleted since).
+    pub claimed_at: tokio::time::Instant,
     /// The lease token of this claim (`locked_by`): the worker id and a
     /// claim number, so that a stale claim of a job this same worker claimed
     /// again later can never record or release over the new one.
@@ -443,6 +452,7 @@ fn claimed_job(
             sms_sent_at: row.get(16),
         }),
         lease_ends,
+        claimed_at: tokio::time::Instant::now(),
         lock: lock.to_string(),
         batch_key: row.get(17),
         idempotency_key: row.get(18),
@@ -733,6 +743,13 @@ impl Queue {
             return Ok(None);
         }
         Ok(Some(client.query_one(PRUNE_HISTORY, &[]).await?.get(0)))
+    }
+
+    /// Whether this claim still holds the job (see `STILL_HELD`).
+    pub async fn still_held(&self, id: i64, lock: &str) -> Result<bool, QueueError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(STILL_HELD).await?;
+        Ok(client.query_one(&statement, &[&id, &lock]).await?.get(0))
     }
 
     pub async fn promote(&self) -> Result<i32, QueueError> {

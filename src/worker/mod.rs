@@ -118,6 +118,8 @@ impl Default for WorkerSettings {
 
 /// How often the sweeper looks for jobs that came in since (at most).
 const GLANCE_EVERY: Duration = Duration::from_secs(1);
+/// A job held at least this long before its request is checked again.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// Where pg_cron does not prune (every 10 minutes), the sweep does, hourly:
 /// one bounded batch a time (`prune_leadrelay_history`).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -373,6 +375,30 @@ impl Worker {
             + pacing * n as u32
     }
 
+    /// Just before a job's request: a job held longer than
+    /// `RECHECK_AFTER` (waiting for a slot or the provider's pace) is asked
+    /// about again, and one whose lead was deleted meanwhile (its job row
+    /// deleted with it) or that was taken back is not sent. A failed check
+    /// does not stop the send: the database being away cancels nothing.
+    async fn still_to_send(&self, job: &ClaimedJob) -> bool {
+        if !self.lease_covers_a_request(job) {
+            return false;
+        }
+        if job.claimed_at.elapsed() < RECHECK_AFTER {
+            return true;
+        }
+        match self.queue.still_held(job.id, &job.lock).await {
+            Ok(true) | Err(_) => true,
+            Ok(false) => {
+                tracing::info!(
+                    lead_id = %job.lead_id, job_id = job.id, channel = job.channel.as_str(),
+                    "the job was deleted with its lead (or taken back) while waiting: not sent"
+                );
+                false
+            }
+        }
+    }
+
     /// After a long pacing pause (a provider's Retry-After), the lease may be
     /// about to end: another worker could then rescue the job and send it
     /// while we do. Such a job is given back unsent instead.
@@ -459,7 +485,7 @@ impl Worker {
             _ = cancel.cancelled() => return None,
             _ = self.resend.pacer.wait_turn() => {}
         }
-        if !self.lease_covers_a_request(job) {
+        if !self.still_to_send(job).await {
             return None;
         }
         tracing::debug!(lead_id = %job.lead_id, job_id = job.id, to = %mask::email(&email.to[0]), "sending email");
@@ -666,7 +692,7 @@ impl Worker {
             _ = cancel.cancelled() => return None,
             _ = self.mobizon.pacer.wait_turn() => {}
         }
-        if !self.lease_covers_a_request(job) {
+        if !self.still_to_send(job).await {
             return None;
         }
         let text = templates::proftest_sms(&self.product_url);

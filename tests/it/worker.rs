@@ -1159,3 +1159,52 @@ async fn an_answer_that_comes_after_the_lease_ran_out_is_kept_while_no_other_cla
         .unwrap();
     assert!(third.is_empty());
 }
+
+#[tokio::test]
+async fn a_job_in_hand_whose_lead_is_deleted_meanwhile_is_not_sent() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client
+        .batch_execute("update notification_rules set enabled = (channel = 'sms')")
+        .await
+        .unwrap();
+    let providers = Providers::empty().await;
+    providers
+        .mount_resend(ResendLike::new(Duration::ZERO))
+        .await;
+    // one request at a time, each taking 1.5 s: the second job waits in hand
+    providers
+        .mount_mobizon(MobizonLike::new(Duration::from_millis(1500)))
+        .await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.worker.concurrency = 1;
+    cfg.worker.provider_timeout = Duration::from_secs(4);
+    let kept = insert_proftest_lead(&client, "Kept", "kept@mail.ru").await;
+    let forgotten = insert_proftest_lead(&client, "Forget me", "forget@mail.ru").await;
+    let app = start(cfg).await;
+    eventually(Duration::from_secs(10), "both SMS jobs in hand", || async {
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'sms' and status = 'sending'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    // the person asks to be forgotten while their SMS waits for a slot
+    client
+        .execute("delete from landing_leads where id = $1", &[&forgotten])
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the kept lead's SMS sent",
+        || async { job(&client, kept, "sms").await.get::<_, String>(0) == "sent" },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sms = providers.sms().await;
+    assert_eq!(sms.len(), 1, "only the kept lead's SMS went");
+    app.shutdown().await;
+}
