@@ -48,9 +48,24 @@ pub enum Command {
     Status(StatusArgs),
     /// Put failed jobs back to due after the cause was fixed (a wrong API key, say).
     Retry(RetryArgs),
+    /// Cancel the jobs a notification rule made that were not tried yet (after disabling it).
+    Cancel(CancelArgs),
     /// Check everything serve depends on (database, TLS, LISTEN, migrations, pg_cron,
     /// privileges, lead_tracking, providers, configuration): one line per check.
     Doctor(DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub db: DatabaseArg,
+    /// The rule's id in notification_rules.
+    #[arg(long)]
+    pub rule: i64,
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -259,6 +274,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .transpose()?;
             let client = connect(&args.db).await?;
             ops::retry(&client, args.job, since, args.dry_run, args.yes).await?;
+            Ok(())
+        }
+        Command::Cancel(args) => {
+            let client = connect(&args.db).await?;
+            ops::cancel_rule(&client, args.rule, args.dry_run, args.yes).await?;
             Ok(())
         }
         Command::Doctor(_) => Ok(()),

@@ -371,9 +371,88 @@ pub async fn retry(
     Ok(n)
 }
 
+/// The jobs of rule $1 not tried yet (scheduled or due): those of its
+/// leads (source LIKE its pattern) on its channel and template. Disabling a
+/// rule stops new jobs; these are the ones it already made.
+pub const CANCEL_CANDIDATES: &str = "
+select j.id, j.lead_id, j.channel, j.status, j.due_at
+from public.notification_rules r
+join public.notification_jobs j on j.channel = r.channel and j.template = r.template
+join public.landing_leads l on l.id = j.lead_id and l.source like r.source_pattern
+where r.id = $1 and j.status in ('scheduled', 'due')
+order by j.due_at, j.id";
+
+/// Cancels jobs $1 (still not tried), saying why: rule $2.
+pub const CANCEL_UPDATE: &str = "
+update public.notification_jobs
+   set status = 'cancelled', finished_at = now(), updated_at = now(),
+       last_error = format('cancelled by an operator with `leadrelay cancel --rule %s`', $2::bigint)
+ where id = any($1) and status in ('scheduled', 'due')";
+
+/// `leadrelay cancel --rule ID`: the rule's jobs not tried yet are cancelled
+/// (shown first; `--dry-run` changes nothing). Jobs in flight finish.
+pub async fn cancel_rule(
+    client: &Client,
+    rule: i64,
+    dry_run: bool,
+    yes: bool,
+) -> Result<u64, OpsError> {
+    let rule_row = client
+        .query_opt(
+            "select source_pattern, channel, template, enabled from public.notification_rules where id = $1",
+            &[&rule],
+        )
+        .await?;
+    let Some(rule_row) = rule_row else {
+        return Err(OpsError::Input(format!(
+            "no notification rule has id {rule}"
+        )));
+    };
+    let enabled: bool = rule_row.get(3);
+    println!(
+        "rule {rule}: {} → {} ({}){}",
+        rule_row.get::<_, String>(0),
+        rule_row.get::<_, String>(1),
+        rule_row.get::<_, String>(2),
+        if enabled {
+            ", still enabled: new leads will get jobs again (update notification_rules set enabled = false where id = …)"
+        } else {
+            ", disabled"
+        }
+    );
+    let rows = client.query(CANCEL_CANDIDATES, &[&rule]).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    println!("{} job(s) not tried yet:", ids.len());
+    for row in rows.iter().take(10) {
+        println!(
+            "  job {}  lead {}  {}  {}",
+            row.get::<_, i64>(0),
+            row.get::<_, Uuid>(1),
+            row.get::<_, String>(2),
+            row.get::<_, String>(3)
+        );
+    }
+    if ids.len() > 10 {
+        println!("  … and {} more", ids.len() - 10);
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    if dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(0);
+    }
+    confirm(&format!("Cancel {} job(s)?", ids.len()), yes)?;
+    let n = client.execute(CANCEL_UPDATE, &[&ids, &rule]).await?;
+    println!("{n} job(s) cancelled");
+    Ok(n)
+}
+
 /// The statements of these commands, for the prepare test (`crate::statements`).
-pub fn statements() -> [&'static str; 6] {
+pub fn statements() -> [&'static str; 8] {
     [
+        CANCEL_CANDIDATES,
+        CANCEL_UPDATE,
         BACKFILL_CANDIDATES,
         BACKFILL_INSERT,
         FIND_LEADS,

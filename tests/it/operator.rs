@@ -264,3 +264,80 @@ async fn retry_puts_failed_jobs_back_to_due_with_fresh_attempts() {
     let out = leadrelay(&db.url, &["retry"]);
     assert!(!out.status.success(), "a job or --failed-since is required");
 }
+
+#[tokio::test]
+async fn cancel_rule_cancels_the_jobs_a_disabled_rule_made_that_were_not_tried_and_nothing_else() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    insert_proftest_lead(&client, "A", "a@mail.ru").await;
+    insert_proftest_lead(&client, "B", "b@mail.ru").await;
+    // one SMS already went: it stays as it is
+    client
+        .batch_execute(
+            "update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = 'm1'
+              where id = (select min(id) from notification_jobs where channel = 'sms');
+             update notification_rules set enabled = false where channel = 'sms';",
+        )
+        .await
+        .unwrap();
+    let rule: i64 = client
+        .query_one(
+            "select id from notification_rules where channel = 'sms'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let rule_arg = rule.to_string();
+    let out = leadrelay(&db.url, &["cancel", "--rule", &rule_arg, "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 job(s) not tried yet"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where status = 'cancelled'"
+        )
+        .await,
+        0
+    );
+
+    let out = leadrelay(&db.url, &["cancel", "--rule", &rule_arg]);
+    assert!(
+        !out.status.success(),
+        "not confirmed without a terminal or --yes"
+    );
+    let out = leadrelay(&db.url, &["cancel", "--rule", &rule_arg, "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'sms' and status = 'cancelled'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'sms' and status = 'sent'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs where channel = 'email' and status = 'scheduled'").await,
+        2,
+        "other rules' jobs are untouched"
+    );
+    let out = leadrelay(&db.url, &["cancel", "--rule", "999999", "--yes"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("no notification rule has id 999999"),
+        "{}",
+        text(&out)
+    );
+}
