@@ -367,9 +367,11 @@ fn resend_webhook_key(value: Option<&str>) -> Result<crate::ingest::svix::Signin
     )
 }
 
+/// Required: without it a report is authenticated by the URL token alone,
+/// which travels in logs and proxies.
 fn mobizon_webhook_secret(value: Option<&str>) -> Result<Option<Secret>, ConfigError> {
     match optional(value) {
-        None => Ok(None),
+        None => Err(ConfigError::Missing("MOBIZON_WEBHOOK_SECRET")),
         Some(v) if v.len() <= 512 && !v.chars().any(char::is_control) => Ok(Some(Secret::new(v))),
         Some(_) => Err(ConfigError::Malformed {
             name: "MOBIZON_WEBHOOK_SECRET",
@@ -491,6 +493,7 @@ mod serve_tests {
             product_url: Some("https://academy.kz/product".into()),
             resend_webhook_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
             mobizon_webhook_token: Some("mobizon-token-0123456789".into()),
+            mobizon_webhook_secret: Some("mobizon-webhook-secret-key".into()),
             admin_token: Some("admin-token-0123456789".into()),
             ..Default::default()
         }
@@ -514,7 +517,7 @@ mod serve_tests {
 
     #[test]
     fn each_missing_variable_is_named() {
-        let cases: [Case; 8] = [
+        let cases: [Case; 9] = [
             ("DATABASE_URL", |a| a.database_url = None),
             ("RESEND_API_KEY", |a| a.resend_api_key = None),
             ("EMAIL_FROM", |a| a.email_from = Some(" ".into())),
@@ -523,6 +526,9 @@ mod serve_tests {
             ("RESEND_WEBHOOK_SECRET", |a| a.resend_webhook_secret = None),
             ("MOBIZON_WEBHOOK_TOKEN", |a| a.mobizon_webhook_token = None),
             ("ADMIN_TOKEN", |a| a.admin_token = Some("".into())),
+            ("MOBIZON_WEBHOOK_SECRET", |a| {
+                a.mobizon_webhook_secret = None
+            }),
         ];
         for (name, unset) in cases {
             let mut args = complete();

@@ -196,6 +196,13 @@ fn app_state(
         resend_key: config.resend_webhook_key.clone(),
         mobizon_token: config.mobizon_webhook_token.clone(),
         mobizon_secret: config.mobizon_webhook_secret.clone(),
+        mobizon: Arc::new(MobizonClient::new(
+            http_client(config.worker.provider_timeout),
+            &config.mobizon.api_url,
+            config.mobizon.api_key.clone(),
+            config.mobizon.from.clone(),
+            config.mobizon.max_rps,
+        )),
         admin_token: config.admin_token.clone(),
         dev_outbox: config.dev_outbox.clone(),
     }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub resend_key: SigningKey,
     pub mobizon_token: Secret,
     pub mobizon_secret: Option<Secret>,
+    /// Asked to confirm a report of a final failure before it is applied.
+    pub mobizon: Arc<crate::providers::mobizon::MobizonClient>,
     pub admin_token: Secret,
     /// `leadrelay dev`: where the stand-in providers write, shown on /ops.
     pub dev_outbox: Option<std::path::PathBuf>,

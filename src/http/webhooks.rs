@@ -133,5 +133,56 @@ async fn mobizon(
         ));
     }
     let event = delivery::parse_mobizon(&body).map_err(|e| parse_error("mobizon", e))?;
-    store(&state, event).await
+    let (event, truth) = confirm_final_failure(&state, event).await?;
+    let answer = store(&state, event).await?;
+    if let Some(truth) = truth {
+        // What Mobizon says instead; the poll would find it later anyway.
+        let _ = store(&state, truth).await;
+    }
+    Ok(answer)
+}
+
+/// A report of a final failure is applied only once Mobizon's own
+/// `getsmsstatus` says the same. Otherwise the report is kept without a
+/// state (for audit) and what Mobizon says is stored beside it; if Mobizon
+/// cannot be asked now, 503, and Mobizon delivers the report again later.
+async fn confirm_final_failure(
+    state: &AppState,
+    mut event: DeliveryEvent,
+) -> Result<(DeliveryEvent, Option<DeliveryEvent>), ApiError> {
+    let (Some(status), Some(message_id)) = (event.delivery_status, event.message_id.clone()) else {
+        return Ok((event, None));
+    };
+    if !delivery::is_final_failure(status) {
+        return Ok((event, None));
+    }
+    let entries = match state
+        .mobizon
+        .statuses(std::slice::from_ref(&message_id))
+        .await
+    {
+        Ok(entries) => entries,
+        Err(e) => {
+            count("mobizon", "unconfirmed_unavailable");
+            tracing::warn!(message_id = %message_id, error = %e, "could not ask Mobizon to confirm a failure report; it will be delivered again");
+            return Err(ApiError::Unavailable);
+        }
+    };
+    let said = entries.into_iter().find(|(id, _, _)| *id == message_id);
+    let confirmed = said
+        .as_ref()
+        .and_then(|(_, raw, _)| delivery::mobizon_status(raw))
+        .filter(|s| *s == status);
+    if confirmed.is_some() {
+        return Ok((event, None));
+    }
+    count("mobizon", "unconfirmed");
+    tracing::warn!(
+        message_id = %message_id, reported = status,
+        mobizon_says = said.as_ref().map(|(_, raw, _)| raw.as_str()).unwrap_or("nothing"),
+        "a failure report Mobizon does not confirm: kept, not applied"
+    );
+    event.delivery_status = None;
+    let truth = said.and_then(|(id, raw, payload)| delivery::mobizon_polled(&id, &raw, payload));
+    Ok((event, truth))
 }

@@ -223,7 +223,6 @@ pub fn parse_mobizon(body: &[u8]) -> Result<DeliveryEvent, ParseError> {
 /// `eventId|attempt|eventCreateTs|<the webhook's secret key>` (Mobizon's
 /// webhook documentation), compared in constant time.
 pub fn mobizon_sign_valid(body: &[u8], secret: &str) -> bool {
-    use sha1::{Digest, Sha1};
     use subtle::ConstantTimeEq;
     let Ok(payload) = serde_json::from_slice::<serde_json::Value>(body) else {
         return false;
@@ -241,12 +240,26 @@ pub fn mobizon_sign_valid(body: &[u8], secret: &str) -> bool {
     ) else {
         return false;
     };
-    let digest = Sha1::digest(format!("{id}|{attempt}|{created}|{secret}").as_bytes());
-    let expected: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    expected
+    mobizon_sign(&id, &attempt, &created, secret)
         .as_bytes()
         .ct_eq(sign.trim().to_ascii_lowercase().as_bytes())
         .into()
+}
+
+/// Mobizon's `sign`: hex SHA1 of `eventId|attempt|eventCreateTs|secret`.
+pub fn mobizon_sign(event_id: &str, attempt: &str, created: &str, secret: &str) -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(format!("{event_id}|{attempt}|{created}|{secret}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The states a report must not set before Mobizon itself confirms them:
+/// the URL token and `sign` do not cover `data`, so anyone holding the URL
+/// could otherwise mark a delivered SMS as failed.
+pub fn is_final_failure(status: &str) -> bool {
+    matches!(status, "undelivered" | "rejected" | "expired" | "deleted")
 }
 
 /// A status read from Mobizon's `getsmsstatus`, as an event: its id names the

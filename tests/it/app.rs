@@ -166,6 +166,23 @@ impl Providers {
             .await;
     }
 
+    /// Mobizon's `getsmsstatus`, answering `status` for every id it is asked
+    /// about (how a failure report is confirmed).
+    pub async fn mount_mobizon_statuses(&self, status: &'static str) {
+        Mock::given(method("POST"))
+            .and(path("/service/message/getsmsstatus"))
+            .respond_with(move |request: &Request| {
+                let data: Vec<serde_json::Value> = url::form_urlencoded::parse(&request.body)
+                    .filter(|(k, _)| k == "ids[]")
+                    .map(|(_, id)| serde_json::json!({"id": id, "status": status}))
+                    .collect();
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"code": 0, "data": data, "message": ""}))
+            })
+            .mount(&self.mobizon)
+            .await;
+    }
+
     pub async fn emails(&self) -> Vec<Request> {
         self.resend.received_requests().await.unwrap_or_default()
     }

@@ -441,6 +441,7 @@ async fn the_incident_leads_end_to_end_with_delivery_reports_in_the_status_api_a
     client.batch_execute(NO_DELAY).await.unwrap();
     client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
     let providers = Providers::healthy().await;
+    providers.mount_mobizon_statuses("UNDELIV").await;
     let app = start(config(&db.url, &providers)).await;
     let api = Api::new(&app);
     let leads = insert_incident_leads(&client).await;
@@ -954,6 +955,7 @@ async fn signed_hostile_json_never_gets_a_server_error_and_every_recognised_even
     let db = fresh_db().await;
     let client = db.client().await;
     let providers = Providers::healthy().await;
+    providers.mount_mobizon_statuses("DELIVRD").await;
     let app = start(config(&db.url, &providers)).await;
     let api = Api::new(&app);
     let mut runner = proptest::test_runner::TestRunner::deterministic();
@@ -1194,6 +1196,7 @@ async fn a_mobizon_report_writes_only_our_words_into_the_error_columns() {
     let db = fresh_db().await;
     let client = db.client().await;
     let providers = Providers::healthy().await;
+    providers.mount_mobizon_statuses("UNDELIV").await;
     let app = start(config(&db.url, &providers)).await;
     let api = Api::new(&app);
     let lead = insert_proftest_lead(&client, "Forged", "f@mail.ru").await;
@@ -1263,5 +1266,84 @@ async fn a_client_that_sends_its_headers_too_slowly_is_disconnected() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failure_report_mobizon_does_not_confirm_changes_nothing_and_one_it_cannot_confirm_now_is_delivered_again()
+ {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    // Mobizon itself says the SMS was delivered.
+    providers.mount_mobizon_statuses("DELIVRD").await;
+    let app = start(config(&db.url, &providers)).await;
+    let api = Api::new(&app);
+    let lead = insert_proftest_lead(&client, "Delivered", "d@mail.ru").await;
+    client
+        .execute(
+            "update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = '7100', delivery_status = 'delivered' where lead_id = $1 and channel = 'sms'",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    // Someone with the URL posts a failure for it.
+    let forged = mobizon_report(501, "7100", "UNDELIV");
+    assert_eq!(
+        api.mobizon(MOBIZON_WEBHOOK_TOKEN, &forged).await.status(),
+        200
+    );
+    let row = client
+        .query_one(
+            "select j.delivery_status, j.last_error, l.sms_delivery_status, l.sms_error from notification_jobs j join landing_leads l on l.id = j.lead_id where j.provider_message_id = '7100'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "delivered");
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+    assert_ne!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some("undelivered")
+    );
+    assert_eq!(row.get::<_, Option<String>>(3), None);
+    assert_eq!(
+        count(&client, "select count(*) from notification_events where provider_event_id = 'webhook-501' and delivery_status is null").await,
+        1,
+        "the report is kept for audit, without a state"
+    );
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"outcome="unconfirmed""#), "{metrics}");
+    app.shutdown().await;
+
+    // Mobizon cannot be asked: 503, so that Mobizon delivers the report again.
+    let unreachable = Providers::healthy().await;
+    let app = start(config(&db.url, &unreachable)).await;
+    let api = Api::new(&app);
+    assert_eq!(
+        api.mobizon(
+            MOBIZON_WEBHOOK_TOKEN,
+            &mobizon_report(502, "7100", "EXPIRED")
+        )
+        .await
+        .status(),
+        503
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_events where provider_event_id = 'webhook-502'"
+        )
+        .await,
+        0
+    );
     app.shutdown().await;
 }

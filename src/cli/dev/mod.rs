@@ -120,6 +120,7 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
         outbox.clone(),
         SigningKey::parse(&secrets.webhook_secret).map_err(DevError::Prepare)?,
         Secret::new(secrets.mobizon_token.clone()),
+        Secret::new(secrets.mobizon_webhook_secret.clone()),
     )
     .await
     .map_err(|e| DevError::Prepare(format!("stand-in providers: {e}")))?;
@@ -170,6 +171,7 @@ struct DevSecrets {
     admin_token: String,
     webhook_secret: String,
     mobizon_token: String,
+    mobizon_webhook_secret: String,
 }
 
 impl DevSecrets {
@@ -181,6 +183,7 @@ impl DevSecrets {
                 persistent_secret(&dir.join("webhook-secret"), 24)?
             ),
             mobizon_token: persistent_secret(&dir.join("mobizon-token"), 16)?,
+            mobizon_webhook_secret: persistent_secret(&dir.join("mobizon-webhook-secret"), 16)?,
         })
     }
 }
@@ -205,6 +208,7 @@ fn serve_args(
         sweep_interval: Some("5s".into()),
         resend_webhook_secret: Some(secrets.webhook_secret.clone()),
         mobizon_webhook_token: Some(secrets.mobizon_token.clone()),
+        mobizon_webhook_secret: Some(secrets.mobizon_webhook_secret.clone()),
         admin_token: Some(secrets.admin_token.clone()),
         mobizon_poll_interval: Some("off".into()),
         ..Default::default()
@@ -265,7 +269,7 @@ const DEV_ENV: &str = "dev.env";
 /// one table for writing the file and for reading it back.
 fn dev_env_fields(
     args: &mut crate::config::ServeArgs,
-) -> [(&'static str, &mut Option<String>); 15] {
+) -> [(&'static str, &mut Option<String>); 16] {
     [
         ("DATABASE_URL", &mut args.database_url),
         ("RESEND_API_KEY", &mut args.resend_api_key),
@@ -280,6 +284,7 @@ fn dev_env_fields(
         ("SWEEP_INTERVAL", &mut args.sweep_interval),
         ("RESEND_WEBHOOK_SECRET", &mut args.resend_webhook_secret),
         ("MOBIZON_WEBHOOK_TOKEN", &mut args.mobizon_webhook_token),
+        ("MOBIZON_WEBHOOK_SECRET", &mut args.mobizon_webhook_secret),
         ("ADMIN_TOKEN", &mut args.admin_token),
         ("MOBIZON_POLL_INTERVAL", &mut args.mobizon_poll_interval),
     ]

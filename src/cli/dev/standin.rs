@@ -23,6 +23,8 @@ struct StandInState {
     outbox: PathBuf,
     resend_key: SigningKey,
     mobizon_token: Secret,
+    /// The Mobizon webhook's secret key: reports carry its `sign`.
+    mobizon_secret: Secret,
     /// Where our webhooks are, known once the server is up.
     webhooks: OnceLock<String>,
     email_answers: Mutex<HashMap<String, serde_json::Value>>,
@@ -46,12 +48,14 @@ pub async fn start(
     outbox: PathBuf,
     resend_key: SigningKey,
     mobizon_token: Secret,
+    mobizon_secret: Secret,
 ) -> std::io::Result<StandIn> {
     std::fs::create_dir_all(&outbox)?;
     let state = Arc::new(StandInState {
         outbox,
         resend_key,
         mobizon_token,
+        mobizon_secret,
         webhooks: OnceLock::new(),
         email_answers: Mutex::new(HashMap::new()),
         next_sms: AtomicU64::new(1),
@@ -216,12 +220,21 @@ async fn sms(State(state): State<Arc<StandInState>>, body: Bytes) -> axum::Json<
         let Some(base) = report_state.webhooks.get() else {
             return;
         };
+        let event_id = format!("standin-{message_id}");
+        let created = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
+        let sign = crate::ingest::delivery::mobizon_sign(
+            &event_id,
+            "1",
+            &created,
+            report_state.mobizon_secret.expose(),
+        );
         let report = serde_json::json!({
-            "eventId": format!("standin-{message_id}"), "eventType": "sms-delivery-report",
-            "eventCreateTs": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+            "eventId": event_id, "eventType": "sms-delivery-report",
+            "eventCreateTs": created,
             "webhookId": 0, "attempt": 1,
             "data": {"messageId": message_id, "status": "DELIVRD", "segNum": 1,
-                     "statusUpdateTs": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()}
+                     "statusUpdateTs": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()},
+            "sign": sign
         });
         let _ = report_state
             .http

@@ -134,11 +134,6 @@ fn configuration(args: &ServeArgs) -> Check {
             e.to_string(),
             "set it in the service's environment (see the configuration table in the README)",
         ),
-        Ok(config) if config.mobizon_webhook_secret.is_none() => Check::warn(
-            NAME,
-            "complete; MOBIZON_WEBHOOK_SECRET is not set, so Mobizon's report signature is not checked",
-            "set MOBIZON_WEBHOOK_SECRET to the secret key of the Mobizon webhook",
-        ),
         Ok(config) => Check::ok(
             NAME,
             format!(
