@@ -9,6 +9,8 @@ use phonenumber::country::Id;
 pub enum InvalidRecipient {
     #[error("email is missing")]
     EmailMissing,
+    #[error("email contains invisible formatting characters (zero-width or direction marks)")]
+    EmailFormatCharacters,
     #[error("email is longer than 254 characters")]
     EmailTooLong,
     #[error("email is not an address of the form name@domain.tld")]
@@ -23,16 +25,33 @@ pub enum InvalidRecipient {
     PhoneDigits(usize),
     #[error("phone is not a number any Kazakhstan or Russian operator uses (country code 7)")]
     PhoneNotInUse,
+    #[error("phone is not a mobile number (a landline cannot receive an SMS)")]
+    PhoneNotMobile,
+}
+
+/// White space of every kind, and the byte-order mark, around a value: what
+/// `leadrelay_trim()` in the database removes too.
+fn trim(value: &str) -> &str {
+    value.trim_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}')
+}
+
+/// Invisible characters that make one address look like another: the
+/// database's trigger refuses the same set.
+fn is_format_character(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
 }
 
 /// A trimmed address with one `@`, a dotted domain and no spaces or brackets.
 pub fn email(raw: Option<&str>) -> Result<String, InvalidRecipient> {
-    let value = raw.map(str::trim).unwrap_or_default();
+    let value = raw.map(trim).unwrap_or_default();
     if value.is_empty() {
         return Err(InvalidRecipient::EmailMissing);
     }
     if value.len() > 254 {
         return Err(InvalidRecipient::EmailTooLong);
+    }
+    if value.chars().any(is_format_character) {
+        return Err(InvalidRecipient::EmailFormatCharacters);
     }
     let forbidden = |c: char| c.is_whitespace() || c.is_control() || "<>(),;:\"[]\\".contains(c);
     let Some((local, domain)) = value.split_once('@') else {
@@ -54,9 +73,11 @@ pub fn email(raw: Option<&str>) -> Result<String, InvalidRecipient> {
 }
 
 /// The international digits Mobizon expects (`77051234567`), from whatever a
-/// person typed: `+7 (705) 123-45-67`, `8 705 123 4567`, `87051234567`.
+/// person typed: `+7 (705) 123-45-67`, `8 705 123 4567`, `87051234567`, or a
+/// Kazakh mobile number without its country code, `705 123 45 67`. Only a
+/// mobile number will do: an SMS to a landline goes nowhere.
 pub fn phone(raw: Option<&str>) -> Result<String, InvalidRecipient> {
-    let value = raw.map(str::trim).unwrap_or_default();
+    let value = raw.map(trim).unwrap_or_default();
     if value.is_empty() {
         return Err(InvalidRecipient::PhoneMissing);
     }
@@ -64,6 +85,11 @@ pub fn phone(raw: Option<&str>) -> Result<String, InvalidRecipient> {
         return Err(InvalidRecipient::PhoneTooLong);
     }
     let mut digits: String = value.chars().filter(char::is_ascii_digit).collect();
+    // Ten digits of a mobile number typed without '+7' or '8': a number
+    // typed with '+' keeps what it has ('+7 (476) 123-45-6' is short).
+    if digits.len() == 10 && digits.starts_with('7') && !value.starts_with('+') {
+        digits.insert(0, '7');
+    }
     if digits.len() != 11 {
         return Err(InvalidRecipient::PhoneDigits(digits.len()));
     }
@@ -78,7 +104,11 @@ pub fn phone(raw: Option<&str>) -> Result<String, InvalidRecipient> {
     if !phonenumber::is_valid(&parsed) {
         return Err(InvalidRecipient::PhoneNotInUse);
     }
-    Ok(digits)
+    use phonenumber::Type;
+    match parsed.number_type(&phonenumber::metadata::DATABASE) {
+        Type::Mobile | Type::FixedLineOrMobile => Ok(digits),
+        _ => Err(InvalidRecipient::PhoneNotMobile),
+    }
 }
 
 #[cfg(test)]
@@ -97,12 +127,40 @@ mod tests {
     }
 
     #[test]
+    fn landlines_format_characters_and_odd_white_space_are_handled() {
+        assert_eq!(
+            phone(Some("+7 727 250 00 00")),
+            Err(InvalidRecipient::PhoneNotMobile)
+        );
+        assert_eq!(
+            phone(Some("+7 495 123 45 67")),
+            Err(InvalidRecipient::PhoneNotMobile)
+        );
+        assert_eq!(phone(Some("705 123 45 67")).unwrap(), "77051234567");
+        assert_eq!(
+            phone(Some("\u{a0}+7 705 123 45 67\n")).unwrap(),
+            "77051234567"
+        );
+        assert_eq!(email(Some("a@b.kz\n")).unwrap(), "a@b.kz");
+        assert_eq!(email(Some("\u{feff}a@b.kz\u{3000}")).unwrap(), "a@b.kz");
+        assert_eq!(
+            email(Some("a\u{200b}@b.kz")),
+            Err(InvalidRecipient::EmailFormatCharacters)
+        );
+        assert_eq!(
+            email(Some("a@b\u{202e}zk.kz")),
+            Err(InvalidRecipient::EmailFormatCharacters)
+        );
+    }
+
+    #[test]
     fn the_spellings_people_type_are_accepted() {
         for typed in [
             "8 705 123 4567",
             "87051234567",
             "+7-705-123-45-67",
             "7 705 1234567",
+            "705 123 45 67",
         ] {
             assert_eq!(phone(Some(typed)).unwrap(), "77051234567", "{typed}");
         }

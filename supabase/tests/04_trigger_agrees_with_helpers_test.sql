@@ -20,7 +20,13 @@ insert into samples values
   (repeat('a', 250) || '@x.kz', repeat('7', 70)),
   ('emoji😀@x', '()--'),
   ('x@y.kz''); drop table t; --', '7'' or ''1''=''1'),
-  ('ok@mail.ru', '87051234567');
+  ('ok@mail.ru', '87051234567'),
+  (E'a@b.kz\n', '705 123 45 67'),
+  (E'\u00a0spaced@b.kz\u3000', E'\n+7 705 123 45 67\t'),
+  (E'zero\u200bwidth@b.kz', '+7 727 250 00 00'),
+  (E'a@b\u202ezk.kz', '+7 495 123 45 67'),
+  ('landline@b.kz', '8 7172 55 55 55'),
+  ('russian@b.ru', '+7 916 123 45 67');
 
 insert into landing_leads (name, email, phone, source)
 select 'sample', email, phone, 'proftest_check' from samples;
@@ -32,7 +38,7 @@ select is(
    where l.source = 'proftest_check'
      and (e.last_error is distinct from leadrelay_email_problem(l.email)
           or (e.status = 'invalid') is distinct from (leadrelay_email_problem(l.email) is not null)
-          or (e.recipient is distinct from case when leadrelay_email_problem(l.email) is null then btrim(l.email) end))),
+          or (e.recipient is distinct from case when leadrelay_email_problem(l.email) is null then leadrelay_trim(l.email) end))),
   0, 'email: the trigger and leadrelay_email_problem() agree');
 
 select is(

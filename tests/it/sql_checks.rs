@@ -113,3 +113,76 @@ async fn the_worker_runs_as_the_least_privilege_role() {
     );
     app.shutdown().await;
 }
+
+/// The database's checks (the trigger's helpers) and the worker's own
+/// (libphonenumber) agree on what can be sent, and on the digits.
+#[tokio::test]
+async fn the_databases_recipient_checks_and_the_workers_agree() {
+    use leadrelay::messages::recipients;
+    let db = crate::harness::fresh_db().await;
+    let client = db.client().await;
+    let phones = [
+        "+7 (705) 123-45-67",
+        "8 702 765 43 21",
+        "87051234567",
+        "705 123 45 67",
+        "\n+7 705 123 45 67\t",
+        "\u{a0}+7 777 111 22 33",
+        "+7 (476) 123-45-6",
+        "+7 727 250 00 00",
+        "+7 495 123 45 67",
+        "8 7172 55 55 55",
+        "+7 916 123 45 67",
+        "+7 747 123 45 67",
+        "+7 771 123 45 67",
+        "+1 (555) 123-4567",
+        "7051234567",
+        "call me",
+        "",
+        "()--",
+    ];
+    for phone in phones {
+        let row = client
+            .query_one(
+                "select public.leadrelay_phone_problem($1), public.leadrelay_phone_digits($1)",
+                &[&phone],
+            )
+            .await
+            .unwrap();
+        let (problem, digits): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+        let ours = recipients::phone(Some(phone));
+        assert_eq!(
+            problem.is_none(),
+            ours.is_ok(),
+            "{phone:?}: database {problem:?}, worker {ours:?}"
+        );
+        if let Ok(ours) = ours {
+            assert_eq!(digits.as_deref(), Some(ours.as_str()), "{phone:?}");
+        }
+    }
+    let emails = [
+        "a@b.kz",
+        "a@b.kz\n",
+        "\u{a0}a@b.kz\u{3000}",
+        "\u{feff}a@b.kz",
+        "a\u{200b}@b.kz",
+        "a@b\u{202e}zk.kz",
+        "no-at",
+        "a..b@mail.ru",
+        "a@b",
+        "Aliya.Test1@gmail.com",
+    ];
+    for email in emails {
+        let problem: Option<String> = client
+            .query_one("select public.leadrelay_email_problem($1)", &[&email])
+            .await
+            .unwrap()
+            .get(0);
+        let ours = recipients::email(Some(email));
+        assert_eq!(
+            problem.is_none(),
+            ours.is_ok(),
+            "{email:?}: database {problem:?}, worker {ours:?}"
+        );
+    }
+}
