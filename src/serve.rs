@@ -127,8 +127,8 @@ impl Application {
         tracing::info!("stopped");
     }
 
-    pub async fn run_until_signal(self) {
-        shutdown_signal().await;
+    pub async fn run_until(self, signals: ShutdownSignals) {
+        signals.wait().await;
         self.shutdown().await;
     }
 }
@@ -311,22 +311,39 @@ fn hostname() -> String {
 }
 
 /// Ctrl-C in a terminal, SIGTERM from a service manager or `timeout`, SIGHUP
-/// when the terminal closes.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(mut term), Ok(mut hangup)) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-                _ = hangup.recv() => {}
+/// when the terminal closes. The handlers are installed by `install`, before
+/// anything starts: a signal that comes while the service is still starting
+/// (its worker already claiming) is then a clean stop, not a kill.
+pub struct ShutdownSignals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    hangup: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    pub fn install() -> ShutdownSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        ShutdownSignals {
+            terminate: signal(SignalKind::terminate()).ok(),
+            hangup: signal(SignalKind::hangup()).ok(),
+            interrupt: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Waits for the first of them.
+    pub async fn wait(mut self) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = next(&mut self.terminate) => {}
+            _ = next(&mut self.hangup) => {}
+            _ = next(&mut self.interrupt) => {}
         }
     }
 }

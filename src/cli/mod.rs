@@ -46,7 +46,8 @@ pub enum Command {
     Backfill(BackfillArgs),
     /// One lead's messages and delivery states, by lead id, email or phone.
     Status(StatusArgs),
-    /// Put failed jobs back to due after the cause was fixed (a wrong API key, say).
+    /// Put failed or invalid jobs back to due after the cause was fixed (a wrong API key,
+    /// a corrected email or phone in landing_leads): the recipient is taken from the lead again.
     Retry(RetryArgs),
     /// Cancel the jobs a notification rule made that were not tried yet (after disabling it).
     Cancel(CancelArgs),
@@ -283,9 +284,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Doctor(_) => Ok(()),
         Command::Serve(args) => {
+            let signals = serve::ShutdownSignals::install();
             let config = config::ServeConfig::from_args(&args)?;
             let app = serve::Application::build(config).await?;
-            app.run_until_signal().await;
+            app.run_until(signals).await;
             Ok(())
         }
     }

@@ -313,21 +313,44 @@ pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
 
 /// Failed jobs to put back: one by id ($1), or all failed since $2.
 pub const RETRY_CANDIDATES: &str = "
-select id, lead_id, channel, last_error from public.notification_jobs
-where status = 'failed'
-  and (($1::bigint is not null and id = $1) or ($2::timestamptz is not null and finished_at >= $2))
-order by id";
+select j.id, j.lead_id, j.channel, j.last_error
+from public.notification_jobs j
+where j.status in ('failed', 'invalid') and j.channel in ('email', 'sms', 'lead_tracking')
+  and (($1::bigint is not null and j.id = $1) or ($2::timestamptz is not null and j.finished_at >= $2))
+order by j.id";
 
-/// Puts failed jobs $1 back to due with fresh attempts; their error history
-/// stays.
+/// Puts failed or invalid jobs $1 back to due with fresh attempts; their
+/// error history stays. The recipient is derived again from the lead, so a
+/// contact corrected in `landing_leads` is the one used; a job whose lead's
+/// contact is still unusable stays as it is. An email whose recipient
+/// changed gets a key of its own: Resend would answer the old key's first
+/// email (or a 409) to a different body.
 pub const RETRY_UPDATE: &str = "
-with retried as (
-  update public.notification_jobs
+with fresh as (
+  select j.id,
+         case j.channel
+           when 'email' then case when public.leadrelay_email_problem(l.email) is null
+                                  then public.leadrelay_trim(l.email) end
+           when 'sms' then case when public.leadrelay_phone_problem(l.phone) is null
+                                then public.leadrelay_phone_digits(l.phone) end
+           else j.recipient
+         end as recipient
+  from public.notification_jobs j
+  join public.landing_leads l on l.id = j.lead_id
+  where j.id = any($1) and j.status in ('failed', 'invalid')
+), retried as (
+  update public.notification_jobs j
      set status = 'due', due_at = now(), attempts = 0, finished_at = null, updated_at = now(),
+         idempotency_key = case
+           when j.channel = 'email' and j.recipient is distinct from f.recipient
+             then 'leadrelay-' || j.lead_id || '-' || j.template || '-' || left(md5(f.recipient), 8)
+           else j.idempotency_key end,
+         recipient = f.recipient,
          -- a retried job goes on its own: the rest of its batch is finished
          batch_key = null
-   where id = any($1) and status = 'failed'
-  returning id
+    from fresh f
+   where j.id = f.id and (f.recipient is not null or j.channel = 'lead_tracking')
+  returning j.id
 )
 select count(pg_notify('notification_jobs', id::text)) from retried";
 
@@ -342,7 +365,7 @@ pub async fn retry(
         .query(RETRY_CANDIDATES, &[&job, &failed_since])
         .await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    println!("{} failed job(s) to put back to due:", ids.len());
+    println!("{} failed or invalid job(s) to put back to due:", ids.len());
     for row in rows.iter().take(10) {
         let error: Option<String> = row.get(3);
         println!(
@@ -367,7 +390,13 @@ pub async fn retry(
     }
     confirm(&format!("Retry {} job(s) now?", ids.len()), yes)?;
     let n: i64 = client.query_one(RETRY_UPDATE, &[&ids]).await?.get(0);
-    println!("{n} job(s) are due again");
+    println!("{n} job(s) are due again, each to its lead's current email or phone");
+    if (n as usize) < ids.len() {
+        println!(
+            "{} job(s) left as they were: their lead's email or phone is still unusable (see `leadrelay status`)",
+            ids.len() - n as usize
+        );
+    }
     Ok(n)
 }
 

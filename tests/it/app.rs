@@ -312,6 +312,7 @@ impl ServeProcess {
             .env("PRODUCT_URL", PRODUCT_URL)
             .env("RESEND_WEBHOOK_SECRET", RESEND_WEBHOOK_SECRET)
             .env("MOBIZON_WEBHOOK_TOKEN", MOBIZON_WEBHOOK_TOKEN)
+            .env("MOBIZON_WEBHOOK_SECRET", "mobizon-webhook-secret-key")
             .env("ADMIN_TOKEN", ADMIN_TOKEN)
             .env("MOBIZON_POLL_INTERVAL", "off")
             .env("LISTEN_ADDR", "127.0.0.1:0")

@@ -341,3 +341,87 @@ async fn cancel_rule_cancels_the_jobs_a_disabled_rule_made_that_were_not_tried_a
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn retry_takes_a_corrected_contact_from_the_lead_and_requeues_invalid_jobs_too() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let leads = insert_incident_leads(&client).await;
+    // The second incident lead's phone has a digit too few: its SMS is invalid.
+    let broken = leads[1];
+    let job: i64 = client
+        .query_one("select id from notification_jobs where lead_id = $1 and channel = 'sms' and status = 'invalid'", &[&broken])
+        .await
+        .unwrap()
+        .get(0);
+    let out = leadrelay(&db.url, &["retry", &job.to_string(), "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("still unusable"), "{}", text(&out));
+    assert_eq!(
+        count(
+            &client,
+            &format!(
+                "select count(*) from notification_jobs where id = {job} and status = 'invalid'"
+            )
+        )
+        .await,
+        1
+    );
+    // The marketer corrects the phone in the SQL editor, then retries.
+    client
+        .execute(
+            "update landing_leads set phone = '+7 (747) 123-45-60' where id = $1",
+            &[&broken],
+        )
+        .await
+        .unwrap();
+    let dry = leadrelay(&db.url, &["retry", &job.to_string(), "--dry-run"]);
+    assert!(
+        text(&dry).contains("1 failed or invalid job(s)"),
+        "{}",
+        text(&dry)
+    );
+    let out = leadrelay(&db.url, &["retry", &job.to_string(), "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let row = client
+        .query_one(
+            "select status, recipient from notification_jobs where id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "due");
+    assert_eq!(row.get::<_, String>(1), "77471234560");
+
+    // A failed email whose address was corrected goes to the new address
+    // under a key of its own.
+    let email_job: i64 = client
+        .query_one(
+            "select id from notification_jobs where lead_id = $1 and channel = 'email'",
+            &[&leads[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "update notification_jobs set status = 'failed', finished_at = now(), attempts = 1, last_error = 'resend 422 validation_error: bad address',
+                    idempotency_key = 'leadrelay-old-key' where id = {email_job};
+             update landing_leads set email = 'aigerim.fixed@gmail.com' where id = '{}';",
+            leads[0]
+        ))
+        .await
+        .unwrap();
+    let out = leadrelay(&db.url, &["retry", &email_job.to_string(), "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let row = client
+        .query_one(
+            "select status, recipient, idempotency_key from notification_jobs where id = $1",
+            &[&email_job],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "due");
+    assert_eq!(row.get::<_, String>(1), "aigerim.fixed@gmail.com");
+    assert_ne!(row.get::<_, String>(2), "leadrelay-old-key");
+}

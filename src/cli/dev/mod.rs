@@ -10,7 +10,7 @@ use crate::cli::DevArgs;
 use crate::config::ServeConfig;
 use crate::domain::Secret;
 use crate::ingest::svix::SigningKey;
-use crate::serve::{Application, ServeError, shutdown_signal};
+use crate::serve::{Application, ServeError, ShutdownSignals};
 use crate::store::cluster::{Cluster, ClusterError, ClusterOptions, StopMode};
 use crate::store::{self, migrate};
 
@@ -109,6 +109,7 @@ impl Drop for StopClusterOnExit<'_> {
 }
 
 pub async fn run(args: &DevArgs) -> Result<(), DevError> {
+    let signals = ShutdownSignals::install();
     let cluster = start_cluster(&args.dir).await?;
     let stop_cluster = StopClusterOnExit(&cluster);
     let url = cluster.url("postgres");
@@ -135,7 +136,7 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
     let base = format!("http://{}", app.local_addr());
     stand_in.deliver_reports_to(base.clone());
     say(&banner(args, &cluster, &base, &secrets, &outbox, &delay));
-    shutdown_signal().await;
+    signals.wait().await;
     app.shutdown().await;
     drop(stop_cluster);
     say("stopped\n");
