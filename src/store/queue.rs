@@ -21,10 +21,12 @@ macro_rules! claimed_rows {
     () => {
         "  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
             coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
-            j.batch_key, j.idempotency_key
+            j.batch_key, j.idempotency_key, j.channel
 )
 select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
-       l.id is not null as lead_exists, l.name, l.email, l.phone, l.metadata, l.created_at,
+       l.id is not null as lead_exists, l.name, l.email, l.phone,
+       -- only the dashboard row uses the lead's metadata, which can be large
+       case when c.channel = 'lead_tracking' then l.metadata end, l.created_at,
        coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
        c.batch_key, c.idempotency_key,"
     };

@@ -1208,3 +1208,43 @@ async fn a_job_in_hand_whose_lead_is_deleted_meanwhile_is_not_sent() {
     assert_eq!(sms.len(), 1, "only the kept lead's SMS went");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn claims_carry_the_leads_metadata_only_for_the_dashboard_row() {
+    use leadrelay::domain::Channel;
+    use leadrelay::store::queue::Queue;
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let big = serde_json::json!({"answers": vec![1; 20_000]});
+    insert_as_landing(
+        &client,
+        Some("Big"),
+        Some("big@mail.ru"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        Some(&big),
+    )
+    .await;
+    let pool = leadrelay::store::pool(&db.url, 2).await.unwrap();
+    let queue = Queue::new(pool, "metadata-test".into());
+    let email = queue
+        .claim(Channel::Email, 10, Duration::from_secs(30), false)
+        .await
+        .unwrap();
+    assert_eq!(email.len(), 1);
+    assert_eq!(
+        email[0].lead.as_ref().unwrap().metadata,
+        None,
+        "an email does not need it"
+    );
+    let tracking = queue
+        .claim(Channel::LeadTracking, 10, Duration::from_secs(30), false)
+        .await
+        .unwrap();
+    assert_eq!(tracking.len(), 1);
+    assert_eq!(
+        tracking[0].lead.as_ref().unwrap().metadata.as_ref(),
+        Some(&big)
+    );
+}
