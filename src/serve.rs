@@ -170,18 +170,22 @@ fn new_worker(
         ),
         email_from: config.resend.from.clone(),
         email_batch_size: config.resend.batch_size,
-        mobizon: MobizonClient::new(
-            http,
-            &config.mobizon.api_url,
-            config.mobizon.api_key.clone(),
-            config.mobizon.from.clone(),
-            config.mobizon.max_rps,
-        ),
+        mobizon: mobizon_client(config, http),
         product_url: config.product_url.clone(),
         settings: config.worker.clone(),
         wakeups,
         tasks,
     }
+}
+
+fn mobizon_client(config: &ServeConfig, http: reqwest::Client) -> MobizonClient {
+    MobizonClient::new(
+        http,
+        &config.mobizon.api_url,
+        config.mobizon.api_key.clone(),
+        config.mobizon.from.clone(),
+        config.mobizon.max_rps,
+    )
 }
 
 fn app_state(
@@ -196,12 +200,9 @@ fn app_state(
         resend_key: config.resend_webhook_key.clone(),
         mobizon_token: config.mobizon_webhook_token.clone(),
         mobizon_secret: config.mobizon_webhook_secret.clone(),
-        mobizon: Arc::new(MobizonClient::new(
+        mobizon: Arc::new(mobizon_client(
+            config,
             http_client(config.worker.provider_timeout),
-            &config.mobizon.api_url,
-            config.mobizon.api_key.clone(),
-            config.mobizon.from.clone(),
-            config.mobizon.max_rps,
         )),
         admin_token: config.admin_token.clone(),
         dev_outbox: config.dev_outbox.clone(),

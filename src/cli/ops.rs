@@ -64,6 +64,24 @@ pub fn parse_time(name: &'static str, value: &str) -> Result<DateTime<Utc>, OpsE
 }
 
 /// Asks on the terminal; refuses when there is none to ask.
+/// After listing the first ten of `n` jobs: whether to change them (none,
+/// or a dry run: no; otherwise the operator confirms `question`, in which
+/// `{}` stands for the count).
+fn go_ahead(n: usize, dry_run: bool, yes: bool, question: &str) -> Result<bool, OpsError> {
+    if n > 10 {
+        println!("  … and {} more", n - 10);
+    }
+    if n == 0 {
+        return Ok(false);
+    }
+    if dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(false);
+    }
+    confirm(&question.replace("{}", &n.to_string()), yes)?;
+    Ok(true)
+}
+
 fn confirm(question: &str, yes: bool) -> Result<(), OpsError> {
     if yes {
         return Ok(());
@@ -378,17 +396,9 @@ pub async fn retry(
                 .unwrap_or_default()
         );
     }
-    if ids.len() > 10 {
-        println!("  … and {} more", ids.len() - 10);
-    }
-    if ids.is_empty() {
+    if !go_ahead(ids.len(), dry_run, yes, "Retry {} job(s) now?")? {
         return Ok(0);
     }
-    if dry_run {
-        println!("dry run: nothing was changed");
-        return Ok(0);
-    }
-    confirm(&format!("Retry {} job(s) now?", ids.len()), yes)?;
     let n: i64 = client.query_one(RETRY_UPDATE, &[&ids]).await?.get(0);
     println!("{n} job(s) are due again, each to its lead's current email or phone");
     if (n as usize) < ids.len() {
@@ -461,17 +471,9 @@ pub async fn cancel_rule(
             row.get::<_, String>(3)
         );
     }
-    if ids.len() > 10 {
-        println!("  … and {} more", ids.len() - 10);
-    }
-    if ids.is_empty() {
+    if !go_ahead(ids.len(), dry_run, yes, "Cancel {} job(s)?")? {
         return Ok(0);
     }
-    if dry_run {
-        println!("dry run: nothing was changed");
-        return Ok(0);
-    }
-    confirm(&format!("Cancel {} job(s)?", ids.len()), yes)?;
     let n = client.execute(CANCEL_UPDATE, &[&ids, &rule]).await?;
     println!("{n} job(s) cancelled");
     Ok(n)
