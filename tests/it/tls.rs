@@ -306,3 +306,69 @@ async fn serve_becomes_ready_over_verify_full_with_the_private_ca() {
     assert!(application.listener.is_connected());
     application.shutdown().await;
 }
+
+#[test]
+fn an_expired_ca_file_stops_the_process_at_start_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=Old CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.csr",
+        ],
+    );
+    std::fs::write(d.join("index.txt"), "").unwrap();
+    std::fs::write(d.join("serial"), "01\n").unwrap();
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca = old\n[old]\ndatabase = index.txt\nserial = serial\nnew_certs_dir = .\ndefault_md = sha256\npolicy = any\nx509_extensions = ext\n[any]\ncommonName = supplied\n[ext]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    // valid for one day in 2020
+    openssl(
+        d,
+        &[
+            "ca",
+            "-selfsign",
+            "-keyfile",
+            "ca.key",
+            "-in",
+            "ca.csr",
+            "-startdate",
+            "200101000000Z",
+            "-enddate",
+            "200102000000Z",
+            "-config",
+            "ca.cnf",
+            "-batch",
+            "-out",
+            "expired.crt",
+        ],
+    );
+    let url = format!(
+        "postgresql://postgres:hunter2@db.example.supabase.co:5432/postgres?sslmode=verify-full&sslrootcert={}",
+        d.join("expired.crt").display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("expired.crt") && stderr.contains("has expired"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
