@@ -157,7 +157,7 @@ fn new_worker(
         std::process::id(),
         rand::random::<u32>()
     );
-    let queue = Queue::new(pool, worker_id);
+    let queue = Queue::new(pool, worker_id).with_product_url(&config.product_url);
     Worker {
         sent_batches: crate::worker::sent_batches::SentBatches::start(queue.clone()),
         queue,

@@ -21,14 +21,14 @@ macro_rules! claimed_rows {
     () => {
         "  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
             coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
-            j.batch_key, j.idempotency_key, j.channel
+            j.batch_key, j.idempotency_key, j.channel, j.sent_params
 )
 select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
        l.id is not null as lead_exists, l.name, l.email, l.phone,
        -- only the dashboard row uses the lead's metadata, which can be large
        case when c.channel = 'lead_tracking' then l.metadata end, l.created_at,
        coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
-       c.batch_key, c.idempotency_key,"
+       c.batch_key, c.idempotency_key, c.sent_params,"
     };
 }
 
@@ -36,6 +36,8 @@ select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.p
 /// seconds, oldest first, skipping jobs another worker holds. Returns them with
 /// their lead. `previous_outcome_unknown`: the last attempt ended with an
 /// expired lease, so it may have reached the provider.
+///
+/// $6: the product link a job's first claim fixes into `sent_params`.
 ///
 /// $5 (or null): the batch key for the jobs of this claim that were never
 /// tried, when there are two or more of them; stored before any request, so a
@@ -64,6 +66,11 @@ with claimable as (
          idempotency_key = case when j.channel = 'email' then coalesce(j.idempotency_key,
                              case when j.attempts > 0 then 'leadrelay-job-' || j.id
                                   else 'leadrelay-' || j.lead_id || '-' || j.template end) end,
+         -- what the message is made of, fixed by the first claim ($6: the
+         -- product link this worker would use)
+         sent_params = coalesce(j.sent_params, jsonb_build_object(
+                         'name', (select l.name from public.landing_leads l where l.id = j.lead_id),
+                         'product_url', $6::text)),
          updated_at = now()
     from claimable c
    where j.id = c.id
@@ -408,6 +415,9 @@ pub struct ClaimedJob {
     /// The Resend idempotency key of an email sent on its own, fixed by the
     /// job's first claim (None for other channels).
     pub idempotency_key: Option<String>,
+    /// The values the message is made of (`name`, `product_url`), fixed by
+    /// the job's first claim.
+    pub sent_params: Option<serde_json::Value>,
     /// Members of this job's batch are elsewhere until then (see
     /// `CLAIM_BATCHES`): the batch must wait for them.
     pub rest_of_batch_until: Option<DateTime<Utc>>,
@@ -458,7 +468,8 @@ fn claimed_job(
         lock: lock.to_string(),
         batch_key: row.get(17),
         idempotency_key: row.get(18),
-        rest_of_batch_until: row.get(19),
+        sent_params: row.get(19),
+        rest_of_batch_until: row.get(20),
     }
 }
 
@@ -510,6 +521,8 @@ pub struct Queue {
     pool: Pool,
     worker_id: String,
     claims: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The product link a first claim fixes into the job (`sent_params`).
+    product_url: String,
 }
 
 impl Queue {
@@ -523,7 +536,14 @@ impl Queue {
             pool,
             worker_id,
             claims: Default::default(),
+            product_url: String::new(),
         }
+    }
+
+    /// The product link the jobs this queue claims first are fixed to.
+    pub fn with_product_url(mut self, product_url: &str) -> Queue {
+        self.product_url = product_url.to_string();
+        self
     }
 
     pub fn pool(&self) -> &Pool {
@@ -549,7 +569,14 @@ impl Queue {
             channel,
             &lock,
             lease_ends,
-            &[&channel.as_str(), &limit, &lock, &secs, &batch_key],
+            &[
+                &channel.as_str(),
+                &limit,
+                &lock,
+                &secs,
+                &batch_key,
+                &self.product_url,
+            ],
         )
         .await
     }

@@ -444,6 +444,27 @@ impl Worker {
         self.record(&job, outcome).await;
     }
 
+    /// The greeting name and product link the job's first claim fixed, so a
+    /// retry sends what the first attempt sent (Resend answers a changed
+    /// body under the same key with a 409); the lead's name and this
+    /// worker's link for a job claimed before they were stored.
+    fn fixed_params<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        lead_name: Option<&'a str>,
+    ) -> (Option<&'a str>, &'a str) {
+        let param = |key: &str| job.sent_params.as_ref().and_then(|p| p.get(key));
+        let name = match param("name") {
+            Some(value) => value.as_str(),
+            None => lead_name,
+        };
+        let product_url = param("product_url")
+            .and_then(|v| v.as_str())
+            .filter(|url| !url.is_empty())
+            .unwrap_or(&self.product_url);
+        (name, product_url)
+    }
+
     /// The email of job `job`, or the outcome that ends it without a request.
     fn email_for(&self, job: &ClaimedJob) -> Result<OutgoingEmail, Outcome> {
         if let Some(outcome) = precheck(job) {
@@ -456,7 +477,8 @@ impl Worker {
             recipients::email(job.recipient.as_deref()).map_err(|reason| Outcome::Invalid {
                 error: reason.to_string(),
             })?;
-        let content = templates::proftest_email(lead.name.as_deref(), &self.product_url);
+        let (name, product_url) = self.fixed_params(job, lead.name.as_deref());
+        let content = templates::proftest_email(name, product_url);
         Ok(OutgoingEmail {
             from: self.email_from.clone(),
             to: vec![to],
@@ -695,7 +717,8 @@ impl Worker {
         if !self.still_to_send(job).await {
             return None;
         }
-        let text = templates::proftest_sms(&self.product_url);
+        let (_, product_url) = self.fixed_params(job, None);
+        let text = templates::proftest_sms(product_url);
         let started = std::time::Instant::now();
         let result = self.mobizon.send(&to, &text, &job.template).await;
         observe_request("mobizon", started, &result);

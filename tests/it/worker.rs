@@ -1248,3 +1248,91 @@ async fn claims_carry_the_leads_metadata_only_for_the_dashboard_row() {
         Some(&big)
     );
 }
+
+/// Takes each email like Resend (remembering its body under its key) but
+/// loses the answer while `losing` is set: the email probably went.
+struct LosesAnswers {
+    inner: ResendLike,
+    losing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl wiremock::Respond for LosesAnswers {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let answer = self.inner.respond(request);
+        if self.losing.load(std::sync::atomic::Ordering::SeqCst) {
+            ResponseTemplate::new(502)
+        } else {
+            answer
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_retry_sends_what_the_first_attempt_sent_though_the_name_and_link_changed_since() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client
+        .batch_execute("update notification_rules set enabled = (channel = 'email')")
+        .await
+        .unwrap();
+    let losing = Arc::new(AtomicBool::new(true));
+    let providers = Providers::empty().await;
+    providers
+        .mount_resend(LosesAnswers {
+            inner: ResendLike::new(Duration::ZERO),
+            losing: Arc::clone(&losing),
+        })
+        .await;
+    let lead = insert_proftest_lead(&client, "Айгерим", "aigerim@mail.ru").await;
+    let app = start(config(&db.url, &providers)).await;
+    eventually(Duration::from_secs(10), "the first attempt", || async {
+        !providers.emails().await.is_empty()
+    })
+    .await;
+    app.shutdown().await;
+    // Meanwhile the name is corrected and the product page moves.
+    client
+        .execute(
+            "update landing_leads set name = 'Aigerim' where id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    losing.store(false, Ordering::SeqCst);
+    let mut cfg = config(&db.url, &providers);
+    cfg.product_url = "https://academy.kz/new-product".into();
+    let app = start(cfg).await;
+    eventually(Duration::from_secs(20), "the email finished", || async {
+        !matches!(
+            job(&client, lead, "email")
+                .await
+                .get::<_, String>(0)
+                .as_str(),
+            "due" | "sending" | "scheduled"
+        )
+    })
+    .await;
+    let row = job(&client, lead, "email").await;
+    assert_eq!(
+        row.get::<_, String>(0),
+        "sent",
+        "{:?}",
+        row.get::<_, Option<String>>(2)
+    );
+    let bodies: std::collections::HashSet<Vec<u8>> = providers
+        .emails()
+        .await
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(bodies.len(), 1, "every attempt sent the same email");
+    let body = String::from_utf8(bodies.into_iter().next().unwrap()).unwrap();
+    assert!(
+        body.contains("Айгерим") && body.contains("https://academy.kz/product"),
+        "{body}"
+    );
+    app.shutdown().await;
+}
