@@ -41,7 +41,7 @@ pub async fn checks(url: &str) -> Vec<Check> {
     };
     vec![
         connection(&info, &client).await,
-        listen(&info, &client).await,
+        listen(&info).await,
         migrations(&client).await,
         pg_cron(&client).await,
         privileges(&client).await,
@@ -109,7 +109,7 @@ async fn connection(info: &ConnInfo, client: &Client) -> Check {
 /// the worker's wake-up works exactly when this round trip does. A
 /// transaction pooler hands each statement to any server session, so the
 /// notification never comes back; port 6543 is named as Supabase's.
-async fn listen(info: &ConnInfo, _client: &Client) -> Check {
+async fn listen(info: &ConnInfo) -> Check {
     const NAME: &str = "listen";
     let pooler_fix = "connect through the session pooler (port 5432 on the pooler host) or the direct connection db.<ref>.supabase.co:5432; the transaction pooler (port 6543) drops LISTEN";
     if info.port() == TRANSACTION_POOLER_PORT {
