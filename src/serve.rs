@@ -341,10 +341,11 @@ impl ShutdownSignals {
                 None => std::future::pending::<()>().await,
             }
         }
-        tokio::select! {
-            _ = next(&mut self.terminate) => {}
-            _ = next(&mut self.hangup) => {}
-            _ = next(&mut self.interrupt) => {}
-        }
+        let name = tokio::select! {
+            _ = next(&mut self.terminate) => "SIGTERM",
+            _ = next(&mut self.hangup) => "SIGHUP",
+            _ = next(&mut self.interrupt) => "SIGINT",
+        };
+        tracing::warn!(signal = name, "stopping");
     }
 }

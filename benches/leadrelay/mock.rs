@@ -91,6 +91,7 @@ impl Mock {
 pub(crate) async fn resend(
     State(mock): State<Arc<Mock>>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> axum::response::Response {
     let limits = match mock.over_limit() {
         Ok(limits) => limits,
@@ -101,15 +102,23 @@ pub(crate) async fn resend(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    mock.saw(
-        key.strip_prefix("leadrelay-job-")
-            .and_then(|id| id.parse::<i64>().ok()),
-    );
+    let email: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    mock.saw(job_of(&email));
     (
         limits,
         axum::Json(serde_json::json!({ "id": format!("email-{key}") })),
     )
         .into_response()
+}
+
+/// The job an email was sent for: its `leadrelay_job` tag (the key is the
+/// lead's uuid and the template, not the job id).
+fn job_of(email: &serde_json::Value) -> Option<i64> {
+    email["tags"].as_array().and_then(|tags| {
+        tags.iter()
+            .find(|t| t["name"] == "leadrelay_job")
+            .and_then(|t| t["value"].as_str()?.parse().ok())
+    })
 }
 
 /// `POST /emails/batch`: one request against the limit for up to 100 emails;
@@ -132,12 +141,7 @@ pub(crate) async fn resend_batch(
     let emails: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
     let mut data = Vec::with_capacity(emails.len());
     for (i, email) in emails.iter().enumerate() {
-        let job_id = email["tags"].as_array().and_then(|tags| {
-            tags.iter()
-                .find(|t| t["name"] == "leadrelay_job")
-                .and_then(|t| t["value"].as_str()?.parse().ok())
-        });
-        mock.saw(job_id);
+        mock.saw(job_of(email));
         data.push(serde_json::json!({ "id": format!("email-{key}-{i}") }));
     }
     (limits, axum::Json(serde_json::json!({ "data": data }))).into_response()

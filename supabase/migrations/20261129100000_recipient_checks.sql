@@ -24,7 +24,10 @@ immutable
 parallel safe
 set search_path = ''
 as $$
-  select regexp_replace(p_text, '^[[:space:]\u00A0\u2000-\u200A\u3000\uFEFF]+|[[:space:]\u00A0\u2000-\u200A\u3000\uFEFF]+$', '', 'g')
+  -- Unicode's White_Space characters (what Rust's char::is_whitespace
+  -- means) and the byte-order mark; btrim with a set is much cheaper than a
+  -- regular expression on every landing insert.
+  select btrim(p_text, E'\t\n\u000b\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff')
 $$;
 
 -- The digits of a typed phone, with the country code added to ten digits
@@ -137,8 +140,8 @@ set search_path = ''
 as $$
 declare
   -- leadrelay_trim(), written out (see below)
-  v_email text := regexp_replace(new.email, '^[[:space:]\u00A0\u2000-\u200A\u3000\uFEFF]+|[[:space:]\u00A0\u2000-\u200A\u3000\uFEFF]+$', '', 'g');
-  v_phone text := regexp_replace(new.phone, '^[[:space:]\u00A0\u2000-\u200A\u3000\uFEFF]+|[[:space:]\u00A0\u2000-\u200A\u3000\uFEFF]+$', '', 'g');
+  v_email text := btrim(new.email, E'\t\n\u000b\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff');
+  v_phone text := btrim(new.phone, E'\t\n\u000b\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff');
   v_digits text;
   v_email_problem text;
   v_phone_problem text;
@@ -152,10 +155,12 @@ begin
     v_email_problem := case
       when v_email is null or v_email = '' then 'email is missing'
       when length(new.email) > 254 then 'email is longer than 254 characters'
-      when v_email ~ '[\u00AD\u200B-\u200F\u202A-\u202E\u2060-\u2064\uFEFF]'
-        then 'email contains invisible formatting characters (zero-width or direction marks)'
-      when v_email !~ '^[^@[:space:]<>(),;:"]+@[^@[:space:]<>(),;:"]+\.[^@[:space:]<>(),;:".]{2,}$'
-        then 'email is not an address of the form name@domain.tld'
+      -- one expression in the common case: the format characters are
+      -- refused by the shape, and named only when the shape fails
+      when v_email !~ '^[^@[:space:]<>(),;:"\u00AD\u200B-\u200F\u202A-\u202E\u2060-\u2064\uFEFF]+@[^@[:space:]<>(),;:"\u00AD\u200B-\u200F\u202A-\u202E\u2060-\u2064\uFEFF]+\.[^@[:space:]<>(),;:".\u00AD\u200B-\u200F\u202A-\u202E\u2060-\u2064\uFEFF]{2,}$'
+        then case when v_email ~ '[\u00AD\u200B-\u200F\u202A-\u202E\u2060-\u2064\uFEFF]'
+                  then 'email contains invisible formatting characters (zero-width or direction marks)'
+                  else 'email is not an address of the form name@domain.tld' end
       when v_email ~ '\.\.' then 'email has two dots in a row'
     end;
     if v_phone is null or v_phone = '' then
@@ -177,7 +182,8 @@ begin
           length(v_digits))
         when left(v_digits, 1) not in ('7', '8') then 'phone does not start with the country code 7 (or 8)'
         -- leadrelay_is_mobile(), written out
-        when ('7' || substr(v_digits, 2)) !~ '^7(7[04567]|9)'
+        when not (substr(v_digits, 2, 1) = '9'
+                  or (substr(v_digits, 2, 1) = '7' and substr(v_digits, 3, 1) in ('0', '4', '5', '6', '7')))
           then 'phone is not a mobile number (a landline cannot receive an SMS)'
       end;
       if v_phone_problem is null then
