@@ -45,7 +45,7 @@ pub(crate) async fn claim_times(client: &Client, rounds: usize) -> Vec<f64> {
         let rows = client
             .query(
                 &claim,
-                &[&"email", &10i64, &"bench", &60.0f64, &None::<&str>],
+                &[&"email", &10i64, &"bench", &60.0f64, &None::<&str>, &""],
             )
             .await
             .unwrap();
@@ -90,7 +90,7 @@ pub(crate) async fn scale(cluster: &Cluster) -> Row {
         scale.batch_execute("begin").await.unwrap();
         println!("-- the claim at 1M rows");
         for row in scale
-            .query(&sql, &[&"email", &10i64, &"bench", &60.0f64, &None::<&str>])
+            .query(&sql, &[&"email", &10i64, &"bench", &60.0f64, &None::<&str>, &""])
             .await
             .unwrap()
         {
