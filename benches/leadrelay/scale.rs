@@ -90,7 +90,10 @@ pub(crate) async fn scale(cluster: &Cluster) -> Row {
         scale.batch_execute("begin").await.unwrap();
         println!("-- the claim at 1M rows");
         for row in scale
-            .query(&sql, &[&"email", &10i64, &"bench", &60.0f64, &None::<&str>, &""])
+            .query(
+                &sql,
+                &[&"email", &10i64, &"bench", &60.0f64, &None::<&str>, &""],
+            )
             .await
             .unwrap()
         {
