@@ -37,30 +37,11 @@ async fn resend(http: &reqwest::Client, args: &ServeArgs) -> Check {
         );
     };
     let url = base(args.resend_api_url.as_deref(), "https://api.resend.com");
-    let answer = http
-        .get(format!("{url}/domains"))
-        .bearer_auth(key.trim())
-        .send()
-        .await;
-    let response = match answer {
-        Ok(r) => r,
-        Err(e) => {
-            return Check::warn(
-                NAME,
-                format!("could not reach {url}: {}", without_url(&e)),
-                "check RESEND_API_URL and the machine's outbound HTTPS",
-            );
-        }
+    let request = http.get(format!("{url}/domains")).bearer_auth(key.trim());
+    let (status, body) = match ask(NAME, "RESEND_API_URL", &url, request).await {
+        Ok(answer) => answer,
+        Err(check) => return check,
     };
-    if response.headers().contains_key(STAND_IN_HEADER) {
-        return Check::warn(
-            NAME,
-            format!("skipped: {url} is leadrelay dev's stand-in"),
-            "set RESEND_API_URL to Resend for production",
-        );
-    }
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
     let name = body
         .get("name")
         .and_then(|v| v.as_str())
@@ -108,30 +89,13 @@ async fn mobizon(http: &reqwest::Client, args: &ServeArgs) -> Check {
         );
     };
     let url = base(args.mobizon_api_url.as_deref(), "https://api.mobizon.kz");
-    let answer = http
+    let request = http
         .get(format!("{url}/service/user/getownbalance"))
-        .query(&[("output", "json"), ("api", "v1"), ("apiKey", key.trim())])
-        .send()
-        .await;
-    let response = match answer {
-        Ok(r) => r,
-        Err(e) => {
-            return Check::warn(
-                NAME,
-                format!("could not reach {url}: {}", without_url(&e)),
-                "check MOBIZON_API_URL and the machine's outbound HTTPS",
-            );
-        }
+        .query(&[("output", "json"), ("api", "v1"), ("apiKey", key.trim())]);
+    let (status, body) = match ask(NAME, "MOBIZON_API_URL", &url, request).await {
+        Ok(answer) => answer,
+        Err(check) => return check,
     };
-    if response.headers().contains_key(STAND_IN_HEADER) {
-        return Check::warn(
-            NAME,
-            format!("skipped: {url} is leadrelay dev's stand-in"),
-            "set MOBIZON_API_URL to Mobizon for production",
-        );
-    }
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
     let code = body.get("code").and_then(|v| v.as_i64());
     match (status.as_u16(), code) {
         (200..=299, Some(0)) => {
@@ -170,6 +134,32 @@ async fn mobizon(http: &reqwest::Client, args: &ServeArgs) -> Check {
             "try again later",
         ),
     }
+}
+
+/// Sends a check's request: the answer's status and JSON body, or the check
+/// already decided (unreachable; a dev stand-in, skipped).
+async fn ask(
+    name: &'static str,
+    variable: &str,
+    url: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, serde_json::Value), Check> {
+    let response = request.send().await.map_err(|e| {
+        Check::warn(
+            name,
+            format!("could not reach {url}: {}", without_url(&e)),
+            format!("check {variable} and the machine's outbound HTTPS"),
+        )
+    })?;
+    if response.headers().contains_key(STAND_IN_HEADER) {
+        return Err(Check::warn(
+            name,
+            format!("skipped: {url} is leadrelay dev's stand-in"),
+            format!("set {variable} to the provider for production"),
+        ));
+    }
+    let status = response.status();
+    Ok((status, response.json().await.unwrap_or_default()))
 }
 
 /// reqwest's message carries the URL, and Mobizon's URL carries the key:
