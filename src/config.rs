@@ -4,6 +4,7 @@
 
 use crate::domain::Secret;
 use crate::worker::WorkerSettings;
+use crate::worker::sms_lookup::UnknownOutcome;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -188,6 +189,8 @@ pub struct ServeArgs {
     pub admin_token: Option<String>,
     #[arg(long, env = "MOBIZON_POLL_INTERVAL")]
     pub mobizon_poll_interval: Option<String>,
+    #[arg(long, env = "SMS_UNKNOWN_OUTCOME")]
+    pub sms_unknown_outcome: Option<String>,
 }
 
 impl ServeConfig {
@@ -297,6 +300,17 @@ fn listen_addr(value: Option<&str>) -> Result<std::net::SocketAddr, ConfigError>
     }
 }
 
+/// SMS_UNKNOWN_OUTCOME: lookup (default), resend or fail.
+fn sms_unknown_outcome(value: Option<&str>) -> Result<UnknownOutcome, ConfigError> {
+    match optional(value) {
+        None => Ok(UnknownOutcome::default()),
+        Some(v) => UnknownOutcome::parse(v).ok_or_else(|| ConfigError::Malformed {
+            name: "SMS_UNKNOWN_OUTCOME",
+            reason: format!("must be {}", UnknownOutcome::NAMES),
+        }),
+    }
+}
+
 fn worker_settings(args: &ServeArgs) -> Result<WorkerSettings, ConfigError> {
     let defaults = WorkerSettings::default();
     let worker = WorkerSettings {
@@ -329,6 +343,7 @@ fn worker_settings(args: &ServeArgs) -> Result<WorkerSettings, ConfigError> {
             args.shutdown_grace.as_deref(),
             defaults.shutdown_grace,
         )?,
+        sms_unknown_outcome: sms_unknown_outcome(args.sms_unknown_outcome.as_deref())?,
     };
     // A lease shorter than a request would let a second worker send a job
     // the first is still sending.
@@ -508,6 +523,7 @@ mod serve_tests {
         assert_eq!(c.mobizon.api_url, "https://api.mobizon.kz");
         assert_eq!(c.listen_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.worker.sweep_interval, std::time::Duration::from_secs(30));
+        assert_eq!(c.worker.sms_unknown_outcome, UnknownOutcome::Lookup);
         assert!(c.lead_tracking_database_url.is_none());
         assert!(
             !format!("{c:?}").contains("re_123"),
@@ -542,7 +558,7 @@ mod serve_tests {
 
     #[test]
     fn malformed_values_are_named_and_explained() {
-        let cases: [Case; 18] = [
+        let cases: [Case; 20] = [
             ("RESEND_MAX_RPS", |a| a.resend_max_rps = Some("fast".into())),
             ("RESEND_BATCH_SIZE", |a| {
                 a.resend_batch_size = Some("101".into())
@@ -582,6 +598,12 @@ mod serve_tests {
             }),
             ("MOBIZON_POLL_INTERVAL", |a| {
                 a.mobizon_poll_interval = Some("often".into())
+            }),
+            ("SMS_UNKNOWN_OUTCOME", |a| {
+                a.sms_unknown_outcome = Some("retry".into())
+            }),
+            ("SMS_UNKNOWN_OUTCOME", |a| {
+                a.sms_unknown_outcome = Some(format!("lookup{}", "x".repeat(10_000)))
             }),
         ];
         for (name, spoil) in cases {

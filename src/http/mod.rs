@@ -100,7 +100,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The HTTP layer's statements, for the test that prepares every statement.
-pub fn statements() -> [&'static str; 7] {
+pub fn statements() -> [&'static str; 9] {
     [
         metrics::JOBS_BY_STATUS,
         status::LEAD,
@@ -109,6 +109,8 @@ pub fn statements() -> [&'static str; 7] {
         ops::LAST_LEADS,
         ops::FAILURES,
         ops::OVERDUE,
+        ops::RECOVERED,
+        ops::IN_DOUBT,
     ]
 }
 

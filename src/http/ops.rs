@@ -1,8 +1,9 @@
 //! `/ops`: a server-rendered page for the marketing team and the operator,
 //! behind `ADMIN_TOKEN` (a login form sets a cookie derived from the token;
 //! `Authorization: Bearer` works too). It shows the last leads with each
-//! channel's state, the failures of the last day with their reasons, and a
-//! funnel of the last 24 hours and 7 days. Every value from the database is
+//! channel's state, the failures of the last day with their reasons, the SMS
+//! a look-up found at Mobizon instead of sending them again, and a funnel of
+//! the last 24 hours and 7 days. Every value from the database is
 //! HTML-escaped: names are whatever people typed.
 
 use axum::Form;
@@ -45,6 +46,20 @@ where j.updated_at > now() - interval '1 day'
        or public.leadrelay_delivery_rank(j.delivery_status) >= 60)
 order by j.updated_at desc
 limit 100";
+
+/// SMS whose attempt got no answer and that a look-up found at Mobizon
+/// (recorded sent, not sent again), the last 7 days; and how many SMS are
+/// still in doubt, waiting for a look-up.
+pub const RECOVERED: &str = "
+select j.recovered_at, l.name, j.recipient, j.provider_message_id, j.attempts
+from public.notification_jobs j
+join public.landing_leads l on l.id = j.lead_id
+where j.recovered_at > now() - interval '7 days'
+order by j.recovered_at desc
+limit 50";
+pub const IN_DOUBT: &str = "
+select count(*) from public.notification_jobs
+where channel = 'sms' and outcome_unknown_since is not null and status <> 'sent'";
 
 /// Jobs that should have been sent more than two minutes ago: the worker is
 /// down or stuck.
@@ -240,11 +255,7 @@ async fn dashboard(state: &AppState) -> Result<String, String> {
         leads.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td>{}{}<td class=muted>{}</td></tr>",
             created.format("%Y-%m-%d %H:%M"),
-            esc(&name
-                .unwrap_or_default()
-                .chars()
-                .take(60)
-                .collect::<String>()),
+            name_cell(name),
             esc(&r.get::<_, Option<String>>(2).unwrap_or_default()),
             state_cell(r.get(4), r.get(5), r.get(6)),
             state_cell(r.get(7), r.get(8), r.get(9)),
@@ -262,11 +273,7 @@ async fn dashboard(state: &AppState) -> Result<String, String> {
         failures.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=bad>{}{}</td><td>{}</td></tr>",
             at.format("%Y-%m-%d %H:%M"),
-            esc(&name
-                .unwrap_or_default()
-                .chars()
-                .take(60)
-                .collect::<String>()),
+            name_cell(name),
             esc(&r.get::<_, String>(2)),
             esc(&r.get::<_, String>(3)),
             r.get::<_, Option<String>>(4)
@@ -278,6 +285,8 @@ async fn dashboard(state: &AppState) -> Result<String, String> {
     if failures.is_empty() {
         failures = "<tr><td colspan=5 class=muted>No failures in the last day.</td></tr>".into();
     }
+
+    let recovered = recovered_section(&client).await.map_err(db)?;
 
     let outbox = match &state.dev_outbox {
         Some(dir) => outbox_section(dir),
@@ -291,9 +300,54 @@ async fn dashboard(state: &AppState) -> Result<String, String> {
 <form method=post action=/ops/logout><button type=submit>Sign out</button></form></header>{alert}\
 <h2>Funnel</h2><div class=charts>{charts}</div>\
 <h2>Last leads</h2><table><thead><tr><th>Arrived (UTC)</th><th>Name</th><th>Source</th><th>Email</th><th>SMS</th><th>Lead id</th></tr></thead><tbody>{leads}</tbody></table>\
-<h2>Failures in the last day</h2><table><thead><tr><th>When (UTC)</th><th>Name</th><th>Channel</th><th>State</th><th>Reason</th></tr></thead><tbody>{failures}</tbody></table>{outbox}",
+<h2>Failures in the last day</h2><table><thead><tr><th>When (UTC)</th><th>Name</th><th>Channel</th><th>State</th><th>Reason</th></tr></thead><tbody>{failures}</tbody></table>{recovered}{outbox}",
             now = Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
         ),
+    ))
+}
+
+/// A lead's name as typed, escaped and cut to 60 characters.
+fn name_cell(name: Option<String>) -> String {
+    esc(&name
+        .unwrap_or_default()
+        .chars()
+        .take(60)
+        .collect::<String>())
+}
+
+/// SMS a look-up found instead of sending them again (phones masked).
+async fn recovered_section(
+    client: &tokio_postgres::Client,
+) -> Result<String, tokio_postgres::Error> {
+    let in_doubt: i64 = client.query_one(IN_DOUBT, &[]).await?.get(0);
+    let mut rows = String::new();
+    for r in client.query(RECOVERED, &[]).await? {
+        let at: DateTime<Utc> = r.get(0);
+        let name: Option<String> = r.get(1);
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            at.format("%Y-%m-%d %H:%M"),
+            name_cell(name),
+            esc(&crate::messages::mask::phone(
+                &r.get::<_, Option<String>>(2).unwrap_or_default()
+            )),
+            esc(&r.get::<_, Option<String>>(3).unwrap_or_default()),
+            r.get::<_, i32>(4),
+        ));
+    }
+    if rows.is_empty() {
+        rows = "<tr><td colspan=5 class=muted>None in the last 7 days.</td></tr>".into();
+    }
+    let doubt = if in_doubt > 0 {
+        format!(
+            "<p>{in_doubt} SMS wait for a look-up at Mobizon before anything is sent again.</p>"
+        )
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "<h2>SMS found by a look-up</h2><p class=muted>An attempt got no answer; Mobizon had taken the message, so it was recorded sent and not sent again.</p>{doubt}\
+<table><thead><tr><th>When (UTC)</th><th>Name</th><th>Phone</th><th>Mobizon message id</th><th>Attempts</th></tr></thead><tbody>{rows}</tbody></table>"
     ))
 }
 

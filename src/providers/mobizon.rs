@@ -10,10 +10,13 @@
 //! permanent for the message; 3 unidentified application error, 10 saving
 //! error, 15 operation error, 30 request rate exceeded, 999 general service
 //! error — temporary. There is no idempotency key: a request whose answer was
-//! lost may have been sent.
+//! lost may have been sent, so such an answer is marked `outcome_unknown`
+//! and the message is looked up (`find_sms`, `service/message/list`) before
+//! it is sent again.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::{SendError, Sent, clip, read_limited};
@@ -78,6 +81,160 @@ impl MobizonClient {
         let (status, body) = self.call("sendsmsmessage", &form).await?;
         classify(status, &body)
     }
+
+    /// One page (from 0) of the SMS to `recipient` with exactly `text` whose
+    /// campaign was created since `lookup_window_start(since)`, oldest first.
+    /// Read-only: it sends nothing.
+    pub async fn find_sms(
+        &self,
+        recipient: &str,
+        text: &str,
+        since: DateTime<Utc>,
+        page: u32,
+    ) -> Result<SmsPage, LookupError> {
+        let from = lookup_window_start(since);
+        let page = page.to_string();
+        let page_size = LOOKUP_PAGE_SIZE.to_string();
+        let form = [
+            ("criteria[to]", recipient),
+            ("criteria[text]", text),
+            ("criteria[campaignCreateTsFrom]", from.as_str()),
+            ("pagination[pageSize]", page_size.as_str()),
+            ("pagination[currentPage]", page.as_str()),
+            ("sort[startSendTs]", "ASC"),
+        ];
+        let (status, body) = self
+            .call("list", &form)
+            .await
+            .map_err(|e| LookupError::Unavailable(e.to_string()))?;
+        parse_list(status, &body)
+    }
+}
+
+/// The most items one look-up page holds (Mobizon allows 25, 50 or 100).
+pub const LOOKUP_PAGE_SIZE: u32 = 100;
+
+/// Where a look-up's time window starts, as Mobizon's `YYYY-MM-DD HH:MM:SS`.
+///
+/// Mobizon does not say in which time zone it reads the criteria (the
+/// account's, most likely). The moment the attempt began, in UTC, less one
+/// day: read in any zone from UTC−12 to UTC+14 it names an instant 12 to 38
+/// hours before the attempt, so the message is inside the window whatever
+/// the zone. Recipient and exact text pick the message; ids other jobs
+/// already hold are set aside by the caller.
+pub fn lookup_window_start(since: DateTime<Utc>) -> String {
+    (since - chrono::Duration::days(1))
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// An SMS `message/list` returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedSms {
+    pub id: String,
+    pub campaign_id: Option<String>,
+    /// Recipient digits as Mobizon stores them.
+    pub to: String,
+    pub text: String,
+    /// NEW, ENQUEUD, ACCEPTD, DELIVRD, … (as in `getsmsstatus`).
+    pub status: Option<String>,
+    /// The item as Mobizon sent it, kept as the delivery event's payload.
+    pub raw: serde_json::Value,
+}
+
+impl ListedSms {
+    /// Whether this is the message to `recipient` with `text`: the criteria
+    /// match part of a number, so the digits are compared whole here.
+    pub fn is_message(&self, recipient: &str, text: &str) -> bool {
+        let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+        let lines = |s: &str| s.replace("\r\n", "\n").trim().to_string();
+        digits(&self.to) == digits(recipient) && lines(&self.text) == lines(text)
+    }
+}
+
+/// One page of a look-up, and how many items match in all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmsPage {
+    pub items: Vec<ListedSms>,
+    pub total: u64,
+}
+
+/// A look-up that did not answer the question. Never a reason to send: the
+/// job waits and is looked up again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("mobizon look-up: {0}")]
+    Unavailable(String),
+    #[error("mobizon look-up refused with code {code}: {message}")]
+    Refused { code: i64, message: String },
+    #[error("mobizon look-up: unreadable answer (HTTP {status})")]
+    Unreadable { status: u16 },
+}
+
+fn parse_list(status: u16, body: &[u8]) -> Result<SmsPage, LookupError> {
+    if status == 429 || status >= 500 {
+        return Err(LookupError::Unavailable(format!("HTTP {status}")));
+    }
+    let answer: Answer =
+        serde_json::from_slice(body).map_err(|_| LookupError::Unreadable { status })?;
+    match code_of(&answer.code) {
+        Some(0) => {}
+        Some(code) => {
+            return Err(LookupError::Refused {
+                code,
+                message: clip(&text_of(&answer.message), 200),
+            });
+        }
+        None => return Err(LookupError::Unreadable { status }),
+    }
+    // No `items` at all is not "none found": only an empty list is.
+    let items = answer
+        .data
+        .get("items")
+        .and_then(|v| v.as_array())
+        .ok_or(LookupError::Unreadable { status })?;
+    let total = match answer.data.get("totalItemCount") {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .unwrap_or(items.len() as u64);
+    let items = items
+        .iter()
+        .filter_map(|item| {
+            let field = |key: &str| match item.get(key)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            };
+            let id = field("id").filter(|id| !id.is_empty() && id.len() <= 100)?;
+            Some(ListedSms {
+                id,
+                campaign_id: field("campaignId").filter(|c| c.len() <= 100),
+                to: field("to")?,
+                text: field("text")?,
+                status: field("status"),
+                raw: item.clone(),
+            })
+        })
+        .collect();
+    Ok(SmsPage { items, total })
+}
+
+fn code_of(code: &serde_json::Value) -> Option<i64> {
+    match code {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn text_of(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
 }
 
 impl MobizonClient {
@@ -98,9 +255,19 @@ impl MobizonClient {
             // without_url: the URL carries the API key
             .map_err(|e| SendError::from_transport("mobizon", &e.without_url()))?;
         let status = response.status().as_u16();
+        // The request was taken far enough to answer: a body lost now leaves
+        // its outcome unknown.
         let body = read_limited(response)
             .await
-            .map_err(|e| SendError::from_transport("mobizon", &e.without_url()))?;
+            .map_err(|e| SendError::Temporary {
+                message: format!(
+                    "mobizon HTTP {status}: the answer was cut short: {}",
+                    SendError::from_transport("mobizon", &e.without_url())
+                ),
+                retry_after: None,
+                rate_limited: false,
+                outcome_unknown: true,
+            })?;
         Ok((status, body))
     }
 
@@ -150,6 +317,19 @@ fn parse_statuses(
 }
 
 fn classify(status: u16, body: &[u8]) -> Result<Sent, SendError> {
+    // A gateway in front of Mobizon answers these when it lost track of a
+    // request Mobizon itself may have taken.
+    if matches!(status, 502..=504) {
+        return Err(SendError::Temporary {
+            message: format!(
+                "mobizon HTTP {status} from a gateway: the SMS may have been taken: {}",
+                clip(&String::from_utf8_lossy(body), 200)
+            ),
+            retry_after: None,
+            rate_limited: false,
+            outcome_unknown: true,
+        });
+    }
     if status == 429 || status >= 500 {
         return Err(SendError::temporary(format!(
             "mobizon HTTP {status}: {}",
@@ -177,20 +357,14 @@ fn classify(status: u16, body: &[u8]) -> Result<Sent, SendError> {
             )));
         }
     };
-    let code = match &answer.code {
-        serde_json::Value::Number(n) => n.as_i64(),
-        serde_json::Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    };
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    let message = clip(&text(&answer.message), 300);
-    match code {
+    let message = clip(&text_of(&answer.message), 300);
+    match code_of(&answer.code) {
         Some(0) => {
-            let id = answer.data.get("messageId").map(text).unwrap_or_default();
+            let id = answer
+                .data
+                .get("messageId")
+                .map(text_of)
+                .unwrap_or_default();
             if id.is_empty() || id.len() > 100 {
                 return Err(SendError::Temporary {
                     message: "mobizon code 0 without data.messageId".into(),
@@ -199,8 +373,14 @@ fn classify(status: u16, body: &[u8]) -> Result<Sent, SendError> {
                     outcome_unknown: true,
                 });
             }
+            let campaign_id = answer
+                .data
+                .get("campaignId")
+                .map(text_of)
+                .filter(|c| !c.is_empty() && c.len() <= 100);
             Ok(Sent {
                 provider_message_id: id,
+                campaign_id,
             })
         }
         Some(30) => Err(SendError::Temporary {
@@ -315,6 +495,154 @@ mod tests {
         assert_eq!((got[1].0.as_str(), got[1].1.as_str()), ("14", "NEW"));
         assert!(parse_statuses(200, br#"{"code":8,"data":[],"message":"auth"}"#).is_err());
         assert!(parse_statuses(502, b"<html>").is_err());
+    }
+
+    #[test]
+    fn a_gateways_502_503_504_may_have_been_taken_but_a_500_was_not() {
+        for status in [502, 503, 504] {
+            let err = classify(status, b"<html>Bad gateway</html>").unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    SendError::Temporary {
+                        outcome_unknown: true,
+                        ..
+                    }
+                ),
+                "{status}"
+            );
+        }
+        for status in [500, 429] {
+            let err = classify(status, b"").unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    SendError::Temporary {
+                        outcome_unknown: false,
+                        ..
+                    }
+                ),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sent_sms_carries_its_campaign() {
+        let sent = classify(
+            200,
+            br#"{"code":0,"data":{"campaignId":31,"messageId":"4567","status":2},"message":""}"#,
+        )
+        .unwrap();
+        assert_eq!(sent.campaign_id.as_deref(), Some("31"));
+    }
+
+    /// The answer of Mobizon's documented `message/list`.
+    const LISTED: &str = r#"{"code":0,"data":{"items":[
+        {"id":"169275418","campaignId":"84562701","segNum":"1","segUserBuy":"10.5","from":"Alpha","to":"77051234567",
+         "text":"Ваш результат: https://example.com/p","status":"DELIVRD","groups":null,"uuid":"b1e0","countryA2":"KZ",
+         "operatorName":"Beeline","startSendTs":"2026-11-29 10:00:01","statusUpdateTs":"2026-11-29 10:00:09"},
+        {"id":169275419,"campaignId":84562702,"to":"770512345670","text":"Ваш результат: https://example.com/p","status":"NEW"}
+      ],"totalItemCount":"2"},"message":""}"#;
+
+    #[test]
+    fn the_look_up_answer_lists_each_message_with_its_ids_and_status() {
+        let page = parse_list(200, LISTED.as_bytes()).unwrap();
+        assert_eq!(page.total, 2);
+        assert_eq!(page.items.len(), 2);
+        let first = &page.items[0];
+        assert_eq!(first.id, "169275418");
+        assert_eq!(first.campaign_id.as_deref(), Some("84562701"));
+        assert_eq!(first.status.as_deref(), Some("DELIVRD"));
+        assert_eq!(first.raw["operatorName"], "Beeline");
+        assert_eq!(page.items[1].id, "169275419");
+        assert_eq!(page.items[1].campaign_id.as_deref(), Some("84562702"));
+        // the criteria match part of a number: only the whole number is ours
+        let text = "Ваш результат: https://example.com/p";
+        assert!(first.is_message("77051234567", text));
+        assert!(!page.items[1].is_message("77051234567", text));
+        assert!(!first.is_message("77051234567", "Ваш результат: https://example.com/q"));
+        assert!(first.is_message("+7 705 123 45 67", &format!("{text}\n")));
+    }
+
+    #[test]
+    fn an_empty_list_is_not_found_and_everything_else_is_a_failed_look_up() {
+        let empty = parse_list(
+            200,
+            br#"{"code":0,"data":{"items":[],"totalItemCount":0},"message":""}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            empty,
+            SmsPage {
+                items: vec![],
+                total: 0
+            }
+        );
+        assert_eq!(
+            parse_list(
+                200,
+                br#"{"code":9,"data":[],"message":"Method not allowed"}"#
+            ),
+            Err(LookupError::Refused {
+                code: 9,
+                message: "Method not allowed".into()
+            })
+        );
+        for status in [429, 500, 502, 503, 504] {
+            assert!(matches!(
+                parse_list(status, LISTED.as_bytes()),
+                Err(LookupError::Unavailable(_))
+            ));
+        }
+        // a success without a list says nothing about the message
+        for body in [
+            &br#"{"code":0,"data":{},"message":""}"#[..],
+            br#"{"code":0,"data":[],"message":""}"#,
+            br#"{"code":0,"data":{"items":{}},"message":""}"#,
+            br#"{"code":0,"message":""}"#,
+            br#"{"data":{"items":[]}}"#,
+        ] {
+            assert!(
+                matches!(parse_list(200, body), Err(LookupError::Unreadable { .. })),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_or_truncated_look_up_answers_are_failures_never_not_found() {
+        let truncated = &LISTED.as_bytes()[..LISTED.len() / 2];
+        for body in [
+            truncated,
+            b"",
+            b"null",
+            b"<html>",
+            &[0xff, 0xfe][..],
+            br#"{"code":"0","data":{"items":[null,1,"x",{"id":{}},{"id":"1"},{"id":"","to":"7","text":"t"}]}}"#,
+        ] {
+            match parse_list(200, body) {
+                Ok(page) => assert!(page.items.is_empty(), "{}", String::from_utf8_lossy(body)),
+                Err(LookupError::Unreadable { .. }) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        // a million-digit count or an absurd id is refused, not trusted
+        let huge = format!(
+            r#"{{"code":0,"data":{{"items":[{{"id":"{}","to":"77051234567","text":"t"}}],"totalItemCount":"1e999"}}}}"#,
+            "9".repeat(500)
+        );
+        let page = parse_list(200, huge.as_bytes()).unwrap();
+        assert!(page.items.is_empty());
+    }
+
+    #[test]
+    fn the_look_up_window_starts_a_day_before_the_attempt_in_utc() {
+        let since = chrono::DateTime::parse_from_rfc3339("2026-11-29T03:04:05+05:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(lookup_window_start(since), "2026-11-27 22:04:05");
     }
 
     #[test]

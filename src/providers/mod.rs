@@ -15,6 +15,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
     pub provider_message_id: String,
+    /// Mobizon's `campaignId`; Resend has none.
+    pub campaign_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -154,6 +154,7 @@ impl ResendClient {
 fn usable_id(answer: SendAnswer) -> Option<Sent> {
     (!answer.id.trim().is_empty() && answer.id.len() <= 200).then_some(Sent {
         provider_message_id: answer.id,
+        campaign_id: None,
     })
 }
 

@@ -21,14 +21,14 @@ macro_rules! claimed_rows {
     () => {
         "  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
             coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
-            j.batch_key, j.idempotency_key, j.channel, j.sent_params
+            j.batch_key, j.idempotency_key, j.channel, j.sent_params, j.outcome_unknown_since
 )
 select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
        l.id is not null as lead_exists, l.name, l.email, l.phone,
        -- only the dashboard row uses the lead's metadata, which can be large
        case when c.channel = 'lead_tracking' then l.metadata end, l.created_at,
        coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
-       c.batch_key, c.idempotency_key, c.sent_params,"
+       c.batch_key, c.idempotency_key, c.sent_params, c.outcome_unknown_since,"
     };
 }
 
@@ -164,7 +164,6 @@ select (select count(*) from done),
 const APPEND_ERROR: &str = "errors = (case when jsonb_array_length(j.errors) >= 20 then j.errors - 0 else j.errors end)
                   || jsonb_build_array(jsonb_build_object('attempt', j.attempts, 'at', now(), 'error', left($3, 2000)))";
 
-/// The provider accepted job $1 (held by worker $2) as message $3.
 /// Whether a send may be recorded for the claim with lease token `lock`: it
 /// still holds the job, or its lease expired and the rescue put the job back
 /// (noting the token) with no other claim begun since. A known send is kept
@@ -177,12 +176,15 @@ fn still_this_claims(lock: &str) -> String {
     )
 }
 
+/// The provider accepted job $1 (held by worker $2) as message $3 (of
+/// campaign $4, for Mobizon).
 pub fn record_sent_sql() -> String {
     let still_this_claims = still_this_claims("$2");
     format!(
         "with done as (
   update public.notification_jobs j
      set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = $3,
+         provider_campaign_id = $4::text, outcome_unknown_since = null,
          last_error = null, locked_by = null, locked_until = null, updated_at = now()
    where j.id = $1 and {still_this_claims}
   returning j.id, j.lead_id, j.channel, null::text as error, true as sent
@@ -191,16 +193,19 @@ pub fn record_sent_sql() -> String {
 }
 
 /// Many jobs of one channel were accepted: job ids $1 with provider message
-/// ids $2, each held under lease token $3, recorded in one statement (the hot
-/// path of a busy queue). Returns the ids that were still ours.
+/// ids $2 (and campaign ids $4, for Mobizon), each held under lease token $3,
+/// recorded in one statement (the hot path of a busy queue). Returns the ids
+/// that were still ours.
 pub fn record_sent_batch_sql() -> String {
     let still_this_claims = still_this_claims("i.lock");
     format!(
         "with input as (
-  select * from unnest($1::bigint[], $2::text[], $3::text[]) as t(id, provider_message_id, lock)
+  select * from unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+           as t(id, provider_message_id, lock, campaign_id)
 ), done as (
   update public.notification_jobs j
      set status = 'sent', sent_at = now(), finished_at = now(), provider_message_id = i.provider_message_id,
+         provider_campaign_id = i.campaign_id, outcome_unknown_since = null,
          last_error = null, locked_by = null, locked_until = null, updated_at = now()
     from input i
    where j.id = i.id and {still_this_claims}
@@ -213,12 +218,14 @@ select coalesce((select array_agg(id) from done), '{{}}'::bigint[]),
 
 /// Job $1 (worker $2) failed for a reason worth another attempt ($3); try
 /// again in $4 seconds. $5: whether this attempt counts against max_attempts
-/// (a rate limit is not the message's failure). The last 20 errors are kept.
+/// (a rate limit is not the message's failure). $6: when an SMS attempt
+/// whose outcome is still unknown began (null: nothing to look up). The last
+/// 20 errors are kept.
 pub fn record_retry_sql() -> String {
     format!(
         "with done as (
   update public.notification_jobs j
-     set status = 'scheduled',
+     set status = 'scheduled', outcome_unknown_since = $6::timestamptz,
          due_at = now() + make_interval(secs => $4),
          attempts = case when $5 then j.attempts else j.attempts - 1 end,
          last_error = left($3, 2000),
@@ -258,13 +265,57 @@ select coalesce((select array_agg(id) from done), '{{}}'::bigint[]),
     )
 }
 
+/// A look-up found what SMS job $1 (worker $2) sent: the first of the
+/// candidates, message ids $3 with campaign ids $4 in order of preference,
+/// that no other job holds; $5 (or null): the error of this claim's own
+/// unanswered attempt, kept in the history. Run after `LOOKUP_LOCK` in the
+/// same transaction,
+/// so two look-ups never take the same message. Returns whether the job was
+/// recorded, the notifications of the dashboard resync, the message taken
+/// and how many candidates were free.
+pub fn record_found_sql() -> String {
+    let still_this_claims = still_this_claims("$2");
+    format!(
+        "with candidate as (
+  select c.message_id, c.campaign_id
+  from unnest($3::text[], $4::text[]) with ordinality as c(message_id, campaign_id, n)
+  where not exists (select 1 from public.notification_jobs o
+                     where o.provider_message_id = c.message_id and o.channel = 'sms' and o.id <> $1)
+  order by c.n
+  limit 1
+), done as (
+  update public.notification_jobs j
+     set status = 'sent', sent_at = now(), finished_at = now(),
+         provider_message_id = k.message_id, provider_campaign_id = k.campaign_id,
+         recovered_at = now(), outcome_unknown_since = null,
+         errors = case when $5::text is null then j.errors
+                       else (case when jsonb_array_length(j.errors) >= 20 then j.errors - 0 else j.errors end)
+                            || jsonb_build_array(jsonb_build_object('attempt', j.attempts, 'at', now(),
+                                                                    'error', left($5, 2000))) end,
+         last_error = null, locked_by = null, locked_until = null, updated_at = now()
+    from candidate k
+   where j.id = $1 and {still_this_claims}
+  returning j.id, j.lead_id, j.channel, null::text as error, true as sent, j.provider_message_id
+), {MIRROR}
+select (select count(*) from done),
+       (select count(pg_notify('notification_jobs', r.id::text)) from resync r),
+       (select provider_message_id from done),
+       (select count(*) from candidate)"
+    )
+}
+
+/// Taken before `record_found_sql`: look-ups record one at a time (they are
+/// rare), each seeing what the one before took.
+pub const LOOKUP_LOCK: &str = "select pg_advisory_xact_lock(hashtext('leadrelay sms lookup'))";
+
 /// Job $1 (worker $2) ends with status $4 (failed, invalid or cancelled)
-/// because of $3.
+/// because of $3. $5: as in `record_retry_sql`, kept so that `leadrelay
+/// retry` of a failed SMS still looks it up first.
 pub fn record_final_sql() -> String {
     format!(
         "with done as (
   update public.notification_jobs j
-     set status = $4, finished_at = now(),
+     set status = $4, finished_at = now(), outcome_unknown_since = $5::timestamptz,
          last_error = left($3, 2000),
          {APPEND_ERROR},
          locked_by = null, locked_until = null, updated_at = now()
@@ -355,6 +406,8 @@ pub fn statements() -> Vec<String> {
         record_retry_sql(),
         record_retry_many_sql(),
         record_final_sql(),
+        record_found_sql(),
+        LOOKUP_LOCK.to_string(),
         RECORD_TRACKED.to_string(),
         RELEASE.to_string(),
         PROMOTE.to_string(),
@@ -418,6 +471,9 @@ pub struct ClaimedJob {
     /// The values the message is made of (`name`, `product_url`), fixed by
     /// the job's first claim.
     pub sent_params: Option<serde_json::Value>,
+    /// An SMS attempt that began then got no answer: it may have been taken,
+    /// so it is looked up before this attempt sends (SMS_UNKNOWN_OUTCOME).
+    pub outcome_unknown_since: Option<DateTime<Utc>>,
     /// Members of this job's batch are elsewhere until then (see
     /// `CLAIM_BATCHES`): the batch must wait for them.
     pub rest_of_batch_until: Option<DateTime<Utc>>,
@@ -469,7 +525,8 @@ fn claimed_job(
         batch_key: row.get(17),
         idempotency_key: row.get(18),
         sent_params: row.get(19),
-        rest_of_batch_until: row.get(20),
+        outcome_unknown_since: row.get(20),
+        rest_of_batch_until: row.get(21),
     }
 }
 
@@ -478,14 +535,19 @@ fn claimed_job(
 pub enum Outcome {
     Sent {
         provider_message_id: String,
+        campaign_id: Option<String>,
     },
     Retry {
         error: String,
         after: Duration,
         counts: bool,
+        /// An SMS attempt whose outcome is still unknown began then: look
+        /// it up before sending again.
+        unknown_since: Option<DateTime<Utc>>,
     },
     Failed {
         error: String,
+        unknown_since: Option<DateTime<Utc>>,
     },
     Invalid {
         error: String,
@@ -493,6 +555,17 @@ pub enum Outcome {
     Cancelled {
         error: String,
     },
+}
+
+/// What recording a look-up's find came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FoundRecord {
+    /// The job is `sent` as this message.
+    Recorded(String),
+    /// Every message found is another job's: this one was not taken.
+    HeldByOtherJobs,
+    /// The job is no longer this claim's.
+    NotOurs,
 }
 
 /// What the sweeper sees between sweeps.
@@ -670,36 +743,49 @@ impl Queue {
         let row = match outcome {
             Outcome::Sent {
                 provider_message_id,
+                campaign_id,
             } => {
                 let st = client.prepare_cached(&record_sent_sql()).await?;
                 let provider_message_id = storable::text(provider_message_id);
+                let campaign_id = campaign_id.as_deref().map(storable::text);
                 client
-                    .query_one(&st, &[&id, &lock, &provider_message_id])
+                    .query_one(&st, &[&id, &lock, &provider_message_id, &campaign_id])
                     .await?
             }
             Outcome::Retry {
                 error,
                 after,
                 counts,
+                unknown_since,
             } => {
                 let st = client.prepare_cached(&record_retry_sql()).await?;
                 let error = storable::text(error);
                 client
-                    .query_one(&st, &[&id, &lock, &error, &after.as_secs_f64(), counts])
+                    .query_one(
+                        &st,
+                        &[
+                            &id,
+                            &lock,
+                            &error,
+                            &after.as_secs_f64(),
+                            counts,
+                            unknown_since,
+                        ],
+                    )
                     .await?
             }
-            Outcome::Failed { error }
+            Outcome::Failed { error, .. }
             | Outcome::Invalid { error }
             | Outcome::Cancelled { error } => {
-                let status = match outcome {
-                    Outcome::Failed { .. } => "failed",
-                    Outcome::Invalid { .. } => "invalid",
-                    _ => "cancelled",
+                let (status, unknown_since) = match outcome {
+                    Outcome::Failed { unknown_since, .. } => ("failed", *unknown_since),
+                    Outcome::Invalid { .. } => ("invalid", None),
+                    _ => ("cancelled", None),
                 };
                 let st = client.prepare_cached(&record_final_sql()).await?;
                 let error = storable::text(error);
                 client
-                    .query_one(&st, &[&id, &lock, &error, &status])
+                    .query_one(&st, &[&id, &lock, &error, &status, &unknown_since])
                     .await?
             }
         };
@@ -715,16 +801,21 @@ impl Queue {
         ids: &[i64],
         message_ids: &[String],
         locks: &[String],
+        campaign_ids: &[Option<String>],
     ) -> Result<Vec<i64>, QueueError> {
         let message_ids: Vec<String> = message_ids
             .iter()
             .map(|id| storable::text(id).into_owned())
             .collect();
+        let campaign_ids: Vec<Option<String>> = campaign_ids
+            .iter()
+            .map(|id| id.as_deref().map(|id| storable::text(id).into_owned()))
+            .collect();
         let recorded: Vec<i64> = {
             let client = self.pool.get().await?;
             let st = client.prepare_cached(&record_sent_batch_sql()).await?;
             client
-                .query_one(&st, &[&ids, &message_ids, &locks])
+                .query_one(&st, &[&ids, &message_ids, &locks, &campaign_ids])
                 .await?
                 .get(0)
         };
@@ -740,6 +831,52 @@ impl Queue {
             tracing::warn!(error = %e, "applying early delivery events failed; the next sweep retries");
         }
         Ok(recorded)
+    }
+
+    /// Records that a look-up found the SMS job `id` sent: the first of
+    /// `candidates` (message id, campaign id) no other job holds.
+    pub async fn record_found(
+        &self,
+        id: i64,
+        lock: &str,
+        candidates: &[(String, Option<String>)],
+        attempt_error: Option<&str>,
+    ) -> Result<FoundRecord, QueueError> {
+        let attempt_error = attempt_error.map(storable::text);
+        let message_ids: Vec<String> = candidates
+            .iter()
+            .map(|(m, _)| storable::text(m).into_owned())
+            .collect();
+        let campaign_ids: Vec<Option<String>> = candidates
+            .iter()
+            .map(|(_, c)| c.as_deref().map(|c| storable::text(c).into_owned()))
+            .collect();
+        let mut client = self.pool.get().await?;
+        let st = client.prepare_cached(&record_found_sql()).await?;
+        let tx = client.transaction().await?;
+        tx.execute(LOOKUP_LOCK, &[]).await?;
+        let row = tx
+            .query_one(
+                &st,
+                &[&id, &lock, &message_ids, &campaign_ids, &attempt_error],
+            )
+            .await?;
+        tx.commit().await?;
+        let recorded: Option<String> = row.get(2);
+        let free: i64 = row.get(3);
+        let found = match recorded {
+            Some(message_id) => FoundRecord::Recorded(message_id),
+            None if free == 0 => FoundRecord::HeldByOtherJobs,
+            None => FoundRecord::NotOurs,
+        };
+        if let FoundRecord::Recorded(message_id) = &found
+            && let Err(e) = self
+                .apply_pending_events(Channel::Sms, &[message_id.as_str()])
+                .await
+        {
+            tracing::warn!(error = %e, "applying early delivery events failed; the next sweep retries");
+        }
+        Ok(found)
     }
 
     pub async fn record_tracked(

@@ -18,6 +18,7 @@ pub mod lead_tracking;
 pub mod listener;
 pub mod retry;
 pub mod sent_batches;
+pub mod sms_lookup;
 pub mod wakeups;
 
 use std::collections::VecDeque;
@@ -35,6 +36,7 @@ use crate::providers::{SendError, Sent};
 use crate::store::queue::{BatchRetry, Channel, ClaimedJob, Outcome, Queue, QueueError};
 
 use crate::messages::{mask, recipients, templates};
+use crate::worker::sms_lookup::{SmsEnd, UnknownOutcome};
 use crate::worker::wakeups::Wakeups;
 
 /// What one lane slot sends: one job, or the members of one email batch
@@ -97,6 +99,8 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// How long SIGTERM waits for requests in flight.
     pub shutdown_grace: std::time::Duration,
+    /// What happens to an SMS whose earlier attempt got no answer.
+    pub sms_unknown_outcome: UnknownOutcome,
 }
 
 impl Default for WorkerSettings {
@@ -112,6 +116,7 @@ impl Default for WorkerSettings {
             },
             concurrency: 4,
             shutdown_grace: Duration::from_secs(20),
+            sms_unknown_outcome: UnknownOutcome::Lookup,
         }
     }
 }
@@ -427,7 +432,11 @@ impl Worker {
     ) {
         let outcome = match job.channel {
             Channel::Email => self.send_email(&job, &cancel).await,
-            Channel::Sms => self.send_sms(&job, &cancel).await,
+            Channel::Sms => match self.send_sms(&job, &cancel).await {
+                SmsEnd::Record(outcome) => Some(outcome),
+                SmsEnd::Release => None,
+                SmsEnd::Recorded => return,
+            },
             Channel::LeadTracking => {
                 self.sync_lead_tracking(&job).await;
                 return;
@@ -599,6 +608,7 @@ impl Worker {
                         error,
                         after,
                         counts,
+                        ..
                     } => {
                         let retry = BatchRetry {
                             after,
@@ -622,10 +632,16 @@ impl Worker {
         let ids: Vec<i64> = members.iter().map(|j| j.id).collect();
         let locks: Vec<String> = members.iter().map(|j| j.lock.clone()).collect();
         let message_ids: Vec<String> = sent.into_iter().map(|s| s.provider_message_id).collect();
+        let no_campaigns = vec![None; ids.len()];
         let recorded = self
             .persist("batch outcome", || {
-                self.queue
-                    .record_sent_batch(Channel::Email, &ids, &message_ids, &locks)
+                self.queue.record_sent_batch(
+                    Channel::Email,
+                    &ids,
+                    &message_ids,
+                    &locks,
+                    &no_campaigns,
+                )
             })
             .await;
         let Some(recorded) = recorded else { return };
@@ -635,6 +651,7 @@ impl Worker {
                     job,
                     &Outcome::Sent {
                         provider_message_id: message_id.clone(),
+                        campaign_id: None,
                     },
                 );
             } else {
@@ -654,6 +671,7 @@ impl Worker {
             error: error.to_string(),
             after: retry.after,
             counts: retry.counts,
+            unknown_since: None,
         };
         for job in members {
             if recorded.contains(&job.id) {
@@ -689,50 +707,51 @@ impl Worker {
         }
     }
 
-    async fn send_sms(&self, job: &ClaimedJob, cancel: &CancellationToken) -> Option<Outcome> {
+    async fn send_sms(&self, job: &ClaimedJob, cancel: &CancellationToken) -> SmsEnd {
         if let Some(outcome) = precheck(job) {
-            return Some(outcome);
+            return SmsEnd::Record(outcome);
         }
         let to = match recipients::phone(job.recipient.as_deref()) {
             Ok(to) => to,
             Err(reason) => {
-                return Some(Outcome::Invalid {
+                return SmsEnd::Record(Outcome::Invalid {
                     error: reason.to_string(),
                 });
             }
         };
-        if job.previous_outcome_unknown {
-            // Mobizon has no idempotency key: the crashed attempt may have
-            // been delivered. Sending again is the lesser harm; say so.
-            tracing::warn!(
-                lead_id = %job.lead_id, job_id = job.id, channel = "sms", attempt = job.attempts,
-                to = %mask::phone(&to),
-                "previous attempt's outcome is unknown (the worker stopped mid-request): this SMS may be delivered twice"
-            );
+        // The same text on every attempt: a look-up matches it exactly.
+        let (_, product_url) = self.fixed_params(job, None);
+        let text = templates::proftest_sms(product_url);
+        if let Some(since) = job.outcome_unknown_since
+            && let Some(end) = self
+                .before_sending_again(job, &to, &text, since, cancel)
+                .await
+        {
+            return end;
         }
         tokio::select! {
-            _ = cancel.cancelled() => return None,
+            _ = cancel.cancelled() => return SmsEnd::Release,
             _ = self.mobizon.pacer.wait_turn() => {}
         }
         if !self.still_to_send(job).await {
-            return None;
+            return SmsEnd::Release;
         }
-        let (_, product_url) = self.fixed_params(job, None);
-        let text = templates::proftest_sms(product_url);
+        let began = chrono::Utc::now();
         let started = std::time::Instant::now();
         let result = self.mobizon.send(&to, &text, &job.template).await;
         observe_request("mobizon", started, &result);
-        if let Err(SendError::Temporary {
-            outcome_unknown: true,
-            ..
-        }) = &result
-        {
-            tracing::warn!(
-                lead_id = %job.lead_id, job_id = job.id, channel = "sms", attempt = job.attempts,
-                "no answer from Mobizon after the request was sent: the retry may deliver this SMS twice"
-            );
+        match result {
+            Err(SendError::Temporary {
+                outcome_unknown: true,
+                message,
+                ..
+            }) => {
+                let since = job.outcome_unknown_since.map_or(began, |s| s.min(began));
+                self.after_no_answer(job, &to, &text, since, message, cancel)
+                    .await
+            }
+            known => SmsEnd::Record(self.outcome_of(job, known)),
         }
-        Some(self.outcome_of(job, result))
     }
 
     async fn sync_lead_tracking(&self, job: &ClaimedJob) {
@@ -765,8 +784,12 @@ impl Worker {
         match result {
             Ok(sent) => Outcome::Sent {
                 provider_message_id: sent.provider_message_id,
+                campaign_id: sent.campaign_id,
             },
-            Err(SendError::Permanent { message }) => Outcome::Failed { error: message },
+            Err(SendError::Permanent { message }) => Outcome::Failed {
+                error: message,
+                unknown_since: None,
+            },
             Err(SendError::Temporary {
                 message,
                 retry_after,
@@ -779,6 +802,7 @@ impl Worker {
                             "gave up after {} attempts; last error: {message}",
                             job.attempts
                         ),
+                        unknown_since: None,
                     }
                 } else {
                     Outcome::Retry {
@@ -786,6 +810,7 @@ impl Worker {
                             .unwrap_or_else(|| self.settings.backoff.delay(job.attempts)),
                         error: message,
                         counts: !rate_limited,
+                        unknown_since: None,
                     }
                 }
             }
@@ -799,9 +824,16 @@ impl Worker {
                 match &outcome {
                     Outcome::Sent {
                         provider_message_id,
+                        campaign_id,
                     } => {
                         self.sent_batches
-                            .record(job.channel, job.id, &job.lock, provider_message_id)
+                            .record(
+                                job.channel,
+                                job.id,
+                                &job.lock,
+                                provider_message_id,
+                                campaign_id.as_deref(),
+                            )
                             .await
                     }
                     other => self.queue.record(job.id, &job.lock, other).await,
@@ -827,6 +859,7 @@ fn precheck(job: &ClaimedJob) -> Option<Outcome> {
     }
     if job.template != PROFTEST_TEMPLATE {
         return Some(Outcome::Failed {
+            unknown_since: None,
             error: format!(
                 "no template named {:?} for channel {}: fix notification_rules, then put the job back to due",
                 job.template.chars().take(64).collect::<String>(),
@@ -891,14 +924,14 @@ fn observe_request(
     metrics::counter!("leadrelay_provider_requests_total", "provider" => provider, "outcome" => outcome).increment(1);
 }
 
-fn lease_lost(job: &ClaimedJob) {
+pub(crate) fn lease_lost(job: &ClaimedJob) {
     tracing::warn!(
         lead_id = %job.lead_id, job_id = job.id, channel = job.channel.as_str(),
         "outcome not recorded: another claim of the job began after this one's lease expired (or a newer lead_tracking sync took it back); that claim's outcome stands"
     );
 }
 
-fn log_state_change(job: &ClaimedJob, outcome: &Outcome) {
+pub(crate) fn log_state_change(job: &ClaimedJob, outcome: &Outcome) {
     let channel = job.channel.as_str();
     let name = match outcome {
         Outcome::Sent { .. } => "sent",
@@ -912,6 +945,7 @@ fn log_state_change(job: &ClaimedJob, outcome: &Outcome) {
     match outcome {
         Outcome::Sent {
             provider_message_id,
+            ..
         } => tracing::info!(
             lead_id = %job.lead_id, job_id = job.id, channel, attempt = job.attempts,
             outcome = "sent", provider_message_id = %provider_message_id, "state change"
@@ -920,11 +954,12 @@ fn log_state_change(job: &ClaimedJob, outcome: &Outcome) {
             error,
             after,
             counts,
+            ..
         } => tracing::info!(
             lead_id = %job.lead_id, job_id = job.id, channel, attempt = job.attempts,
             outcome = "retry", retry_in_s = after.as_secs_f64(), counts, error = %error, "state change"
         ),
-        Outcome::Failed { error } => tracing::warn!(
+        Outcome::Failed { error, .. } => tracing::warn!(
             lead_id = %job.lead_id, job_id = job.id, channel, attempt = job.attempts,
             outcome = "failed", error = %error, "state change"
         ),

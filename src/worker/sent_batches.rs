@@ -17,6 +17,7 @@ struct Pending {
     job_id: i64,
     lock: String,
     provider_message_id: String,
+    campaign_id: Option<String>,
     answer: oneshot::Sender<Result<bool, QueueError>>,
 }
 
@@ -33,14 +34,15 @@ impl SentBatches {
         SentBatches { tx }
     }
 
-    /// Records that `job_id` was accepted as `provider_message_id`; true when
-    /// the job was still ours.
+    /// Records that `job_id` was accepted as `provider_message_id` (of
+    /// Mobizon's `campaign_id`); true when the job was still ours.
     pub async fn record(
         &self,
         channel: Channel,
         job_id: i64,
         lock: &str,
         provider_message_id: &str,
+        campaign_id: Option<&str>,
     ) -> Result<bool, QueueError> {
         let (answer, wait) = oneshot::channel();
         self.tx
@@ -49,6 +51,7 @@ impl SentBatches {
                 job_id,
                 lock: lock.to_string(),
                 provider_message_id: provider_message_id.to_string(),
+                campaign_id: campaign_id.map(str::to_string),
                 answer,
             })
             .map_err(|_| QueueError::Db("the outcome recorder has stopped".into()))?;
@@ -73,8 +76,10 @@ async fn run(queue: Queue, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 .map(|p| p.provider_message_id.clone())
                 .collect();
             let locks: Vec<String> = group.iter().map(|p| p.lock.clone()).collect();
+            let campaign_ids: Vec<Option<String>> =
+                group.iter().map(|p| p.campaign_id.clone()).collect();
             let result = queue
-                .record_sent_batch(channel, &ids, &message_ids, &locks)
+                .record_sent_batch(channel, &ids, &message_ids, &locks, &campaign_ids)
                 .await;
             for p in group {
                 let answer = result

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use leadrelay::config::{MobizonSettings, ResendSettings, ServeConfig};
@@ -81,10 +81,88 @@ impl Respond for ResendLike {
     }
 }
 
-/// Answers like Mobizon's sendSmsMessage: code 0 and a new message id.
+/// One SMS Mobizon's stand-in took.
+#[derive(Debug, Clone)]
+pub struct TakenSms {
+    pub id: String,
+    pub campaign_id: String,
+    pub to: String,
+    pub text: String,
+}
+
+/// What Mobizon's stand-in took, shared by its send and `message/list`
+/// answers: a message it took is listed, whatever became of the answer.
+#[derive(Debug, Clone, Default)]
+pub struct MobizonBook {
+    taken: Arc<Mutex<Vec<TakenSms>>>,
+}
+
+impl MobizonBook {
+    pub fn taken(&self) -> Vec<TakenSms> {
+        self.taken.lock().unwrap().clone()
+    }
+
+    fn take(&self, request: &Request, id: u64) -> TakenSms {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body)
+            .into_owned()
+            .collect();
+        let sms = TakenSms {
+            id: id.to_string(),
+            campaign_id: format!("c{id}"),
+            to: form.get("recipient").cloned().unwrap_or_default(),
+            text: form.get("text").cloned().unwrap_or_default(),
+        };
+        self.taken.lock().unwrap().push(sms.clone());
+        sms
+    }
+}
+
+impl Respond for MobizonBook {
+    /// `message/list`: `criteria[to]` matches part of the number,
+    /// `criteria[text]` the whole text; oldest first, pages from 0.
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body)
+            .into_owned()
+            .collect();
+        let field = |key: &str| form.get(key).cloned().unwrap_or_default();
+        let size: usize = field("pagination[pageSize]").parse().unwrap_or(25);
+        let page: usize = field("pagination[currentPage]").parse().unwrap_or(0);
+        if !form.contains_key("criteria[campaignCreateTsFrom]") {
+            return ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"code": 1, "data": [], "message": "this stand-in wants a time window"}),
+            );
+        }
+        let found: Vec<TakenSms> = self
+            .taken()
+            .into_iter()
+            .filter(|m| m.to.contains(field("criteria[to]").as_str()))
+            .filter(|m| m.text == field("criteria[text]"))
+            .collect();
+        let items: Vec<serde_json::Value> = found
+            .iter()
+            .skip(page * size)
+            .take(size)
+            .map(|m| {
+                serde_json::json!({"id": m.id, "campaignId": m.campaign_id, "segNum": "1",
+                    "from": "", "to": m.to, "text": m.text, "status": "ACCEPTD",
+                    "startSendTs": "2026-11-29 10:00:00", "statusUpdateTs": "2026-11-29 10:00:00"})
+            })
+            .collect();
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "code": 0, "data": {"items": items, "totalItemCount": found.len().to_string()}, "message": ""}))
+    }
+}
+
+/// Answers like Mobizon's sendSmsMessage: code 0 and a new message id, the
+/// message taken into its book first. Requests for which `hang(n)` holds
+/// (n from 1) are taken and answered only after `hang_for`: a Mobizon that
+/// took the message and answered too late.
 pub struct MobizonLike {
     next: AtomicU64,
     pub delay: Duration,
+    book: MobizonBook,
+    hang: Box<dyn Fn(u64) -> bool + Send + Sync>,
+    hang_for: Duration,
 }
 
 impl MobizonLike {
@@ -92,22 +170,49 @@ impl MobizonLike {
         MobizonLike {
             next: AtomicU64::new(1000),
             delay,
+            book: MobizonBook::default(),
+            hang: Box::new(|_| false),
+            hang_for: Duration::ZERO,
         }
+    }
+
+    /// Takes its messages into `book` (which `Providers` lists).
+    pub fn into_book(mut self, book: &MobizonBook) -> MobizonLike {
+        self.book = book.clone();
+        self
+    }
+
+    pub fn hanging(
+        mut self,
+        hang: impl Fn(u64) -> bool + Send + Sync + 'static,
+        hang_for: Duration,
+    ) -> MobizonLike {
+        self.hang = Box::new(hang);
+        self.hang_for = hang_for;
+        self
     }
 }
 
 impl Respond for MobizonLike {
-    fn respond(&self, _request: &Request) -> ResponseTemplate {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let sms = self.book.take(request, id);
+        let delay = if (self.hang)(id - 999) {
+            self.hang_for
+        } else {
+            self.delay
+        };
         ResponseTemplate::new(200)
-            .set_body_json(serde_json::json!({"code": 0, "data": {"campaignId": "77", "messageId": id.to_string(), "status": 2}, "message": ""}))
-            .set_delay(self.delay)
+            .set_body_json(serde_json::json!({"code": 0, "data": {"campaignId": sms.campaign_id, "messageId": sms.id, "status": 2}, "message": ""}))
+            .set_delay(delay)
     }
 }
 
 pub struct Providers {
     pub resend: MockServer,
     pub mobizon: MockServer,
+    /// What Mobizon's stand-in took, listed by its `message/list`.
+    pub book: MobizonBook,
 }
 
 impl Providers {
@@ -119,7 +224,9 @@ impl Providers {
     pub async fn with_delays(email: Duration, sms: Duration) -> Providers {
         let providers = Providers::empty().await;
         providers.mount_resend(ResendLike::new(email)).await;
-        providers.mount_mobizon(MobizonLike::new(sms)).await;
+        providers
+            .mount_mobizon(MobizonLike::new(sms).into_book(&providers.book))
+            .await;
         providers
     }
 
@@ -137,16 +244,24 @@ impl Providers {
             .mount_resend(ResendLike::new(Duration::ZERO))
             .await;
         providers
-            .mount_mobizon(MobizonLike::new(Duration::ZERO))
+            .mount_mobizon(MobizonLike::new(Duration::ZERO).into_book(&providers.book))
             .await;
         providers
     }
 
+    /// No send endpoint yet; Mobizon's `message/list` answers from `book`.
     pub async fn empty() -> Providers {
-        Providers {
+        let providers = Providers {
             resend: MockServer::start().await,
             mobizon: MockServer::start().await,
-        }
+            book: MobizonBook::default(),
+        };
+        Mock::given(method("POST"))
+            .and(path("/service/message/list"))
+            .respond_with(providers.book.clone())
+            .mount(&providers.mobizon)
+            .await;
+        providers
     }
 
     /// On both `/emails` and `/emails/batch`.
@@ -187,8 +302,22 @@ impl Providers {
         self.resend.received_requests().await.unwrap_or_default()
     }
 
+    /// The send requests Mobizon's stand-in received (look-ups and status
+    /// questions aside).
     pub async fn sms(&self) -> Vec<Request> {
-        self.mobizon.received_requests().await.unwrap_or_default()
+        self.mobizon_requests("sendsmsmessage").await
+    }
+
+    /// Requests to Mobizon's `service/message/{method}`.
+    pub async fn mobizon_requests(&self, method: &str) -> Vec<Request> {
+        let path = format!("/service/message/{method}");
+        self.mobizon
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.url.path() == path)
+            .collect()
     }
 }
 
@@ -203,6 +332,7 @@ pub fn fast_worker() -> WorkerSettings {
         },
         concurrency: 4,
         shutdown_grace: Duration::from_secs(5),
+        sms_unknown_outcome: Default::default(),
     }
 }
 

@@ -1119,6 +1119,7 @@ async fn an_answer_that_comes_after_the_lease_ran_out_is_kept_while_no_other_cla
     // The first worker's answers arrive now.
     let sent = |id: &str| Outcome::Sent {
         provider_message_id: id.to_string(),
+        campaign_id: None,
     };
     assert!(
         first
