@@ -19,6 +19,8 @@ grant usage on schema public to leadrelay_worker;
 grant select, update on public.notification_jobs to leadrelay_worker;
 grant select, insert, update on public.notification_events to leadrelay_worker;
 grant select on public.notification_rules to leadrelay_worker;
+-- The messages: read the templates and every kept version.
+grant select on public.notification_templates, public.notification_template_versions to leadrelay_worker;
 grant usage on sequence public.notification_events_id_seq to leadrelay_worker;
 
 -- The leads: read them, and write only the mirror columns.
@@ -53,6 +55,12 @@ create policy leadrelay_worker_events on public.notification_events
   for all to leadrelay_worker using (true) with check (true);
 drop policy if exists leadrelay_worker_rules on public.notification_rules;
 create policy leadrelay_worker_rules on public.notification_rules
+  for select to leadrelay_worker using (true);
+drop policy if exists leadrelay_worker_templates on public.notification_templates;
+create policy leadrelay_worker_templates on public.notification_templates
+  for select to leadrelay_worker using (true);
+drop policy if exists leadrelay_worker_template_versions on public.notification_template_versions;
+create policy leadrelay_worker_template_versions on public.notification_template_versions
   for select to leadrelay_worker using (true);
 drop policy if exists leadrelay_worker_leads on public.landing_leads;
 create policy leadrelay_worker_leads on public.landing_leads

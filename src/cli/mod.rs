@@ -8,6 +8,7 @@
 pub mod dev;
 pub mod doctor;
 pub mod ops;
+pub mod templates;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,9 +52,45 @@ pub enum Command {
     Retry(RetryArgs),
     /// Cancel the jobs a notification rule made that were not tried yet (after disabling it).
     Cancel(CancelArgs),
+    /// Check every enabled rule's template: it exists, compiles and renders a sample lead.
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
+    /// Print a lead's email and SMS exactly as they go (or would), with the SMS's length.
+    Preview(PreviewArgs),
     /// Check everything serve depends on (database, TLS, LISTEN, migrations, pg_cron,
     /// privileges, lead_tracking, providers, configuration): one line per check.
     Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// Render every enabled rule's templates against a sample lead; exit 1 on a problem.
+    Check {
+        #[command(flatten)]
+        db: DatabaseArg,
+        #[command(flatten)]
+        product: ProductUrlArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProductUrlArg {
+    /// The product link a rule's params do not set (as `serve` uses it).
+    #[arg(long, env = "PRODUCT_URL")]
+    pub product_url: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PreviewArgs {
+    #[command(flatten)]
+    pub db: DatabaseArg,
+    #[command(flatten)]
+    pub product: ProductUrlArg,
+    /// A lead id, an email or a phone.
+    pub lead: String,
+    /// This template (both channels) instead of the lead's own messages.
+    #[arg(long)]
+    pub template: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -282,6 +319,22 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             ops::cancel_rule(&client, args.rule, args.dry_run, args.yes).await?;
             Ok(())
         }
+        Command::Templates(TemplatesCommand::Check { db, product }) => {
+            let product_url = product_url(&product)?;
+            let client = connect(&db).await?;
+            print!("{}", templates::check(&client, &product_url).await?);
+            Ok(())
+        }
+        Command::Preview(args) => {
+            let product_url = product_url(&args.product)?;
+            let client = connect(&args.db).await?;
+            print!(
+                "{}",
+                templates::preview(&client, &args.lead, args.template.as_deref(), &product_url)
+                    .await?
+            );
+            Ok(())
+        }
         Command::Doctor(_) => Ok(()),
         Command::Serve(args) => {
             let signals = serve::ShutdownSignals::install();
@@ -316,6 +369,10 @@ async fn run_doctor(args: DoctorArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn product_url(arg: &ProductUrlArg) -> Result<String, CliError> {
+    Ok(config::required("PRODUCT_URL", arg.product_url.as_deref())?.to_string())
 }
 
 async fn connect(arg: &DatabaseArg) -> Result<tokio_postgres::Client, CliError> {

@@ -251,7 +251,12 @@ pub const LEAD_JOBS: &str = "
 select id, channel, status, attempts, max_attempts, due_at, sent_at, delivery_status, last_error
 from public.notification_jobs where lead_id = $1 order by channel";
 
-pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
+/// The leads a lead id, an email or a phone names (newest first), as rows
+/// of `FIND_LEADS`.
+pub async fn find_leads(
+    client: &Client,
+    query: &str,
+) -> Result<Vec<tokio_postgres::Row>, OpsError> {
     let query = query.trim();
     if query.is_empty() || query.len() > 320 {
         return Err(OpsError::Input(
@@ -271,6 +276,11 @@ pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
     if leads.is_empty() {
         return Err(OpsError::NoLead(query.chars().take(80).collect()));
     }
+    Ok(leads)
+}
+
+pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
+    let leads = find_leads(client, query).await?;
     let mut out = String::new();
     for lead in &leads {
         let lead_id: Uuid = lead.get(0);

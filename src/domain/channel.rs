@@ -17,4 +17,8 @@ impl Channel {
             Channel::LeadTracking => "lead_tracking",
         }
     }
+
+    pub fn parse(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == name)
+    }
 }

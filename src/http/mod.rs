@@ -45,6 +45,8 @@ pub struct AppState {
     pub admin_token: Secret,
     /// `leadrelay dev`: where the stand-in providers write, shown on /ops.
     pub dev_outbox: Option<std::path::PathBuf>,
+    /// The default product link, for a preview of a message not yet claimed.
+    pub product_url: String,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -59,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ops", get(ops::page))
         .route("/ops/login", post(ops::login))
         .route("/ops/logout", post(ops::logout))
+        .route("/ops/preview", get(ops::preview))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -118,6 +118,91 @@ pub async fn logout() -> Response {
         .into_response()
 }
 
+#[derive(Debug, serde::Deserialize)]
+pub struct PreviewQuery {
+    lead: String,
+}
+
+/// A lead's email and SMS exactly as they go (or would): the same rendering
+/// as the worker's and `leadrelay preview`'s. The email's HTML is shown in a
+/// sandboxed frame (no scripts, no navigation of this page).
+pub async fn preview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<PreviewQuery>,
+) -> Response {
+    if !authorised(&headers, &state) {
+        return Html(login_page(None)).into_response();
+    }
+    let Ok(lead) = uuid::Uuid::parse_str(query.lead.trim()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(shell("leadrelay", "<p class=alert>Not a lead id.</p>")),
+        )
+            .into_response();
+    };
+    let previews = match state.pool.get().await {
+        Ok(client) => crate::worker::preview::lead(&client, lead, &state.product_url, None)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match previews {
+        Ok(previews) => {
+            Html(shell("leadrelay — preview", &preview_body(lead, &previews))).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "ops preview query failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Html(shell(
+                    "leadrelay",
+                    "<p class=alert>The database is not answering. Try again in a moment.</p>",
+                )),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn preview_body(lead: uuid::Uuid, previews: &[crate::worker::preview::Preview]) -> String {
+    use crate::messages::templates::EmailContent;
+    use crate::worker::preview::Rendered;
+    let mut body = format!("<p><a href=\"/ops\">← ops</a></p><h1>Lead {lead}</h1>");
+    if previews.is_empty() {
+        body.push_str("<p class=muted>No messages for this lead.</p>");
+    }
+    for p in previews {
+        body.push_str(&format!(
+            "<h2>{} · {} v{} <span class=muted>({})</span></h2>",
+            esc(p.channel.as_str()),
+            esc(&p.template),
+            p.version.map_or("?".into(), |v| v.to_string()),
+            esc(p.status.as_deref().unwrap_or("no job yet")),
+        ));
+        match &p.rendered {
+            Err(problem) => body.push_str(&format!("<p class=alert>Cannot render: {}</p>", esc(problem))),
+            Ok(Rendered::Sms { text, length }) => body.push_str(&format!(
+                "<pre>{}</pre><p class=muted>{}</p>",
+                esc(text),
+                esc(&length.to_string())
+            )),
+            Ok(Rendered::Email(EmailContent::Inline { subject, html, text })) => body.push_str(&format!(
+                "<p><b>Subject:</b> {}</p><iframe sandbox title=\"email\" style=\"width:100%;height:360px;border:1px solid #ccc;background:#fff\" srcdoc=\"{}\"></iframe><pre>{}</pre>",
+                esc(subject),
+                esc(html),
+                esc(text.as_deref().unwrap_or("(no text part)")),
+            )),
+            Ok(Rendered::Email(EmailContent::Hosted { id, variables, .. })) => body.push_str(&format!(
+                "<p>Rendered by Resend from its template <code>{}</code> with {}</p>",
+                esc(id),
+                esc(&variables.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(", ")),
+            )),
+        }
+    }
+    body
+}
+
 pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !authorised(&headers, &state) {
         return Html(login_page(None)).into_response();
@@ -253,13 +338,12 @@ async fn dashboard(state: &AppState) -> Result<String, String> {
         let name: Option<String> = r.get(1);
         let lead_id: uuid::Uuid = r.get(0);
         leads.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td>{}{}<td class=muted>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td>{}{}<td class=muted><a href=\"/ops/preview?lead={lead_id}\">{lead_id}</a></td></tr>",
             created.format("%Y-%m-%d %H:%M"),
             name_cell(name),
             esc(&r.get::<_, Option<String>>(2).unwrap_or_default()),
             state_cell(r.get(4), r.get(5), r.get(6)),
             state_cell(r.get(7), r.get(8), r.get(9)),
-            lead_id,
         ));
     }
     if leads.is_empty() {

@@ -1,7 +1,8 @@
-//! The messages room: what is sent and to whom (the texts, the recipient
-//! checks) and how a contact appears in a log line (masked). It uses nothing
-//! of the crate.
+//! The messages room: what is sent and to whom (the templates and their
+//! rendering, SMS length, the recipient checks) and how a contact appears in
+//! a log line (masked). It uses `domain` only.
 
 pub mod mask;
 pub mod recipients;
+pub mod sms_length;
 pub mod templates;

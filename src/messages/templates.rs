@@ -1,51 +1,315 @@
-//! The proftest messages. Rendering depends only on the job's lead and the
-//! configured product URL, so a retried email has exactly the body of the
-//! first attempt (Resend answers 409 to a reused idempotency key with another
-//! body).
+//! Messages as data: the rows of `notification_templates`, compiled with
+//! MiniJinja and rendered from the values a job's first claim fixed
+//! (`sent_params`), so a retry renders exactly what the first attempt did.
+//!
+//! HTML is escaped in an email's `html` (with the same escaping as before
+//! templates were data, so today's email is unchanged byte for byte), never
+//! in its subject, text or an SMS. A variable that does not exist is an
+//! error, never an empty hole.
 
-pub const PROFTEST_SUBJECT: &str = "Тест пройден. Получить продукт";
+use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Email {
-    pub subject: String,
-    pub html: String,
-    pub text: String,
+use minijinja::value::Value;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+
+use crate::domain::Channel;
+pub use crate::domain::TemplateSource;
+
+/// A template that cannot be used, with the engine's words and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("template {key} ({channel}) version {version}, {part}{line}: {message}")]
+    Invalid {
+        key: String,
+        channel: &'static str,
+        version: i32,
+        part: &'static str,
+        line: String,
+        message: String,
+    },
+    #[error("template {key} ({channel}) has no {part}")]
+    Incomplete {
+        key: String,
+        channel: &'static str,
+        part: &'static str,
+    },
 }
 
-/// The proftest result email in Russian. The name is what the person typed:
-/// cut to a sane length and HTML-escaped.
-pub fn proftest_email(name: Option<&str>, product_url: &str) -> Email {
-    let name = display_name(name);
-    let greeting = match &name {
-        Some(n) => format!("{n}, здравствуйте!"),
-        None => "Здравствуйте!".to_string(),
-    };
-    let text = format!(
-        "{greeting}\n\nВы прошли профориентационный тест. Ваш результат и продукт, который мы подобрали для вас, ждут по ссылке:\n{product_url}\n\nЕсли вы не проходили тест, просто проигнорируйте это письмо.\n"
-    );
-    let html = format!(
-        "<!doctype html><html lang=\"ru\"><body style=\"font-family:Arial,sans-serif;line-height:1.5\">\
-<p>{greeting}</p>\
-<p>Вы прошли профориентационный тест. Ваш результат и продукт, который мы подобрали для вас, ждут по ссылке:</p>\
-<p><a href=\"{url}\" style=\"display:inline-block;padding:12px 20px;background:#2f6fed;color:#fff;text-decoration:none;border-radius:6px\">Получить продукт</a></p>\
-<p style=\"color:#666;font-size:13px\">Если вы не проходили тест, просто проигнорируйте это письмо.</p>\
-</body></html>",
-        greeting = html_escape(&greeting),
-        url = html_escape(product_url),
-    );
-    Email {
-        subject: PROFTEST_SUBJECT.to_string(),
-        html,
-        text,
+/// A compiled template version.
+#[derive(Debug)]
+pub struct Compiled {
+    source: TemplateSource,
+    env: Environment<'static>,
+}
+
+/// What an email is made of: inline content, or a template Resend hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmailContent {
+    Inline {
+        subject: String,
+        html: String,
+        text: Option<String>,
+    },
+    Hosted {
+        id: String,
+        /// Overrides the hosted template's own subject when set.
+        subject: Option<String>,
+        variables: BTreeMap<String, String>,
+    },
+}
+
+/// The parts of a template, named as they appear in errors.
+const PARTS: [(&str, &str); 4] = [
+    ("subject", "subject.txt"),
+    ("html", "html.html"),
+    ("text", "text.txt"),
+    ("body", "body.txt"),
+];
+
+/// Work a render may do before it is stopped: a template is data someone
+/// typed, and a loop over a large range must not hold a lane.
+const FUEL: u64 = 50_000;
+
+impl Compiled {
+    pub fn compile(source: TemplateSource) -> Result<Compiled, TemplateError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        // Today's escaping (MiniJinja's own also escapes `/`, which would
+        // change every link in the email).
+        env.set_formatter(|out, state, value| {
+            if matches!(state.auto_escape(), AutoEscape::Html) && !value.is_safe() {
+                let text = match value.as_str() {
+                    Some(s) => html_escape(s),
+                    None if value.is_none() => String::new(),
+                    None => html_escape(&value.to_string()),
+                };
+                out.write_str(&text).map_err(minijinja::Error::from)
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
+        env.set_fuel(Some(FUEL));
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+        {
+            env.set_syntax(syntax);
+        }
+        for (part, name) in PARTS {
+            if let Some(text) = part_of(&source, part) {
+                env.add_template_owned(name, text.to_string())
+                    .map_err(|e| invalid(&source, part, &e))?;
+            }
+        }
+        let compiled = Compiled { source, env };
+        compiled.complete()?;
+        Ok(compiled)
+    }
+
+    pub fn source(&self) -> &TemplateSource {
+        &self.source
+    }
+
+    fn complete(&self) -> Result<(), TemplateError> {
+        let missing = |part| TemplateError::Incomplete {
+            key: self.source.key.clone(),
+            channel: self.source.channel.as_str(),
+            part,
+        };
+        match self.source.channel {
+            Channel::Email if self.source.resend_template.is_none() => {
+                if self.source.subject.is_none() {
+                    return Err(missing("subject"));
+                }
+                if self.source.html.is_none() {
+                    return Err(missing("html"));
+                }
+            }
+            Channel::Sms if self.source.body.is_none() => return Err(missing("body")),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn render(
+        &self,
+        part: &'static str,
+        vars: &Variables,
+    ) -> Result<Option<String>, TemplateError> {
+        let Some((_, name)) = PARTS.iter().find(|(p, _)| *p == part) else {
+            return Ok(None);
+        };
+        let Ok(template) = self.env.get_template(name) else {
+            return Ok(None);
+        };
+        template
+            .render(&vars.0)
+            .map(Some)
+            .map_err(|e| invalid(&self.source, part, &e))
+    }
+
+    pub fn render_email(&self, vars: &Variables) -> Result<EmailContent, TemplateError> {
+        let subject = self.render("subject", vars)?;
+        if let Some(id) = &self.source.resend_template {
+            return Ok(EmailContent::Hosted {
+                id: id.clone(),
+                subject,
+                variables: vars.as_strings(),
+            });
+        }
+        let html = self.render("html", vars)?;
+        match (subject, html) {
+            (Some(subject), Some(html)) => Ok(EmailContent::Inline {
+                subject,
+                html,
+                text: self.render("text", vars)?,
+            }),
+            _ => Err(TemplateError::Incomplete {
+                key: self.source.key.clone(),
+                channel: "email",
+                part: "subject and html",
+            }),
+        }
+    }
+
+    pub fn render_sms(&self, vars: &Variables) -> Result<String, TemplateError> {
+        self.render("body", vars)?
+            .ok_or_else(|| TemplateError::Incomplete {
+                key: self.source.key.clone(),
+                channel: "sms",
+                part: "body",
+            })
     }
 }
 
-/// The proftest SMS: no name (a long or odd one would cost extra segments),
-/// short enough for two Cyrillic segments with a typical URL.
-pub fn proftest_sms(product_url: &str) -> String {
-    format!("Тест пройден! Получите ваш продукт: {product_url}")
+fn part_of<'a>(source: &'a TemplateSource, part: &str) -> Option<&'a str> {
+    match part {
+        "subject" => source.subject.as_deref(),
+        "html" => source.html.as_deref(),
+        "text" => source.text.as_deref(),
+        "body" => source.body.as_deref(),
+        _ => None,
+    }
 }
 
+fn invalid(source: &TemplateSource, part: &'static str, error: &minijinja::Error) -> TemplateError {
+    TemplateError::Invalid {
+        key: source.key.clone(),
+        channel: source.channel.as_str(),
+        version: source.version,
+        part,
+        line: error
+            .line()
+            .map(|l| format!(", line {l}"))
+            .unwrap_or_default(),
+        message: error.detail().map_or_else(
+            || error.kind().to_string(),
+            |d| format!("{}: {d}", error.kind()),
+        ),
+    }
+}
+
+/// The values a message is rendered from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variables(BTreeMap<String, Value>);
+
+/// Names that the lead's own fields take; metadata keys of the same name
+/// are reachable as `metadata.<key>`.
+const LEAD_FIELDS: [&str; 5] = ["name", "email", "phone", "source", "created_at"];
+
+impl Variables {
+    /// From a job's `sent_params` (the lead's fields, its metadata, the
+    /// rule's params and the product link, fixed by its first claim). The
+    /// rule's params come before metadata keys of the same name; the lead's
+    /// own fields before both.
+    pub fn from_sent_params(params: &serde_json::Value, default_product_url: &str) -> Variables {
+        let mut vars = BTreeMap::new();
+        let object = |key: &str| params.get(key).and_then(|v| v.as_object());
+        if let Some(metadata) = object("metadata") {
+            for (k, v) in metadata {
+                vars.insert(k.clone(), Value::from(minijinja::value::Serde(v)));
+            }
+            vars.insert(
+                "metadata".into(),
+                Value::from(minijinja::value::Serde(metadata)),
+            );
+        } else {
+            vars.insert(
+                "metadata".into(),
+                Value::from(BTreeMap::<String, Value>::new()),
+            );
+        }
+        let product_url = params
+            .get("product_url")
+            .and_then(|v| v.as_str())
+            .filter(|u| !u.is_empty())
+            .unwrap_or(default_product_url);
+        vars.insert("product_url".into(), Value::from(product_url));
+        if let Some(rule) = object("params") {
+            for (k, v) in rule {
+                vars.insert(k.clone(), Value::from(minijinja::value::Serde(v)));
+            }
+            vars.insert("params".into(), Value::from(minijinja::value::Serde(rule)));
+        } else {
+            vars.insert(
+                "params".into(),
+                Value::from(BTreeMap::<String, Value>::new()),
+            );
+        }
+        for field in LEAD_FIELDS {
+            let value = params.get(field).and_then(|v| v.as_str());
+            let value = if field == "name" {
+                display_name(value)
+            } else {
+                value.map(str::to_string)
+            };
+            vars.insert(field.into(), Value::from(value));
+        }
+        Variables(vars)
+    }
+
+    /// A sample lead, for `leadrelay templates check`.
+    pub fn sample(rule_params: &serde_json::Value, product_url: &str) -> Variables {
+        Variables::from_sent_params(
+            &serde_json::json!({
+                "name": "Айгерим", "email": "aigerim@example.com", "phone": "+7 705 123 45 67",
+                "source": "proftest_main", "created_at": "2026-11-29T10:00:00+05:00",
+                "metadata": {}, "params": rule_params,
+            }),
+            product_url,
+        )
+    }
+
+    /// Plain values as text, for a template Resend renders (it takes strings
+    /// and numbers; lists and objects are left out).
+    fn as_strings(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "params"))
+            .filter_map(|(k, v)| {
+                if v.is_none() || v.is_undefined() {
+                    return Some((k.clone(), String::new()));
+                }
+                match v.kind() {
+                    minijinja::value::ValueKind::String
+                    | minijinja::value::ValueKind::Number
+                    | minijinja::value::ValueKind::Bool => Some((k.clone(), v.to_string())),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The name as typed, without control characters, at most 60 characters,
+/// trimmed; none when nothing is left.
 fn display_name(name: Option<&str>) -> Option<String> {
     let cleaned: String = name?
         .chars()
@@ -77,40 +341,178 @@ pub fn html_escape(s: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_email_greets_by_name_and_links_the_product() {
-        let e = proftest_email(Some("Айгерим"), "https://academy.kz/product");
-        assert_eq!(e.subject, "Тест пройден. Получить продукт");
-        assert!(e.text.starts_with("Айгерим, здравствуйте!"));
-        assert!(e.html.contains("href=\"https://academy.kz/product\""));
-        assert!(e.text.contains("https://academy.kz/product"));
+    fn source(channel: Channel) -> TemplateSource {
+        TemplateSource {
+            key: "t".into(),
+            channel,
+            version: 1,
+            locale: "ru".into(),
+            subject: None,
+            html: None,
+            text: None,
+            body: None,
+            resend_template: None,
+        }
+    }
+
+    fn email(subject: &str, html: &str, text: &str) -> Result<Compiled, TemplateError> {
+        Compiled::compile(TemplateSource {
+            subject: Some(subject.into()),
+            html: Some(html.into()),
+            text: Some(text.into()),
+            ..source(Channel::Email)
+        })
+    }
+
+    fn vars(name: Option<&str>) -> Variables {
+        Variables::from_sent_params(
+            &serde_json::json!({"name": name, "email": "a@b.kz", "metadata": {"city": "Алматы"},
+                                "params": {"product_url": "https://a.kz/p?x=1&y=2"}}),
+            "https://default.kz",
+        )
     }
 
     #[test]
-    fn hostile_names_are_escaped_and_cut() {
-        let e = proftest_email(Some("<script>alert('x')</script>"), "https://a.kz");
-        assert!(!e.html.contains("<script>"));
-        assert!(e.html.contains("&lt;script&gt;"));
-        let long = "Я".repeat(100_000);
-        let e = proftest_email(Some(&long), "https://a.kz");
-        assert!(e.html.len() < 2_000);
-        let e = proftest_email(Some(" \n\t "), "https://a.kz");
-        assert!(e.text.starts_with("Здравствуйте!"));
-        let e = proftest_email(None, "https://a.kz");
-        assert!(e.text.starts_with("Здравствуйте!"));
-    }
-
-    #[test]
-    fn rendering_is_deterministic_so_retries_send_the_same_body() {
+    fn html_is_escaped_in_html_only_and_the_link_keeps_its_slashes() {
+        let t = email(
+            "{{ name }}",
+            "<a href=\"{{ product_url }}\">{{ name }}</a>",
+            "{{ name }} {{ product_url }}",
+        )
+        .unwrap();
+        let EmailContent::Inline {
+            subject,
+            html,
+            text,
+        } = t.render_email(&vars(Some("<b>Ая</b> & 'x'"))).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(subject, "<b>Ая</b> & 'x'");
         assert_eq!(
-            proftest_email(Some("A"), "https://a.kz"),
-            proftest_email(Some("A"), "https://a.kz")
+            html,
+            "<a href=\"https://a.kz/p?x=1&amp;y=2\">&lt;b&gt;Ая&lt;/b&gt; &amp; &#39;x&#39;</a>"
         );
+        assert_eq!(text.unwrap(), "<b>Ая</b> & 'x' https://a.kz/p?x=1&y=2");
     }
 
     #[test]
-    fn the_sms_is_short() {
-        let sms = proftest_sms("https://academy.kz/p");
-        assert!(sms.chars().count() <= 134, "two Cyrillic segments");
+    fn template_syntax_in_a_name_is_text_not_code() {
+        let t = email("s", "{{ name }}", "{{ name }}").unwrap();
+        let EmailContent::Inline { html, text, .. } = t
+            .render_email(&vars(Some(
+                "{{ product_url }}{% for x in range(9) %}x{% endfor %}\u{7}",
+            )))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            text.unwrap(),
+            "{{ product_url }}{% for x in range(9) %}x{% endfor %}"
+        );
+        assert!(html.starts_with("{{ product_url }}"));
+    }
+
+    #[test]
+    fn an_unknown_variable_is_an_error_naming_it() {
+        let t = email("s", "{{ nmae }}", "t").unwrap();
+        let err = t.render_email(&vars(Some("A"))).unwrap_err().to_string();
+        assert!(err.contains("template t (email) version 1, html"), "{err}");
+        assert!(err.contains("undefined"), "{err}");
+        // metadata keys and params are variables; a missing one is an error too
+        let t = email(
+            "{{ city }} {{ metadata.city }} {{ params.product_url }}",
+            "h",
+            "t",
+        )
+        .unwrap();
+        let EmailContent::Inline { subject, .. } = t.render_email(&vars(None)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(subject, "Алматы Алматы https://a.kz/p?x=1&y=2");
+        let t = email("{{ metadata.nope }}", "h", "t").unwrap();
+        assert!(t.render_email(&vars(None)).is_err());
+    }
+
+    #[test]
+    fn a_syntax_error_is_refused_at_compile_time_with_its_line() {
+        let err = email("s", "<p>\n{% if name %}\n{{ name }", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("html, line"), "{err}");
+        assert!(err.contains("syntax error"), "{err}");
+    }
+
+    #[test]
+    fn an_email_needs_subject_and_html_unless_resend_hosts_it() {
+        assert!(matches!(
+            Compiled::compile(TemplateSource {
+                html: Some("h".into()),
+                ..source(Channel::Email)
+            }),
+            Err(TemplateError::Incomplete {
+                part: "subject",
+                ..
+            })
+        ));
+        let hosted = Compiled::compile(TemplateSource {
+            resend_template: Some("proftest-result".into()),
+            ..source(Channel::Email)
+        })
+        .unwrap();
+        let EmailContent::Hosted {
+            id,
+            subject,
+            variables,
+        } = hosted.render_email(&vars(Some("Ая"))).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(id, "proftest-result");
+        assert_eq!(subject, None);
+        assert_eq!(variables["name"], "Ая");
+        assert_eq!(variables["product_url"], "https://a.kz/p?x=1&y=2");
+        assert_eq!(variables["phone"], "");
+        assert!(!variables.contains_key("metadata"));
+        assert!(matches!(
+            Compiled::compile(source(Channel::Sms)),
+            Err(TemplateError::Incomplete { part: "body", .. })
+        ));
+    }
+
+    #[test]
+    fn a_runaway_loop_is_stopped() {
+        let t = Compiled::compile(TemplateSource {
+            body: Some(
+                "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+                    .into(),
+            ),
+            ..source(Channel::Sms)
+        })
+        .unwrap();
+        assert!(t.render_sms(&vars(None)).is_err());
+    }
+
+    #[test]
+    fn the_product_link_defaults_to_product_url_and_names_are_cleaned() {
+        let v = Variables::from_sent_params(
+            &serde_json::json!({"name": "  \u{1b}Ая\n "}),
+            "https://d.kz",
+        );
+        assert_eq!(v.0["product_url"].as_str(), Some("https://d.kz"));
+        assert_eq!(v.0["name"].as_str(), Some("Ая"));
+        let long = "Я".repeat(100_000);
+        let v = Variables::from_sent_params(&serde_json::json!({"name": long}), "https://d.kz");
+        assert_eq!(v.0["name"].as_str().unwrap().chars().count(), 60);
+        let v = Variables::from_sent_params(&serde_json::json!({"name": " \t "}), "https://d.kz");
+        assert!(v.0["name"].is_none());
+        // a metadata key cannot pass itself off as the lead's name
+        let v = Variables::from_sent_params(
+            &serde_json::json!({"name": "A", "metadata": {"name": "B", "product_url": "https://evil"}}),
+            "https://d.kz",
+        );
+        assert_eq!(v.0["name"].as_str(), Some("A"));
+        assert_eq!(v.0["product_url"].as_str(), Some("https://d.kz"));
     }
 }

@@ -39,10 +39,22 @@ pub struct ResendClient {
 pub struct OutgoingEmail {
     pub from: String,
     pub to: Vec<String>,
-    pub subject: String,
-    pub html: String,
-    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// A template Resend hosts, rendered there with these variables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<HostedTemplate>,
     pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostedTemplate {
+    pub id: String,
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -10,6 +10,7 @@ pub mod grouping;
 pub mod migrate;
 pub mod queue;
 pub mod storable;
+pub mod templates;
 pub mod tls;
 
 pub use connect::{Connection, DbError, Failed, connect, describe, explain, open, pool};

@@ -21,14 +21,43 @@ macro_rules! claimed_rows {
     () => {
         "  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
             coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
-            j.batch_key, j.idempotency_key, j.channel, j.sent_params, j.outcome_unknown_since
+            j.batch_key, j.idempotency_key, j.channel, j.sent_params, j.outcome_unknown_since,
+            j.template_version
 )
 select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
        l.id is not null as lead_exists, l.name, l.email, l.phone,
        -- only the dashboard row uses the lead's metadata, which can be large
        case when c.channel = 'lead_tracking' then l.metadata end, l.created_at,
        coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
-       c.batch_key, c.idempotency_key, c.sent_params, c.outcome_unknown_since,"
+       c.batch_key, c.idempotency_key, c.sent_params, c.outcome_unknown_since, c.template_version,"
+    };
+}
+
+/// The SET items that fix what a job's message is made of, at its first
+/// claim: the template's version, the lead's fields and metadata, the rule's
+/// params, and `$url` (the product link this worker uses by default). Both
+/// claims use it, so a job claimed first in a batch is fixed the same way.
+macro_rules! fixed_by_first_claim {
+    ($url:literal) => {
+        concat!(
+            "template_version = coalesce(j.template_version,
+           (select t.version from public.notification_templates t
+             where t.key = j.template and t.channel = j.channel)),
+         sent_params = coalesce(j.sent_params, case when j.channel in ('email', 'sms') then (
+           select jsonb_build_object(
+                    'name', l.name, 'email', l.email, 'phone', l.phone, 'source', l.source,
+                    'created_at', l.created_at, 'metadata', coalesce(l.metadata, '{}'::jsonb),
+                    'params', coalesce(r.params, '{}'::jsonb),
+                    'max_sms_segments', r.max_sms_segments, 'product_url', ",
+            $url,
+            "::text)
+             from public.landing_leads l
+             left join lateral (
+               select r.params, r.max_sms_segments from public.notification_rules r
+                where r.channel = j.channel and r.template = j.template and l.source like r.source_pattern
+                order by r.enabled desc, r.id limit 1) r on true
+            where l.id = j.lead_id) end),"
+        )
     };
 }
 
@@ -66,11 +95,9 @@ with claimable as (
          idempotency_key = case when j.channel = 'email' then coalesce(j.idempotency_key,
                              case when j.attempts > 0 then 'leadrelay-job-' || j.id
                                   else 'leadrelay-' || j.lead_id || '-' || j.template end) end,
-         -- what the message is made of, fixed by the first claim ($6: the
-         -- product link this worker would use)
-         sent_params = coalesce(j.sent_params, jsonb_build_object(
-                         'name', (select l.name from public.landing_leads l where l.id = j.lead_id),
-                         'product_url', $6::text)),
+",
+    fixed_by_first_claim!("$6"),
+    "
          updated_at = now()
     from claimable c
    where j.id = c.id
@@ -108,6 +135,9 @@ with keys as (
          attempts = j.attempts + 1,
          locked_by = $2,
          locked_until = now() + make_interval(secs => $3),
+         ",
+    fixed_by_first_claim!("$4"),
+    "
          updated_at = now()
     from keys k
    where j.batch_key = k.batch_key and j.channel = 'email' and j.status = 'due'
@@ -474,6 +504,9 @@ pub struct ClaimedJob {
     /// An SMS attempt that began then got no answer: it may have been taken,
     /// so it is looked up before this attempt sends (SMS_UNKNOWN_OUTCOME).
     pub outcome_unknown_since: Option<DateTime<Utc>>,
+    /// The template version the job's first claim fixed (None: the template
+    /// did not exist then).
+    pub template_version: Option<i32>,
     /// Members of this job's batch are elsewhere until then (see
     /// `CLAIM_BATCHES`): the batch must wait for them.
     pub rest_of_batch_until: Option<DateTime<Utc>>,
@@ -526,7 +559,8 @@ fn claimed_job(
         idempotency_key: row.get(18),
         sent_params: row.get(19),
         outcome_unknown_since: row.get(20),
-        rest_of_batch_until: row.get(21),
+        template_version: row.get(21),
+        rest_of_batch_until: row.get(22),
     }
 }
 
@@ -667,7 +701,7 @@ impl Queue {
             Channel::Email,
             &lock,
             lease_ends,
-            &[&limit, &lock, &secs],
+            &[&limit, &lock, &secs, &self.product_url],
         )
         .await
     }

@@ -16,9 +16,12 @@
 
 pub mod lead_tracking;
 pub mod listener;
+pub mod preview;
+pub mod rendering;
 pub mod retry;
 pub mod sent_batches;
 pub mod sms_lookup;
+pub mod template_check;
 pub mod wakeups;
 
 use std::collections::VecDeque;
@@ -35,7 +38,8 @@ use crate::providers::resend::{self, OutgoingEmail, ResendClient, Tag};
 use crate::providers::{SendError, Sent};
 use crate::store::queue::{BatchRetry, Channel, ClaimedJob, Outcome, Queue, QueueError};
 
-use crate::messages::{mask, recipients, templates};
+use crate::messages::templates::EmailContent;
+use crate::messages::{mask, recipients};
 use crate::worker::sms_lookup::{SmsEnd, UnknownOutcome};
 use crate::worker::wakeups::Wakeups;
 
@@ -129,9 +133,6 @@ const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// one bounded batch a time (`prune_leadrelay_history`).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// The template the proftest rules name.
-pub const PROFTEST_TEMPLATE: &str = "proftest_result";
-
 pub struct Worker {
     pub queue: Queue,
     pub tracking_pool: Pool,
@@ -141,6 +142,8 @@ pub struct Worker {
     pub email_batch_size: usize,
     pub mobizon: MobizonClient,
     pub product_url: String,
+    /// Compiled message templates, by version.
+    pub templates: rendering::TemplateCache,
     pub settings: WorkerSettings,
     pub wakeups: Arc<Wakeups>,
     pub tasks: TaskTracker,
@@ -175,6 +178,7 @@ impl Worker {
         let glance_every = self.settings.sweep_interval.min(GLANCE_EVERY);
         let mut next_full = tokio::time::Instant::now();
         let mut next_prune = tokio::time::Instant::now();
+        let mut templates_seen = None;
         while !cancel.is_cancelled() {
             let mut sleep_for = glance_every;
             match self.queue.promote().await {
@@ -192,6 +196,7 @@ impl Worker {
                 if let Err(e) = self.queue.apply_all_pending_events().await {
                     tracing::warn!(error = %e, "applying pending delivery events failed");
                 }
+                self.recheck_templates(&mut templates_seen).await;
             }
             if tokio::time::Instant::now() >= next_prune {
                 next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
@@ -453,47 +458,23 @@ impl Worker {
         self.record(&job, outcome).await;
     }
 
-    /// The greeting name and product link the job's first claim fixed, so a
-    /// retry sends what the first attempt sent (Resend answers a changed
-    /// body under the same key with a 409); the lead's name and this
-    /// worker's link for a job claimed before they were stored.
-    fn fixed_params<'a>(
-        &'a self,
-        job: &'a ClaimedJob,
-        lead_name: Option<&'a str>,
-    ) -> (Option<&'a str>, &'a str) {
-        let param = |key: &str| job.sent_params.as_ref().and_then(|p| p.get(key));
-        let name = match param("name") {
-            Some(value) => value.as_str(),
-            None => lead_name,
-        };
-        let product_url = param("product_url")
-            .and_then(|v| v.as_str())
-            .filter(|url| !url.is_empty())
-            .unwrap_or(&self.product_url);
-        (name, product_url)
-    }
-
     /// The email of job `job`, or the outcome that ends it without a request.
-    fn email_for(&self, job: &ClaimedJob) -> Result<OutgoingEmail, Outcome> {
+    async fn email_for(&self, job: &ClaimedJob) -> Result<OutgoingEmail, Outcome> {
         if let Some(outcome) = precheck(job) {
             return Err(outcome);
         }
-        let lead = job.lead.as_ref().ok_or(Outcome::Cancelled {
-            error: "the lead no longer exists".into(),
-        })?;
         let to =
             recipients::email(job.recipient.as_deref()).map_err(|reason| Outcome::Invalid {
                 error: reason.to_string(),
             })?;
-        let (name, product_url) = self.fixed_params(job, lead.name.as_deref());
-        let content = templates::proftest_email(name, product_url);
-        Ok(OutgoingEmail {
+        let content = self.email_content(job).await?;
+        let mut email = OutgoingEmail {
             from: self.email_from.clone(),
             to: vec![to],
-            subject: content.subject,
-            html: content.html,
-            text: content.text,
+            subject: None,
+            html: None,
+            text: None,
+            template: None,
             tags: vec![
                 Tag {
                     name: "leadrelay_job".into(),
@@ -504,11 +485,31 @@ impl Worker {
                     value: job.template.clone(),
                 },
             ],
-        })
+        };
+        match content {
+            EmailContent::Inline {
+                subject,
+                html,
+                text,
+            } => {
+                email.subject = Some(subject);
+                email.html = Some(html);
+                email.text = text;
+            }
+            EmailContent::Hosted {
+                id,
+                subject,
+                variables,
+            } => {
+                email.subject = subject;
+                email.template = Some(resend::HostedTemplate { id, variables });
+            }
+        }
+        Ok(email)
     }
 
     async fn send_email(&self, job: &ClaimedJob, cancel: &CancellationToken) -> Option<Outcome> {
-        let email = match self.email_for(job) {
+        let email = match self.email_for(job).await {
             Ok(email) => email,
             Err(outcome) => return Some(outcome),
         };
@@ -551,7 +552,7 @@ impl Worker {
         let mut members = Vec::with_capacity(jobs.len());
         let mut emails = Vec::with_capacity(jobs.len());
         for job in jobs {
-            match self.email_for(&job) {
+            match self.email_for(&job).await {
                 Ok(email) => {
                     members.push(job);
                     emails.push(email);
@@ -562,6 +563,20 @@ impl Worker {
         let Some(first) = members.first() else {
             return;
         };
+        if emails.iter().any(|e| e.template.is_some()) {
+            // Resend's batch endpoint is not documented to take hosted
+            // templates. The template version is fixed by the first claim,
+            // so this is known before the batch is ever sent: dissolving
+            // it cannot send anything twice.
+            let retry = BatchRetry {
+                after: Duration::ZERO,
+                at: None,
+                counts: false,
+                dissolve: true,
+            };
+            let error = "emails from a template Resend hosts are sent one by one";
+            return self.record_batch_retry(&members, error, retry).await;
+        }
         if first.previous_outcome_unknown {
             tracing::info!(
                 batch_key = %key, members = members.len(),
@@ -719,9 +734,12 @@ impl Worker {
                 });
             }
         };
-        // The same text on every attempt: a look-up matches it exactly.
-        let (_, product_url) = self.fixed_params(job, None);
-        let text = templates::proftest_sms(product_url);
+        // The same text on every attempt (the version and values fixed by
+        // the first claim): a look-up matches it exactly.
+        let text = match self.sms_text(job).await {
+            Ok(text) => text,
+            Err(outcome) => return SmsEnd::Record(outcome),
+        };
         if let Some(since) = job.outcome_unknown_since
             && let Some(end) = self
                 .before_sending_again(job, &to, &text, since, cancel)
@@ -849,25 +867,11 @@ impl Worker {
     }
 }
 
-/// A message job whose lead is gone, or whose rule names a template we do
-/// not have, ends here without a request.
+/// A message job whose lead is gone ends here without a request.
 fn precheck(job: &ClaimedJob) -> Option<Outcome> {
-    if job.lead.is_none() {
-        return Some(Outcome::Cancelled {
-            error: "the lead no longer exists".into(),
-        });
-    }
-    if job.template != PROFTEST_TEMPLATE {
-        return Some(Outcome::Failed {
-            unknown_since: None,
-            error: format!(
-                "no template named {:?} for channel {}: fix notification_rules, then put the job back to due",
-                job.template.chars().take(64).collect::<String>(),
-                job.channel.as_str()
-            ),
-        });
-    }
-    None
+    job.lead.is_none().then(|| Outcome::Cancelled {
+        error: "the lead no longer exists".into(),
+    })
 }
 
 impl Worker {

@@ -12,6 +12,7 @@ mod pgtap;
 mod sms_lookup;
 mod sql_checks;
 mod sql_core;
+mod templates;
 mod tls;
 mod webhooks;
 mod worker;

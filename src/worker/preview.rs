@@ -1,0 +1,132 @@
+//! What a lead's messages are, or will be, exactly as they go: the version
+//! and values a job's first claim fixed (or those a claim would fix now),
+//! rendered by the same code as the worker's. `leadrelay preview` prints it;
+//! the ops page shows it.
+
+use crate::domain::Channel;
+use crate::messages::sms_length::{self, SmsLength};
+use crate::messages::templates::{Compiled, EmailContent, Variables};
+use crate::store::queue::QueueError;
+use crate::store::templates;
+
+/// One message of a lead.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub channel: Channel,
+    pub template: String,
+    pub version: Option<i32>,
+    /// The job's status; None when the lead has no job for this template.
+    pub status: Option<String>,
+    pub rendered: Result<Rendered, String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Rendered {
+    Email(EmailContent),
+    Sms { text: String, length: SmsLength },
+}
+
+pub async fn lead(
+    client: &tokio_postgres::Client,
+    lead: uuid::Uuid,
+    product_url: &str,
+    template: Option<&str>,
+) -> Result<Vec<Preview>, QueueError> {
+    let mut previews = Vec::new();
+    for row in templates::preview_rows(client, lead, product_url, template).await? {
+        let rendered = match row.version {
+            None => Err(format!(
+                "no template {} for channel {}",
+                row.template,
+                row.channel.as_str()
+            )),
+            Some(version) => {
+                match templates::load_version_with(client, &row.template, row.channel, version)
+                    .await?
+                {
+                    None => Err(format!("version {version} no longer exists")),
+                    Some(source) => render(source, &row.params, product_url),
+                }
+            }
+        };
+        previews.push(Preview {
+            channel: row.channel,
+            template: row.template,
+            version: row.version,
+            status: row.status,
+            rendered,
+        });
+    }
+    Ok(previews)
+}
+
+fn render(
+    source: crate::domain::TemplateSource,
+    params: &serde_json::Value,
+    product_url: &str,
+) -> Result<Rendered, String> {
+    let channel = source.channel;
+    let compiled = Compiled::compile(source).map_err(|e| e.to_string())?;
+    let vars = Variables::from_sent_params(params, product_url);
+    match channel {
+        Channel::Sms => {
+            let text = compiled.render_sms(&vars).map_err(|e| e.to_string())?;
+            let length = sms_length::measure(&text);
+            Ok(Rendered::Sms { text, length })
+        }
+        _ => compiled
+            .render_email(&vars)
+            .map(Rendered::Email)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+impl Preview {
+    /// As text, for the terminal.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "── {} {} v{} ({})\n",
+            self.channel.as_str(),
+            self.template,
+            self.version.map_or("?".to_string(), |v| v.to_string()),
+            self.status.as_deref().unwrap_or("no job yet")
+        );
+        match &self.rendered {
+            Err(problem) => out.push_str(&format!("cannot render: {problem}\n")),
+            Ok(Rendered::Sms { text, length }) => {
+                out.push_str(&format!("{text}\n[{length}]\n"));
+            }
+            Ok(Rendered::Email(EmailContent::Inline {
+                subject,
+                html,
+                text,
+            })) => {
+                out.push_str(&format!("Subject: {subject}\n\n"));
+                match text {
+                    Some(text) => out.push_str(text),
+                    None => out.push_str("(no text part)\n"),
+                }
+                out.push_str(&format!("\n[HTML part: {} bytes]\n", html.len()));
+            }
+            Ok(Rendered::Email(EmailContent::Hosted {
+                id,
+                subject,
+                variables,
+            })) => {
+                out.push_str(&format!(
+                    "Resend template {id}{}\nvariables: {}\n",
+                    subject
+                        .as_ref()
+                        .map(|s| format!(", subject {s:?}"))
+                        .unwrap_or_default(),
+                    variables
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        out
+    }
+}
