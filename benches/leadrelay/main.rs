@@ -17,6 +17,7 @@ mod insert;
 mod latency;
 mod mock;
 mod profile;
+mod render;
 mod scale;
 mod setup;
 mod table;
@@ -47,6 +48,7 @@ use insert::*;
 use latency::*;
 use mock::*;
 use profile::*;
+use render::*;
 use scale::*;
 use setup::*;
 use table::*;
@@ -137,6 +139,13 @@ async fn main() {
         .unwrap();
     let mock = Arc::new(Mock::default());
     let mock_url = start_mock(Arc::clone(&mock)).await;
+    if only.is_empty() || only == "render" {
+        rows.push(render_cost(&client).await);
+        if only == "render" {
+            print_table(&rows);
+            return;
+        }
+    }
     if only == "scale" {
         rows.push(scale(&cluster).await);
         print_table(&rows);

@@ -75,7 +75,11 @@ impl Drop for Serve {
 
 pub(crate) fn spawn_serve(db_url: &str, mock_url: &str, extra: &[(&str, &str)]) -> Serve {
     let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadrelay"));
+    // BENCH_SERVE_BINARY: another build of leadrelay (an earlier release, for
+    // an A/B in one harness, against the same schema)
+    let binary = std::env::var("BENCH_SERVE_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_leadrelay").to_string());
+    let mut cmd = Command::new(binary);
     cmd.arg("serve")
         .env("DATABASE_URL", db_url)
         .env("RESEND_API_KEY", "re_bench")
