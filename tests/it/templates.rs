@@ -59,6 +59,16 @@ fn legacy_sms(product_url: &str) -> String {
     format!("Тест пройден! Получите ваш продукт: {product_url}")
 }
 
+/// Runs the binary with DATABASE_URL and PRODUCT_URL set.
+fn leadrelay(db_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("PRODUCT_URL", PRODUCT_URL)
+        .output()
+        .unwrap()
+}
+
 async fn seeded(client: &tokio_postgres::Client, channel: Channel) -> Compiled {
     let row = client
         .query_one(
@@ -333,12 +343,7 @@ async fn a_template_that_cannot_render_fails_its_job_with_the_engines_words_and_
     app.shutdown().await;
 
     // The check names each problem and fails; serve refuses to start.
-    let check = Command::new(env!("CARGO_BIN_EXE_leadrelay"))
-        .args(["templates", "check"])
-        .env("DATABASE_URL", &db.url)
-        .env("PRODUCT_URL", PRODUCT_URL)
-        .output()
-        .unwrap();
+    let check = leadrelay(&db.url, &["templates", "check"]);
     let out = format!(
         "{}{}",
         String::from_utf8_lossy(&check.stdout),
@@ -361,6 +366,73 @@ async fn a_template_that_cannot_render_fails_its_job_with_the_engines_words_and_
         }
         Ok(_) => panic!("serve started with broken templates"),
     }
+}
+
+#[tokio::test]
+async fn a_job_whose_template_version_was_deleted_fails_with_that_reason_not_another_email() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    // The first attempt fixes version 1 and fails (Resend is down); the
+    // service stops; someone edits the template and deletes the old version
+    // by hand; a new process (nothing cached) takes the job again.
+    let down = Providers::empty().await;
+    crate::app::Providers::mount_resend(&down, ResponseTemplate::new(500).set_body_string("down"))
+        .await;
+    let mut cfg = config(&db.url, &down);
+    cfg.worker.backoff.base = Duration::from_secs(30);
+    cfg.worker.backoff.max = Duration::from_secs(30);
+    let first = start(cfg).await;
+    insert_as_landing(
+        &client,
+        Some("Ая"),
+        Some("a@example.com"),
+        None,
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    eventually(Duration::from_secs(10), "the first attempt failed", || async {
+        count(&client, "select count(*) from notification_jobs where channel = 'email' and status = 'scheduled' and attempts = 1").await == 1
+    })
+    .await;
+    first.shutdown().await;
+    client
+        .batch_execute(
+            "update notification_templates set subject = 'Другое' where channel = 'email';
+             delete from notification_template_versions where channel = 'email' and version = 1;
+             update notification_jobs set due_at = now() where channel = 'email';",
+        )
+        .await
+        .unwrap();
+    let providers = Providers::healthy().await;
+    let second = start(config(&db.url, &providers)).await;
+    eventually(Duration::from_secs(20), "the email job ended", || async {
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'email' and status = 'failed'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let error: String = client
+        .query_one(
+            "select last_error from notification_jobs where channel = 'email'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        error.contains("version 1, which this job was first rendered with, no longer exists"),
+        "{error}"
+    );
+    assert!(
+        providers.emails().await.is_empty(),
+        "no other email instead"
+    );
+    second.shutdown().await;
 }
 
 #[tokio::test]
@@ -406,12 +478,7 @@ async fn an_sms_longer_than_its_rules_limit_is_invalid_before_any_request() {
     assert!(providers.sms().await.is_empty());
     app.shutdown().await;
     // the check warns, and passes
-    let check = Command::new(env!("CARGO_BIN_EXE_leadrelay"))
-        .args(["templates", "check"])
-        .env("DATABASE_URL", &db.url)
-        .env("PRODUCT_URL", PRODUCT_URL)
-        .output()
-        .unwrap();
+    let check = leadrelay(&db.url, &["templates", "check"]);
     let out = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{out}");
     assert!(out.contains("warn  rule"), "{out}");
@@ -434,12 +501,7 @@ async fn preview_shows_a_leads_messages_as_they_go_in_the_terminal_and_on_the_op
         None,
     )
     .await;
-    let out = Command::new(env!("CARGO_BIN_EXE_leadrelay"))
-        .args(["preview", "aya@example.com"])
-        .env("DATABASE_URL", &db.url)
-        .env("PRODUCT_URL", PRODUCT_URL)
-        .output()
-        .unwrap();
+    let out = leadrelay(&db.url, &["preview", "aya@example.com"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -464,26 +526,19 @@ async fn preview_shows_a_leads_messages_as_they_go_in_the_terminal_and_on_the_op
     );
     assert!(text.contains("[62 characters, UCS-2, 1 segment]"), "{text}");
     // a template the lead has no job for
-    let out = Command::new(env!("CARGO_BIN_EXE_leadrelay"))
-        .args([
+    let out = leadrelay(
+        &db.url,
+        &[
             "preview",
             "+7 705 123 45 67",
             "--template",
             "proftest_result",
-        ])
-        .env("DATABASE_URL", &db.url)
-        .env("PRODUCT_URL", PRODUCT_URL)
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(out.status.success());
     // hostile and unknown queries get a clear error
     for bad in ["", "12345", "nobody@example.com"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_leadrelay"))
-            .args(["preview", bad])
-            .env("DATABASE_URL", &db.url)
-            .env("PRODUCT_URL", PRODUCT_URL)
-            .output()
-            .unwrap();
+        let out = leadrelay(&db.url, &["preview", bad]);
         assert!(!out.status.success());
         assert_eq!(
             String::from_utf8_lossy(&out.stderr).trim().lines().count(),
