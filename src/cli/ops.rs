@@ -352,7 +352,10 @@ order by j.id";
 /// contact corrected in `landing_leads` is the one used; a job whose lead's
 /// contact is still unusable stays as it is. An email whose recipient
 /// changed gets a key of its own: Resend would answer the old key's first
-/// email (or a 409) to a different body.
+/// email (or a 409) to a different body. A job that failed because its
+/// template could not render (no request was made) takes the current
+/// template and values at its next claim, so "fix the template, then retry"
+/// sends the fixed one.
 pub const RETRY_UPDATE: &str = "
 with fresh as (
   select j.id,
@@ -362,7 +365,11 @@ with fresh as (
            when 'sms' then case when public.leadrelay_phone_problem(l.phone) is null
                                 then public.leadrelay_phone_digits(l.phone) end
            else j.recipient
-         end as recipient
+         end as recipient,
+         j.provider_message_id is null
+           and (j.last_error like 'template % version %' or j.last_error like 'template % has no %'
+                or j.last_error like 'no template %')
+           as template_failed
   from public.notification_jobs j
   join public.landing_leads l on l.id = j.lead_id
   where j.id = any($1) and j.status in ('failed', 'invalid')
@@ -374,6 +381,8 @@ with fresh as (
              then 'leadrelay-' || j.lead_id || '-' || j.template || '-' || left(md5(f.recipient), 8)
            else j.idempotency_key end,
          recipient = f.recipient,
+         template_version = case when f.template_failed then null else j.template_version end,
+         sent_params = case when f.template_failed then null else j.sent_params end,
          -- a retried job goes on its own: the rest of its batch is finished
          batch_key = null
     from fresh f

@@ -436,6 +436,70 @@ async fn a_job_whose_template_version_was_deleted_fails_with_that_reason_not_ano
 }
 
 #[tokio::test]
+async fn fix_the_template_then_retry_sends_the_fixed_one() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    client
+        .batch_execute(
+            "update notification_templates set body = 'Привет, {{ nmae }}!' where channel = 'sms'",
+        )
+        .await
+        .unwrap();
+    insert_as_landing(
+        &client,
+        Some("Ая"),
+        None,
+        Some("+7 705 123 45 67"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    eventually(Duration::from_secs(20), "the SMS failed", || async {
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'sms' and status = 'failed'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    client
+        .batch_execute(
+            "update notification_templates set body = 'Привет, {{ name }}!' where channel = 'sms'",
+        )
+        .await
+        .unwrap();
+    let job: i64 = client
+        .query_one(
+            "select id from notification_jobs where channel = 'sms'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let out = leadrelay(&db.url, &["retry", &job.to_string(), "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(Duration::from_secs(20), "the SMS sent", || async {
+        count(&client, "select count(*) from notification_jobs where channel = 'sms' and status = 'sent' and template_version = 3").await == 1
+    })
+    .await;
+    let sms = providers.sms().await;
+    assert_eq!(sms.len(), 1);
+    let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&sms[0].body)
+        .into_owned()
+        .collect();
+    assert_eq!(form["text"], "Привет, Ая!");
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_sms_longer_than_its_rules_limit_is_invalid_before_any_request() {
     let db = fresh_db().await;
     let client = db.client().await;
