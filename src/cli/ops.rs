@@ -248,7 +248,8 @@ order by created_at desc
 limit 20";
 
 pub const LEAD_JOBS: &str = "
-select id, channel, status, attempts, max_attempts, due_at, sent_at, delivery_status, last_error
+select id, channel, status, attempts, max_attempts, due_at, sent_at, delivery_status, last_error,
+       recovered_at is not null, outcome_unknown_since is not null and status <> 'sent', template_version
 from public.notification_jobs where lead_id = $1 order by channel";
 
 /// The leads a lead id, an email or a phone names (newest first), as rows
@@ -317,6 +318,22 @@ pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
                     .unwrap_or_else(|| "-".into())
             };
             let error: Option<String> = job.get(8);
+            // what an SMS look-up decided, and the template version used
+            let mut notes = Vec::new();
+            if job.get::<_, bool>(9) {
+                notes.push("found at Mobizon by a look-up, not sent again".to_string());
+            }
+            if job.get::<_, bool>(10) {
+                notes.push("in doubt: looked up at Mobizon before any resend".to_string());
+            }
+            if let Some(version) = job.get::<_, Option<i32>>(11) {
+                notes.push(format!("template v{version}"));
+            }
+            let error = match (error, notes.is_empty()) {
+                (error, true) => error,
+                (Some(e), false) => Some(format!("{e} [{}]", notes.join("; "))),
+                (None, false) => Some(format!("[{}]", notes.join("; "))),
+            };
             out.push_str(&format!(
                 "  {:<8} {:<14} {:<10} {:<9} {:<17} {:<17} {:<17} {}\n",
                 job.get::<_, i64>(0),

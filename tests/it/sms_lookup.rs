@@ -165,6 +165,18 @@ async fn an_sms_taken_but_answered_after_the_timeout_is_found_and_not_sent_again
     let section = &page[page.find("SMS found by a look-up").expect("the section")..];
     assert!(section.contains(&taken[0].id), "{section}");
     assert!(!section.contains(DIGITS), "the phone is masked: {section}");
+    // and `leadrelay status` says so
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .args(["status", &lead.to_string()])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("found at Mobizon by a look-up, not sent again"),
+        "{text}"
+    );
+    assert!(text.contains("template v1"), "{text}");
     app.shutdown().await;
 }
 
