@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
+use super::sms_length::{self, SmsLength};
 use crate::domain::Channel;
 pub use crate::domain::TemplateSource;
 
@@ -56,6 +57,14 @@ pub enum EmailContent {
         subject: Option<String>,
         variables: BTreeMap<String, String>,
     },
+}
+
+/// A rendered message of either channel: what the worker sends, what a
+/// preview shows and what the template check measures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Email(EmailContent),
+    Sms { text: String, length: SmsLength },
 }
 
 /// The parts of a template, named as they appear in errors.
@@ -176,6 +185,18 @@ impl Compiled {
                 channel: "email",
                 part: "subject and html",
             }),
+        }
+    }
+
+    /// The message of this template's channel, an SMS with its length.
+    pub fn render_message(&self, vars: &Variables) -> Result<Message, TemplateError> {
+        match self.source.channel {
+            Channel::Sms => {
+                let text = self.render_sms(vars)?;
+                let length = sms_length::measure(&text);
+                Ok(Message::Sms { text, length })
+            }
+            _ => self.render_email(vars).map(Message::Email),
         }
     }
 

@@ -3,6 +3,37 @@
 //! clusters of dev mode and the tests. It uses `domain` and nothing else of
 //! the crate; every room above may use it.
 
+/// The values a message is made of, as one jsonb expression: lead `$lead`'s
+/// fields and metadata, the params and SMS limit of the first rule (enabled
+/// first) of channel `$channel` and template `$template` whose pattern the
+/// lead's source matches, and `$url` as the default product link. A claim
+/// fixes it into the job (`sent_params`); a preview computes it the same way.
+macro_rules! message_values {
+    ($lead:literal, $channel:literal, $template:literal, $url:literal) => {
+        concat!(
+            "(select jsonb_build_object(
+                    'name', l.name, 'email', l.email, 'phone', l.phone, 'source', l.source,
+                    'created_at', l.created_at, 'metadata', coalesce(l.metadata, '{}'::jsonb),
+                    'params', coalesce(r.params, '{}'::jsonb),
+                    'max_sms_segments', r.max_sms_segments, 'product_url', ",
+            $url,
+            "::text)
+             from public.landing_leads l
+             left join lateral (
+               select r.params, r.max_sms_segments from public.notification_rules r
+                where r.channel = ",
+            $channel,
+            " and r.template = ",
+            $template,
+            " and l.source like r.source_pattern
+                order by r.enabled desc, r.id limit 1) r on true
+            where l.id = ",
+            $lead,
+            ")"
+        )
+    };
+}
+
 pub mod cluster;
 mod connect;
 pub mod conninfo;

@@ -43,20 +43,9 @@ macro_rules! fixed_by_first_claim {
             "template_version = coalesce(j.template_version,
            (select t.version from public.notification_templates t
              where t.key = j.template and t.channel = j.channel)),
-         sent_params = coalesce(j.sent_params, case when j.channel in ('email', 'sms') then (
-           select jsonb_build_object(
-                    'name', l.name, 'email', l.email, 'phone', l.phone, 'source', l.source,
-                    'created_at', l.created_at, 'metadata', coalesce(l.metadata, '{}'::jsonb),
-                    'params', coalesce(r.params, '{}'::jsonb),
-                    'max_sms_segments', r.max_sms_segments, 'product_url', ",
-            $url,
-            "::text)
-             from public.landing_leads l
-             left join lateral (
-               select r.params, r.max_sms_segments from public.notification_rules r
-                where r.channel = j.channel and r.template = j.template and l.source like r.source_pattern
-                order by r.enabled desc, r.id limit 1) r on true
-            where l.id = j.lead_id) end),"
+         sent_params = coalesce(j.sent_params, case when j.channel in ('email', 'sms') then ",
+            message_values!("j.lead_id", "j.channel", "j.template", $url),
+            " end),"
         )
     };
 }

@@ -77,7 +77,8 @@ pub async fn load_version(
 /// template, the version and the values, as the job's first claim fixed
 /// them, or as a claim now would ($2: the default product link). With $3,
 /// template $3 for both channels instead of the lead's own jobs.
-pub const PREVIEW: &str = "
+pub const PREVIEW: &str = concat!(
+    "
 with wanted as (
   select t.key, t.channel from public.notification_templates t where t.key = $3::text
   union
@@ -85,20 +86,15 @@ with wanted as (
    where j.lead_id = $1 and j.channel in ('email', 'sms') and $3::text is null
 )
 select w.channel, w.key, coalesce(j.template_version, t.version), j.status,
-       coalesce(j.sent_params, jsonb_build_object(
-         'name', l.name, 'email', l.email, 'phone', l.phone, 'source', l.source,
-         'created_at', l.created_at, 'metadata', coalesce(l.metadata, '{}'::jsonb),
-         'params', coalesce(r.params, '{}'::jsonb),
-         'max_sms_segments', coalesce(r.max_sms_segments, 3), 'product_url', $2::text))
+       coalesce(j.sent_params, ",
+    message_values!("$1", "w.channel", "w.key", "$2"),
+    ")
 from wanted w
-join public.landing_leads l on l.id = $1
-left join public.notification_jobs j on j.lead_id = l.id and j.channel = w.channel and j.template = w.key
+left join public.notification_jobs j on j.lead_id = $1 and j.channel = w.channel and j.template = w.key
 left join public.notification_templates t on t.key = w.key and t.channel = w.channel
-left join lateral (
-  select r.params, r.max_sms_segments from public.notification_rules r
-   where r.channel = w.channel and r.template = w.key and l.source like r.source_pattern
-   order by r.enabled desc, r.id limit 1) r on true
-order by w.channel, w.key";
+where exists (select 1 from public.landing_leads where id = $1)
+order by w.channel, w.key"
+);
 
 /// One message of a lead, as `PREVIEW` finds it.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 //! the ops page shows it.
 
 use crate::domain::Channel;
-use crate::messages::sms_length::{self, SmsLength};
+pub use crate::messages::templates::Message as Rendered;
 use crate::messages::templates::{Compiled, EmailContent, Variables};
 use crate::store::queue::QueueError;
 use crate::store::templates;
@@ -18,12 +18,6 @@ pub struct Preview {
     /// The job's status; None when the lead has no job for this template.
     pub status: Option<String>,
     pub rendered: Result<Rendered, String>,
-}
-
-#[derive(Debug, Clone)]
-pub enum Rendered {
-    Email(EmailContent),
-    Sms { text: String, length: SmsLength },
 }
 
 pub async fn lead(
@@ -65,20 +59,11 @@ fn render(
     params: &serde_json::Value,
     product_url: &str,
 ) -> Result<Rendered, String> {
-    let channel = source.channel;
-    let compiled = Compiled::compile(source).map_err(|e| e.to_string())?;
-    let vars = Variables::from_sent_params(params, product_url);
-    match channel {
-        Channel::Sms => {
-            let text = compiled.render_sms(&vars).map_err(|e| e.to_string())?;
-            let length = sms_length::measure(&text);
-            Ok(Rendered::Sms { text, length })
-        }
-        _ => compiled
-            .render_email(&vars)
-            .map(Rendered::Email)
-            .map_err(|e| e.to_string()),
-    }
+    Compiled::compile(source)
+        .and_then(|compiled| {
+            compiled.render_message(&Variables::from_sent_params(params, product_url))
+        })
+        .map_err(|e| e.to_string())
 }
 
 impl Preview {

@@ -13,8 +13,7 @@ use deadpool_postgres::Pool;
 
 use super::Worker;
 use crate::domain::Channel;
-use crate::messages::sms_length;
-use crate::messages::templates::{Compiled, EmailContent, TemplateError, Variables};
+use crate::messages::templates::{Compiled, EmailContent, Message, TemplateError, Variables};
 use crate::store::queue::{ClaimedJob, Outcome, QueueError};
 
 type Key = (String, Channel, i32);
@@ -139,16 +138,21 @@ impl Worker {
     /// `max_sms_segments` is `invalid` before any request.
     pub(super) async fn sms_text(&self, job: &ClaimedJob) -> Result<String, Outcome> {
         let template = self.template_of(job).await?;
-        let text = template
-            .render_sms(&self.variables_of(job))
+        let rendered = template
+            .render_message(&self.variables_of(job))
             .map_err(|e| failed(job, e.to_string()))?;
+        let Message::Sms { text, length } = rendered else {
+            return Err(failed(
+                job,
+                format!("template {} is not an SMS template", job.template),
+            ));
+        };
         let max = job
             .sent_params
             .as_ref()
             .and_then(|p| p.get("max_sms_segments"))
             .and_then(|m| m.as_u64())
             .unwrap_or(3) as usize;
-        let length = sms_length::measure(&text);
         if length.segments > max {
             return Err(Outcome::Invalid {
                 error: format!(

@@ -246,7 +246,12 @@ impl Worker {
                 counts: true,
                 unknown_since: Some(since),
             }),
-            Lookup::NotFound => SmsEnd::Record(self.retry_in_doubt(job, String::new(), None)),
+            // (the callers send, or retry, on this one themselves)
+            Lookup::NotFound => SmsEnd::Record(self.retry_in_doubt(
+                job,
+                send_error.unwrap_or_else(|| "not found at Mobizon".into()),
+                None,
+            )),
         }
     }
 

@@ -5,8 +5,7 @@
 //! `leadrelay templates check` prints the same findings.
 
 use crate::domain::Channel;
-use crate::messages::sms_length;
-use crate::messages::templates::{Compiled, Variables};
+use crate::messages::templates::{Compiled, Message, Variables};
 use crate::store::queue::QueueError;
 use crate::store::templates::{self, RuleTemplate};
 
@@ -83,10 +82,11 @@ fn check_rule(rule: &RuleTemplate, product_url: &str) -> Result<(String, Option<
     let compiled = Compiled::compile(source).map_err(|e| e.to_string())?;
     let sample = Variables::sample(&rule.params, product_url);
     let mut warning = None;
-    let summary = match rule.channel {
-        Channel::Sms => {
-            let text = compiled.render_sms(&sample).map_err(|e| e.to_string())?;
-            let length = sms_length::measure(&text);
+    let summary = match compiled
+        .render_message(&sample)
+        .map_err(|e| e.to_string())?
+    {
+        Message::Sms { length, .. } => {
             if length.segments > rule.max_sms_segments.max(0) as usize {
                 warning = Some(format!(
                     "the sample SMS is {length}, more than the rule's max_sms_segments ({}): such SMS end `invalid`",
@@ -95,10 +95,7 @@ fn check_rule(rule: &RuleTemplate, product_url: &str) -> Result<(String, Option<
             }
             format!("sample SMS: {length}")
         }
-        _ => {
-            compiled.render_email(&sample).map_err(|e| e.to_string())?;
-            "sample email renders".to_string()
-        }
+        Message::Email(_) => "sample email renders".to_string(),
     };
     let line = format!(
         "rule {} ({} → {} {} v{version}): {summary}",
