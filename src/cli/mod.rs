@@ -144,6 +144,10 @@ pub struct BackfillArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    /// Send at once: ignore the rules' send windows, de-duplication and
+    /// per-recipient caps (for an operator who means it).
+    #[arg(long)]
+    pub ignore_policies: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -294,6 +298,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     source_pattern: args.source.clone(),
                     dry_run: args.dry_run,
                     yes: args.yes,
+                    ignore_policies: args.ignore_policies,
                 },
             )
             .await?;

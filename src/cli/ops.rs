@@ -114,13 +114,19 @@ order by l.created_at, l.id";
 /// Creates the jobs the rules ask for, due now, for the leads $1 that still
 /// have none: the checks are the trigger's own, so an unusable address gives
 /// an `invalid` job with its reason, never a failed statement.
+///
+/// The delivery policies apply as to any job: one whose rule has a send
+/// window is `scheduled`, so the promotion holds it until the window opens
+/// (a backfill at night goes in the morning), and the claim's gate cancels
+/// a lead already served under another id. $2 (`--ignore-policies`): none
+/// of that.
 pub const BACKFILL_INSERT: &str = "
 with leads as (
   select l.* from public.landing_leads l
   where l.id = any($1)
     and not exists (select 1 from public.notification_jobs j where j.lead_id = l.id)
 ), planned as (
-  select l.id as lead_id, r.channel, r.template,
+  select l.id as lead_id, r.id as rule_id, r.channel, r.template, r.send_window_start is not null as has_window,
          case r.channel
            when 'email' then public.leadrelay_email_problem(l.email)
            when 'sms' then public.leadrelay_phone_problem(l.phone)
@@ -129,21 +135,24 @@ with leads as (
   from leads l
   join public.notification_rules r on r.enabled and l.source like r.source_pattern
 ), inserted as (
-  insert into public.notification_jobs (lead_id, channel, template, recipient, status, due_at, last_error, finished_at)
-  select p.lead_id, p.channel, p.template,
+  insert into public.notification_jobs
+    (lead_id, channel, template, rule_id, ignore_policies, recipient, status, due_at, last_error, finished_at)
+  select p.lead_id, p.channel, p.template, p.rule_id, $2,
          case
            when p.problem is not null then null
            when p.channel = 'email' then btrim(p.email)
            when p.channel = 'sms' then public.leadrelay_phone_digits(p.phone)
          end,
-         case when p.problem is not null then 'invalid' else 'due' end,
+         case when p.problem is not null then 'invalid'
+              when p.has_window and not $2 then 'scheduled'
+              else 'due' end,
          now(), p.problem,
          case when p.problem is not null then now() end
   from planned p
   on conflict on constraint notification_jobs_lead_channel_template_key do nothing
   returning id, status
 )
-select count(*) filter (where status = 'due'),
+select count(*) filter (where status in ('due', 'scheduled')),
        count(*) filter (where status = 'invalid'),
        (select count(pg_notify('notification_jobs', i.id::text)) from inserted i where i.status = 'due')
 from inserted";
@@ -155,6 +164,8 @@ pub struct BackfillRequest {
     pub source_pattern: String,
     pub dry_run: bool,
     pub yes: bool,
+    /// Send at once, whatever the rules' windows, de-duplication and caps say.
+    pub ignore_policies: bool,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -208,10 +219,18 @@ pub async fn backfill(
             ..Default::default()
         });
     }
-    confirm(
-        &format!("Send their messages now ({} lead(s))?", ids.len()),
-        request.yes,
-    )?;
+    let question = if request.ignore_policies {
+        format!(
+            "Send their messages now, ignoring send windows, de-duplication and caps ({} lead(s))?",
+            ids.len()
+        )
+    } else {
+        format!(
+            "Send their messages ({} lead(s)), within their rules' send windows and policies?",
+            ids.len()
+        )
+    };
+    confirm(&question, request.yes)?;
     let progress = indicatif::ProgressBar::new(ids.len() as u64);
     if ids.len() < 200 {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -222,16 +241,27 @@ pub async fn backfill(
     };
     let statement = client.prepare(BACKFILL_INSERT).await?;
     for chunk in ids.chunks(500) {
-        let row = client.query_one(&statement, &[&chunk]).await?;
+        let row = client
+            .query_one(&statement, &[&chunk, &request.ignore_policies])
+            .await?;
         report.due += row.get::<_, i64>(0);
         report.invalid += row.get::<_, i64>(1);
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
-    println!(
-        "enqueued {} message(s) due now; {} invalid (unusable address, see `leadrelay status`)",
-        report.due, report.invalid
-    );
+    if request.ignore_policies {
+        println!(
+            "enqueued {} message(s) due now, policies ignored; {} invalid (unusable address, see `leadrelay status`)",
+            report.due, report.invalid
+        );
+    } else {
+        println!(
+            "enqueued {} message(s): due now, or at the opening of their rule's send window; \
+             one already sent to the same person is cancelled before its request; \
+             {} invalid (unusable address, see `leadrelay status`)",
+            report.due, report.invalid
+        );
+    }
     Ok(report)
 }
 
@@ -249,7 +279,8 @@ limit 20";
 
 pub const LEAD_JOBS: &str = "
 select id, channel, status, attempts, max_attempts, due_at, sent_at, delivery_status, last_error,
-       recovered_at is not null, outcome_unknown_since is not null and status <> 'sent', template_version
+       recovered_at is not null, outcome_unknown_since is not null and status <> 'sent', template_version,
+       status = 'scheduled' and held_until = due_at, hold_reason, cancelled_by
 from public.notification_jobs where lead_id = $1 order by channel";
 
 /// The leads a lead id, an email or a phone names (newest first), as rows
@@ -329,6 +360,17 @@ pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
             if let Some(version) = job.get::<_, Option<i32>>(11) {
                 notes.push(format!("template v{version}"));
             }
+            // the delivery policies: a window's hold, a cancellation
+            if let Some(hold) = job.get::<_, Option<String>>(13) {
+                if job.get::<_, bool>(12) {
+                    notes.push(format!("held by the send window: {hold}"));
+                } else {
+                    notes.push(format!("was held: {hold}"));
+                }
+            }
+            if let Some(policy) = job.get::<_, Option<String>>(14) {
+                notes.push(format!("cancelled by policy {policy}, no request made"));
+            }
             let error = match (error, notes.is_empty()) {
                 (error, true) => error,
                 (Some(e), false) => Some(format!("{e} [{}]", notes.join("; "))),
@@ -345,7 +387,7 @@ pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
                 job.get::<_, Option<String>>(7)
                     .unwrap_or_else(|| "-".into()),
                 error
-                    .map(|e| e.chars().take(120).collect::<String>())
+                    .map(|e| e.chars().take(400).collect::<String>())
                     .unwrap_or_default(),
             ));
         }

@@ -103,7 +103,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The HTTP layer's statements, for the test that prepares every statement.
-pub fn statements() -> [&'static str; 9] {
+pub fn statements() -> [&'static str; 12] {
     [
         metrics::JOBS_BY_STATUS,
         status::LEAD,
@@ -114,6 +114,9 @@ pub fn statements() -> [&'static str; 9] {
         ops::OVERDUE,
         ops::RECOVERED,
         ops::IN_DOUBT,
+        ops::POLICY_COUNTS,
+        ops::POLICY_TOP_RECIPIENTS,
+        ops::POLICY_LAST,
     ]
 }
 

@@ -31,8 +31,9 @@ left join public.notification_jobs j on j.lead_id = l.id
 where l.created_at > now() - $1::text::interval";
 
 pub const LAST_LEADS: &str = "
-select lead_id, name, source, created_at, email_status, email_delivery_status, email_error,
-       sms_status, sms_delivery_status, sms_error
+select lead_id, name, source, created_at, email_status, email_delivery_status,
+       coalesce(email_hold_reason, email_error), sms_status, sms_delivery_status,
+       coalesce(sms_hold_reason, sms_error), email_held_until, sms_held_until
 from public.lead_notification_status
 order by created_at desc
 limit 50";
@@ -60,6 +61,36 @@ limit 50";
 pub const IN_DOUBT: &str = "
 select count(*) from public.notification_jobs
 where channel = 'sms' and outcome_unknown_since is not null and status <> 'sent'";
+
+/// What the delivery policies did: messages a send window holds now, and
+/// those cancelled in the last 24 hours as duplicates or over the cap.
+pub const POLICY_COUNTS: &str = "
+select (select count(*) from public.notification_jobs
+         where status = 'scheduled' and held_until = due_at),
+       (select count(*) from public.notification_jobs
+         where cancelled_by = 'duplicate' and finished_at > now() - interval '24 hours'),
+       (select count(*) from public.notification_jobs
+         where cancelled_by = 'recipient_cap' and finished_at > now() - interval '24 hours')";
+
+/// The recipients most messages were refused to in the last 24 hours: one
+/// phone or address far ahead of the rest is someone using the form on it.
+pub const POLICY_TOP_RECIPIENTS: &str = "
+select j.channel, j.recipient, count(*), max(j.finished_at),
+       count(*) filter (where j.cancelled_by = 'recipient_cap')
+from public.notification_jobs j
+where j.cancelled_by is not null and j.finished_at > now() - interval '24 hours'
+group by j.channel, j.recipient
+order by count(*) desc, max(j.finished_at) desc
+limit 10";
+
+/// The last cancellations, newest first.
+pub const POLICY_LAST: &str = "
+select j.finished_at, l.name, j.channel, j.cancelled_by, j.last_error
+from public.notification_jobs j
+left join public.landing_leads l on l.id = j.lead_id
+where j.cancelled_by is not null and j.finished_at > now() - interval '24 hours'
+order by j.finished_at desc
+limit 20";
 
 /// Jobs that should have been sent more than two minutes ago: the worker is
 /// down or stuck.
@@ -257,7 +288,12 @@ fn login_page(error: Option<&str>) -> String {
     )
 }
 
-fn state_cell(status: Option<&str>, delivery: Option<&str>, error: Option<&str>) -> String {
+fn state_cell(
+    status: Option<&str>,
+    delivery: Option<&str>,
+    error: Option<&str>,
+    held_until: Option<DateTime<Utc>>,
+) -> String {
     let Some(status) = status else {
         return "<td class=muted>—</td>".into();
     };
@@ -275,6 +311,9 @@ fn state_cell(status: Option<&str>, delivery: Option<&str>, error: Option<&str>)
         _ => "wait",
     };
     let mut text = esc(status);
+    if let Some(until) = held_until {
+        text = format!("held until {} UTC", until.format("%m-%d %H:%M"));
+    }
     if let Some(d) = delivery {
         text.push_str(&format!(" · {}", esc(d)));
     }
@@ -342,8 +381,8 @@ async fn dashboard(state: &AppState) -> Result<String, String> {
             created.format("%Y-%m-%d %H:%M"),
             name_cell(name),
             esc(&r.get::<_, Option<String>>(2).unwrap_or_default()),
-            state_cell(r.get(4), r.get(5), r.get(6)),
-            state_cell(r.get(7), r.get(8), r.get(9)),
+            state_cell(r.get(4), r.get(5), r.get(6), r.get(10)),
+            state_cell(r.get(7), r.get(8), r.get(9), r.get(11)),
         ));
     }
     if leads.is_empty() {
@@ -371,6 +410,7 @@ async fn dashboard(state: &AppState) -> Result<String, String> {
     }
 
     let recovered = recovered_section(&client).await.map_err(db)?;
+    let policies = policies_section(&client).await.map_err(db)?;
 
     let outbox = match &state.dev_outbox {
         Some(dir) => outbox_section(dir),
@@ -384,7 +424,7 @@ async fn dashboard(state: &AppState) -> Result<String, String> {
 <form method=post action=/ops/logout><button type=submit>Sign out</button></form></header>{alert}\
 <h2>Funnel</h2><div class=charts>{charts}</div>\
 <h2>Last leads</h2><table><thead><tr><th>Arrived (UTC)</th><th>Name</th><th>Source</th><th>Email</th><th>SMS</th><th>Lead id</th></tr></thead><tbody>{leads}</tbody></table>\
-<h2>Failures in the last day</h2><table><thead><tr><th>When (UTC)</th><th>Name</th><th>Channel</th><th>State</th><th>Reason</th></tr></thead><tbody>{failures}</tbody></table>{recovered}{outbox}",
+<h2>Failures in the last day</h2><table><thead><tr><th>When (UTC)</th><th>Name</th><th>Channel</th><th>State</th><th>Reason</th></tr></thead><tbody>{failures}</tbody></table>{policies}{recovered}{outbox}",
             now = Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
         ),
     ))
@@ -397,6 +437,61 @@ fn name_cell(name: Option<String>) -> String {
         .chars()
         .take(60)
         .collect::<String>())
+}
+
+/// The delivery policies at work: held messages, duplicates and capped
+/// messages, and the recipients they were refused to (masked).
+async fn policies_section(
+    client: &tokio_postgres::Client,
+) -> Result<String, tokio_postgres::Error> {
+    let counts = client.query_one(POLICY_COUNTS, &[]).await?;
+    let (held, duplicates, capped): (i64, i64, i64) = (counts.get(0), counts.get(1), counts.get(2));
+    let mask = |channel: &str, recipient: Option<String>| {
+        let r = recipient.unwrap_or_default();
+        esc(&match channel {
+            "email" => crate::messages::mask::email(&r),
+            _ => crate::messages::mask::phone(&r),
+        })
+    };
+    let mut top = String::new();
+    for r in client.query(POLICY_TOP_RECIPIENTS, &[]).await? {
+        let channel: String = r.get(0);
+        let last: DateTime<Utc> = r.get(3);
+        let n: i64 = r.get(2);
+        top.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td class={}>{n}</td><td>{}</td><td>{}</td></tr>",
+            esc(&channel),
+            mask(&channel, r.get(1)),
+            if n >= 5 { "bad" } else { "wait" },
+            r.get::<_, i64>(4),
+            last.format("%Y-%m-%d %H:%M"),
+        ));
+    }
+    let mut last = String::new();
+    for r in client.query(POLICY_LAST, &[]).await? {
+        let at: DateTime<Utc> = r.get(0);
+        last.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            at.format("%Y-%m-%d %H:%M"),
+            name_cell(r.get(1)),
+            esc(&r.get::<_, String>(2)),
+            esc(&r.get::<_, Option<String>>(3).unwrap_or_default()),
+            esc(&r.get::<_, Option<String>>(4).unwrap_or_default()),
+        ));
+    }
+    let tables = if top.is_empty() {
+        "<p class=muted>No message was refused in the last 24 hours.</p>".to_string()
+    } else {
+        format!(
+            "<table><thead><tr><th>Channel</th><th>Recipient</th><th>Refused</th><th>Over the cap</th><th>Last (UTC)</th></tr></thead><tbody>{top}</tbody></table>\
+<table><thead><tr><th>When (UTC)</th><th>Name</th><th>Channel</th><th>Policy</th><th>Reason</th></tr></thead><tbody>{last}</tbody></table>"
+        )
+    };
+    Ok(format!(
+        "<h2>Delivery policies</h2><p><span class=policy-held>{held}</span> message(s) held by a send window · \
+<span class=policy-duplicates>{duplicates}</span> cancelled as duplicates · \
+<span class=policy-capped>{capped}</span> cancelled over the per-recipient cap (last 24 hours)</p>{tables}"
+    ))
 }
 
 /// SMS a look-up found instead of sending them again (phones masked).

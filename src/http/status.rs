@@ -1,5 +1,6 @@
 //! `GET /leads/{id}/status`: the lead and, per channel, status, sent time,
-//! delivery state and error. Needs `Authorization: Bearer ADMIN_TOKEN`.
+//! delivery state and error, and what the delivery policies decided (a send
+//! window's hold, a cancellation as a duplicate or over the cap). Needs `Authorization: Bearer ADMIN_TOKEN`.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -15,7 +16,9 @@ pub const LEAD: &str =
     "select id, name, email, phone, source, created_at from public.landing_leads where id = $1";
 pub const MESSAGES: &str = "
 select channel, template, status, attempts, max_attempts, due_at, sent_at, delivery_status,
-       delivery_status_at, last_error, provider_message_id
+       delivery_status_at, last_error, provider_message_id,
+       case when status = 'scheduled' and held_until = due_at then held_until end, hold_reason,
+       cancelled_by, duplicate_of_lead
 from public.notification_jobs where lead_id = $1 order by channel, template";
 
 #[derive(Debug, Serialize)]
@@ -48,6 +51,15 @@ pub struct Message {
     pub delivery_status_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     pub provider_message_id: Option<String>,
+    /// Set while a send window holds the message: when it opens.
+    pub held_until: Option<DateTime<Utc>>,
+    /// Why the message was (last) moved to a window's opening.
+    pub hold_reason: Option<String>,
+    /// `duplicate` or `recipient_cap` when a delivery policy cancelled it
+    /// (the reason is in `error`).
+    pub cancelled_by: Option<String>,
+    /// The lead that already got this message, for a duplicate.
+    pub duplicate_of_lead: Option<Uuid>,
 }
 
 pub async fn lead_status(
@@ -88,6 +100,10 @@ pub async fn lead_status(
             delivery_status_at: r.get(8),
             error: r.get(9),
             provider_message_id: r.get(10),
+            held_until: r.get(11),
+            hold_reason: r.get(12),
+            cancelled_by: r.get(13),
+            duplicate_of_lead: r.get(14),
         })
         .collect();
     Ok(Json(LeadStatus {

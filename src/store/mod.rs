@@ -39,6 +39,7 @@ mod connect;
 pub mod conninfo;
 pub mod grouping;
 pub mod migrate;
+pub mod policies;
 pub mod queue;
 pub mod storable;
 pub mod templates;

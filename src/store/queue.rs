@@ -11,7 +11,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{describe, storable};
+use super::{describe, policies, storable};
 pub use crate::domain::Channel;
 
 /// The end of both claims, after a data-modifying CTE `claimed` that updated
@@ -437,6 +437,7 @@ pub fn statements() -> Vec<String> {
         SMS_AWAITING_STATUS.to_string(),
         APPLY_PENDING_MANY.to_string(),
         APPLY_ALL_PENDING.to_string(),
+        policies::CLEAR_CLAIMED.to_string(),
     ]
     .into()
 }
@@ -718,10 +719,36 @@ impl Queue {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(sql).await?;
         let rows = client.query(&statement, params).await?;
-        Ok(rows
+        let mut jobs: Vec<ClaimedJob> = rows
             .iter()
             .map(|row| claimed_job(channel, row, lease_ends, lock))
-            .collect())
+            .collect();
+        if jobs.is_empty() || !policies::applies_to(channel) {
+            return Ok(jobs);
+        }
+        // Before any request: a job the policies cancel is never sent. If
+        // the gate cannot run, the claim is given back whole, unsent.
+        let cancelled = match policies::clear_claimed(&client, lock).await {
+            Ok(cancelled) => cancelled,
+            Err(e) => {
+                drop(client);
+                for job in &jobs {
+                    if let Err(e) = self.release(job.id, &job.lock).await {
+                        tracing::warn!(job_id = job.id, error = %e, "could not release job; its lease will expire");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        for c in &cancelled {
+            tracing::info!(job_id = c.job_id, channel = channel.as_str(), policy = %c.policy,
+                reason = %c.reason, "cancelled by a delivery policy: nothing sent");
+            metrics::counter!("leadrelay_policy_cancellations_total",
+                "channel" => channel.as_str(), "policy" => c.policy.clone())
+            .increment(1);
+        }
+        jobs.retain(|j| !cancelled.iter().any(|c| c.job_id == j.id));
+        Ok(jobs)
     }
 
     /// Records that the members of one batch failed together and go again

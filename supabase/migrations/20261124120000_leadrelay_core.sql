@@ -444,7 +444,13 @@ comment on function public.promote_due_notification_jobs(integer) is
 -- security_invoker: the view reads with the rights of whoever queries it, so it
 -- opens nothing that the tables keep closed.
 -- ---------------------------------------------------------------------------
-create or replace view public.lead_notification_status
+-- Created once: later migrations add columns at the end, and a second run
+-- of this file must not try to take them away.
+do $view$
+begin
+  if to_regclass('public.lead_notification_status') is null then
+    execute $sql$
+create view public.lead_notification_status
 with (security_invoker = true)
 as
 select l.id as lead_id,
@@ -471,7 +477,11 @@ left join lateral (
 left join lateral (
   select * from public.notification_jobs j
   where j.lead_id = l.id and j.channel = 'sms'
-  order by j.id limit 1) s on true;
+  order by j.id limit 1) s on true
+    $sql$;
+  end if;
+end
+$view$;
 
 -- ---------------------------------------------------------------------------
 -- Access: RLS on, no policies, and no grants for the browser-facing roles.

@@ -84,7 +84,7 @@ pub fn cluster() -> &'static Cluster {
     })
 }
 
-/// A fresh, migrated database for one test.
+/// A migrated database of the test cluster.
 pub struct TestDb {
     pub name: String,
     pub url: String,
@@ -96,7 +96,25 @@ impl TestDb {
     }
 }
 
+/// Turns the delivery policies' de-duplication and cap off.
+pub const POLICIES_OFF: &str =
+    "update notification_rules set dedupe_window = null, max_per_recipient_per_day = null";
+
+/// A fresh, migrated database for one test, with the delivery policies'
+/// de-duplication and per-recipient cap off: most tests send many messages
+/// to one test phone and address on purpose. `shipped_db` keeps them.
 pub async fn fresh_db() -> TestDb {
+    let db = shipped_db().await;
+    db.client()
+        .await
+        .batch_execute(POLICIES_OFF)
+        .await
+        .expect("policies off");
+    db
+}
+
+/// A fresh database exactly as the migrations leave it (the policies on).
+pub async fn shipped_db() -> TestDb {
     let cluster = cluster();
     let name = format!(
         "t_{}_{}",

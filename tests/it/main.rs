@@ -9,6 +9,7 @@ mod migrate_cmd;
 mod operator;
 mod ops_page;
 mod pgtap;
+mod policies;
 mod sms_lookup;
 mod sql_checks;
 mod sql_core;

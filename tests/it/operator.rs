@@ -103,7 +103,9 @@ async fn backfill_dry_run_changes_nothing_a_real_run_enqueues_exactly_the_leads_
     let real = leadrelay(&db.url, &[&["backfill"][..], &window, &["--yes"]].concat());
     assert!(real.status.success(), "{}", text(&real));
     assert!(
-        text(&real).contains("enqueued 11 message(s) due now; 1 invalid"),
+        text(&real).contains(
+            "enqueued 11 message(s): due now, or at the opening of their rule's send window;"
+        ) && text(&real).contains("1 invalid"),
         "{}",
         text(&real)
     );

@@ -3,11 +3,11 @@
 
 use std::process::Command;
 
-use crate::harness::{cluster, fresh_db};
+use crate::harness::{cluster, shipped_db};
 
 #[tokio::test]
 async fn the_pgtap_suite_passes_under_pg_prove() {
-    let db = fresh_db().await;
+    let db = shipped_db().await;
     let mut files: Vec<_> =
         std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/supabase/tests"))
             .unwrap()

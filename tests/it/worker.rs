@@ -806,6 +806,8 @@ async fn a_database_restart_loses_nothing_and_the_listener_comes_back() {
     let url = cluster.url("restart");
     let client = leadrelay::store::connect(&url).await.unwrap();
     client.batch_execute(NO_DELAY).await.unwrap();
+    // five leads of one person on purpose: the policies would cancel four
+    client.batch_execute(harness::POLICIES_OFF).await.unwrap();
     client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
     let providers = Providers::healthy().await;
     let mut cfg = config(&url, &providers);
