@@ -491,3 +491,33 @@ impl Drop for ServeProcess {
         self.kill_9();
     }
 }
+
+/// Runs the `leadrelay` binary as an operator would, with DATABASE_URL and
+/// PRODUCT_URL set and warnings only in its log.
+pub fn leadrelay_cli(db_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("PRODUCT_URL", PRODUCT_URL)
+        .env("LEADRELAY_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run leadrelay")
+}
+
+/// Signs in to the ops page at `base` with ADMIN_TOKEN; returns the
+/// session cookie (`name=value`).
+pub async fn ops_session(base: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
+    let login = http
+        .post(format!("{base}/ops/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("sign in");
+    let cookie = login.headers()["set-cookie"].to_str().expect("cookie");
+    cookie.split(';').next().unwrap_or_default().to_string()
+}

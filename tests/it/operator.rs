@@ -1,19 +1,9 @@
 //! `leadrelay backfill`, `status` and `retry`, run as an operator would.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::app::count;
+use crate::app::{count, leadrelay_cli as leadrelay};
 use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads, insert_proftest_lead};
-
-fn leadrelay(db_url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_leadrelay"))
-        .args(args)
-        .env("DATABASE_URL", db_url)
-        .env("LEADRELAY_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
 
 fn text(out: &Output) -> String {
     format!(

@@ -5,11 +5,11 @@
 //! opens seconds from now, a message sent "25 hours ago"), never slept.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::app::{
-    ADMIN_TOKEN, NO_DELAY, Providers, ServeProcess, config, count, eventually, start, unfinished,
+    ADMIN_TOKEN, NO_DELAY, Providers, ServeProcess, config, count, eventually,
+    leadrelay_cli as leadrelay, ops_session, start, unfinished,
 };
 use crate::harness::{insert_as_landing, shipped_db};
 
@@ -45,14 +45,6 @@ async fn job_status(client: &tokio_postgres::Client, lead: uuid::Uuid, channel: 
         .await
         .unwrap()
         .get(0)
-}
-
-fn leadrelay(db_url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_leadrelay"))
-        .args(args)
-        .env("DATABASE_URL", db_url)
-        .output()
-        .expect("run leadrelay")
 }
 
 #[tokio::test]
@@ -208,21 +200,11 @@ async fn the_same_person_sending_the_form_five_times_gets_one_email_and_one_sms(
     }
 
     // The ops page shows it as it happens, the recipient masked.
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     let base = format!("http://{}", app.local_addr());
-    let login = http
-        .post(format!("{base}/ops/login"))
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
-    let page = http
+    let session = ops_session(&base).await;
+    let page = reqwest::Client::new()
         .get(format!("{base}/ops"))
-        .header("cookie", cookie.split(';').next().unwrap())
+        .header("cookie", session)
         .send()
         .await
         .unwrap()

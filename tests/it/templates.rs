@@ -1,7 +1,6 @@
 //! Messages as data: templates in notification_templates, rendered from what
 //! a job's first claim fixed; checked before they reach anyone.
 
-use std::process::Command;
 use std::time::Duration;
 
 use leadrelay::domain::Channel;
@@ -9,7 +8,8 @@ use leadrelay::messages::templates::{Compiled, EmailContent, Variables};
 use wiremock::ResponseTemplate;
 
 use crate::app::{
-    ADMIN_TOKEN, NO_DELAY, PRODUCT_URL, Providers, config, count, eventually, start, unfinished,
+    ADMIN_TOKEN, NO_DELAY, PRODUCT_URL, Providers, config, count, eventually,
+    leadrelay_cli as leadrelay, start, unfinished,
 };
 use crate::harness::{fresh_db, insert_as_landing};
 
@@ -57,16 +57,6 @@ fn legacy_email(name: Option<&str>, product_url: &str) -> (String, String, Strin
 
 fn legacy_sms(product_url: &str) -> String {
     format!("Тест пройден! Получите ваш продукт: {product_url}")
-}
-
-/// Runs the binary with DATABASE_URL and PRODUCT_URL set.
-fn leadrelay(db_url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_leadrelay"))
-        .args(args)
-        .env("DATABASE_URL", db_url)
-        .env("PRODUCT_URL", PRODUCT_URL)
-        .output()
-        .unwrap()
 }
 
 async fn seeded(client: &tokio_postgres::Client, channel: Channel) -> Compiled {
