@@ -39,7 +39,6 @@ mod connect;
 pub mod conninfo;
 pub mod grouping;
 pub mod migrate;
-pub mod policies;
 pub mod queue;
 pub mod storable;
 pub mod templates;

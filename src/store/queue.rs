@@ -11,7 +11,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{describe, policies, storable};
+use super::{describe, storable};
 pub use crate::domain::Channel;
 
 /// The end of both claims, after a data-modifying CTE `claimed` that updated
@@ -22,14 +22,15 @@ macro_rules! claimed_rows {
         "  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
             coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
             j.batch_key, j.idempotency_key, j.channel, j.sent_params, j.outcome_unknown_since,
-            j.template_version
+            j.template_version, j.cancelled_by, j.last_error
 )
 select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
        l.id is not null as lead_exists, l.name, l.email, l.phone,
        -- only the dashboard row uses the lead's metadata, which can be large
        case when c.channel = 'lead_tracking' then l.metadata end, l.created_at,
        coalesce(l.email_sent, false), l.email_sent_at, coalesce(l.sms_sent, false), l.sms_sent_at,
-       c.batch_key, c.idempotency_key, c.sent_params, c.outcome_unknown_since, c.template_version,"
+       c.batch_key, c.idempotency_key, c.sent_params, c.outcome_unknown_since, c.template_version,
+       c.cancelled_by, case when c.cancelled_by is not null then c.last_error end,"
     };
 }
 
@@ -61,6 +62,11 @@ macro_rules! fixed_by_first_claim {
 /// tried, when there are two or more of them; stored before any request, so a
 /// batch sent again after a crash is the same batch. Jobs already in a batch
 /// are left to `CLAIM_BATCHES`.
+///
+/// The delivery policies are applied here, before any request: a job the
+/// de-duplication or the per-recipient cap refuses is `cancelled` with the
+/// reason in the same write, and returned with `cancelled_by` set; the
+/// others pass (`cleared_at`).
 pub const CLAIM: &str = concat!(
     "
 with claimable as (
@@ -70,13 +76,31 @@ with claimable as (
   order by j.due_at, j.id
   limit $2
   for update skip locked
+), verdict as (
+  -- the delivery policies, decided under a lock per recipient (see
+  -- `leadrelay_policy_verdicts`): the jobs to cancel instead of sending
+  select v.job_id, v.policy, v.duplicate_of, v.reason
+  from public.leadrelay_policy_verdicts(array(select c.id from claimable c)) v
+), policy_mirror as (
+  -- the dashboard row says why its lead got nothing
+  update public.landing_leads l
+     set email_error = coalesce(m.email_reason, l.email_error),
+         sms_error = coalesce(m.sms_reason, l.sms_error)
+    from (select j.lead_id,
+                 max(v.reason) filter (where j.channel = 'email') as email_reason,
+                 max(v.reason) filter (where j.channel = 'sms') as sms_reason
+            from verdict v join public.notification_jobs j on j.id = v.job_id
+           group by j.lead_id) m
+   where l.id = m.lead_id
 ), claimed as (
   update public.notification_jobs j
-     set status = 'sending',
-         attempts = j.attempts + 1,
-         locked_by = $3,
-         locked_until = now() + make_interval(secs => $4),
-         batch_key = case when c.fresh and (select count(*) from claimable f where f.fresh) >= 2
+     set status = case when v.job_id is null then 'sending' else 'cancelled' end,
+         attempts = case when v.job_id is null then j.attempts + 1 else j.attempts end,
+         locked_by = case when v.job_id is null then $3 end,
+         locked_until = case when v.job_id is null then now() + make_interval(secs => $4) end,
+         batch_key = case when v.job_id is null and c.fresh
+                               and (select count(*) from claimable f
+                                     where f.fresh and f.id not in (select job_id from verdict)) >= 2
                           then $5::text end,
          -- fixed by the first claim: the lead's uuid and the template are
          -- unique across databases; a job tried before keys were stored keeps
@@ -87,8 +111,16 @@ with claimable as (
 ",
     fixed_by_first_claim!("$6"),
     "
+         -- passed the policies: from now on it counts as sent or in flight
+         cleared_at = case when v.job_id is null and j.channel in ('email', 'sms')
+                           then coalesce(j.cleared_at, now()) end,
+         cancelled_by = v.policy,
+         duplicate_of_lead = v.duplicate_of,
+         last_error = coalesce(v.reason, j.last_error),
+         finished_at = case when v.job_id is null then j.finished_at else now() end,
          updated_at = now()
     from claimable c
+    left join verdict v on v.job_id = c.id
    where j.id = c.id
 ",
     claimed_rows!(),
@@ -437,7 +469,6 @@ pub fn statements() -> Vec<String> {
         SMS_AWAITING_STATUS.to_string(),
         APPLY_PENDING_MANY.to_string(),
         APPLY_ALL_PENDING.to_string(),
-        policies::CLEAR_CLAIMED.to_string(),
     ]
     .into()
 }
@@ -550,8 +581,15 @@ fn claimed_job(
         sent_params: row.get(19),
         outcome_unknown_since: row.get(20),
         template_version: row.get(21),
-        rest_of_batch_until: row.get(22),
+        rest_of_batch_until: row.get(24),
     }
+}
+
+/// A claimed row that the delivery policies cancelled: its policy and
+/// reason (None for a job to send).
+fn policy_cancellation(row: &Row) -> Option<(String, String)> {
+    let policy: Option<String> = row.get(22);
+    policy.map(|p| (p, row.get::<_, Option<String>>(23).unwrap_or_default()))
 }
 
 /// How a job ends, or when it runs again.
@@ -719,35 +757,20 @@ impl Queue {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(sql).await?;
         let rows = client.query(&statement, params).await?;
-        let mut jobs: Vec<ClaimedJob> = rows
-            .iter()
-            .map(|row| claimed_job(channel, row, lease_ends, lock))
-            .collect();
-        if jobs.is_empty() || !policies::applies_to(channel) {
-            return Ok(jobs);
-        }
-        // Before any request: a job the policies cancel is never sent. If
-        // the gate cannot run, the claim is given back whole, unsent.
-        let cancelled = match policies::clear_claimed(&client, lock).await {
-            Ok(cancelled) => cancelled,
-            Err(e) => {
-                drop(client);
-                for job in &jobs {
-                    if let Err(e) = self.release(job.id, &job.lock).await {
-                        tracing::warn!(job_id = job.id, error = %e, "could not release job; its lease will expire");
-                    }
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match policy_cancellation(row) {
+                None => jobs.push(claimed_job(channel, row, lease_ends, lock)),
+                Some((policy, reason)) => {
+                    let job_id: i64 = row.get(0);
+                    tracing::info!(job_id, channel = channel.as_str(), %policy, %reason,
+                        "cancelled by a delivery policy: nothing sent");
+                    metrics::counter!("leadrelay_policy_cancellations_total",
+                        "channel" => channel.as_str(), "policy" => policy)
+                    .increment(1);
                 }
-                return Err(e);
             }
-        };
-        for c in &cancelled {
-            tracing::info!(job_id = c.job_id, channel = channel.as_str(), policy = %c.policy,
-                reason = %c.reason, "cancelled by a delivery policy: nothing sent");
-            metrics::counter!("leadrelay_policy_cancellations_total",
-                "channel" => channel.as_str(), "policy" => c.policy.clone())
-            .increment(1);
         }
-        jobs.retain(|j| !cancelled.iter().any(|c| c.job_id == j.id));
         Ok(jobs)
     }
 

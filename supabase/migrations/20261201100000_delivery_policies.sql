@@ -19,14 +19,15 @@
 -- Shipped on: the seeded rules get a 24-hour dedupe window and every rule a
 -- cap of 3 per channel. A public form is an open door.
 --
--- How two workers never both send: the worker claims jobs as before, then,
--- before any request, calls leadrelay_clear_claimed() with the claim's lease
--- token. It takes a transaction-scoped advisory lock per recipient (sorted,
--- so two gates never deadlock), and only then, in a new statement, compares
--- the claimed jobs with those already cleared (`cleared_at`): a gate that
--- waited for the lock sees what the one before it cleared. A cleared job
--- counts as sent or in flight until it ends; the rest of the claim is
--- cancelled with its reason and never sent.
+-- How two workers never both send: the worker's claim locks its due jobs
+-- (`FOR UPDATE SKIP LOCKED`, as before) and, in the same statement, asks
+-- leadrelay_policy_verdicts() which of them to cancel. That function takes a
+-- transaction-scoped advisory lock per recipient (sorted, so two claims never
+-- deadlock) and only then, in a query with a snapshot of its own, compares
+-- the jobs with those already cleared (`cleared_at`): a claim that waited for
+-- the lock sees what the one before it cleared. The claim clears the rest
+-- and cancels the others with their reason, one write per job, before any
+-- request. A cleared job counts as sent or in flight until it ends.
 
 -- ---------------------------------------------------------------------------
 -- The rules' policies.
@@ -396,28 +397,36 @@ end
 $$;
 
 -- ---------------------------------------------------------------------------
--- The gate: the jobs claimed under lease token p_lock that were never
--- cleared pass the de-duplication and the per-recipient cap, or are
--- cancelled with the reason (no request is made). Returns the cancelled.
--- Called by the worker right after each claim, in a transaction of its own.
+-- The gate's verdicts on jobs p_ids, which the caller has locked (the
+-- worker's claim, `FOR UPDATE SKIP LOCKED`) and applies in the same
+-- statement: one write per job. The jobs never cleared get a verdict;
+-- returned are those a policy cancels, with the policy, the lead that
+-- already got the message (for a duplicate) and the reason.
+--
+-- VOLATILE on purpose: each query below takes its own snapshot, so the
+-- second one sees every claim that committed while the first waited for
+-- the recipients' locks, though the calling statement began before.
 -- ---------------------------------------------------------------------------
-create or replace function public.leadrelay_clear_claimed(p_lock text)
-returns table (job_id bigint, policy text, reason text)
+create or replace function public.leadrelay_policy_verdicts(p_ids bigint[])
+returns table (job_id bigint, policy text, duplicate_of uuid, reason text)
 language plpgsql
+volatile
 security definer
 set search_path = ''
+-- planned once per connection, not on every claim: planning this statement
+-- costs more than running it
+set plan_cache_mode = force_generic_plan
 as $$
 begin
-  -- One recipient at a time across every worker, in one order.
+  -- One recipient at a time across every worker, in one order; held until
+  -- the calling claim commits its verdicts.
   perform pg_advisory_xact_lock(k.key)
   from (select distinct hashtextextended('leadrelay recipient ' || j.channel || ' ' || lower(j.recipient), 0) as key
         from public.notification_jobs j
-        where j.locked_by = p_lock and j.status = 'sending' and j.cleared_at is null
+        where j.id = any(p_ids) and j.cleared_at is null and j.channel in ('email', 'sms')
           and j.recipient is not null and not j.ignore_policies
         order by 1) k;
 
-  -- A new statement, so a new snapshot: it sees every gate that committed
-  -- while this one waited for its locks.
   return query
   with candidate as (
     select j.id, j.lead_id, j.channel, j.template, lower(j.recipient) as recipient,
@@ -427,7 +436,7 @@ begin
     from public.notification_jobs j
     left join public.notification_rules r on r.id = j.rule_id
     left join public.landing_leads l on l.id = j.lead_id
-    where j.locked_by = p_lock and j.status = 'sending' and j.cleared_at is null
+    where j.id = any(p_ids) and j.cleared_at is null and j.channel in ('email', 'sms')
   ), first_pass as (
     select c.*,
            row_number() over same_message as nth_same,
@@ -464,7 +473,7 @@ begin
         and (o.status in ('scheduled', 'due', 'sending')
              or (o.status = 'sent' and o.sent_at >= now() - interval '24 hours'))) recent on true
   ), verdict as (
-    select c.id, c.lead_id, c.channel,
+    select c.id,
            case when c.duplicate then 'duplicate'
                 when c.cap is not null and not c.exempt and c.n + c.nth_recipient > c.cap then 'recipient_cap'
            end as policy,
@@ -481,42 +490,13 @@ begin
                          greatest(c.n, least(c.n + c.nth_recipient - 1, c.cap)), c.channel, c.cap)
            end as reason
     from counted c
-  ), applied as (
-    update public.notification_jobs j
-       set cleared_at = case when v.policy is null then now() end,
-           status = case when v.policy is null then j.status else 'cancelled' end,
-           cancelled_by = v.policy,
-           duplicate_of_lead = v.duplicate_of,
-           last_error = case when v.policy is null then j.last_error else v.reason end,
-           -- no request was made: the claim's attempt is given back
-           attempts = case when v.policy is null then j.attempts else greatest(j.attempts - 1, 0) end,
-           finished_at = case when v.policy is null then j.finished_at else now() end,
-           locked_by = case when v.policy is null then j.locked_by end,
-           locked_until = case when v.policy is null then j.locked_until end,
-           updated_at = now()
-      from verdict v
-     where j.id = v.id
-    returning j.id, j.lead_id, j.channel, v.policy, v.reason
-  ), mirror as (
-    -- the dashboard row says why its lead got nothing
-    update public.landing_leads l
-       set email_error = coalesce(m.email_reason, l.email_error),
-           sms_error = coalesce(m.sms_reason, l.sms_error)
-      from (select a.lead_id,
-                   max(a.reason) filter (where a.channel = 'email') as email_reason,
-                   max(a.reason) filter (where a.channel = 'sms') as sms_reason
-              from applied a where a.policy is not null
-             group by a.lead_id) m
-     where l.id = m.lead_id
-    returning l.id
   )
-  select a.id, a.policy, a.reason from applied a
-  where a.policy is not null;
+  select v.id, v.policy, v.duplicate_of, v.reason from verdict v where v.policy is not null;
 end
 $$;
 
-comment on function public.leadrelay_clear_claimed(text) is
-  'The delivery policies'' gate: passes or cancels (dedupe_window, max_per_recipient_per_day) the jobs claimed under a lease token, under an advisory lock per recipient. Returns the cancelled jobs.';
+comment on function public.leadrelay_policy_verdicts(bigint[]) is
+  'The delivery policies'' gate (dedupe_window, max_per_recipient_per_day) for jobs the caller has locked, under an advisory lock per recipient: the jobs to cancel, with the reason. The worker''s claim applies the verdicts.';
 
 -- ---------------------------------------------------------------------------
 -- lead_notification_status, as in 20261124120000_leadrelay_core.sql, with
@@ -565,7 +545,7 @@ left join lateral (
 -- ---------------------------------------------------------------------------
 revoke all on function public.notification_rules_check_policies() from public;
 revoke all on function public.leadrelay_send_time(timestamptz, time, time, text) from public;
-revoke all on function public.leadrelay_clear_claimed(text) from public;
+revoke all on function public.leadrelay_policy_verdicts(bigint[]) from public;
 do $$
 declare
   r text;
@@ -575,7 +555,7 @@ begin
       execute format('revoke all on public.lead_notification_status from %I', r);
       execute format('revoke all on function public.notification_rules_check_policies(), '
                      'public.leadrelay_send_time(timestamptz, time, time, text), '
-                     'public.leadrelay_clear_claimed(text) from %I', r);
+                     'public.leadrelay_policy_verdicts(bigint[]) from %I', r);
     end if;
   end loop;
   if exists (select 1 from pg_roles where rolname = 'service_role') then

@@ -6,7 +6,7 @@ create schema if not exists tap;
 create extension if not exists pgtap with schema tap;
 set local search_path = public, tap;
 
-select plan(42);
+select plan(43);
 
 -- What ships.
 select results_eq(
@@ -111,46 +111,72 @@ select is((select sms_held_until from lead_notification_status where lead_id = '
   now() + interval '1 hour', 'and until when');
 update notification_rules set send_window_start = null, send_window_end = null, delay = interval '10 minutes' where channel = 'sms';
 
--- The gate: two leads of one person, claimed together.
+-- The gate: the verdicts the worker's claim applies in its own write. Here a
+-- claim of the given jobs is played as the claim does it.
+create function pg_temp.claim(p_ids bigint[]) returns table (job_id bigint, policy text, reason text)
+language sql as $f$
+  with v as (select * from public.leadrelay_policy_verdicts(p_ids)),
+  u as (
+    update public.notification_jobs j
+       set status = case when v.job_id is null then 'sending' else 'cancelled' end,
+           attempts = case when v.job_id is null then j.attempts + 1 else j.attempts end,
+           locked_by = case when v.job_id is null then 'test' end,
+           locked_until = case when v.job_id is null then now() + interval '1 minute' end,
+           cleared_at = case when v.job_id is null then coalesce(j.cleared_at, now()) end,
+           cancelled_by = v.policy, duplicate_of_lead = v.duplicate_of,
+           last_error = coalesce(v.reason, j.last_error),
+           finished_at = case when v.job_id is null then j.finished_at else now() end
+      from unnest(p_ids) as i(id) left join v on v.job_id = i.id
+     where j.id = i.id
+    returning j.id)
+  select v.job_id, v.policy, v.reason from v where (select count(*) from u) >= 0 order by v.job_id
+$f$;
+
 update notification_rules set dedupe_window = interval '24 hours', max_per_recipient_per_day = 3;
 insert into landing_leads (id, name, email, phone, source) values
   ('00000000-0000-0000-0000-0000000000b1', 'First', 'Same@Mail.ru', '8 (705) 222-33-44', 'proftest_main'),
   ('00000000-0000-0000-0000-0000000000b2', 'Again', ' same@mail.ru', '+7 705 222 33 44', 'proftest_main');
-update notification_jobs set status = 'sending', locked_by = 'w:1', locked_until = now() + interval '1 minute', attempts = 1
- where lead_id in ('00000000-0000-0000-0000-0000000000b1', '00000000-0000-0000-0000-0000000000b2') and channel <> 'lead_tracking';
-select is((select count(*)::int from leadrelay_clear_claimed('w:1')), 2,
-  'the second lead''s email and SMS are cancelled (the address differs only in case and spaces)');
+select results_eq(
+  $$select j.lead_id, j.channel, v.policy, v.duplicate_of
+      from leadrelay_policy_verdicts((select array_agg(id) from notification_jobs
+                                       where lead_id::text like '%b_' and channel <> 'lead_tracking')) v
+      join notification_jobs j on j.id = v.job_id order by j.channel$$,
+  $$values ('00000000-0000-0000-0000-0000000000b2'::uuid, 'email', 'duplicate', '00000000-0000-0000-0000-0000000000b1'::uuid),
+           ('00000000-0000-0000-0000-0000000000b2'::uuid, 'sms', 'duplicate', '00000000-0000-0000-0000-0000000000b1'::uuid)$$,
+  'two leads of one person in one claim: the second''s email and SMS are duplicates (the address differs only in case and spaces)');
+select is((select count(*)::int from pg_temp.claim((select array_agg(id) from notification_jobs
+                                                     where lead_id::text like '%b_' and channel <> 'lead_tracking'))), 2,
+  'the claim cancels them');
 select results_eq(
   $$select email_status, email_cancelled_by, email_duplicate_of_lead, sms_status, sms_cancelled_by, sms_duplicate_of_lead
       from lead_notification_status where lead_id = '00000000-0000-0000-0000-0000000000b2'$$,
   $$values ('cancelled', 'duplicate', '00000000-0000-0000-0000-0000000000b1'::uuid,
             'cancelled', 'duplicate', '00000000-0000-0000-0000-0000000000b1'::uuid)$$,
   'the view names the policy and the lead that gets the message');
-select is((select attempts from notification_jobs where lead_id = '00000000-0000-0000-0000-0000000000b2' and channel = 'sms'), 0,
-  'no request was made, so no attempt is counted');
-select matches((select sms_error from landing_leads where id = '00000000-0000-0000-0000-0000000000b2'),
+select matches((select sms_error from lead_notification_status where lead_id = '00000000-0000-0000-0000-0000000000b2'),
   '^already being sent to this recipient for lead 00000000-0000-0000-0000-0000000000b1',
-  'the dashboard row says why');
+  'and why');
 select is((select count(*)::int from notification_jobs where lead_id = '00000000-0000-0000-0000-0000000000b1'
             and channel <> 'lead_tracking' and cleared_at is not null and status = 'sending'), 2,
   'the first lead''s messages are cleared and go');
+select is((select count(*)::int from leadrelay_policy_verdicts((select array_agg(id) from notification_jobs
+                                                                 where lead_id = '00000000-0000-0000-0000-0000000000b1'))), 0,
+  'a job already cleared is not judged again (a retry, a look-up)');
 
 -- Sent 25 hours ago is outside the window; sent an hour ago is not.
 update notification_jobs set status = 'sent', sent_at = now() - interval '25 hours', finished_at = now(), locked_by = null, locked_until = null
  where lead_id = '00000000-0000-0000-0000-0000000000b1' and channel <> 'lead_tracking';
 insert into landing_leads (id, name, email, phone, source) values
   ('00000000-0000-0000-0000-0000000000b3', 'Next day', 'same@mail.ru', '87052223344', 'proftest_main');
-update notification_jobs set status = 'sending', locked_by = 'w:2', locked_until = now() + interval '1 minute', attempts = 1
- where lead_id = '00000000-0000-0000-0000-0000000000b3' and channel <> 'lead_tracking';
-select is((select count(*)::int from leadrelay_clear_claimed('w:2')), 0, 'a day later the same person gets the messages again');
-update notification_jobs set sent_at = now() - interval '1 hour' where lead_id = '00000000-0000-0000-0000-0000000000b3';
-update notification_jobs set status = 'sent', finished_at = now(), locked_by = null, locked_until = null
+select is((select count(*)::int from pg_temp.claim((select array_agg(id) from notification_jobs
+                                                     where lead_id = '00000000-0000-0000-0000-0000000000b3' and channel <> 'lead_tracking'))), 0,
+  'a day later the same person gets the messages again');
+update notification_jobs set status = 'sent', sent_at = now() - interval '1 hour', finished_at = now(), locked_by = null, locked_until = null
  where lead_id = '00000000-0000-0000-0000-0000000000b3' and channel <> 'lead_tracking';
 insert into landing_leads (id, name, email, phone, source) values
   ('00000000-0000-0000-0000-0000000000b4', 'Again', 'same@mail.ru', '87052223344', 'proftest_main');
-update notification_jobs set status = 'sending', locked_by = 'w:3', locked_until = now() + interval '1 minute', attempts = 1
- where lead_id = '00000000-0000-0000-0000-0000000000b4' and channel = 'sms';
-select matches((select reason from leadrelay_clear_claimed('w:3')),
+select matches((select reason from pg_temp.claim((select array_agg(id) from notification_jobs
+                                                   where lead_id = '00000000-0000-0000-0000-0000000000b4' and channel = 'sms'))),
   '^already sent to this recipient for lead 00000000-0000-0000-0000-0000000000b3 at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$',
   'sent an hour ago: cancelled, naming the lead and the time');
 
@@ -159,20 +185,21 @@ update notification_rules set dedupe_window = null, max_per_recipient_per_day = 
 insert into landing_leads (id, name, email, phone, source)
 select ('00000000-0000-0000-0000-0000000000c' || g)::uuid, 'Flood ' || g, 'flood' || g || '@mail.ru', '+7 747 000 00 01', 'proftest_main'
 from generate_series(1, 5) g;
-update notification_jobs set status = 'sending', locked_by = 'w:4', locked_until = now() + interval '1 minute', attempts = 1
- where lead_id::text like '00000000-0000-0000-0000-0000000000c%' and channel = 'sms';
 select results_eq(
-  $$select policy, reason from leadrelay_clear_claimed('w:4') order by job_id$$,
+  $$select policy, reason from pg_temp.claim((select array_agg(id) from notification_jobs
+                                               where lead_id::text like '00000000-0000-0000-0000-0000000000c%' and channel = 'sms'))$$,
   $$values ('recipient_cap', 'this recipient already got 3 sms message(s) in the last 24 hours (max_per_recipient_per_day = 3)'),
            ('recipient_cap', 'this recipient already got 3 sms message(s) in the last 24 hours (max_per_recipient_per_day = 3)')$$,
   'three go, the fourth and fifth are over the cap');
 
 -- --ignore-policies: an operator who means it.
 update notification_rules set dedupe_window = interval '24 hours';
-insert into notification_jobs (lead_id, channel, template, rule_id, ignore_policies, recipient, status, due_at, attempts, locked_by, locked_until)
+insert into notification_jobs (lead_id, channel, template, rule_id, ignore_policies, recipient, status, due_at)
 values ('00000000-0000-0000-0000-0000000000b4', 'email', 'proftest_result_again',
-        (select id from notification_rules where channel = 'email'), true, 'same@mail.ru', 'sending', now(), 1, 'w:5', now() + interval '1 minute');
-select is((select count(*)::int from leadrelay_clear_claimed('w:5')), 0, 'a job backfilled with --ignore-policies is never cancelled');
+        (select id from notification_rules where channel = 'email'), true, 'same@mail.ru', 'due', now());
+select is((select count(*)::int from leadrelay_policy_verdicts((select array_agg(id) from notification_jobs
+                                                                 where template = 'proftest_result_again'))), 0,
+  'a job backfilled with --ignore-policies is never cancelled');
 
 select * from finish();
 rollback;
