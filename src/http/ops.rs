@@ -75,11 +75,11 @@ select (select count(*) from public.notification_jobs
 /// The recipients most messages were refused to in the last 24 hours: one
 /// phone or address far ahead of the rest is someone using the form on it.
 pub const POLICY_TOP_RECIPIENTS: &str = "
-select j.channel, j.recipient, count(*), max(j.finished_at),
+select j.channel, lower(j.recipient), count(*), max(j.finished_at),
        count(*) filter (where j.cancelled_by = 'recipient_cap')
 from public.notification_jobs j
 where j.cancelled_by is not null and j.finished_at > now() - interval '24 hours'
-group by j.channel, j.recipient
+group by j.channel, lower(j.recipient)
 order by count(*) desc, max(j.finished_at) desc
 limit 10";
 

@@ -1,6 +1,7 @@
 //! `GET /leads/{id}/status`: the lead and, per channel, status, sent time,
 //! delivery state and error, and what the delivery policies decided (a send
-//! window's hold, a cancellation as a duplicate or over the cap). Needs `Authorization: Bearer ADMIN_TOKEN`.
+//! window's hold, a cancellation as a duplicate or over the cap). Needs
+//! `Authorization: Bearer ADMIN_TOKEN`.
 
 use axum::Json;
 use axum::extract::{Path, State};
