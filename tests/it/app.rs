@@ -505,19 +505,38 @@ pub fn leadrelay_cli(db_url: &str, args: &[&str]) -> std::process::Output {
         .expect("run leadrelay")
 }
 
-/// Signs in to the ops page at `base` with ADMIN_TOKEN; returns the
-/// session cookie (`name=value`).
-pub async fn ops_session(base: &str) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("http client");
-    let login = http
-        .post(format!("{base}/ops/login"))
-        .form(&[("token", ADMIN_TOKEN)])
+/// The ops page of `app`, read with ADMIN_TOKEN as a bearer token.
+pub async fn ops_page(app: &Application) -> String {
+    reqwest::Client::new()
+        .get(format!("http://{}/ops", app.local_addr()))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
-        .expect("sign in");
-    let cookie = login.headers()["set-cookie"].to_str().expect("cookie");
-    cookie.split(';').next().unwrap_or_default().to_string()
+        .expect("GET /ops")
+        .text()
+        .await
+        .expect("the page")
+}
+
+/// `GET /leads/{lead}/status` of `app` with ADMIN_TOKEN, and the message of
+/// `channel` in it.
+pub async fn lead_status_message(
+    app: &Application,
+    lead: uuid::Uuid,
+    channel: &str,
+) -> serde_json::Value {
+    let status: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/leads/{lead}/status", app.local_addr()))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("GET status")
+        .json()
+        .await
+        .expect("status json");
+    status["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["channel"] == channel))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {channel} message in {status}"))
 }

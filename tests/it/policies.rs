@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::app::{
-    ADMIN_TOKEN, NO_DELAY, Providers, ServeProcess, config, count, eventually,
-    leadrelay_cli as leadrelay, ops_session, start, unfinished,
+    NO_DELAY, Providers, ServeProcess, config, count, eventually, lead_status_message,
+    leadrelay_cli as leadrelay, ops_page, start, unfinished,
 };
 use crate::harness::{insert_as_landing, shipped_db};
 
@@ -90,22 +90,8 @@ async fn a_lead_outside_the_sms_window_gets_its_email_now_and_its_sms_at_the_ope
     );
 
     // The status API and `leadrelay status` say so while it waits.
-    let api: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{}/leads/{id}/status", app.local_addr()))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sms = api["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["channel"] == "sms")
-        .unwrap();
-    assert!(sms["held_until"].is_string(), "{api}");
+    let sms = lead_status_message(&app, id, "sms").await;
+    assert!(sms["held_until"].is_string(), "{sms}");
     assert!(sms["hold_reason"].as_str().unwrap().contains("held until"));
     let status = leadrelay(&db.url, &["status", &id.to_string()]);
     let text = String::from_utf8_lossy(&status.stdout);
@@ -200,17 +186,7 @@ async fn the_same_person_sending_the_form_five_times_gets_one_email_and_one_sms(
     }
 
     // The ops page shows it as it happens, the recipient masked.
-    let base = format!("http://{}", app.local_addr());
-    let session = ops_session(&base).await;
-    let page = reqwest::Client::new()
-        .get(format!("{base}/ops"))
-        .header("cookie", session)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = ops_page(&app).await;
     assert!(
         page.contains("<span class=policy-duplicates>8</span> cancelled as duplicates"),
         "{page}"

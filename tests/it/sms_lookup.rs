@@ -15,8 +15,8 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, Request, ResponseTemplate};
 
 use crate::app::{
-    ADMIN_TOKEN, MobizonLike, NO_DELAY, Providers, ResendLike, ServeProcess, config, count,
-    eventually, start, unfinished,
+    MobizonLike, NO_DELAY, Providers, ResendLike, ServeProcess, config, count, eventually,
+    ops_page, start, unfinished,
 };
 use crate::harness::{fresh_db, insert_as_landing};
 
@@ -153,15 +153,7 @@ async fn an_sms_taken_but_answered_after_the_timeout_is_found_and_not_sent_again
         "{metrics}"
     );
     // the ops page lists it, phone masked
-    let page = reqwest::Client::new()
-        .get(format!("http://{}/ops", app.local_addr()))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = ops_page(&app).await;
     let section = &page[page.find("SMS found by a look-up").expect("the section")..];
     assert!(section.contains(&taken[0].id), "{section}");
     assert!(!section.contains(DIGITS), "the phone is masked: {section}");
