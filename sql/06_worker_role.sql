@@ -42,6 +42,11 @@ grant execute on function public.leadrelay_email_problem(text) to leadrelay_work
 grant execute on function public.leadrelay_phone_problem(text) to leadrelay_worker;
 grant execute on function public.prune_leadrelay_history(integer) to leadrelay_worker;
 
+-- The ops console: its sessions, and the audit of every action.
+grant select, insert, update, delete on public.ops_sessions to leadrelay_worker;
+grant select, insert on public.ops_audit to leadrelay_worker;
+grant usage on sequence public.ops_sessions_id_seq, public.ops_audit_id_seq to leadrelay_worker;
+
 -- `serve` checks at start that the migrations are applied.
 grant usage on schema leadrelay to leadrelay_worker;
 grant select on leadrelay.schema_migrations to leadrelay_worker;
@@ -63,6 +68,12 @@ create policy leadrelay_worker_templates on public.notification_templates
 drop policy if exists leadrelay_worker_template_versions on public.notification_template_versions;
 create policy leadrelay_worker_template_versions on public.notification_template_versions
   for select to leadrelay_worker using (true);
+drop policy if exists leadrelay_worker_sessions on public.ops_sessions;
+create policy leadrelay_worker_sessions on public.ops_sessions
+  for all to leadrelay_worker using (true) with check (true);
+drop policy if exists leadrelay_worker_audit on public.ops_audit;
+create policy leadrelay_worker_audit on public.ops_audit
+  for all to leadrelay_worker using (true) with check (true);
 drop policy if exists leadrelay_worker_leads on public.landing_leads;
 create policy leadrelay_worker_leads on public.landing_leads
   for all to leadrelay_worker using (true) with check (true);

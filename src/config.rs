@@ -115,6 +115,10 @@ pub struct ServeConfig {
     pub mobizon_poll_interval: Option<std::time::Duration>,
     /// `leadrelay dev` only: the stand-in providers' outbox, shown on /ops.
     pub dev_outbox: Option<std::path::PathBuf>,
+    pub console: crate::http::ConsoleSettings,
+    /// METRICS_ADDR: /metrics on its own (private) address; the main one
+    /// then answers 404 there.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +195,12 @@ pub struct ServeArgs {
     pub mobizon_poll_interval: Option<String>,
     #[arg(long, env = "SMS_UNKNOWN_OUTCOME")]
     pub sms_unknown_outcome: Option<String>,
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+    #[arg(long, env = "TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 impl ServeConfig {
@@ -218,6 +228,10 @@ impl ServeConfig {
             admin_token: token("ADMIN_TOKEN", args.admin_token.as_deref())?,
             mobizon_poll_interval: poll_interval(args.mobizon_poll_interval.as_deref())?,
             dev_outbox: None,
+            console: console_settings(args)?,
+            metrics_addr: optional(args.metrics_addr.as_deref())
+                .map(|v| socket_addr("METRICS_ADDR", v))
+                .transpose()?,
         })
     }
 }
@@ -293,11 +307,53 @@ fn sms_from(value: Option<&str>) -> Result<Option<String>, ConfigError> {
 fn listen_addr(value: Option<&str>) -> Result<std::net::SocketAddr, ConfigError> {
     match optional(value) {
         None => Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
-        Some(v) => v.parse().map_err(|_| ConfigError::Malformed {
-            name: "LISTEN_ADDR",
-            reason: "expected host:port with an IP address, e.g. 127.0.0.1:8080".into(),
-        }),
+        Some(v) => socket_addr("LISTEN_ADDR", v),
     }
+}
+
+fn socket_addr(name: &'static str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::Malformed {
+        name,
+        reason: "expected host:port with an IP address, e.g. 127.0.0.1:8080".into(),
+    })
+}
+
+/// PUBLIC_URL (optional; its scheme decides the cookie's `Secure`) and
+/// TRUSTED_PROXIES (comma-separated IP addresses).
+fn console_settings(args: &ServeArgs) -> Result<crate::http::ConsoleSettings, ConfigError> {
+    let public_https = match optional(args.public_url.as_deref()) {
+        None => false,
+        Some(v) => http_url("PUBLIC_URL", Some(v), "")?.starts_with("https://"),
+    };
+    Ok(crate::http::ConsoleSettings {
+        public_https,
+        trusted_proxies: trusted_proxies(args.trusted_proxies.as_deref())?,
+    })
+}
+
+fn trusted_proxies(value: Option<&str>) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+    let Some(v) = optional(value) else {
+        return Ok(Vec::new());
+    };
+    if v.len() > 4096 {
+        return Err(ConfigError::Malformed {
+            name: "TRUSTED_PROXIES",
+            reason: "longer than 4096 characters".into(),
+        });
+    }
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse().map_err(|_| ConfigError::Malformed {
+                name: "TRUSTED_PROXIES",
+                reason: format!(
+                    "{:?} is not an IP address (a comma-separated list such as 127.0.0.1,::1)",
+                    p.chars().take(60).collect::<String>()
+                ),
+            })
+        })
+        .collect()
 }
 
 /// SMS_UNKNOWN_OUTCOME: lookup (default), resend or fail.
@@ -558,7 +614,7 @@ mod serve_tests {
 
     #[test]
     fn malformed_values_are_named_and_explained() {
-        let cases: [Case; 20] = [
+        let cases: [Case; 24] = [
             ("RESEND_MAX_RPS", |a| a.resend_max_rps = Some("fast".into())),
             ("RESEND_BATCH_SIZE", |a| {
                 a.resend_batch_size = Some("101".into())
@@ -605,6 +661,16 @@ mod serve_tests {
             ("SMS_UNKNOWN_OUTCOME", |a| {
                 a.sms_unknown_outcome = Some(format!("lookup{}", "x".repeat(10_000)))
             }),
+            ("PUBLIC_URL", |a| {
+                a.public_url = Some("ops.academy.kz".into())
+            }),
+            ("TRUSTED_PROXIES", |a| {
+                a.trusted_proxies = Some("127.0.0.1, proxy.local".into())
+            }),
+            ("TRUSTED_PROXIES", |a| {
+                a.trusted_proxies = Some("1.1.1.1,".repeat(1000))
+            }),
+            ("METRICS_ADDR", |a| a.metrics_addr = Some(":9100".into())),
         ];
         for (name, spoil) in cases {
             let mut args = complete();
@@ -614,6 +680,21 @@ mod serve_tests {
                 other => panic!("{name}: {other}"),
             }
         }
+    }
+
+    #[test]
+    fn the_console_learns_https_and_its_proxies() {
+        let config = ServeConfig::from_args(&complete()).unwrap();
+        assert!(!config.console.public_https && config.console.trusted_proxies.is_empty());
+        assert_eq!(config.metrics_addr, None);
+        let mut args = complete();
+        args.public_url = Some("https://ops.academy.kz/".into());
+        args.trusted_proxies = Some(" 127.0.0.1 , ::1 ".into());
+        args.metrics_addr = Some("127.0.0.1:9100".into());
+        let config = ServeConfig::from_args(&args).unwrap();
+        assert!(config.console.public_https);
+        assert_eq!(config.console.trusted_proxies.len(), 2);
+        assert_eq!(config.metrics_addr, Some(([127, 0, 0, 1], 9100).into()));
     }
 
     #[test]

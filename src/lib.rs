@@ -23,6 +23,8 @@ pub fn statements() -> Vec<String> {
     store::queue::statements()
         .into_iter()
         .chain(store::templates::statements().iter().map(|s| s.to_string()))
+        .chain(store::operator::statements().iter().map(|s| s.to_string()))
+        .chain(store::search::statements().iter().map(|s| s.to_string()))
         .chain(ingest::statements())
         .chain(http::statements().iter().map(|s| s.to_string()))
         .chain(cli::ops::statements().iter().map(|s| s.to_string()))

@@ -92,7 +92,21 @@ impl Application {
             other_tasks.spawn(async move { poller.sms_status_loop(every, token).await });
         }
         crate::http::metrics::install();
-        let app = http::router(app_state(&config, pool, Arc::clone(&listener_state)));
+        other_tasks.spawn(crate::http::metrics::gauges_loop(
+            pool.clone(),
+            cancel.clone(),
+        ));
+        let state = app_state(&config, pool, Arc::clone(&listener_state));
+        if let Some(metrics_addr) = config.metrics_addr {
+            let (metrics_tcp, bound) = bind(metrics_addr).await?;
+            tracing::info!(addr = %bound, "metrics served on their own address");
+            other_tasks.spawn(serve_http(
+                metrics_tcp,
+                http::metrics_router(state.clone()),
+                http_cancel.clone(),
+            ));
+        }
+        let app = http::router(state, config.metrics_addr.is_none());
         other_tasks.spawn(serve_http(tcp, app, http_cancel.clone()));
         tracing::info!(%addr, worker_id = worker.queue.worker_id(), "leadrelay serving");
         Ok(Application {
@@ -212,6 +226,7 @@ fn app_state(
         admin_token: config.admin_token.clone(),
         dev_outbox: config.dev_outbox.clone(),
         product_url: config.product_url.clone(),
+        console: http::Console::new(config.console.clone()),
     }
 }
 
@@ -240,8 +255,8 @@ async fn serve_http(tcp: tokio::net::TcpListener, app: axum::Router, stop: Cance
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = tcp.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors, say: wait rather than spin.
                         tracing::warn!(error = %e, "accepting a connection failed");
@@ -249,7 +264,16 @@ async fn serve_http(tcp: tokio::net::TcpListener, app: axum::Router, stop: Cance
                         continue;
                     }
                 };
-                let service = TowerToHyperService::new(app.clone());
+                // the console's rate limit and audit need the peer's address
+                let service = TowerToHyperService::new(tower::util::MapRequest::new(
+                    app.clone(),
+                    move |mut request: axum::http::Request<_>| {
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        request
+                    },
+                ));
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();

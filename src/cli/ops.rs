@@ -10,6 +10,8 @@ use uuid::Uuid;
 
 use crate::messages::mask;
 use crate::store::describe;
+use crate::store::operator::{self, Action, Actor};
+use crate::store::search::LeadQuery;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -267,44 +269,22 @@ pub async fn backfill(
 
 // ---------------------------------------------------------------- status
 
-/// Leads found by id, email (case-insensitive) or phone (digits, 8 → 7, as
-/// the trigger normalises them).
-pub const FIND_LEADS: &str = "
-select id, name, email, phone, source, created_at from public.landing_leads
-where ($1::uuid is not null and id = $1)
-   or ($2::text is not null and lower(btrim(email)) = lower(btrim($2)))
-   or ($3::text is not null and public.leadrelay_phone_digits(phone) = public.leadrelay_phone_digits($3))
-order by created_at desc
-limit 20";
-
 pub const LEAD_JOBS: &str = "
 select id, channel, status, attempts, max_attempts, due_at, sent_at, delivery_status, last_error,
        recovered_at is not null, outcome_unknown_since is not null and status <> 'sent', template_version,
        status = 'scheduled' and held_until = due_at, hold_reason, cancelled_by
 from public.notification_jobs where lead_id = $1 order by channel";
 
-/// The leads a lead id, an email or a phone names (newest first), as rows
-/// of `FIND_LEADS`.
+/// The leads a lead id, an email, a phone or a name fragment names (newest
+/// first), as rows of the console's search (id, name, email, phone, source,
+/// created_at first).
 pub async fn find_leads(
     client: &Client,
     query: &str,
 ) -> Result<Vec<tokio_postgres::Row>, OpsError> {
-    let query = query.trim();
-    if query.is_empty() || query.len() > 320 {
-        return Err(OpsError::Input(
-            "give a lead id, an email or a phone".into(),
-        ));
-    }
-    let id = Uuid::parse_str(query).ok();
-    let email = (id.is_none() && query.contains('@')).then(|| query.to_string());
-    // the trigger's own normaliser, in SQL: the same digits as stored jobs
-    let phone = (id.is_none() && email.is_none()).then(|| query.to_string());
-    if phone.is_some() && query.chars().filter(char::is_ascii_digit).count() != 11 {
-        return Err(OpsError::Input(format!(
-            "{query:?} is not a lead id, an email or an 11-digit phone"
-        )));
-    }
-    let leads = client.query(FIND_LEADS, &[&id, &email, &phone]).await?;
+    let parsed = LeadQuery::parse(query).map_err(|e| OpsError::Input(e.to_string()))?;
+    let (statement, value) = parsed.statement();
+    let leads = client.query(statement, &[&value]).await?;
     if leads.is_empty() {
         return Err(OpsError::NoLead(query.chars().take(80).collect()));
     }
@@ -398,58 +378,6 @@ pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
 
 // ---------------------------------------------------------------- retry
 
-/// Failed jobs to put back: one by id ($1), or all failed since $2.
-pub const RETRY_CANDIDATES: &str = "
-select j.id, j.lead_id, j.channel, j.last_error
-from public.notification_jobs j
-where j.status in ('failed', 'invalid') and j.channel in ('email', 'sms', 'lead_tracking')
-  and (($1::bigint is not null and j.id = $1) or ($2::timestamptz is not null and j.finished_at >= $2))
-order by j.id";
-
-/// Puts failed or invalid jobs $1 back to due with fresh attempts; their
-/// error history stays. The recipient is derived again from the lead, so a
-/// contact corrected in `landing_leads` is the one used; a job whose lead's
-/// contact is still unusable stays as it is. An email whose recipient
-/// changed gets a key of its own: Resend would answer the old key's first
-/// email (or a 409) to a different body. A job that failed because its
-/// template could not render (no request was made) takes the current
-/// template and values at its next claim, so "fix the template, then retry"
-/// sends the fixed one.
-pub const RETRY_UPDATE: &str = "
-with fresh as (
-  select j.id,
-         case j.channel
-           when 'email' then case when public.leadrelay_email_problem(l.email) is null
-                                  then public.leadrelay_trim(l.email) end
-           when 'sms' then case when public.leadrelay_phone_problem(l.phone) is null
-                                then public.leadrelay_phone_digits(l.phone) end
-           else j.recipient
-         end as recipient,
-         j.provider_message_id is null
-           and (j.last_error like 'template % version %' or j.last_error like 'template % has no %'
-                or j.last_error like 'no template %')
-           as template_failed
-  from public.notification_jobs j
-  join public.landing_leads l on l.id = j.lead_id
-  where j.id = any($1) and j.status in ('failed', 'invalid')
-), retried as (
-  update public.notification_jobs j
-     set status = 'due', due_at = now(), attempts = 0, finished_at = null, updated_at = now(),
-         idempotency_key = case
-           when j.channel = 'email' and j.recipient is distinct from f.recipient
-             then 'leadrelay-' || j.lead_id || '-' || j.template || '-' || left(md5(f.recipient), 8)
-           else j.idempotency_key end,
-         recipient = f.recipient,
-         template_version = case when f.template_failed then null else j.template_version end,
-         sent_params = case when f.template_failed then null else j.sent_params end,
-         -- a retried job goes on its own: the rest of its batch is finished
-         batch_key = null
-    from fresh f
-   where j.id = f.id and (f.recipient is not null or j.channel = 'lead_tracking')
-  returning j.id
-)
-select count(pg_notify('notification_jobs', id::text)) from retried";
-
 pub async fn retry(
     client: &Client,
     job: Option<i64>,
@@ -458,7 +386,7 @@ pub async fn retry(
     yes: bool,
 ) -> Result<i64, OpsError> {
     let rows = client
-        .query(RETRY_CANDIDATES, &[&job, &failed_since])
+        .query(operator::RETRY_CANDIDATES, &[&job, &failed_since])
         .await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     println!("{} failed or invalid job(s) to put back to due:", ids.len());
@@ -477,7 +405,13 @@ pub async fn retry(
     if !go_ahead(ids.len(), dry_run, yes, "Retry {} job(s) now?")? {
         return Ok(0);
     }
-    let n: i64 = client.query_one(RETRY_UPDATE, &[&ids]).await?.get(0);
+    let action = if job.is_some() {
+        Action::Retry
+    } else {
+        Action::BulkRetry
+    };
+    let done = operator::act(client, action, &ids, None, &Actor::cli()).await?;
+    let n = done.changed.len() as i64;
     println!("{n} job(s) are due again, each to its lead's current email or phone");
     if (n as usize) < ids.len() {
         println!(
@@ -487,24 +421,6 @@ pub async fn retry(
     }
     Ok(n)
 }
-
-/// The jobs of rule $1 not tried yet (scheduled or due): those of its
-/// leads (source LIKE its pattern) on its channel and template. Disabling a
-/// rule stops new jobs; these are the ones it already made.
-pub const CANCEL_CANDIDATES: &str = "
-select j.id, j.lead_id, j.channel, j.status, j.due_at
-from public.notification_rules r
-join public.notification_jobs j on j.channel = r.channel and j.template = r.template
-join public.landing_leads l on l.id = j.lead_id and l.source like r.source_pattern
-where r.id = $1 and j.status in ('scheduled', 'due')
-order by j.due_at, j.id";
-
-/// Cancels jobs $1 (still not tried), saying why: rule $2.
-pub const CANCEL_UPDATE: &str = "
-update public.notification_jobs
-   set status = 'cancelled', finished_at = now(), updated_at = now(),
-       last_error = format('cancelled by an operator with `leadrelay cancel --rule %s`', $2::bigint)
- where id = any($1) and status in ('scheduled', 'due')";
 
 /// `leadrelay cancel --rule ID`: the rule's jobs not tried yet are cancelled
 /// (shown first; `--dry-run` changes nothing). Jobs in flight finish.
@@ -537,7 +453,7 @@ pub async fn cancel_rule(
             ", disabled"
         }
     );
-    let rows = client.query(CANCEL_CANDIDATES, &[&rule]).await?;
+    let rows = client.query(operator::CANCEL_CANDIDATES, &[&rule]).await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     println!("{} job(s) not tried yet:", ids.len());
     for row in rows.iter().take(10) {
@@ -552,23 +468,23 @@ pub async fn cancel_rule(
     if !go_ahead(ids.len(), dry_run, yes, "Cancel {} job(s)?")? {
         return Ok(0);
     }
-    let n = client.execute(CANCEL_UPDATE, &[&ids, &rule]).await?;
-    println!("{n} job(s) cancelled");
+    let reason = format!("`leadrelay cancel --rule {rule}`");
+    let done = operator::act(
+        client,
+        Action::CancelRule,
+        &ids,
+        Some(&reason),
+        &Actor::cli(),
+    )
+    .await?;
+    let n = done.changed.len() as u64;
+    println!("{n} job(s) cancelled (ops_audit id {})", done.audit_id);
     Ok(n)
 }
 
 /// The statements of these commands, for the prepare test (`crate::statements`).
-pub fn statements() -> [&'static str; 8] {
-    [
-        CANCEL_CANDIDATES,
-        CANCEL_UPDATE,
-        BACKFILL_CANDIDATES,
-        BACKFILL_INSERT,
-        FIND_LEADS,
-        LEAD_JOBS,
-        RETRY_CANDIDATES,
-        RETRY_UPDATE,
-    ]
+pub fn statements() -> [&'static str; 3] {
+    [BACKFILL_CANDIDATES, BACKFILL_INSERT, LEAD_JOBS]
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 //! it. It uses `ingest`, `worker` (the listener's state), `store`, `messages`
 //! and `domain`; `serve` uses it.
 
+mod console;
 pub mod metrics;
 mod openapi;
-mod ops;
 mod status;
 mod webhooks;
 
@@ -26,6 +26,7 @@ use subtle::ConstantTimeEq;
 use crate::domain::Secret;
 use crate::ingest::svix::SigningKey;
 use crate::worker::listener::ListenerState;
+pub use console::{Console, ConsoleSettings};
 
 /// Webhook bodies above this are refused with 413 (Resend's largest events,
 /// with headers and tags, are a few kilobytes).
@@ -47,10 +48,14 @@ pub struct AppState {
     pub dev_outbox: Option<std::path::PathBuf>,
     /// The default product link, for a preview of a message not yet claimed.
     pub product_url: String,
+    /// The ops console's settings and sign-in limiter.
+    pub console: Console,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Every route; `/metrics` only when it is not served on its own address
+/// (METRICS_ADDR).
+pub fn router(state: AppState, with_metrics: bool) -> Router {
+    let router = Router::new()
         .route("/webhooks/resend", post(webhooks::resend))
         .route("/webhooks/mobizon", post(webhooks::mobizon_query_token))
         .route(
@@ -58,15 +63,25 @@ pub fn router(state: AppState) -> Router {
             post(webhooks::mobizon_path_token),
         )
         .route("/leads/{id}/status", get(status::lead_status))
-        .route("/ops", get(ops::page))
-        .route("/ops/login", post(ops::login))
-        .route("/ops/logout", post(ops::logout))
-        .route("/ops/preview", get(ops::preview))
+        .merge(console::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi::document))
+        .route("/openapi.json", get(openapi::document));
+    let router = if with_metrics {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    };
+    router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for METRICS_ADDR.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .with_state(state)
 }
 
@@ -103,21 +118,10 @@ impl IntoResponse for ApiError {
 }
 
 /// The HTTP layer's statements, for the test that prepares every statement.
-pub fn statements() -> [&'static str; 12] {
-    [
-        metrics::JOBS_BY_STATUS,
-        status::LEAD,
-        status::MESSAGES,
-        ops::FUNNEL,
-        ops::LAST_LEADS,
-        ops::FAILURES,
-        ops::OVERDUE,
-        ops::RECOVERED,
-        ops::IN_DOUBT,
-        ops::POLICY_COUNTS,
-        ops::POLICY_TOP_RECIPIENTS,
-        ops::POLICY_LAST,
-    ]
+pub fn statements() -> Vec<&'static str> {
+    let mut all = vec![metrics::LIVE_JOBS, status::LEAD, status::MESSAGES];
+    all.extend(console::statements());
+    all
 }
 
 /// Compares secrets in constant time, length included (both are hashed).
@@ -160,8 +164,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// Renders what the recorder holds: the job gauges are refreshed in the
+/// background (`metrics::gauges_loop`), so a scrape reads no table.
 async fn metrics(State(state): State<AppState>) -> Response {
-    crate::http::metrics::refresh_job_gauges(&state.pool, &state.listener).await;
+    crate::http::metrics::set_listener_gauge(&state.listener);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::http::metrics::render(),

@@ -190,6 +190,9 @@ impl deadpool_postgres::Connect for LibpqConnect {
     }
 }
 
+/// How long a pool user waits for a free connection before giving up.
+pub const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A pool for short statements (claims, outcomes, webhooks). The first
 /// connection is opened here, so a refusal is explained at start-up.
 pub async fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
@@ -203,8 +206,12 @@ pub async fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // A caller waits at most POOL_WAIT for a connection and gets an error
+    // it can report, rather than queueing without end behind a slow page.
     Pool::builder(manager)
         .max_size(max_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
         .build()
         .map_err(|e| DbError::Pool(e.to_string()))
 }

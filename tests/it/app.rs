@@ -364,6 +364,8 @@ pub fn config(db_url: &str, providers: &Providers) -> ServeConfig {
         admin_token: Secret::new(ADMIN_TOKEN),
         mobizon_poll_interval: None,
         dev_outbox: None,
+        console: Default::default(),
+        metrics_addr: None,
     }
 }
 

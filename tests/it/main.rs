@@ -2,6 +2,7 @@
 
 mod app;
 mod batches;
+mod console;
 mod dev_mode;
 mod doctor;
 mod harness;

@@ -1,0 +1,464 @@
+//! The console's actions: retry a failed message, send a scheduled one now,
+//! cancel one (with a reason), retry the failures the front page lists. Each
+//! is a confirmation page (GET) and a form (POST) that carries the session's
+//! CSRF token; the POST runs the statement `leadrelay retry` and `cancel`
+//! run (`store::operator`), which writes the `ops_audit` row in the same
+//! statement.
+
+use axum::extract::{Form, Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use uuid::Uuid;
+
+use super::lead::describe_job;
+use super::page::{esc, name_cell, page as frame, problem, time};
+use super::session::Session;
+use super::{Gate, Visitor};
+use crate::http::AppState;
+use crate::store::operator::{self, Action, Actor};
+
+/// At most this many jobs in one bulk retry (the failures table shows 100).
+const MAX_BULK: usize = 1000;
+
+pub const JOB: &str = "
+select j.id, j.lead_id, j.channel, j.template, j.status, j.last_error, l.name, j.due_at
+from public.notification_jobs j left join public.landing_leads l on l.id = j.lead_id
+where j.id = $1";
+
+/// The three actions on one message, as their path names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobAction {
+    Retry,
+    SendNow,
+    Cancel,
+}
+
+impl JobAction {
+    fn parse(s: &str) -> Option<JobAction> {
+        match s {
+            "retry" => Some(JobAction::Retry),
+            "send-now" => Some(JobAction::SendNow),
+            "cancel" => Some(JobAction::Cancel),
+            _ => None,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            JobAction::Retry => "retry",
+            JobAction::SendNow => "send-now",
+            JobAction::Cancel => "cancel",
+        }
+    }
+
+    /// Whether a job in `status` can take this action.
+    fn allowed(self, status: &str) -> bool {
+        match self {
+            JobAction::Retry => matches!(status, "failed" | "invalid"),
+            JobAction::SendNow => status == "scheduled",
+            JobAction::Cancel => matches!(status, "scheduled" | "due" | "failed" | "invalid"),
+        }
+    }
+
+    fn operator(self) -> Action {
+        match self {
+            JobAction::Retry => Action::Retry,
+            JobAction::SendNow => Action::SendNow,
+            JobAction::Cancel => Action::Cancel,
+        }
+    }
+
+    fn question(self) -> &'static str {
+        match self {
+            JobAction::Retry => "Retry",
+            JobAction::SendNow => "Send now",
+            JobAction::Cancel => "Cancel",
+        }
+    }
+
+    fn explanation(self) -> &'static str {
+        match self {
+            JobAction::Retry => {
+                "It becomes due now with fresh attempts, to the lead's current email or phone (a contact corrected in the lead is the one used). The duplicate check and the cap still apply."
+            }
+            JobAction::SendNow => {
+                "It becomes due now instead of waiting for its delay or its send window. The duplicate check and the cap still apply."
+            }
+            JobAction::Cancel => {
+                "It will not be sent. The reason is kept on the message and in the audit."
+            }
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ActionForm {
+    csrf: Option<String>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    jobs: String,
+}
+
+fn parse_target(id: &str, action: &str) -> Option<(i64, JobAction)> {
+    Some((
+        id.parse().ok().filter(|n| *n > 0)?,
+        JobAction::parse(action)?,
+    ))
+}
+
+async fn load(gate: &Gate, id: i64) -> Result<Option<tokio_postgres::Row>, Response> {
+    gate.client.query_opt(JOB, &[&id]).await.map_err(|e| {
+        tracing::error!(error = %crate::store::describe(&e), "ops action: job query failed");
+        super::page::unavailable()
+    })
+}
+
+pub async fn confirm(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Path((id, action)): Path<(String, String)>,
+) -> Response {
+    let gate = match Gate::open(&state, &visitor).await {
+        Ok(gate) => gate,
+        Err(response) => return response,
+    };
+    let Some(session) = gate.access.session() else {
+        return problem(
+            StatusCode::FORBIDDEN,
+            None,
+            "Actions need a signed-in session: sign in with the form.",
+        );
+    };
+    let Some((id, action)) = parse_target(&id, &action) else {
+        return problem(StatusCode::NOT_FOUND, Some(session), "No such action.");
+    };
+    let job = match load(&gate, id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                Some(session),
+                &format!("No job has id {id}."),
+            );
+        }
+        Err(response) => return response,
+    };
+    let status: &str = job.get(4);
+    let lead: Uuid = job.get(1);
+    let what = describe_job(job.get(2), job.get(3), job.get(6), lead);
+    if !action.allowed(status) {
+        return problem(
+            StatusCode::CONFLICT,
+            Some(session),
+            &format!(
+                "This message is {status}: “{}” does not apply to it any more. Nothing was changed.",
+                action.question()
+            ),
+        );
+    }
+    let reason_field = if action == JobAction::Cancel {
+        "<p><label for=reason>Reason (kept on the message and in the audit)</label><br><textarea id=reason name=reason required maxlength=500></textarea></p>"
+    } else {
+        "<p><label for=reason>Note for the audit (optional)</label><br><textarea id=reason name=reason maxlength=500></textarea></p>"
+    };
+    let last_error = job
+        .get::<_, Option<String>>(5)
+        .map(|e| {
+            format!(
+                "<p>Its last error: <span class=reason>{}</span></p>",
+                esc(&e)
+            )
+        })
+        .unwrap_or_default();
+    Html(frame(
+        "leadrelay — confirm",
+        Some(session),
+        &format!(
+            "<h1>{q}?</h1><div class=card><p>{q} {what} (job {id}, now <b>{status}</b>, due {due} UTC)?</p>{last_error}<p class=muted>{explain}</p>\
+<form method=post action=\"/ops/jobs/{id}/{path}\"><input type=hidden name=csrf value=\"{csrf}\">{reason_field}\
+<div class=actions><button type=submit class=confirm>{q}</button><a href=\"/ops/leads/{lead}\">Back</a></div></form></div>",
+            q = action.question(),
+            status = esc(status),
+            due = time(job.get(7)),
+            explain = action.explanation(),
+            path = action.path(),
+            csrf = esc(session.csrf()),
+        ),
+    ))
+    .into_response()
+}
+
+fn actor(session: &Session, visitor: &Visitor) -> Actor {
+    Actor {
+        session_id: Some(session.id),
+        name: "console".into(),
+        client_addr: Some(visitor.addr_text()),
+    }
+}
+
+pub async fn perform(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Path((id, action)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let gate = match Gate::open(&state, &visitor).await {
+        Ok(gate) => gate,
+        Err(response) => return response,
+    };
+    let session = match gate.session_for_form(form.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    let Some((id, action)) = parse_target(&id, &action) else {
+        return problem(StatusCode::NOT_FOUND, Some(session), "No such action.");
+    };
+    let reason = form.reason.trim();
+    if reason.chars().count() > 500 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            Some(session),
+            "The reason is at most 500 characters. Nothing was changed.",
+        );
+    }
+    if action == JobAction::Cancel && reason.is_empty() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            Some(session),
+            "A cancellation needs a reason. Nothing was changed.",
+        );
+    }
+    let lead: Uuid = match load(&gate, id).await {
+        Ok(Some(job)) => job.get(1),
+        Ok(None) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                Some(session),
+                &format!("No job has id {id}."),
+            );
+        }
+        Err(response) => return response,
+    };
+    let reason = (!reason.is_empty()).then_some(reason);
+    match operator::act(
+        &gate.client,
+        action.operator(),
+        &[id],
+        reason,
+        &actor(session, &visitor),
+    )
+    .await
+    {
+        Ok(done) => {
+            metrics::counter!("leadrelay_ops_actions_total", "action" => action.operator().as_str()).increment(1);
+            tracing::info!(
+                job = id,
+                action = action.operator().as_str(),
+                changed = done.changed.len(),
+                session = session.id,
+                "ops action"
+            );
+            Redirect::to(&format!("/ops/leads/{lead}#job-{id}")).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %crate::store::describe(&e), "ops action failed");
+            super::page::unavailable()
+        }
+    }
+}
+
+pub async fn confirm_bulk(State(state): State<AppState>, visitor: Visitor) -> Response {
+    let gate = match Gate::open(&state, &visitor).await {
+        Ok(gate) => gate,
+        Err(response) => return response,
+    };
+    let Some(session) = gate.access.session() else {
+        return problem(
+            StatusCode::FORBIDDEN,
+            None,
+            "Actions need a signed-in session: sign in with the form.",
+        );
+    };
+    let rows = match super::dashboard::retriable_failures(&gate.client).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %crate::store::describe(&e), "ops bulk retry query failed");
+            return super::page::unavailable();
+        }
+    };
+    if rows.is_empty() {
+        return problem(
+            StatusCode::CONFLICT,
+            Some(session),
+            "No failed message in the failures table: nothing to retry.",
+        );
+    }
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|r| r.get::<_, i64>(7).to_string())
+        .collect();
+    let list: String = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                time(r.get(6)),
+                name_cell(r.get(1)),
+                esc(r.get::<_, &str>(2)),
+                esc(&r.get::<_, Option<String>>(5).unwrap_or_default())
+            )
+        })
+        .collect();
+    Html(frame(
+        "leadrelay — confirm",
+        Some(session),
+        &format!(
+            "<h1>Retry {n} failed message(s)?</h1><div class=card><p>These are the failed and invalid messages of the failures table (the last day). Each becomes due now with fresh attempts, to its lead's current email or phone; one whose contact is still unusable stays as it is.</p>\
+<form method=post action=/ops/failures/retry><input type=hidden name=csrf value=\"{csrf}\"><input type=hidden name=jobs value=\"{jobs}\">\
+<p><label for=reason>Note for the audit (optional)</label><br><textarea id=reason name=reason maxlength=500></textarea></p>\
+<div class=actions><button type=submit class=confirm>Retry {n}</button><a href=/ops>Back</a></div></form></div>\
+<table><thead><tr><th>When (UTC)</th><th>Name</th><th>Channel</th><th>Reason</th></tr></thead><tbody>{list}</tbody></table>",
+            n = rows.len(),
+            csrf = esc(session.csrf()),
+            jobs = ids.join(","),
+        ),
+    ))
+    .into_response()
+}
+
+/// The ids a bulk form names: positive whole numbers, comma-separated.
+fn parse_ids(text: &str) -> Result<Vec<i64>, String> {
+    let ids: Vec<i64> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| "The list of messages is malformed.".to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    if ids.is_empty() {
+        return Err("No message was named.".into());
+    }
+    if ids.len() > MAX_BULK {
+        return Err(format!("At most {MAX_BULK} messages at once."));
+    }
+    Ok(ids)
+}
+
+pub async fn perform_bulk(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let gate = match Gate::open(&state, &visitor).await {
+        Ok(gate) => gate,
+        Err(response) => return response,
+    };
+    let session = match gate.session_for_form(form.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    let ids = match parse_ids(&form.jobs) {
+        Ok(ids) => ids,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                Some(session),
+                &format!("{e} Nothing was changed."),
+            );
+        }
+    };
+    let reason = form.reason.trim().chars().take(500).collect::<String>();
+    let reason = (!reason.is_empty()).then_some(reason.as_str());
+    match operator::act(
+        &gate.client,
+        Action::BulkRetry,
+        &ids,
+        reason,
+        &actor(session, &visitor),
+    )
+    .await
+    {
+        Ok(done) => {
+            metrics::counter!("leadrelay_ops_actions_total", "action" => "bulk_retry").increment(1);
+            tracing::info!(
+                asked = ids.len(),
+                changed = done.changed.len(),
+                session = session.id,
+                "ops bulk retry"
+            );
+            let left = ids.len() - done.changed.len();
+            Html(frame(
+                "leadrelay — retried",
+                Some(session),
+                &format!(
+                    "<h1>Retried</h1><p class=note><span class=bulk-done>{}</span> message(s) are due again.{}</p><p><a href=/ops>Back to the front page</a></p>",
+                    done.changed.len(),
+                    if left > 0 {
+                        format!(" {left} were left as they were: they had moved on meanwhile, or their lead's email or phone is still unusable.")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ))
+            .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %crate::store::describe(&e), "ops bulk retry failed");
+            super::page::unavailable()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_actions_on_plain_ids() {
+        assert_eq!(parse_target("12", "retry"), Some((12, JobAction::Retry)));
+        assert_eq!(
+            parse_target("12", "send-now"),
+            Some((12, JobAction::SendNow))
+        );
+        for (id, action) in [
+            ("0", "retry"),
+            ("-1", "cancel"),
+            ("1e3", "retry"),
+            ("12", "delete"),
+            ("12", "Retry"),
+            ("9999999999999999999999", "retry"),
+        ] {
+            assert_eq!(parse_target(id, action), None, "{id} {action}");
+        }
+    }
+
+    #[test]
+    fn each_action_applies_only_where_it_means_something() {
+        assert!(JobAction::Retry.allowed("failed") && !JobAction::Retry.allowed("sent"));
+        assert!(JobAction::SendNow.allowed("scheduled") && !JobAction::SendNow.allowed("failed"));
+        assert!(
+            JobAction::Cancel.allowed("due")
+                && !JobAction::Cancel.allowed("sending")
+                && !JobAction::Cancel.allowed("sent")
+        );
+    }
+
+    #[test]
+    fn bulk_lists_are_checked() {
+        assert_eq!(parse_ids("3, 1,2,"), Ok(vec![3, 1, 2]));
+        assert!(parse_ids("").is_err());
+        assert!(parse_ids("1,x").is_err());
+        assert!(parse_ids("1;drop table x").is_err());
+        assert!(parse_ids("-4").is_err());
+        let many = (1..=1001)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(parse_ids(&many).is_err());
+    }
+}

@@ -1,0 +1,410 @@
+//! `/ops/leads/{id}`: one lead and everything that happened to it: its
+//! fields and metadata (contacts in full), each message's timeline in order
+//! (created, scheduled, held, each attempt with its error, sent with the
+//! provider's id, each delivery event, opened and clicked, the end, and
+//! every operator action), the actions its state allows, and the message as
+//! it was or will be sent (the worker's own rendering).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::dashboard::or_unnamed;
+use super::page::{esc, name_cell, page as frame, problem};
+use super::{Gate, Visitor};
+use crate::http::AppState;
+
+pub const LEAD: &str = "
+select id, name, email, phone, source, created_at, jsonb_pretty(metadata)
+from public.landing_leads where id = $1";
+
+pub const JOBS: &str = "
+select id, channel, template, status, attempts, max_attempts, created_at, due_at, sent_at,
+       finished_at, provider_message_id, delivery_status, delivery_status_at, last_error,
+       errors, case when status = 'scheduled' and held_until = due_at then held_until end,
+       hold_reason, cancelled_by, duplicate_of_lead, recovered_at, outcome_unknown_since,
+       recipient, template_version
+from public.notification_jobs where lead_id = $1
+order by case channel when 'email' then 0 when 'sms' then 1 else 2 end, template, id";
+
+/// Each job's delivery events, oldest first, with a provider's reason where
+/// its report has one (a bounce's message, an SMS status).
+pub const EVENTS: &str = "
+select job_id, coalesce(occurred_at, received_at), received_at, provider, event_type,
+       coalesce(payload #>> '{data,bounce,message}', payload #>> '{data,bounce,subType}',
+                payload #>> '{data,failed,reason}', payload #>> '{status}', '')
+from public.notification_events
+where job_id = any($1::bigint[])
+order by coalesce(occurred_at, received_at), id
+limit 500";
+
+pub fn statements() -> [&'static str; 4] {
+    [LEAD, JOBS, EVENTS, crate::store::operator::LEAD_AUDIT]
+}
+
+/// The old preview address leads to the lead's page.
+#[derive(Debug, serde::Deserialize)]
+pub struct PreviewQuery {
+    #[serde(default)]
+    lead: String,
+}
+
+pub async fn preview_redirect(Query(q): Query<PreviewQuery>) -> Response {
+    match Uuid::parse_str(q.lead.trim()) {
+        Ok(id) => Redirect::to(&format!("/ops/leads/{id}#preview")).into_response(),
+        Err(_) => problem(StatusCode::BAD_REQUEST, None, "Not a lead id."),
+    }
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Path(id): Path<String>,
+) -> Response {
+    let gate = match Gate::open(&state, &visitor).await {
+        Ok(gate) => gate,
+        Err(response) => return response,
+    };
+    let session = gate.access.session();
+    let Ok(lead) = Uuid::parse_str(id.trim()) else {
+        return problem(StatusCode::BAD_REQUEST, session, "Not a lead id.");
+    };
+    match render(&state, &gate, lead).await {
+        Ok(Some(html)) => Html(html).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            session,
+            &format!("No lead has id {lead}."),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "ops lead page failed");
+            super::page::unavailable()
+        }
+    }
+}
+
+/// One line of a timeline.
+struct Entry {
+    at: DateTime<Utc>,
+    class: &'static str,
+    text: String,
+}
+
+async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<String>, String> {
+    let db = |e: tokio_postgres::Error| crate::store::describe(&e);
+    let client = &gate.client;
+    let Some(l) = client.query_opt(LEAD, &[&lead]).await.map_err(db)? else {
+        return Ok(None);
+    };
+    let jobs = client.query(JOBS, &[&lead]).await.map_err(db)?;
+    let ids: Vec<i64> = jobs.iter().map(|j| j.get(0)).collect();
+    let events = client.query(EVENTS, &[&ids]).await.map_err(db)?;
+    let audit = client
+        .query(crate::store::operator::LEAD_AUDIT, &[&lead])
+        .await
+        .map_err(db)?;
+    let previews = crate::worker::preview::lead(client, lead, &state.product_url, None)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let created: DateTime<Utc> = l.get(5);
+    let name: Option<String> = l.get(1);
+    let text = |i: usize| esc(&l.get::<_, Option<String>>(i).unwrap_or_default());
+    let mut body = format!(
+        "<h1 class=lead-name>{}</h1><div class=card><dl>\
+<dt>Lead id</dt><dd><code>{lead}</code></dd><dt>Arrived</dt><dd>{} UTC</dd>\
+<dt>Email</dt><dd class=lead-email>{}</dd><dt>Phone</dt><dd class=lead-phone>{}</dd><dt>Source</dt><dd>{}</dd>\
+<dt>Metadata</dt><dd><pre>{}</pre></dd></dl></div>",
+        or_unnamed(name_cell(name)),
+        created.format("%Y-%m-%d %H:%M:%S"),
+        text(2),
+        text(3),
+        text(4),
+        text(6),
+    );
+    if jobs.is_empty() {
+        body.push_str("<p class=muted>No messages for this lead: no enabled rule matched its source when it arrived.</p>");
+    }
+    for job in &jobs {
+        body.push_str(&job_card(job, &events, &audit, gate));
+    }
+    body.push_str("<h2 id=preview>What was or will be sent</h2>");
+    body.push_str(&preview_body(&previews));
+    Ok(Some(frame(
+        "leadrelay — lead",
+        gate.access.session(),
+        &body,
+    )))
+}
+
+fn job_card(
+    job: &tokio_postgres::Row,
+    events: &[tokio_postgres::Row],
+    audit: &[tokio_postgres::Row],
+    gate: &Gate,
+) -> String {
+    let id: i64 = job.get(0);
+    let channel: &str = job.get(1);
+    let template: &str = job.get(2);
+    let status: &str = job.get(3);
+    let attempts: i32 = job.get(4);
+    let max_attempts: i32 = job.get(5);
+    let created: DateTime<Utc> = job.get(6);
+    let due: DateTime<Utc> = job.get(7);
+    let sent: Option<DateTime<Utc>> = job.get(8);
+    let finished: Option<DateTime<Utc>> = job.get(9);
+    let provider_id: Option<String> = job.get(10);
+    let delivery: Option<String> = job.get(11);
+    let last_error: Option<String> = job.get(13);
+    let errors: serde_json::Value = job.get(14);
+    let held: Option<DateTime<Utc>> = job.get(15);
+    let hold_reason: Option<String> = job.get(16);
+    let duplicate_of: Option<Uuid> = job.get(18);
+    let recovered: Option<DateTime<Utc>> = job.get(19);
+    let in_doubt: Option<DateTime<Utc>> = job.get(20);
+    let recipient: Option<String> = job.get(21);
+
+    let mut entries = vec![Entry {
+        at: created,
+        class: "muted",
+        text: format!(
+            "created for {}",
+            esc(recipient.as_deref().unwrap_or("(no recipient)"))
+        ),
+    }];
+    if status == "scheduled" || sent.is_some() || attempts > 0 || status == "due" {
+        entries.push(Entry {
+            at: due,
+            class: "muted",
+            text: match status {
+                "scheduled" => "scheduled for this time".into(),
+                "due" => "due: waiting for the worker".into(),
+                _ => "due (last time it became due)".into(),
+            },
+        });
+    }
+    if let (Some(until), Some(reason)) = (held, &hold_reason) {
+        entries.push(Entry {
+            at: until,
+            class: "wait",
+            text: format!("held by a send window: {}", esc(reason)),
+        });
+    }
+    for e in errors.as_array().into_iter().flatten() {
+        let at = e["at"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        if let Some(at) = at {
+            entries.push(Entry {
+                at,
+                class: "bad",
+                text: format!(
+                    "attempt {} failed: {}",
+                    e["attempt"].as_i64().unwrap_or(0),
+                    esc(e["error"].as_str().unwrap_or_default())
+                ),
+            });
+        }
+    }
+    if let Some(at) = in_doubt {
+        entries.push(Entry {
+            at,
+            class: "wait",
+            text: "no answer from Mobizon: waiting for a look-up before anything is sent again"
+                .into(),
+        });
+    }
+    if let Some(at) = sent {
+        entries.push(Entry {
+            at,
+            class: "ok",
+            text: format!(
+                "sent · provider id <code>{}</code>",
+                esc(provider_id.as_deref().unwrap_or("—"))
+            ),
+        });
+    }
+    if let Some(at) = recovered {
+        entries.push(Entry {
+            at,
+            class: "ok",
+            text: "found at Mobizon by a look-up: recorded sent, not sent again".into(),
+        });
+    }
+    for e in events
+        .iter()
+        .filter(|e| e.get::<_, Option<i64>>(0) == Some(id))
+    {
+        let kind: &str = e.get(4);
+        let detail: &str = e.get(5);
+        let bad = [
+            "bounced",
+            "complained",
+            "failed",
+            "undelivered",
+            "rejected",
+            "expired",
+            "deleted",
+        ]
+        .iter()
+        .any(|b| kind.contains(b));
+        entries.push(Entry {
+            at: e.get(1),
+            class: if bad { "bad" } else { "ok" },
+            text: format!(
+                "{} reported <b class=event>{}</b>{}",
+                esc(e.get::<_, &str>(3)),
+                esc(kind),
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", esc(detail))
+                }
+            ),
+        });
+    }
+    if let (Some(at), "failed" | "invalid" | "cancelled") = (finished, status) {
+        let why = esc(last_error.as_deref().unwrap_or_default());
+        let dup = duplicate_of
+            .map(|d| format!(" (<a href=\"/ops/leads/{d}\">the other lead</a>)"))
+            .unwrap_or_default();
+        entries.push(Entry {
+            at,
+            class: "bad",
+            text: format!(
+                "<b>{}</b>: <span class=reason>{why}</span>{dup}",
+                esc(status)
+            ),
+        });
+    }
+    for a in audit {
+        let asked: Vec<i64> = a.get(3);
+        if !asked.contains(&id) {
+            continue;
+        }
+        let changed: Vec<i64> = a.get(4);
+        let reason: Option<String> = a.get(5);
+        let session: Option<i64> = a.get(6);
+        entries.push(Entry {
+            at: a.get(0),
+            class: "muted",
+            text: format!(
+                "operator action <b>{}</b> by {}{}{}{}",
+                esc(a.get::<_, &str>(2)),
+                esc(a.get::<_, &str>(1)),
+                session
+                    .map(|s| format!(" (session {s})"))
+                    .unwrap_or_default(),
+                reason
+                    .map(|r| format!(": “{}”", esc(&r)))
+                    .unwrap_or_default(),
+                if changed.contains(&id) {
+                    ""
+                } else {
+                    " — nothing changed, the message had moved on"
+                }
+            ),
+        });
+    }
+    entries.sort_by_key(|e| e.at);
+    let timeline: String = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "<tr><td>{}</td><td class={}>{}</td></tr>",
+                e.at.format("%Y-%m-%d %H:%M:%S"),
+                e.class,
+                e.text
+            )
+        })
+        .collect();
+
+    let mut actions = String::new();
+    if gate.access.session().is_some() {
+        let mut link = |action: &str, label: &str| {
+            actions.push_str(&format!(
+                "<a href=\"/ops/jobs/{id}/{action}\" class=action-{action}>{label}…</a>"
+            ))
+        };
+        match status {
+            "failed" | "invalid" => {
+                link("retry", "Retry");
+                link("cancel", "Cancel");
+            }
+            "scheduled" => {
+                link("send-now", "Send now");
+                link("cancel", "Cancel");
+            }
+            "due" => link("cancel", "Cancel"),
+            _ => {}
+        }
+    }
+    let actions = if actions.is_empty() {
+        String::new()
+    } else {
+        format!("<div class=actions>{actions}</div>")
+    };
+    let state = match delivery {
+        Some(d) => format!("{} · {}", esc(status), esc(&d)),
+        None => esc(status),
+    };
+    format!(
+        "<div class=card id=job-{id} data-channel=\"{ch}\" data-status=\"{st}\"><h2>{ch} · {tpl} <span class=muted>job {id}</span></h2>\
+<p>State: <b class=job-state>{state}</b> · attempts {attempts} of {max_attempts}</p>{actions}\
+<table class=timeline><thead><tr><th>When (UTC)</th><th>What happened</th></tr></thead><tbody>{timeline}</tbody></table></div>",
+        ch = esc(channel),
+        tpl = esc(template),
+        st = esc(status),
+    )
+}
+
+fn preview_body(previews: &[crate::worker::preview::Preview]) -> String {
+    use crate::messages::templates::EmailContent;
+    use crate::worker::preview::Rendered;
+    let mut body = String::new();
+    if previews.is_empty() {
+        body.push_str("<p class=muted>No messages for this lead.</p>");
+    }
+    for p in previews {
+        body.push_str(&format!(
+            "<h3>{} · {} v{} <span class=muted>({})</span></h3>",
+            esc(p.channel.as_str()),
+            esc(&p.template),
+            p.version.map_or("?".into(), |v| v.to_string()),
+            esc(p.status.as_deref().unwrap_or("no job yet")),
+        ));
+        match &p.rendered {
+            Err(problem) => body.push_str(&format!("<p class=alert>Cannot render: {}</p>", esc(problem))),
+            Ok(Rendered::Sms { text, length }) => body.push_str(&format!(
+                "<pre class=sms-text>{}</pre><p class=muted>{}</p>",
+                esc(text),
+                esc(&length.to_string())
+            )),
+            Ok(Rendered::Email(EmailContent::Inline { subject, html, text })) => body.push_str(&format!(
+                "<p><b>Subject:</b> {}</p><iframe sandbox title=\"email\" style=\"width:100%;height:360px;border:1px solid #ccc;background:#fff\" srcdoc=\"{}\"></iframe><pre>{}</pre>",
+                esc(subject),
+                esc(html),
+                esc(text.as_deref().unwrap_or("(no text part)")),
+            )),
+            Ok(Rendered::Email(EmailContent::Hosted { id, variables, .. })) => body.push_str(&format!(
+                "<p>Rendered by Resend from its template <code>{}</code> with {}</p>",
+                esc(id),
+                esc(&variables.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(", ")),
+            )),
+        }
+    }
+    body
+}
+
+/// Used by the action pages to say which message they act on.
+pub fn describe_job(channel: &str, template: &str, name: Option<String>, lead: Uuid) -> String {
+    format!(
+        "the {} message <b>{}</b> of <a href=\"/ops/leads/{lead}\">{}</a>",
+        esc(channel),
+        esc(template),
+        or_unnamed(name_cell(name)),
+    )
+}

@@ -1,0 +1,216 @@
+//! The ops console under `/ops`: find a lead, see everything that happened
+//! to it, act on it. Signed in with `ADMIN_TOKEN` through a form (a
+//! server-side session, see `session`), or read-only with
+//! `Authorization: Bearer ADMIN_TOKEN` for scripts. Every response carries
+//! `Cache-Control: no-store` and a CSP that forbids framing and scripts.
+
+mod actions;
+mod charts;
+pub mod dashboard;
+mod lead;
+mod page;
+mod search;
+pub mod session;
+
+use axum::Router;
+use axum::extract::{Form, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+use session::{Access, Session};
+pub use session::{Console, ConsoleSettings, Visitor};
+
+use super::{AppState, secret_matches};
+
+/// A pool connection is waited for at most this long before the page says
+/// the database is busy; the worker's own claims are not queued behind it.
+const DB_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/ops", get(dashboard::page))
+        .route("/ops/login", post(login))
+        .route("/ops/logout", post(logout))
+        .route("/ops/search", get(search::page))
+        .route("/ops/leads/{id}", get(lead::page))
+        .route("/ops/preview", get(lead::preview_redirect))
+        .route(
+            "/ops/jobs/{id}/{action}",
+            get(actions::confirm).post(actions::perform),
+        )
+        .route(
+            "/ops/failures/retry",
+            get(actions::confirm_bulk).post(actions::perform_bulk),
+        )
+        .layer(axum::middleware::map_response(page::headers))
+}
+
+/// A request let in: its connection, who it is, and how it came in.
+pub struct Gate {
+    pub client: deadpool_postgres::Object,
+    pub access: Access,
+}
+
+impl Gate {
+    /// The signed-in session or the bearer token; otherwise the sign-in
+    /// form (or a busy page when the database does not answer).
+    pub async fn open(state: &AppState, visitor: &Visitor) -> Result<Gate, Response> {
+        let client = connection(state).await?;
+        if super::require_admin(visitor.headers(), state).is_ok() {
+            return Ok(Gate {
+                client,
+                access: Access::Bearer,
+            });
+        }
+        match session::find(&client, visitor).await {
+            Ok(Some(session)) => Ok(Gate {
+                client,
+                access: Access::Session(session),
+            }),
+            Ok(None) => Err(Html(page::login_page(None)).into_response()),
+            Err(e) => {
+                tracing::error!(error = %crate::store::describe(&e), "ops session query failed");
+                Err(page::unavailable())
+            }
+        }
+    }
+
+    /// Forms need a session and its own CSRF token: a bearer caller, a
+    /// missing token or another session's token changes nothing.
+    // The refusal is the page the handler returns at once; boxing it would
+    // only move the allocation.
+    #[allow(clippy::result_large_err)]
+    pub fn session_for_form(&self, csrf: Option<&str>) -> Result<&Session, Response> {
+        match self.access.session() {
+            Some(s) if s.csrf_matches(csrf) => Ok(s),
+            Some(s) => Err(page::problem(
+                StatusCode::FORBIDDEN,
+                Some(s),
+                "This form was not sent from this session of the console (its security token is missing or another session's). Nothing was changed; open the page again and retry.",
+            )),
+            None => Err(page::problem(
+                StatusCode::FORBIDDEN,
+                None,
+                "Actions need a signed-in session: sign in with the form. Nothing was changed.",
+            )),
+        }
+    }
+}
+
+async fn connection(state: &AppState) -> Result<deadpool_postgres::Object, Response> {
+    match tokio::time::timeout(DB_WAIT, state.pool.get()).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "ops console: no database connection");
+            Err(page::unavailable())
+        }
+        Err(_) => {
+            tracing::warn!("ops console: no database connection free within 3 s");
+            Err(page::unavailable())
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Login {
+    #[serde(default)]
+    token: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Form(form): Form<Login>,
+) -> Response {
+    if let Err(wait) = state.console.may_sign_in(visitor.addr) {
+        tracing::warn!(client = %visitor.addr, "ops sign-in attempts over the limit");
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Html(page::login_page(Some(&format!(
+                "Too many sign-in attempts from your address. Wait {wait} s and try again."
+            )))),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
+    if form.token.len() > 512 || !secret_matches(form.token.trim(), &state.admin_token) {
+        tracing::info!(client = %visitor.addr, "ops sign-in refused: wrong token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(page::login_page(Some("Wrong token."))),
+        )
+            .into_response();
+    }
+    let client = match connection(&state).await {
+        Ok(c) => c,
+        Err(response) => return response,
+    };
+    match session::create(&client, &visitor).await {
+        Ok(token) => {
+            tracing::info!(client = %visitor.addr, "ops sign-in");
+            (
+                [(header::SET_COOKIE, visitor.session_cookie(&token))],
+                Redirect::to("/ops"),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %crate::store::describe(&e), "ops session not stored");
+            page::unavailable()
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct CsrfOnly {
+    csrf: Option<String>,
+}
+
+/// Revokes the session in the database: its cookie opens nothing any more,
+/// wherever it was copied.
+async fn logout(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let gate = match Gate::open(&state, &visitor).await {
+        Ok(gate) => gate,
+        Err(response) => return response,
+    };
+    let session = match gate.session_for_form(form.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    if let Err(e) = session::revoke(&gate.client, session).await {
+        tracing::error!(error = %crate::store::describe(&e), "ops session not revoked");
+        return page::unavailable();
+    }
+    (
+        [(header::SET_COOKIE, visitor.cleared_cookie())],
+        Redirect::to("/ops"),
+    )
+        .into_response()
+}
+
+/// The console's statements, for the prepare test.
+pub fn statements() -> Vec<&'static str> {
+    let mut all = vec![
+        charts::HOURLY,
+        charts::FUNNEL,
+        dashboard::LAST_LEADS,
+        dashboard::FAILURES,
+        dashboard::OVERDUE,
+        dashboard::RECOVERED,
+        dashboard::IN_DOUBT,
+        dashboard::POLICY_COUNTS,
+        dashboard::POLICY_TOP_RECIPIENTS,
+        dashboard::POLICY_LAST,
+    ];
+    all.extend(lead::statements());
+    all.extend(session::statements());
+    all
+}

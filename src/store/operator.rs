@@ -1,0 +1,244 @@
+//! What an operator does to jobs, from the CLI (`leadrelay retry`, `cancel`)
+//! or from the ops console: put failed jobs back, send a scheduled one now,
+//! cancel. One statement per action, and each writes its `ops_audit` row in
+//! the same statement, so an action is never without its record nor a record
+//! without its action.
+//!
+//! Every action statement takes the same parameters:
+//! `$1` the job ids asked for, `$2` a reason (or null), `$3` the console
+//! session (or null), `$4` the actor (`console`, `cli:<user>`), `$5` the
+//! client's address (or null), `$6` the action's name as the audit records it.
+//! It returns the ids it changed and the audit row's id. A job that moved on
+//! meanwhile (sent, retried by someone else) is left alone: the audit shows
+//! it asked for and not changed.
+
+use tokio_postgres::Client;
+
+/// Wraps a `changed` CTE (an UPDATE returning `id, lead_id`) with the wake-up
+/// of the worker (a `notified` select), the audit row and the common result.
+macro_rules! audited {
+    ($changes:expr, notify: $notify:literal) => {
+        concat!(
+            "with ",
+            $changes,
+            ",
+notified as (",
+            $notify,
+            "), audit as (
+  insert into public.ops_audit (session_id, actor, action, job_ids, changed_job_ids, lead_ids, reason, client_addr)
+  select $3::bigint, $4::text, $6::text, $1::bigint[],
+         coalesce((select array_agg(c.id order by c.id) from changed c), '{}'),
+         coalesce((select array_agg(distinct j.lead_id) from public.notification_jobs j where j.id = any($1::bigint[])), '{}'),
+         nullif(btrim($2::text), ''), $5::text
+  returning id
+)
+select coalesce((select array_agg(id order by id) from changed), '{}'::bigint[]),
+       (select id from audit), (select n from notified)"
+        )
+    };
+}
+
+/// Failed jobs to put back: one by id ($1), or all failed since $2.
+pub const RETRY_CANDIDATES: &str = "
+select j.id, j.lead_id, j.channel, j.last_error
+from public.notification_jobs j
+where j.status in ('failed', 'invalid') and j.channel in ('email', 'sms', 'lead_tracking')
+  and (($1::bigint is not null and j.id = $1) or ($2::timestamptz is not null and j.finished_at >= $2))
+order by j.id";
+
+/// Puts failed or invalid jobs back to due with fresh attempts; their error
+/// history stays. The recipient is derived again from the lead, so a contact
+/// corrected in `landing_leads` is the one used; a job whose lead's contact
+/// is still unusable stays as it is. An email whose recipient changed gets a
+/// key of its own: Resend would answer the old key's first email (or a 409)
+/// to a different body. A job that failed because its template could not
+/// render (no request was made) takes the current template and values at its
+/// next claim, so "fix the template, then retry" sends the fixed one.
+pub const RETRY: &str = audited!(
+    "fresh as (
+  select j.id,
+         case j.channel
+           when 'email' then case when public.leadrelay_email_problem(l.email) is null
+                                  then public.leadrelay_trim(l.email) end
+           when 'sms' then case when public.leadrelay_phone_problem(l.phone) is null
+                                then public.leadrelay_phone_digits(l.phone) end
+           else j.recipient
+         end as recipient,
+         j.provider_message_id is null
+           and (j.last_error like 'template % version %' or j.last_error like 'template % has no %'
+                or j.last_error like 'no template %')
+           as template_failed
+  from public.notification_jobs j
+  join public.landing_leads l on l.id = j.lead_id
+  where j.id = any($1::bigint[]) and j.status in ('failed', 'invalid')
+), changed as (
+  update public.notification_jobs j
+     set status = 'due', due_at = now(), attempts = 0, finished_at = null, updated_at = now(),
+         idempotency_key = case
+           when j.channel = 'email' and j.recipient is distinct from f.recipient
+             then 'leadrelay-' || j.lead_id || '-' || j.template || '-' || left(md5(f.recipient), 8)
+           else j.idempotency_key end,
+         recipient = f.recipient,
+         template_version = case when f.template_failed then null else j.template_version end,
+         sent_params = case when f.template_failed then null else j.sent_params end,
+         -- a retried job goes on its own: the rest of its batch is finished
+         batch_key = null
+    from fresh f
+   where j.id = f.id and (f.recipient is not null or j.channel = 'lead_tracking')
+  returning j.id, j.lead_id
+)",
+    notify: "select count(pg_notify('notification_jobs', id::text)) as n from changed"
+);
+
+/// A scheduled job (waiting for its delay or held by a send window) becomes
+/// due now. The claim still applies the duplicate check and the cap: "send
+/// now" skips the wait, not the promise of one message per person.
+pub const SEND_NOW: &str = audited!(
+    "changed as (
+  update public.notification_jobs
+     set status = 'due', due_at = now(), held_until = null, updated_at = now()
+   where id = any($1::bigint[]) and status = 'scheduled'
+  returning id, lead_id
+)",
+    notify: "select count(pg_notify('notification_jobs', id::text)) as n from changed"
+);
+
+/// Cancels jobs not in flight and not sent (scheduled, due, failed or
+/// invalid) with the operator's reason, in the job and in the lead's mirror.
+/// A job being sent finishes: its request may already be at the provider.
+pub const CANCEL: &str = audited!(
+    "changed as (
+  update public.notification_jobs
+     set status = 'cancelled', finished_at = now(), updated_at = now(), held_until = null,
+         last_error = left('cancelled by an operator: ' || coalesce(nullif(btrim($2::text), ''), 'no reason given'), 2000)
+   where id = any($1::bigint[]) and status in ('scheduled', 'due', 'failed', 'invalid')
+  returning id, lead_id, channel, last_error
+), mirrored as (
+  update public.landing_leads l
+     set email_error = coalesce(m.email_reason, l.email_error),
+         sms_error = coalesce(m.sms_reason, l.sms_error)
+    from (select lead_id,
+                 max(last_error) filter (where channel = 'email') as email_reason,
+                 max(last_error) filter (where channel = 'sms') as sms_reason
+            from changed group by lead_id) m
+   where l.id = m.lead_id
+)",
+    notify: "select 0::bigint as n"
+);
+
+/// The jobs of rule $1 not tried yet (scheduled or due): those of its
+/// leads (source LIKE its pattern) on its channel and template. Disabling a
+/// rule stops new jobs; these are the ones it already made.
+pub const CANCEL_CANDIDATES: &str = "
+select j.id, j.lead_id, j.channel, j.status, j.due_at
+from public.notification_rules r
+join public.notification_jobs j on j.channel = r.channel and j.template = r.template
+join public.landing_leads l on l.id = j.lead_id and l.source like r.source_pattern
+where r.id = $1 and j.status in ('scheduled', 'due')
+order by j.due_at, j.id";
+
+/// An action an operator takes on jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Retry,
+    BulkRetry,
+    SendNow,
+    Cancel,
+    CancelRule,
+}
+
+impl Action {
+    /// The name the audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::BulkRetry => "bulk_retry",
+            Action::SendNow => "send_now",
+            Action::Cancel => "cancel",
+            Action::CancelRule => "cancel_rule",
+        }
+    }
+
+    fn statement(self) -> &'static str {
+        match self {
+            Action::Retry | Action::BulkRetry => RETRY,
+            Action::SendNow => SEND_NOW,
+            Action::Cancel | Action::CancelRule => CANCEL,
+        }
+    }
+}
+
+/// Who acts, for the audit.
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    pub session_id: Option<i64>,
+    /// `console` or `cli:<user>`
+    pub name: String,
+    pub client_addr: Option<String>,
+}
+
+impl Actor {
+    /// The CLI, named by the operating-system user running it.
+    pub fn cli() -> Actor {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        Actor {
+            session_id: None,
+            name: format!("cli:{}", user.chars().take(64).collect::<String>()),
+            client_addr: None,
+        }
+    }
+}
+
+/// What an action did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    pub changed: Vec<i64>,
+    pub audit_id: i64,
+}
+
+/// Runs `action` on `jobs` and records it, in one statement.
+pub async fn act(
+    client: &Client,
+    action: Action,
+    jobs: &[i64],
+    reason: Option<&str>,
+    actor: &Actor,
+) -> Result<Done, tokio_postgres::Error> {
+    let reason = reason.map(|r| r.chars().take(500).collect::<String>());
+    let row = client
+        .query_one(
+            action.statement(),
+            &[
+                &jobs,
+                &reason,
+                &actor.session_id,
+                &actor.name,
+                &actor.client_addr,
+                &action.as_str(),
+            ],
+        )
+        .await?;
+    Ok(Done {
+        changed: row.get(0),
+        audit_id: row.get(1),
+    })
+}
+
+/// A lead's audit entries, newest first.
+pub const LEAD_AUDIT: &str = "
+select at, actor, action, job_ids, changed_job_ids, reason, session_id
+from public.ops_audit where lead_ids @> array[$1::uuid]
+order by at desc, id desc limit 50";
+
+pub fn statements() -> [&'static str; 6] {
+    [
+        RETRY_CANDIDATES,
+        RETRY,
+        SEND_NOW,
+        CANCEL,
+        CANCEL_CANDIDATES,
+        LEAD_AUDIT,
+    ]
+}

@@ -1,0 +1,747 @@
+//! The ops console over plain HTTP: sessions, CSRF, the sign-in limit, its
+//! headers, search, a lead's page, the actions and their audit, `/metrics`
+//! on its own address. The browser test (`ops_page.rs`) drives the same
+//! pages in Chromium.
+
+use std::time::Duration;
+
+use crate::app::{ADMIN_TOKEN, Providers, config, count, eventually, start};
+use crate::harness::{fresh_db, insert_as_landing};
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in through the form; returns the cookie pair and the session's
+/// CSRF token (read from the page's sign-out form).
+pub async fn sign_in(base: &str, forwarded_for: Option<&str>) -> (String, String) {
+    let mut request = http()
+        .post(format!("{base}/ops/login"))
+        .form(&[("token", ADMIN_TOKEN)]);
+    if let Some(addr) = forwarded_for {
+        request = request.header("x-forwarded-for", addr);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 303, "signed in");
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = get(base, "/ops", &cookie).await.1;
+    (cookie, csrf_of(&page))
+}
+
+pub fn csrf_of(page: &str) -> String {
+    let start = page
+        .find("name=csrf value=\"")
+        .expect("a form with a CSRF token")
+        + 17;
+    page[start..start + page[start..].find('"').unwrap()].to_string()
+}
+
+async fn get(base: &str, path: &str, cookie: &str) -> (reqwest::StatusCode, String) {
+    let r = http()
+        .get(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+async fn post(base: &str, path: &str, cookie: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    http()
+        .post(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn status_of(client: &tokio_postgres::Client, job: i64) -> String {
+    client
+        .query_one(
+            "select status from notification_jobs where id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn job_of(client: &tokio_postgres::Client, lead: uuid::Uuid, channel: &str) -> i64 {
+    client
+        .query_one(
+            "select id from notification_jobs where lead_id = $1 and channel = $2",
+            &[&lead, &channel],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn sessions_live_in_the_database_and_signing_out_revokes_them() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let base = format!("http://{}", app.local_addr());
+
+    let response = http()
+        .post(format!("{base}/ops/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for part in ["leadrelay_ops=", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(part), "{set_cookie}");
+    }
+    assert!(
+        !set_cookie.contains("Secure"),
+        "plain http: a Secure cookie would be dropped"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let value = cookie.trim_start_matches("leadrelay_ops=");
+    assert!(
+        value.len() >= 43,
+        "a random value, not a digest of the token"
+    );
+    let stored: Vec<u8> = client
+        .query_one("select token_hash from ops_sessions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(stored, value.as_bytes(), "only its digest is stored");
+
+    // a second sign-in gets another value
+    let (other_cookie, other_csrf) = sign_in(&base, None).await;
+    assert_ne!(other_cookie, cookie);
+
+    let (status, page) = get(&base, "/ops", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Last leads"));
+    let csrf = csrf_of(&page);
+    assert_ne!(csrf, other_csrf, "each session has its own CSRF token");
+
+    // signing out needs this session's token
+    let refused = post(&base, "/ops/logout", &cookie, &[]).await;
+    assert_eq!(refused.status(), 403);
+    let refused = post(&base, "/ops/logout", &cookie, &[("csrf", &other_csrf)]).await;
+    assert_eq!(refused.status(), 403);
+    assert!(
+        get(&base, "/ops", &cookie).await.1.contains("Last leads"),
+        "still signed in"
+    );
+
+    let out = post(&base, "/ops/logout", &cookie, &[("csrf", &csrf)]).await;
+    assert_eq!(out.status(), 303);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let (_, page) = get(&base, "/ops", &cookie).await;
+    assert!(
+        page.contains("action=/ops/login") && !page.contains("Last leads"),
+        "the old cookie opens nothing"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from ops_sessions where revoked_at is not null"
+        )
+        .await,
+        1
+    );
+    // the other session is untouched
+    assert!(
+        get(&base, "/ops", &other_cookie)
+            .await
+            .1
+            .contains("Last leads")
+    );
+
+    // an expired or long-idle session opens nothing either
+    client
+        .batch_execute("update ops_sessions set last_seen_at = now() - interval '3 hours' where revoked_at is null")
+        .await
+        .unwrap();
+    assert!(
+        get(&base, "/ops", &other_cookie)
+            .await
+            .1
+            .contains("action=/ops/login")
+    );
+    let (cookie, _) = sign_in(&base, None).await;
+    client
+        .batch_execute("update ops_sessions set expires_at = now() - interval '1 second' where revoked_at is null")
+        .await
+        .unwrap();
+    assert!(
+        get(&base, "/ops", &cookie)
+            .await
+            .1
+            .contains("action=/ops/login")
+    );
+
+    // hostile cookies
+    for forged in [
+        "leadrelay_ops=".to_string(),
+        format!("leadrelay_ops={}", "A".repeat(43)),
+        format!("leadrelay_ops={}", "x".repeat(100_000)),
+        "leadrelay_ops=' or 1=1 --".into(),
+    ] {
+        let response = http()
+            .get(format!("{base}/ops"))
+            .header("cookie", forged)
+            .send()
+            .await
+            .unwrap();
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("Last leads"));
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn sign_ins_are_limited_per_address_and_the_cookie_is_secure_behind_https() {
+    let db = fresh_db().await;
+    let providers = Providers::healthy().await;
+    let mut config = config(&db.url, &providers);
+    // the test talks from 127.0.0.1, standing in for a reverse proxy
+    config.console.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let app = start(config).await;
+    let base = format!("http://{}", app.local_addr());
+
+    let mut statuses = Vec::new();
+    let started = std::time::Instant::now();
+    let attacker = http();
+    for _ in 0..300 {
+        let r = attacker
+            .post(format!("{base}/ops/login"))
+            .header("x-forwarded-for", "203.0.113.7")
+            .form(&[("token", "wrong-token-wrong-token")])
+            .send()
+            .await
+            .unwrap();
+        statuses.push((
+            r.status().as_u16(),
+            r.headers().get("retry-after").is_some(),
+        ));
+    }
+    let elapsed = started.elapsed().as_secs();
+    assert!(
+        statuses[..10].iter().all(|(s, _)| *s == 401),
+        "{statuses:?}"
+    );
+    // one more attempt every 6 s: the rest are refused unread
+    let tried = statuses[10..].iter().filter(|(s, _)| *s != 429).count() as u64;
+    assert!(
+        tried <= elapsed / 6 + 1,
+        "{tried} attempts in {elapsed} s past the burst"
+    );
+    assert!(
+        statuses[10..]
+            .iter()
+            .all(|(s, retry)| *s == 401 || (*s == 429 && *retry))
+    );
+    // even the right token waits, from that address
+    let r = http()
+        .post(format!("{base}/ops/login"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("set-cookie").is_none());
+
+    // another address is not held up; behind an https proxy the cookie is
+    // Secure and __Host- prefixed
+    let r = http()
+        .post(format!("{base}/ops/login"))
+        .header("x-forwarded-for", "198.51.100.4")
+        .header("x-forwarded-proto", "https")
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("__Host-leadrelay_ops=") && cookie.contains("; Secure"),
+        "{cookie}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_console_page_says_no_store_and_no_framing() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let base = format!("http://{}", app.local_addr());
+    let lead = insert_as_landing(
+        &client,
+        Some("Айгерим"),
+        Some("a@b.kz"),
+        Some("87051234567"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let job = job_of(&client, lead, "sms").await;
+    let (cookie, _) = sign_in(&base, None).await;
+    for path in [
+        "/ops".to_string(),
+        "/ops/search?q=Айгерим".into(),
+        format!("/ops/leads/{lead}"),
+        format!("/ops/jobs/{job}/cancel"),
+        "/ops/leads/not-a-uuid".into(),
+        "/ops/search?q=".into(),
+    ] {
+        let r = http()
+            .get(format!("{base}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        let h = r.headers();
+        assert_eq!(h["cache-control"], "no-store", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
+            "{path}"
+        );
+        assert_eq!(h["x-frame-options"], "DENY");
+    }
+    // the sign-in form too
+    let r = http().get(format!("{base}/ops")).send().await.unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn search_finds_a_lead_however_its_phone_or_email_is_typed_and_masks_contacts() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let base = format!("http://{}", app.local_addr());
+    let lead = insert_as_landing(
+        &client,
+        Some("Алия Сапарова"),
+        Some("Aliya.Test1@Gmail.com "),
+        Some("+7 (705) 904-44-67"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    insert_as_landing(
+        &client,
+        Some("100% _real_"),
+        Some("x@y.kz"),
+        Some("87010000000"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let (cookie, _) = sign_in(&base, None).await;
+    // (a name's case folds as the database's locale folds it: Supabase's
+    // does for Cyrillic, the test cluster's C locale does not)
+    for q in [
+        "8 705 904 44 67",
+        "87059044467",
+        "+7 705 904 4467",
+        "705 904 44 67",
+        "aliya.test1@gmail.com",
+        "Сапаров",
+        &lead.to_string(),
+    ] {
+        let (status, page) = get(&base, &format!("/ops/search?q={}", urlencode(q)), &cookie).await;
+        assert_eq!(status, 200, "{q}");
+        assert!(
+            page.contains(&format!("/ops/leads/{lead}")),
+            "{q} finds the lead"
+        );
+        assert!(
+            !page.contains("904-44-67") && !page.contains("Aliya.Test1@Gmail.com"),
+            "{q}: contacts masked in the list"
+        );
+    }
+    // a wildcard typed is a character, not a pattern
+    let (_, page) = get(
+        &base,
+        &format!("/ops/search?q={}", urlencode("00% _re")),
+        &cookie,
+    )
+    .await;
+    assert!(page.contains("100% _real_") && !page.contains(&lead.to_string()));
+    for (q, status) in [
+        ("", 400),
+        ("ab", 400),
+        ("+7 705", 400),
+        (&"x".repeat(300) as &str, 400),
+        ("nobody-at-all", 200),
+    ] {
+        let (got, page) = get(&base, &format!("/ops/search?q={}", urlencode(q)), &cookie).await;
+        assert_eq!(got.as_u16(), status, "{q}");
+        assert!(!page.contains("/ops/leads/"), "{q}");
+    }
+    // the lead's page shows the contacts in full
+    let (_, page) = get(&base, &format!("/ops/leads/{lead}"), &cookie).await;
+    assert!(page.contains("+7 (705) 904-44-67") && page.contains("Aliya.Test1@Gmail.com"));
+    let (status, _) = get(
+        &base,
+        &format!("/ops/leads/{}", uuid::Uuid::new_v4()),
+        &cookie,
+    )
+    .await;
+    assert_eq!(status, 404);
+    app.shutdown().await;
+}
+
+fn urlencode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[tokio::test]
+async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    // the jobs wait an hour, so only the console moves them
+    client
+        .batch_execute("update notification_rules set delay = interval '1 hour'")
+        .await
+        .unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let base = format!("http://{}", app.local_addr());
+    let lead = insert_as_landing(
+        &client,
+        Some("Ерлан"),
+        Some("erlan@mail.ru"),
+        Some("87771112233"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let email = job_of(&client, lead, "email").await;
+    let sms = job_of(&client, lead, "sms").await;
+    client
+        .execute(
+            "update notification_jobs set status = 'failed', finished_at = now(), last_error = 'Resend 401: API key is invalid' where id = $1",
+            &[&email],
+        )
+        .await
+        .unwrap();
+    let (cookie, csrf) = sign_in(&base, None).await;
+    let (other_cookie, other_csrf) = sign_in(&base, None).await;
+
+    // refused: no token, another session's token, the bearer, a GET
+    let retry = format!("/ops/jobs/{email}/retry");
+    for (cookie, form) in [
+        (&cookie, vec![]),
+        (&cookie, vec![("csrf", other_csrf.as_str())]),
+        (&other_cookie, vec![("csrf", csrf.as_str())]),
+        (&cookie, vec![("csrf", "")]),
+    ] {
+        let r = post(&base, &retry, cookie, &form).await;
+        assert_eq!(r.status(), 403);
+    }
+    let r = http()
+        .post(format!("{base}{retry}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "the bearer token reads; it does not act");
+    assert_eq!(status_of(&client, email).await, "failed", "nothing changed");
+    assert_eq!(count(&client, "select count(*) from ops_audit").await, 0);
+
+    // the confirmation page, then the action
+    let (status, page) = get(&base, &retry, &cookie).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Resend 401: API key is invalid") && page.contains("Retry"));
+    let r = post(&base, &retry, &cookie, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    eventually(
+        Duration::from_secs(10),
+        "the retried email is sent",
+        || async { status_of(&client, email).await == "sent" },
+    )
+    .await;
+    assert_eq!(providers.emails().await.len(), 1);
+    let audit = client
+        .query_one("select action, job_ids, changed_job_ids, lead_ids, session_id, actor, client_addr from ops_audit", &[])
+        .await
+        .unwrap();
+    assert_eq!(audit.get::<_, &str>(0), "retry");
+    assert_eq!(audit.get::<_, Vec<i64>>(1), vec![email]);
+    assert_eq!(audit.get::<_, Vec<i64>>(2), vec![email]);
+    assert_eq!(audit.get::<_, Vec<uuid::Uuid>>(3), vec![lead]);
+    assert!(audit.get::<_, Option<i64>>(4).is_some());
+    assert_eq!(audit.get::<_, &str>(5), "console");
+    assert_eq!(audit.get::<_, Option<&str>>(6), Some("127.0.0.1"));
+    // retrying again: the action no longer applies
+    let (status, _) = get(&base, &retry, &cookie).await;
+    assert_eq!(status, 409);
+    let r = post(&base, &retry, &cookie, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        count(&client, &format!("select count(*) from ops_audit where changed_job_ids = '{{}}' and {email} = any(job_ids)")).await,
+        1,
+        "asked, nothing changed, recorded"
+    );
+
+    // cancel needs a reason; then the SMS is never sent
+    let cancel = format!("/ops/jobs/{sms}/cancel");
+    let r = post(
+        &base,
+        &cancel,
+        &cookie,
+        &[("csrf", &csrf), ("reason", "  ")],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(status_of(&client, sms).await, "scheduled");
+    let r = post(
+        &base,
+        &cancel,
+        &cookie,
+        &[("csrf", &csrf), ("reason", "asked not to be contacted <b>")],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(status_of(&client, sms).await, "cancelled");
+    client
+        .batch_execute("update notification_jobs set due_at = now() - interval '1 minute'; select promote_due_notification_jobs();")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        providers.sms().await.is_empty(),
+        "a cancelled SMS is never sent"
+    );
+    let (_, page) = get(&base, &format!("/ops/leads/{lead}"), &cookie).await;
+    assert!(page.contains("cancelled by an operator: asked not to be contacted &lt;b&gt;"));
+    assert!(page.contains("operator action <b>cancel</b> by console"));
+    let mirrored: Option<String> = client
+        .query_one(
+            "select sms_error from landing_leads where id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        mirrored.as_deref(),
+        Some("cancelled by an operator: asked not to be contacted <b>")
+    );
+
+    // send now: a scheduled message goes at once
+    let later = insert_as_landing(
+        &client,
+        Some("Нурлан"),
+        Some("nurlan@mail.ru"),
+        Some("87013334455"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let later_sms = job_of(&client, later, "sms").await;
+    let r = post(
+        &base,
+        &format!("/ops/jobs/{later_sms}/send-now"),
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    eventually(Duration::from_secs(10), "sent now", || async {
+        status_of(&client, later_sms).await == "sent"
+    })
+    .await;
+
+    // hostile paths and forms
+    for path in [
+        "/ops/jobs/abc/retry",
+        "/ops/jobs/1/delete",
+        "/ops/jobs/-1/retry",
+        "/ops/jobs/99999999/retry",
+    ] {
+        let r = post(&base, path, &cookie, &[("csrf", &csrf)]).await;
+        assert!(r.status() == 404, "{path}: {}", r.status());
+    }
+    let huge = "x".repeat(300 * 1024);
+    let r = post(
+        &base,
+        &format!("/ops/jobs/{later_sms}/cancel"),
+        &cookie,
+        &[("csrf", &csrf), ("reason", &huge)],
+    )
+    .await;
+    assert_eq!(r.status(), 413);
+    let long = "y".repeat(600);
+    let r = post(
+        &base,
+        &format!("/ops/jobs/{later_sms}/cancel"),
+        &cookie,
+        &[("csrf", &csrf), ("reason", &long)],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bulk_retry_takes_the_failures_the_front_page_lists() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client
+        .batch_execute("update notification_rules set delay = interval '1 hour'")
+        .await
+        .unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let base = format!("http://{}", app.local_addr());
+    for i in 0..5 {
+        insert_as_landing(
+            &client,
+            Some(&format!("Lead {i}")),
+            Some(&format!("l{i}@mail.ru")),
+            Some(&format!("8701000000{i}")),
+            Some("proftest_main"),
+            None,
+        )
+        .await;
+    }
+    // three emails failed today, one failed two days ago (not listed)
+    client
+        .batch_execute(
+            "update notification_jobs set status = 'failed', finished_at = now(), last_error = 'Resend 401: API key is invalid'
+              where channel = 'email' and id in (select id from notification_jobs where channel = 'email' order by id limit 4);
+             update notification_jobs set updated_at = now() - interval '2 days', finished_at = now() - interval '2 days'
+              where id = (select max(id) from notification_jobs where status = 'failed');",
+        )
+        .await
+        .unwrap();
+    let (cookie, csrf) = sign_in(&base, None).await;
+    let (_, front) = get(&base, "/ops", &cookie).await;
+    assert!(front.contains("Retry the 3 failed message(s) listed"));
+    let (_, confirm) = get(&base, "/ops/failures/retry", &cookie).await;
+    let jobs_start = confirm.find("name=jobs value=\"").unwrap() + 17;
+    let jobs = &confirm[jobs_start..jobs_start + confirm[jobs_start..].find('"').unwrap()];
+    assert_eq!(jobs.split(',').count(), 3);
+    let r = post(&base, "/ops/failures/retry", &cookie, &[("jobs", jobs)]).await;
+    assert_eq!(r.status(), 403, "no token, nothing retried");
+    let r = post(
+        &base,
+        "/ops/failures/retry",
+        &cookie,
+        &[("csrf", &csrf), ("jobs", "1,x")],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let r = post(
+        &base,
+        "/ops/failures/retry",
+        &cookie,
+        &[("csrf", &csrf), ("jobs", jobs)],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("<span class=bulk-done>3</span>")
+    );
+    eventually(Duration::from_secs(10), "three emails sent", || async {
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'email' and status = 'sent'",
+        )
+        .await
+            == 3
+    })
+    .await;
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where status = 'failed'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&client, "select count(*) from ops_audit where action = 'bulk_retry' and cardinality(changed_job_ids) = 3 and cardinality(lead_ids) = 3").await,
+        1
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_come_from_the_background_and_may_have_their_own_address() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client
+        .batch_execute("update notification_rules set delay = interval '1 hour'")
+        .await
+        .unwrap();
+    let providers = Providers::healthy().await;
+    let mut config = config(&db.url, &providers);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    config.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    insert_as_landing(
+        &client,
+        Some("A"),
+        Some("a@mail.ru"),
+        Some("87010000001"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let app = start(config).await;
+    let base = format!("http://{}", app.local_addr());
+    let main = http().get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(main.status(), 404, "not on the public address");
+    let text = http()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // the recorder is process-wide (other tests' apps set it too): the
+    // figures themselves are checked through the console's queue chart
+    assert!(
+        text.contains("leadrelay_jobs{status=\"scheduled\",channel=\"email\"}"),
+        "{text}"
+    );
+    assert!(text.contains("leadrelay_job_gauges_updated_seconds"));
+    assert!(
+        !text.contains("status=\"sent\""),
+        "terminal states are counters, not gauges"
+    );
+    app.shutdown().await;
+}
