@@ -4,11 +4,12 @@
 use std::process::Command;
 use std::time::Duration;
 
+use crate::app::count;
 use crate::app::{
     ADMIN_TOKEN, LEAD_TRACKING_TABLE, NO_DELAY, Providers, RESEND_WEBHOOK_SECRET, config,
     eventually, start, unfinished,
 };
-use crate::harness::{fresh_db, insert_incident_leads, insert_proftest_lead};
+use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads, insert_proftest_lead};
 
 const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
 
@@ -32,6 +33,20 @@ async fn a_person_signs_in_and_sees_leads_failures_and_the_funnel_in_chromium() 
     })
     .await;
     // Delivery reports: all delivered but Алия's email, which bounced.
+    report_email_outcomes(&client, &app, &leads).await;
+
+    let screenshot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ops-page.png");
+    run_browser("ops.mjs", &app, screenshot, "{}").await;
+    app.shutdown().await;
+}
+
+/// Delivery reports through the signed webhook: every email delivered but
+/// the third lead's, which bounced (with Resend's reason).
+async fn report_email_outcomes(
+    client: &tokio_postgres::Client,
+    app: &leadrelay::serve::Application,
+    leads: &[uuid::Uuid],
+) {
     let key = leadrelay::ingest::svix::SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap();
     let http = reqwest::Client::new();
     for (i, lead) in leads.iter().enumerate() {
@@ -40,14 +55,15 @@ async fn a_person_signs_in_and_sees_leads_failures_and_the_funnel_in_chromium() 
             .await
             .unwrap()
             .get(0);
-        let kind = if i == 2 {
-            "email.bounced"
+        let event = if i == 2 {
+            serde_json::json!({"type": "email.bounced", "created_at": chrono::Utc::now().to_rfc3339(),
+                "data": {"email_id": email_id, "bounce": {"message": "Mailbox does not exist", "type": "Permanent"}}})
         } else {
-            "email.delivered"
+            serde_json::json!({"type": "email.delivered", "created_at": chrono::Utc::now().to_rfc3339(), "data": {"email_id": email_id}})
         };
-        let body = serde_json::to_vec(&serde_json::json!({"type": kind, "created_at": chrono::Utc::now().to_rfc3339(), "data": {"email_id": email_id}})).unwrap();
+        let body = serde_json::to_vec(&event).unwrap();
         let ts = chrono::Utc::now().timestamp().to_string();
-        let id = format!("msg_ops_{i}");
+        let id = format!("msg_ops_{i}_{lead}");
         let response = http
             .post(format!("http://{}/webhooks/resend", app.local_addr()))
             .header("svix-id", &id)
@@ -59,19 +75,29 @@ async fn a_person_signs_in_and_sees_leads_failures_and_the_funnel_in_chromium() 
             .unwrap();
         assert_eq!(response.status(), 200);
     }
+}
 
+/// Runs a script of `tests/browser` in Chromium against `app`; it prints
+/// what it saw and fails on any unmet expectation.
+async fn run_browser(
+    script: &'static str,
+    app: &leadrelay::serve::Application,
+    screenshot: &'static str,
+    ids: &str,
+) {
     assert!(
         std::path::Path::new(BROWSER_DIR)
             .join("node_modules/playwright-core")
             .exists(),
         "run scripts/test (it installs Chromium and playwright-core), or: apt-get install chromium && (cd tests/browser && npm ci)"
     );
-    let screenshot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ops-page.png");
     let base = format!("http://{}", app.local_addr());
+    let ids = ids.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .current_dir(BROWSER_DIR)
-            .args(["ops.mjs", &base, ADMIN_TOKEN, screenshot])
+            .env("CONSOLE_IDS", ids)
+            .args([script, &base, ADMIN_TOKEN, screenshot])
             .output()
             .expect("node is installed")
     })
@@ -87,6 +113,146 @@ async fn a_person_signs_in_and_sees_leads_failures_and_the_funnel_in_chromium() 
     assert!(
         std::fs::metadata(screenshot).unwrap().len() > 10_000,
         "a screenshot for people to look at"
+    );
+}
+
+async fn job(client: &tokio_postgres::Client, lead: uuid::Uuid, channel: &str) -> (i64, String) {
+    let row = client
+        .query_one(
+            "select id, status from notification_jobs where lead_id = $1 and channel = $2",
+            &[&lead, &channel],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let leads = insert_incident_leads(&client).await;
+    eventually(Duration::from_secs(20), "all sent", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    report_email_outcomes(&client, &app, &leads).await;
+    eventually(Duration::from_secs(10), "the reports applied", || async {
+        count(
+            &client,
+            "select count(*) from notification_events where job_id is not null",
+        )
+        .await
+            == 4
+    })
+    .await;
+    // Leads whose messages wait an hour: one to search for and cancel, one
+    // whose email failed (to retry), one to forge forms against, one hostile.
+    client
+        .batch_execute("update notification_rules set delay = interval '1 hour'")
+        .await
+        .unwrap();
+    let search_lead = insert_as_landing(
+        &client,
+        Some("Сауле"),
+        Some("saule@mail.ru"),
+        Some("+7 (705) 904-44-67"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let failed_lead = insert_as_landing(
+        &client,
+        Some("Данияр"),
+        Some("daniyar@mail.ru"),
+        Some("87017778899"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let forgery_lead = insert_as_landing(
+        &client,
+        Some("Асель"),
+        Some("asel@mail.ru"),
+        Some("87015556677"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let hostile_lead = insert_as_landing(
+        &client,
+        Some("<img src=x onerror=window.__leadrelay_xss=1>"),
+        Some("h@mail.ru"),
+        Some("87012223344"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    let (failed_job, _) = job(&client, failed_lead, "email").await;
+    client
+        .execute(
+            "update notification_jobs set status = 'failed', finished_at = now(), attempts = 8, last_error = 'Resend 401: API key is invalid' where id = $1",
+            &[&failed_job],
+        )
+        .await
+        .unwrap();
+    let (cancel_job, _) = job(&client, search_lead, "sms").await;
+    let (forgery_job, _) = job(&client, forgery_lead, "email").await;
+    let ids = serde_json::json!({
+        "searchLead": search_lead, "cancelJob": cancel_job,
+        "bouncedLead": leads[2], "invalidLead": leads[1],
+        "failedLead": failed_lead, "failedJob": failed_job,
+        "forgeryLead": forgery_lead, "forgeryJob": forgery_job,
+        "hostileLead": hostile_lead,
+    });
+    let emails_before = providers.emails().await.len();
+    let sms_before = providers.sms().await.len();
+    let screenshot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ops-console.png");
+    run_browser("console.mjs", &app, screenshot, &ids.to_string()).await;
+
+    // what the page did, seen from the database and the stand-in providers
+    eventually(
+        Duration::from_secs(10),
+        "the retried email sent",
+        || async { job(&client, failed_lead, "email").await.1 == "sent" },
+    )
+    .await;
+    let emails = providers.emails().await;
+    assert_eq!(emails.len(), emails_before + 1);
+    let last: serde_json::Value = serde_json::from_slice(&emails[emails.len() - 1].body).unwrap();
+    assert_eq!(last["to"], serde_json::json!(["daniyar@mail.ru"]));
+    assert_eq!(job(&client, search_lead, "sms").await.1, "cancelled");
+    assert_eq!(job(&client, forgery_lead, "email").await.1, "scheduled");
+    client
+        .batch_execute("update notification_jobs set due_at = now() - interval '1 second' where status = 'scheduled' and channel = 'sms' or status = 'cancelled'; select promote_due_notification_jobs();")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the other SMS sent", || async {
+        count(&client, "select count(*) from notification_jobs where channel = 'sms' and status in ('scheduled', 'due', 'sending')").await == 0
+    })
+    .await;
+    let sms = providers.sms().await;
+    assert!(
+        sms[sms_before..]
+            .iter()
+            .all(|r| !String::from_utf8_lossy(&r.body).contains("77059044467")),
+        "the cancelled SMS was never sent"
+    );
+    assert_eq!(
+        count(&client, "select count(*) from ops_audit where action in ('retry', 'cancel') and cardinality(changed_job_ids) = 1").await,
+        2,
+        "the two actions, audited; the forged ones never reached the database"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from ops_sessions where revoked_at is not null"
+        )
+        .await,
+        1
     );
     app.shutdown().await;
 }

@@ -17,7 +17,7 @@ use super::{Gate, Visitor};
 use crate::http::AppState;
 
 pub const LEAD: &str = "
-select id, name, email, phone, source, created_at, jsonb_pretty(metadata)
+select id, name, email, phone, source, created_at, coalesce(jsonb_pretty(metadata), '—')
 from public.landing_leads where id = $1";
 
 pub const JOBS: &str = "
@@ -131,7 +131,7 @@ async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<Stri
         body.push_str(&job_card(job, &events, &audit, gate));
     }
     body.push_str("<h2 id=preview>What was or will be sent</h2>");
-    body.push_str(&preview_body(&previews));
+    body.push_str(&preview_body(lead, &previews));
     Ok(Some(frame(
         "leadrelay — lead",
         gate.access.session(),
@@ -361,14 +361,14 @@ fn job_card(
     )
 }
 
-fn preview_body(previews: &[crate::worker::preview::Preview]) -> String {
+fn preview_body(lead: Uuid, previews: &[crate::worker::preview::Preview]) -> String {
     use crate::messages::templates::EmailContent;
     use crate::worker::preview::Rendered;
     let mut body = String::new();
     if previews.is_empty() {
         body.push_str("<p class=muted>No messages for this lead.</p>");
     }
-    for p in previews {
+    for (n, p) in previews.iter().enumerate() {
         body.push_str(&format!(
             "<h3>{} · {} v{} <span class=muted>({})</span></h3>",
             esc(p.channel.as_str()),
@@ -383,10 +383,11 @@ fn preview_body(previews: &[crate::worker::preview::Preview]) -> String {
                 esc(text),
                 esc(&length.to_string())
             )),
-            Ok(Rendered::Email(EmailContent::Inline { subject, html, text })) => body.push_str(&format!(
-                "<p><b>Subject:</b> {}</p><iframe sandbox title=\"email\" style=\"width:100%;height:360px;border:1px solid #ccc;background:#fff\" srcdoc=\"{}\"></iframe><pre>{}</pre>",
+            // The email's own page, in a sandboxed frame: a srcdoc frame
+            // would inherit this page's `frame-ancestors 'none'` and stay blank.
+            Ok(Rendered::Email(EmailContent::Inline { subject, html: _, text })) => body.push_str(&format!(
+                "<p><b>Subject:</b> {}</p><iframe sandbox title=\"email\" class=email-preview style=\"width:100%;height:360px;border:1px solid #ccc;background:#fff\" src=\"/ops/leads/{lead}/email/{n}\"></iframe><pre>{}</pre>",
                 esc(subject),
-                esc(html),
                 esc(text.as_deref().unwrap_or("(no text part)")),
             )),
             Ok(Rendered::Email(EmailContent::Hosted { id, variables, .. })) => body.push_str(&format!(
@@ -397,6 +398,52 @@ fn preview_body(previews: &[crate::worker::preview::Preview]) -> String {
         }
     }
     body
+}
+
+/// The CSP of an email shown in the console's frame: its own inline styles
+/// and https images, no script, framed only by the console.
+const EMAIL_FRAME_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; sandbox; frame-ancestors 'self'";
+
+/// `/ops/leads/{id}/email/{n}`: the HTML of the lead's `n`th message as the
+/// worker renders it, for the frame on the lead's page.
+pub async fn email_frame(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    Path((id, n)): Path<(String, usize)>,
+) -> Response {
+    use crate::messages::templates::EmailContent;
+    use crate::worker::preview::Rendered;
+    let gate = match Gate::open(&state, &visitor).await {
+        Ok(gate) => gate,
+        Err(response) => return response,
+    };
+    let Ok(lead) = Uuid::parse_str(id.trim()) else {
+        return problem(StatusCode::BAD_REQUEST, None, "Not a lead id.");
+    };
+    let previews =
+        match crate::worker::preview::lead(&gate.client, lead, &state.product_url, None).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "ops email preview failed");
+                return super::page::unavailable();
+            }
+        };
+    match previews.get(n).map(|p| &p.rendered) {
+        Some(Ok(Rendered::Email(EmailContent::Inline { html, .. }))) => {
+            let mut response = Html(html.clone()).into_response();
+            let h = response.headers_mut();
+            h.insert(
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                axum::http::HeaderValue::from_static(EMAIL_FRAME_POLICY),
+            );
+            h.insert(
+                axum::http::header::X_FRAME_OPTIONS,
+                axum::http::HeaderValue::from_static("SAMEORIGIN"),
+            );
+            response
+        }
+        _ => problem(StatusCode::NOT_FOUND, None, "No such email."),
+    }
 }
 
 /// Used by the action pages to say which message they act on.

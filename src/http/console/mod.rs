@@ -34,6 +34,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ops/logout", post(logout))
         .route("/ops/search", get(search::page))
         .route("/ops/leads/{id}", get(lead::page))
+        .route("/ops/leads/{id}/email/{n}", get(lead::email_frame))
         .route("/ops/preview", get(lead::preview_redirect))
         .route(
             "/ops/jobs/{id}/{action}",
