@@ -40,6 +40,10 @@ grant execute on function public.leadrelay_delivery_rank(text) to leadrelay_work
 grant execute on function public.leadrelay_phone_digits(text) to leadrelay_worker;
 grant execute on function public.leadrelay_email_problem(text) to leadrelay_worker;
 grant execute on function public.leadrelay_phone_problem(text) to leadrelay_worker;
+-- what those three call: `leadrelay retry` and the console's search and
+-- retry run them as this role
+grant execute on function public.leadrelay_trim(text), public.leadrelay_national_digits(text),
+  public.leadrelay_is_mobile(text) to leadrelay_worker;
 grant execute on function public.prune_leadrelay_history(integer) to leadrelay_worker;
 
 -- The ops console: its sessions, and the audit of every action.

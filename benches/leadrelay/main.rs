@@ -12,6 +12,7 @@
 //! Figures, never assertions: nothing here fails on a slow machine.
 
 mod burst;
+mod console;
 mod graphile;
 mod insert;
 mod latency;
@@ -43,6 +44,7 @@ use rand::seq::SliceRandom;
 use tokio_postgres::Client;
 
 use burst::*;
+use console::*;
 use graphile::*;
 use insert::*;
 use latency::*;
@@ -148,6 +150,11 @@ async fn main() {
     }
     if only == "scale" {
         rows.push(scale(&cluster).await);
+        print_table(&rows);
+        return;
+    }
+    if only == "console" {
+        rows.extend(console(&cluster, &mock_url).await);
         print_table(&rows);
         return;
     }
@@ -302,6 +309,9 @@ async fn main() {
 
     // 8. Scale: claim latency with 10k and with 1M rows, mostly finished.
     rows.push(scale(&cluster).await);
+
+    // 9. The ops console with 1M leads and 3M jobs.
+    rows.extend(console(&cluster, &mock_url).await);
 
     println!();
     print_table(&rows);

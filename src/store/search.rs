@@ -121,9 +121,14 @@ pub const BY_EMAIL: &str = lead_search!(
     "select id, created_at from public.landing_leads
   where lower(public.leadrelay_trim(email)) = lower(public.leadrelay_trim($1::text))"
 );
+/// The digits as stored, in each form the normalised number can be typed
+/// in (`landing_leads_phone_search_idx`), then the normaliser itself.
 pub const BY_PHONE: &str = lead_search!(
-    "select id, created_at from public.landing_leads
-  where public.leadrelay_phone_digits(phone) = public.leadrelay_phone_digits($1::text)"
+    "select l.id, l.created_at
+  from (select public.leadrelay_phone_digits($1::text) as d) n
+  join public.landing_leads l
+    on regexp_replace(l.phone, '[^0-9]', '', 'g') = any(array[n.d, '8' || substr(n.d, 2), substr(n.d, 2)])
+   and public.leadrelay_phone_digits(l.phone) = n.d"
 );
 /// Every match goes through the trigram index first (MATERIALIZED): walking
 /// the newest leads until 50 match would read the whole table for a rare name.

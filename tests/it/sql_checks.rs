@@ -111,6 +111,56 @@ async fn the_worker_runs_as_the_least_privilege_role() {
         count(&client, "select count(*) from lead_tracking").await,
         4
     );
+    // The console works as this role too: sign in, search, a lead's page,
+    // an audited action, sign out.
+    let base = format!("http://{}", app.local_addr());
+    let (cookie, csrf) = crate::console::sign_in(&base, None).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let search = http
+        .get(format!("{base}/ops/search?q=8+705+123+45+67"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(search.status(), 200);
+    let page = search.text().await.unwrap();
+    let start = page.find("/ops/leads/").unwrap();
+    let lead_path = &page[start..start + 47];
+    let lead = http
+        .get(format!("{base}{lead_path}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lead.status(), 200);
+    let invalid: i64 = client
+        .query_one(
+            "select id from notification_jobs where status = 'invalid' limit 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let cancel = http
+        .post(format!("{base}/ops/jobs/{invalid}/cancel"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("reason", "a test number")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 303);
+    assert_eq!(count(&client, "select count(*) from ops_audit where action = 'cancel' and cardinality(changed_job_ids) = 1").await, 1);
+    let out = http
+        .post(format!("{base}/ops/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
     app.shutdown().await;
 }
 
