@@ -685,7 +685,8 @@ async fn health_readiness_metrics_and_openapi_are_served() {
         .unwrap();
     for needle in [
         "leadrelay_jobs{",
-        "status=\"sent\"",
+        "status=\"due\"",
+        "leadrelay_job_gauges_updated_seconds",
         "leadrelay_provider_requests_total{",
         "leadrelay_provider_request_seconds_bucket{",
         "leadrelay_webhook_events_total{",
