@@ -8,6 +8,32 @@ use std::time::Duration;
 use crate::app::{ADMIN_TOKEN, Providers, config, count, eventually, start};
 use crate::harness::{fresh_db, insert_as_landing};
 
+/// A proftest lead as the landing inserts it.
+async fn landing(
+    client: &tokio_postgres::Client,
+    name: &str,
+    email: &str,
+    phone: &str,
+) -> uuid::Uuid {
+    insert_as_landing(
+        client,
+        Some(name),
+        Some(email),
+        Some(phone),
+        Some("proftest_main"),
+        None,
+    )
+    .await
+}
+
+/// The service on `db_url` with healthy stand-in providers, and its address.
+async fn serving(db_url: &str) -> (Providers, leadrelay::serve::Application, String) {
+    let providers = Providers::healthy().await;
+    let app = start(config(db_url, &providers)).await;
+    let base = format!("http://{}", app.local_addr());
+    (providers, app, base)
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -91,9 +117,7 @@ async fn job_of(client: &tokio_postgres::Client, lead: uuid::Uuid, channel: &str
 async fn sessions_live_in_the_database_and_signing_out_revokes_them() {
     let db = fresh_db().await;
     let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
-    let base = format!("http://{}", app.local_addr());
+    let (_providers, app, base) = serving(&db.url).await;
 
     let response = http()
         .post(format!("{base}/ops/login"))
@@ -292,18 +316,8 @@ async fn sign_ins_are_limited_per_address_and_the_cookie_is_secure_behind_https(
 async fn every_console_page_says_no_store_and_no_framing() {
     let db = fresh_db().await;
     let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
-    let base = format!("http://{}", app.local_addr());
-    let lead = insert_as_landing(
-        &client,
-        Some("Айгерим"),
-        Some("a@b.kz"),
-        Some("87051234567"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let (_providers, app, base) = serving(&db.url).await;
+    let lead = landing(&client, "Айгерим", "a@b.kz", "87051234567").await;
     let job = job_of(&client, lead, "sms").await;
     let (cookie, _) = sign_in(&base, None).await;
     for path in [
@@ -339,9 +353,7 @@ async fn every_console_page_says_no_store_and_no_framing() {
 async fn search_finds_a_lead_however_its_phone_or_email_is_typed_and_masks_contacts() {
     let db = fresh_db().await;
     let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
-    let base = format!("http://{}", app.local_addr());
+    let (_providers, app, base) = serving(&db.url).await;
     let lead = insert_as_landing(
         &client,
         Some("Алия Сапарова"),
@@ -351,15 +363,7 @@ async fn search_finds_a_lead_however_its_phone_or_email_is_typed_and_masks_conta
         None,
     )
     .await;
-    insert_as_landing(
-        &client,
-        Some("100% _real_"),
-        Some("x@y.kz"),
-        Some("87010000000"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    landing(&client, "100% _real_", "x@y.kz", "87010000000").await;
     let (cookie, _) = sign_in(&base, None).await;
     // (a name's case folds as the database's locale folds it: Supabase's
     // does for Cyrillic, the test cluster's C locale does not)
@@ -428,18 +432,8 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
         .batch_execute("update notification_rules set delay = interval '1 hour'")
         .await
         .unwrap();
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
-    let base = format!("http://{}", app.local_addr());
-    let lead = insert_as_landing(
-        &client,
-        Some("Ерлан"),
-        Some("erlan@mail.ru"),
-        Some("87771112233"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let (providers, app, base) = serving(&db.url).await;
+    let lead = landing(&client, "Ерлан", "erlan@mail.ru", "87771112233").await;
     let email = job_of(&client, lead, "email").await;
     let sms = job_of(&client, lead, "sms").await;
     client
@@ -555,15 +549,7 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
     );
 
     // send now: a scheduled message goes at once
-    let later = insert_as_landing(
-        &client,
-        Some("Нурлан"),
-        Some("nurlan@mail.ru"),
-        Some("87013334455"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    let later = landing(&client, "Нурлан", "nurlan@mail.ru", "87013334455").await;
     let later_sms = job_of(&client, later, "sms").await;
     let r = post(
         &base,
@@ -617,9 +603,7 @@ async fn bulk_retry_takes_the_failures_the_front_page_lists() {
         .batch_execute("update notification_rules set delay = interval '1 hour'")
         .await
         .unwrap();
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
-    let base = format!("http://{}", app.local_addr());
+    let (_providers, app, base) = serving(&db.url).await;
     for i in 0..5 {
         insert_as_landing(
             &client,
@@ -711,15 +695,7 @@ async fn metrics_come_from_the_background_and_may_have_their_own_address() {
         l.local_addr().unwrap().port()
     };
     config.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
-    insert_as_landing(
-        &client,
-        Some("A"),
-        Some("a@mail.ru"),
-        Some("87010000001"),
-        Some("proftest_main"),
-        None,
-    )
-    .await;
+    landing(&client, "A", "a@mail.ru", "87010000001").await;
     let app = start(config).await;
     let base = format!("http://{}", app.local_addr());
     let main = http().get(format!("{base}/metrics")).send().await.unwrap();

@@ -123,12 +123,9 @@ pub async fn confirm(
         Ok(gate) => gate,
         Err(response) => return response,
     };
-    let Some(session) = gate.access.session() else {
-        return problem(
-            StatusCode::FORBIDDEN,
-            None,
-            "Actions need a signed-in session: sign in with the form.",
-        );
+    let session = match gate.session_for_action() {
+        Ok(s) => s,
+        Err(response) => return response,
     };
     let Some((id, action)) = parse_target(&id, &action) else {
         return problem(StatusCode::NOT_FOUND, Some(session), "No such action.");
@@ -203,14 +200,11 @@ pub async fn perform(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let gate = match Gate::open(&state, &visitor).await {
-        Ok(gate) => gate,
+    let (gate, session) = match Gate::for_form(&state, &visitor, form.csrf.as_deref()).await {
+        Ok(opened) => opened,
         Err(response) => return response,
     };
-    let session = match gate.session_for_form(form.csrf.as_deref()) {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
+    let session = &session;
     let Some((id, action)) = parse_target(&id, &action) else {
         return problem(StatusCode::NOT_FOUND, Some(session), "No such action.");
     };
@@ -273,12 +267,9 @@ pub async fn confirm_bulk(State(state): State<AppState>, visitor: Visitor) -> Re
         Ok(gate) => gate,
         Err(response) => return response,
     };
-    let Some(session) = gate.access.session() else {
-        return problem(
-            StatusCode::FORBIDDEN,
-            None,
-            "Actions need a signed-in session: sign in with the form.",
-        );
+    let session = match gate.session_for_action() {
+        Ok(s) => s,
+        Err(response) => return response,
     };
     let rows = match super::dashboard::retriable_failures(&gate.client).await {
         Ok(rows) => rows,
@@ -354,14 +345,11 @@ pub async fn perform_bulk(
     visitor: Visitor,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let gate = match Gate::open(&state, &visitor).await {
-        Ok(gate) => gate,
+    let (gate, session) = match Gate::for_form(&state, &visitor, form.csrf.as_deref()).await {
+        Ok(opened) => opened,
         Err(response) => return response,
     };
-    let session = match gate.session_for_form(form.csrf.as_deref()) {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
+    let session = &session;
     let ids = match parse_ids(&form.jobs) {
         Ok(ids) => ids,
         Err(e) => {

@@ -79,6 +79,31 @@ impl Gate {
 
     /// Forms need a session and its own CSRF token: a bearer caller, a
     /// missing token or another session's token changes nothing.
+    /// A form's POST: opened, with a session whose own CSRF token the form
+    /// carries.
+    pub async fn for_form(
+        state: &AppState,
+        visitor: &Visitor,
+        csrf: Option<&str>,
+    ) -> Result<(Gate, Session), Response> {
+        let gate = Gate::open(state, visitor).await?;
+        let session = gate.session_for_form(csrf)?.clone();
+        Ok((gate, session))
+    }
+
+    /// A confirmation page needs a session: the bearer token reads, it
+    /// does not act.
+    #[allow(clippy::result_large_err)]
+    pub fn session_for_action(&self) -> Result<&Session, Response> {
+        self.access.session().ok_or_else(|| {
+            page::problem(
+                StatusCode::FORBIDDEN,
+                None,
+                "Actions need a signed-in session: sign in with the form.",
+            )
+        })
+    }
+
     // The refusal is the page the handler returns at once; boxing it would
     // only move the allocation.
     #[allow(clippy::result_large_err)]
@@ -178,15 +203,11 @@ async fn logout(
     visitor: Visitor,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    let gate = match Gate::open(&state, &visitor).await {
-        Ok(gate) => gate,
+    let (gate, session) = match Gate::for_form(&state, &visitor, form.csrf.as_deref()).await {
+        Ok(opened) => opened,
         Err(response) => return response,
     };
-    let session = match gate.session_for_form(form.csrf.as_deref()) {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
-    if let Err(e) = session::revoke(&gate.client, session).await {
+    if let Err(e) = session::revoke(&gate.client, &session).await {
         tracing::error!(error = %crate::store::describe(&e), "ops session not revoked");
         return page::unavailable();
     }
