@@ -201,6 +201,8 @@ pub struct ServeArgs {
     pub trusted_proxies: Option<String>,
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    #[arg(long, env = "CONSOLE_CHART_TTL")]
+    pub console_chart_ttl: Option<String>,
 }
 
 impl ServeConfig {
@@ -328,6 +330,14 @@ fn console_settings(args: &ServeArgs) -> Result<crate::http::ConsoleSettings, Co
     Ok(crate::http::ConsoleSettings {
         public_https,
         trusted_proxies: trusted_proxies(args.trusted_proxies.as_deref())?,
+        chart_ttl: match optional(args.console_chart_ttl.as_deref()) {
+            Some("0") => std::time::Duration::ZERO,
+            other => duration(
+                "CONSOLE_CHART_TTL",
+                other,
+                crate::http::ConsoleSettings::default().chart_ttl,
+            )?,
+        },
     })
 }
 
@@ -614,7 +624,7 @@ mod serve_tests {
 
     #[test]
     fn malformed_values_are_named_and_explained() {
-        let cases: [Case; 24] = [
+        let cases: [Case; 25] = [
             ("RESEND_MAX_RPS", |a| a.resend_max_rps = Some("fast".into())),
             ("RESEND_BATCH_SIZE", |a| {
                 a.resend_batch_size = Some("101".into())
@@ -671,6 +681,9 @@ mod serve_tests {
                 a.trusted_proxies = Some("1.1.1.1,".repeat(1000))
             }),
             ("METRICS_ADDR", |a| a.metrics_addr = Some(":9100".into())),
+            ("CONSOLE_CHART_TTL", |a| {
+                a.console_chart_ttl = Some("forever".into())
+            }),
         ];
         for (name, spoil) in cases {
             let mut args = complete();

@@ -4,6 +4,9 @@
 //! label and every bar a `<title>`, so a screen reader and a hover say the
 //! figures.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Timelike, Utc};
 
 use super::page::esc;
@@ -59,6 +62,41 @@ select (select day from leads), (select week from leads),
        count(*) filter (where day and channel = 'sms'), count(*) filter (where channel = 'sms'),
        count(*) filter (where day and channel = 'sms' and delivered), count(*) filter (where channel = 'sms' and delivered)
 from sends";
+
+/// The charts as last drawn, reused for `ttl` (CONSOLE_CHART_TTL, 10 s by
+/// default): their queries are most of the front page's cost, and operators
+/// reloading it should not take the worker's CPU. One request draws while
+/// the others wait for its result.
+#[derive(Clone)]
+pub struct ChartCache {
+    ttl: Duration,
+    last: Arc<tokio::sync::Mutex<Option<(Instant, String)>>>,
+}
+
+impl ChartCache {
+    pub fn new(ttl: Duration) -> ChartCache {
+        ChartCache {
+            ttl,
+            last: Default::default(),
+        }
+    }
+
+    pub async fn get_or_draw<F, Fut, E>(&self, draw: F) -> Result<String, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<String, E>>,
+    {
+        let mut slot = self.last.lock().await;
+        if let Some((at, html)) = slot.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(html.clone());
+        }
+        let html = draw().await?;
+        *slot = Some((Instant::now(), html.clone()));
+        Ok(html)
+    }
+}
 
 /// The funnel's steps, in order.
 pub const FUNNEL_STEPS: [&str; 7] = [
@@ -224,6 +262,28 @@ pub fn queue(counts: &[(String, [i64; 4])]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn drawn_charts_are_reused_for_their_ttl_only() {
+        let draws = std::sync::atomic::AtomicUsize::new(0);
+        let draw = || async {
+            let n = draws.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, ()>(format!("drawing {n}"))
+        };
+        let cache = ChartCache::new(Duration::from_millis(200));
+        assert_eq!(cache.get_or_draw(draw).await, Ok("drawing 0".into()));
+        assert_eq!(cache.get_or_draw(draw).await, Ok("drawing 0".into()));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(cache.get_or_draw(draw).await, Ok("drawing 1".into()));
+        let never = ChartCache::new(Duration::ZERO);
+        assert_eq!(never.get_or_draw(draw).await, Ok("drawing 2".into()));
+        assert_eq!(never.get_or_draw(draw).await, Ok("drawing 3".into()));
+        // a failed drawing is not kept
+        assert_eq!(
+            never.get_or_draw(|| async { Err::<String, ()>(()) }).await,
+            Err(())
+        );
+    }
 
     #[test]
     fn charts_escape_labels_and_survive_zeroes() {

@@ -150,7 +150,8 @@ async fn charts_section(client: &tokio_postgres::Client) -> Result<String, tokio
             .collect()
     };
     Ok(format!(
-        "<div class=charts>{}{}</div><h2>Funnel</h2><div class=charts>{}{}</div>",
+        "<p class=muted>Charts drawn at {}</p><div class=charts>{}{}</div><h2>Funnel</h2><div class=charts>{}{}</div>",
+        Utc::now().format("%H:%M:%S UTC"),
         charts::hourly(&hours),
         charts::queue(&queue),
         charts::funnel("Last 24 hours", &steps(0)),
@@ -168,7 +169,11 @@ async fn dashboard(state: &AppState, gate: &Gate) -> Result<String, tokio_postgr
     } else {
         String::new()
     };
-    let charts = charts_section(client).await?;
+    let charts = state
+        .console
+        .charts
+        .get_or_draw(|| charts_section(client))
+        .await?;
 
     let mut leads = String::new();
     for r in client.query(LAST_LEADS, &[]).await? {

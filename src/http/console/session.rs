@@ -30,22 +30,36 @@ pub const LOGIN_BURST: u32 = 10;
 pub const LOGIN_REFILL_SECONDS: u64 = 6;
 
 /// What the console learns from its configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConsoleSettings {
     /// PUBLIC_URL starts with https://: the session cookie is `Secure`.
     pub public_https: bool,
     /// TRUSTED_PROXIES: peers whose X-Forwarded-For and X-Forwarded-Proto
     /// are believed (a reverse proxy on the same host, say).
     pub trusted_proxies: Vec<IpAddr>,
+    /// CONSOLE_CHART_TTL: how long drawn charts are reused (0: never).
+    pub chart_ttl: std::time::Duration,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> ConsoleSettings {
+        ConsoleSettings {
+            public_https: false,
+            trusted_proxies: Vec::new(),
+            chart_ttl: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 type Limiter = governor::DefaultKeyedRateLimiter<IpAddr>;
 
-/// The console's shared state: its settings and the sign-in limiter.
+/// The console's shared state: its settings, the sign-in limiter and the
+/// charts as last drawn.
 #[derive(Clone)]
 pub struct Console {
     pub settings: ConsoleSettings,
     logins: Arc<Limiter>,
+    pub charts: super::charts::ChartCache,
 }
 
 impl Console {
@@ -56,6 +70,7 @@ impl Console {
                 .map(|q| q.allow_burst(burst))
                 .unwrap_or_else(|| governor::Quota::per_minute(burst));
         Console {
+            charts: super::charts::ChartCache::new(settings.chart_ttl),
             settings,
             logins: Arc::new(governor::RateLimiter::keyed(quota)),
         }
@@ -313,8 +328,8 @@ mod tests {
     fn forwarded_headers_count_only_from_a_trusted_proxy() {
         let proxy: IpAddr = "10.0.0.2".parse().unwrap();
         let settings = ConsoleSettings {
-            public_https: false,
             trusted_proxies: vec![proxy],
+            ..Default::default()
         };
         let forwarded = headers(&[
             ("x-forwarded-for", "6.6.6.6, 203.0.113.9"),
@@ -354,7 +369,7 @@ mod tests {
     fn public_url_https_makes_the_cookie_secure() {
         let settings = ConsoleSettings {
             public_https: true,
-            trusted_proxies: vec![],
+            ..Default::default()
         };
         let v = visitor("127.0.0.1".parse().unwrap(), &HeaderMap::new(), &settings);
         assert!(v.session_cookie("x").contains("; Secure"));
