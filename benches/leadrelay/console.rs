@@ -201,11 +201,6 @@ pub(crate) async fn console(cluster: &Cluster, mock_url: &str) -> Vec<Row> {
     // console idle and with two operators reloading it as fast as the server
     // answers: charts drawn for every page, then reused for 10 s as shipped.
     let worker_db = jobs_database(cluster, "bench_console_worker", 100_000).await;
-    let idle = {
-        let mut t = claim_times(&worker_db, 1000).await;
-        t.sort_by(|a, b| a.total_cmp(b));
-        t
-    };
     let shipped = spawn_serve(&cluster.url("bench_console"), mock_url, &[]);
     shipped.ready().await;
     let shipped_cookie = http
@@ -221,14 +216,33 @@ pub(crate) async fn console(cluster: &Cluster, mock_url: &str) -> Vec<Row> {
         .next()
         .unwrap()
         .to_string();
-    for (charts, base, cookie) in [
-        ("drawn for every page", serve.base.clone(), cookie.clone()),
+    for (how, base, cookie, pause) in [
         (
-            "reused for 10 s (as shipped)",
+            "reload the console without pause, charts drawn for every page",
+            serve.base.clone(),
+            cookie.clone(),
+            Duration::ZERO,
+        ),
+        (
+            "reload the console without pause, charts reused for 10 s (as shipped)",
+            shipped.base.clone(),
+            shipped_cookie.clone(),
+            Duration::ZERO,
+        ),
+        (
+            "each open a console page every second (as shipped)",
             shipped.base.clone(),
             shipped_cookie,
+            Duration::from_secs(1),
         ),
     ] {
+        // the console idle just before, with both processes running: the
+        // machine as it is at that moment
+        let idle = {
+            let mut t = claim_times(&worker_db, 1000).await;
+            t.sort_by(|a, b| a.total_cmp(b));
+            t
+        };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut operators = Vec::new();
         for k in 0..2 {
@@ -252,6 +266,7 @@ pub(crate) async fn console(cluster: &Cluster, mock_url: &str) -> Vec<Row> {
                         let _ = r.bytes().await;
                     }
                     n += 1;
+                    tokio::time::sleep(pause).await;
                 }
                 n
             }));
@@ -267,7 +282,7 @@ pub(crate) async fn console(cluster: &Cluster, mock_url: &str) -> Vec<Row> {
             loads += o.await.unwrap();
         }
         rows.push(row(
-            &format!("claim latency while two operators reload the console, charts {charts}"),
+            &format!("claim latency while two operators {how}"),
             format!(
                 "p50 {:.3} ms, p95 {:.3} ms ({loads} pages meanwhile)",
                 percentile(&busy, 0.5),
