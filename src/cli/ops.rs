@@ -1,6 +1,8 @@
-//! Operator commands: `backfill`, `status`, `retry`. Each prints what it is
-//! about to do and asks before changing anything (unless `--yes`), and
-//! `--dry-run` changes nothing at all.
+//! Operator commands: `backfill`, `status`, `retry`, `cancel`. Each prints
+//! what it is about to do and asks before changing anything (unless
+//! `--yes`), and `--dry-run` changes nothing at all. `retry` and `cancel`
+//! run the console's own statements (`store::operator`), audited as
+//! `cli:<user>`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -25,7 +27,7 @@ pub enum OpsError {
     Db(String),
     #[error("not confirmed: nothing was changed (answer y, or pass --yes when not at a terminal)")]
     NotConfirmed,
-    #[error("no lead matches {0:?} (search by lead id, email or phone)")]
+    #[error("no lead matches {0:?} (search by lead id, email, phone or a name fragment)")]
     NoLead(String),
     #[error("{0}")]
     Input(String),
