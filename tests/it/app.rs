@@ -380,6 +380,24 @@ pub const LEAD_TRACKING_TABLE: &str = leadrelay::worker::lead_tracking::DASHBOAR
 
 /// Rules with no delay, so inserted leads are due at once.
 pub const NO_DELAY: &str = "update public.notification_rules set delay = interval '0'";
+/// Every rule waits an hour: only what the test does moves the new jobs.
+pub const HOUR_DELAY: &str = "update public.notification_rules set delay = interval '1 hour'";
+
+/// A lead's job on `channel`: its id and status.
+pub async fn lead_job(
+    client: &tokio_postgres::Client,
+    lead: uuid::Uuid,
+    channel: &str,
+) -> (i64, String) {
+    let row = client
+        .query_one(
+            "select id, status from notification_jobs where lead_id = $1 and channel = $2",
+            &[&lead, &channel],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
 
 /// Waits until `check` returns true, polling; panics with `what` after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)

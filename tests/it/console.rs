@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::app::{ADMIN_TOKEN, Providers, config, count, eventually, start};
+use crate::app::{ADMIN_TOKEN, HOUR_DELAY, Providers, config, count, eventually, lead_job, start};
 use crate::harness::{fresh_db, insert_as_landing};
 
 /// A proftest lead as the landing inserts it.
@@ -89,28 +89,6 @@ async fn post(base: &str, path: &str, cookie: &str, form: &[(&str, &str)]) -> re
         .send()
         .await
         .unwrap()
-}
-
-async fn status_of(client: &tokio_postgres::Client, job: i64) -> String {
-    client
-        .query_one(
-            "select status from notification_jobs where id = $1",
-            &[&job],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn job_of(client: &tokio_postgres::Client, lead: uuid::Uuid, channel: &str) -> i64 {
-    client
-        .query_one(
-            "select id from notification_jobs where lead_id = $1 and channel = $2",
-            &[&lead, &channel],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test]
@@ -318,7 +296,7 @@ async fn every_console_page_says_no_store_and_no_framing() {
     let client = db.client().await;
     let (_providers, app, base) = serving(&db.url).await;
     let lead = landing(&client, "Айгерим", "a@b.kz", "87051234567").await;
-    let job = job_of(&client, lead, "sms").await;
+    let job = lead_job(&client, lead, "sms").await.0;
     let (cookie, _) = sign_in(&base, None).await;
     for path in [
         "/ops".to_string(),
@@ -428,14 +406,11 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
     let db = fresh_db().await;
     let client = db.client().await;
     // the jobs wait an hour, so only the console moves them
-    client
-        .batch_execute("update notification_rules set delay = interval '1 hour'")
-        .await
-        .unwrap();
+    client.batch_execute(HOUR_DELAY).await.unwrap();
     let (providers, app, base) = serving(&db.url).await;
     let lead = landing(&client, "Ерлан", "erlan@mail.ru", "87771112233").await;
-    let email = job_of(&client, lead, "email").await;
-    let sms = job_of(&client, lead, "sms").await;
+    let email = lead_job(&client, lead, "email").await.0;
+    let sms = lead_job(&client, lead, "sms").await.0;
     client
         .execute(
             "update notification_jobs set status = 'failed', finished_at = now(), last_error = 'Resend 401: API key is invalid' where id = $1",
@@ -465,7 +440,11 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403, "the bearer token reads; it does not act");
-    assert_eq!(status_of(&client, email).await, "failed", "nothing changed");
+    assert_eq!(
+        lead_job(&client, lead, "email").await.1,
+        "failed",
+        "nothing changed"
+    );
     assert_eq!(count(&client, "select count(*) from ops_audit").await, 0);
 
     // the confirmation page, then the action
@@ -477,7 +456,7 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
     eventually(
         Duration::from_secs(10),
         "the retried email is sent",
-        || async { status_of(&client, email).await == "sent" },
+        || async { lead_job(&client, lead, "email").await.1 == "sent" },
     )
     .await;
     assert_eq!(providers.emails().await.len(), 1);
@@ -513,7 +492,7 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
     )
     .await;
     assert_eq!(r.status(), 400);
-    assert_eq!(status_of(&client, sms).await, "scheduled");
+    assert_eq!(lead_job(&client, lead, "sms").await.1, "scheduled");
     let r = post(
         &base,
         &cancel,
@@ -522,7 +501,7 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
     )
     .await;
     assert_eq!(r.status(), 303);
-    assert_eq!(status_of(&client, sms).await, "cancelled");
+    assert_eq!(lead_job(&client, lead, "sms").await.1, "cancelled");
     client
         .batch_execute("update notification_jobs set due_at = now() - interval '1 minute'; select promote_due_notification_jobs();")
         .await
@@ -550,7 +529,7 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
 
     // send now: a scheduled message goes at once
     let later = landing(&client, "Нурлан", "nurlan@mail.ru", "87013334455").await;
-    let later_sms = job_of(&client, later, "sms").await;
+    let later_sms = lead_job(&client, later, "sms").await.0;
     let r = post(
         &base,
         &format!("/ops/jobs/{later_sms}/send-now"),
@@ -560,7 +539,7 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
     .await;
     assert_eq!(r.status(), 303);
     eventually(Duration::from_secs(10), "sent now", || async {
-        status_of(&client, later_sms).await == "sent"
+        lead_job(&client, later, "sms").await.1 == "sent"
     })
     .await;
 
@@ -599,10 +578,7 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
 async fn bulk_retry_takes_the_failures_the_front_page_lists() {
     let db = fresh_db().await;
     let client = db.client().await;
-    client
-        .batch_execute("update notification_rules set delay = interval '1 hour'")
-        .await
-        .unwrap();
+    client.batch_execute(HOUR_DELAY).await.unwrap();
     let (_providers, app, base) = serving(&db.url).await;
     for i in 0..5 {
         insert_as_landing(
@@ -684,10 +660,7 @@ async fn bulk_retry_takes_the_failures_the_front_page_lists() {
 async fn metrics_come_from_the_background_and_may_have_their_own_address() {
     let db = fresh_db().await;
     let client = db.client().await;
-    client
-        .batch_execute("update notification_rules set delay = interval '1 hour'")
-        .await
-        .unwrap();
+    client.batch_execute(HOUR_DELAY).await.unwrap();
     let providers = Providers::healthy().await;
     let mut config = config(&db.url, &providers);
     let port = {

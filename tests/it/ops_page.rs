@@ -4,10 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::app::count;
 use crate::app::{
-    ADMIN_TOKEN, LEAD_TRACKING_TABLE, NO_DELAY, Providers, RESEND_WEBHOOK_SECRET, config,
-    eventually, start, unfinished,
+    ADMIN_TOKEN, HOUR_DELAY, LEAD_TRACKING_TABLE, NO_DELAY, Providers, RESEND_WEBHOOK_SECRET,
+    config, count, eventually, lead_job, start, unfinished,
 };
 use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads, insert_proftest_lead};
 
@@ -116,17 +115,6 @@ async fn run_browser(
     );
 }
 
-async fn job(client: &tokio_postgres::Client, lead: uuid::Uuid, channel: &str) -> (i64, String) {
-    let row = client
-        .query_one(
-            "select id, status from notification_jobs where lead_id = $1 and channel = $2",
-            &[&lead, &channel],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
 #[tokio::test]
 async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium() {
     let db = fresh_db().await;
@@ -151,10 +139,7 @@ async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium(
     .await;
     // Leads whose messages wait an hour: one to search for and cancel, one
     // whose email failed (to retry), one to forge forms against, one hostile.
-    client
-        .batch_execute("update notification_rules set delay = interval '1 hour'")
-        .await
-        .unwrap();
+    client.batch_execute(HOUR_DELAY).await.unwrap();
     let search_lead = insert_as_landing(
         &client,
         Some("Сауле"),
@@ -191,7 +176,7 @@ async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium(
         None,
     )
     .await;
-    let (failed_job, _) = job(&client, failed_lead, "email").await;
+    let (failed_job, _) = lead_job(&client, failed_lead, "email").await;
     client
         .execute(
             "update notification_jobs set status = 'failed', finished_at = now(), attempts = 8, last_error = 'Resend 401: API key is invalid' where id = $1",
@@ -199,8 +184,8 @@ async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium(
         )
         .await
         .unwrap();
-    let (cancel_job, _) = job(&client, search_lead, "sms").await;
-    let (forgery_job, _) = job(&client, forgery_lead, "email").await;
+    let (cancel_job, _) = lead_job(&client, search_lead, "sms").await;
+    let (forgery_job, _) = lead_job(&client, forgery_lead, "email").await;
     let ids = serde_json::json!({
         "searchLead": search_lead, "cancelJob": cancel_job,
         "bouncedLead": leads[2], "invalidLead": leads[1],
@@ -217,15 +202,18 @@ async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium(
     eventually(
         Duration::from_secs(10),
         "the retried email sent",
-        || async { job(&client, failed_lead, "email").await.1 == "sent" },
+        || async { lead_job(&client, failed_lead, "email").await.1 == "sent" },
     )
     .await;
     let emails = providers.emails().await;
     assert_eq!(emails.len(), emails_before + 1);
     let last: serde_json::Value = serde_json::from_slice(&emails[emails.len() - 1].body).unwrap();
     assert_eq!(last["to"], serde_json::json!(["daniyar@mail.ru"]));
-    assert_eq!(job(&client, search_lead, "sms").await.1, "cancelled");
-    assert_eq!(job(&client, forgery_lead, "email").await.1, "scheduled");
+    assert_eq!(lead_job(&client, search_lead, "sms").await.1, "cancelled");
+    assert_eq!(
+        lead_job(&client, forgery_lead, "email").await.1,
+        "scheduled"
+    );
     client
         .batch_execute("update notification_jobs set due_at = now() - interval '1 second' where status = 'scheduled' and channel = 'sms' or status = 'cancelled'; select promote_due_notification_jobs();")
         .await

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::app::{
-    NO_DELAY, Providers, ServeProcess, config, count, eventually, lead_status_message,
+    NO_DELAY, Providers, ServeProcess, config, count, eventually, lead_job, lead_status_message,
     leadrelay_cli as leadrelay, ops_page, start, unfinished,
 };
 use crate::harness::{insert_as_landing, shipped_db};
@@ -36,17 +36,6 @@ async fn lead(client: &tokio_postgres::Client, name: &str, email: &str, phone: &
     .await
 }
 
-async fn job_status(client: &tokio_postgres::Client, lead: uuid::Uuid, channel: &str) -> String {
-    client
-        .query_one(
-            "select status from notification_jobs where lead_id = $1 and channel = $2",
-            &[&lead, &channel],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test]
 async fn a_lead_outside_the_sms_window_gets_its_email_now_and_its_sms_at_the_opening() {
     let db = shipped_db().await;
@@ -61,7 +50,7 @@ async fn a_lead_outside_the_sms_window_gets_its_email_now_and_its_sms_at_the_ope
     let id = lead(&client, "Ночная", "night@mail.ru", "+7 705 111 22 33").await;
 
     eventually(Duration::from_secs(10), "the email is sent", || async {
-        job_status(&client, id, "email").await == "sent"
+        lead_job(&client, id, "email").await.1 == "sent"
     })
     .await;
     let held = client
@@ -100,7 +89,7 @@ async fn a_lead_outside_the_sms_window_gets_its_email_now_and_its_sms_at_the_ope
     eventually(
         Duration::from_secs(15),
         "the SMS is sent at the opening",
-        || async { job_status(&client, id, "sms").await == "sent" },
+        || async { lead_job(&client, id, "sms").await.1 == "sent" },
     )
     .await;
     let sent_at: chrono::DateTime<chrono::Utc> = client
@@ -215,8 +204,8 @@ async fn the_same_person_sending_the_form_five_times_gets_one_email_and_one_sms(
         Duration::from_secs(20),
         "the next day's lead is served",
         || async {
-            job_status(&client, next_day, "sms").await == "sent"
-                && job_status(&client, next_day, "email").await == "sent"
+            lead_job(&client, next_day, "sms").await.1 == "sent"
+                && lead_job(&client, next_day, "email").await.1 == "sent"
         },
     )
     .await;
@@ -354,8 +343,8 @@ async fn backfill_at_night_queues_for_the_opening_skips_people_already_served_an
         String::from_utf8_lossy(&out.stderr)
     );
     eventually(Duration::from_secs(20), "emails decided, SMS held", || async {
-        job_status(&client, z, "email").await == "sent"
-            && job_status(&client, x, "email").await == "cancelled"
+        lead_job(&client, z, "email").await.1 == "sent"
+            && lead_job(&client, x, "email").await.1 == "cancelled"
             && count(
                 &client,
                 "select count(*) from notification_jobs where channel = 'sms' and status = 'scheduled' and held_until = due_at",
@@ -399,8 +388,8 @@ async fn backfill_at_night_queues_for_the_opening_skips_people_already_served_an
         Duration::from_secs(20),
         "W is served despite both",
         || async {
-            job_status(&client, w, "email").await == "sent"
-                && job_status(&client, w, "sms").await == "sent"
+            lead_job(&client, w, "email").await.1 == "sent"
+                && lead_job(&client, w, "sms").await.1 == "sent"
         },
     )
     .await;
