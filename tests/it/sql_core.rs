@@ -487,35 +487,29 @@ async fn pg_cron_really_runs_the_promotion_in_the_test_cluster() {
         )
         .await
         .unwrap();
-    // pg_cron 1.4 runs every minute; 1.5+ every 5 seconds.
+    // pg_cron 1.4 runs every minute; 1.5+ every 5 seconds. It marks a run
+    // succeeded only after the promotion has committed, so the jobs can be
+    // seen due a moment before the run's row says so: wait for both.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let due: i64 = client
+    let (mut due, mut runs) = (0_i64, 0_i64);
+    while std::time::Instant::now() < deadline {
+        let row = client
             .query_one(
-                "select count(*) from notification_jobs where lead_id = $1 and status = 'due' and channel <> 'lead_tracking'",
+                "select (select count(*) from notification_jobs where lead_id = $1 and status = 'due' and channel <> 'lead_tracking'), \
+                        (select count(*) from cron.job_run_details d join cron.job j using (jobid) \
+                          where j.jobname = 'promote-due-notification-jobs' and d.status = 'succeeded')",
                 &[&lead],
             )
             .await
-            .unwrap()
-            .get(0);
-        if due == 2 {
+            .unwrap();
+        (due, runs) = (row.get(0), row.get(1));
+        if due == 2 && runs >= 1 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pg_cron did not promote within 90 s"
-        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let runs: i64 = client
-        .query_one(
-            "select count(*) from cron.job_run_details d join cron.job j using (jobid) where j.jobname = 'promote-due-notification-jobs' and d.status = 'succeeded'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(runs >= 1);
+    assert_eq!(due, 2, "pg_cron did not promote within 90 s");
+    assert!(runs >= 1, "pg_cron promoted but recorded no succeeded run");
     let history = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/sql/04_pg_cron_history.sql"
