@@ -107,11 +107,21 @@ fn parse_target(id: &str, action: &str) -> Option<(i64, JobAction)> {
     ))
 }
 
-async fn load(gate: &Gate, id: i64) -> Result<Option<tokio_postgres::Row>, Response> {
-    gate.client.query_opt(JOB, &[&id]).await.map_err(|e| {
-        tracing::error!(error = %crate::store::describe(&e), "ops action: job query failed");
-        super::page::unavailable()
-    })
+/// The job an action names, or the page to answer with: 404 when there is
+/// no such job, 503 when the database cannot say.
+async fn load(gate: &Gate, session: &Session, id: i64) -> Result<tokio_postgres::Row, Response> {
+    match gate.client.query_opt(JOB, &[&id]).await {
+        Ok(Some(job)) => Ok(job),
+        Ok(None) => Err(problem(
+            StatusCode::NOT_FOUND,
+            Some(session),
+            &format!("No job has id {id}."),
+        )),
+        Err(e) => {
+            tracing::error!(error = %crate::store::describe(&e), "ops action: job query failed");
+            Err(super::page::unavailable())
+        }
+    }
 }
 
 pub async fn confirm(
@@ -130,15 +140,8 @@ pub async fn confirm(
     let Some((id, action)) = parse_target(&id, &action) else {
         return problem(StatusCode::NOT_FOUND, Some(session), "No such action.");
     };
-    let job = match load(&gate, id).await {
-        Ok(Some(job)) => job,
-        Ok(None) => {
-            return problem(
-                StatusCode::NOT_FOUND,
-                Some(session),
-                &format!("No job has id {id}."),
-            );
-        }
+    let job = match load(&gate, session, id).await {
+        Ok(job) => job,
         Err(response) => return response,
     };
     let status: &str = job.get(4);
@@ -223,15 +226,8 @@ pub async fn perform(
             "A cancellation needs a reason. Nothing was changed.",
         );
     }
-    let lead: Uuid = match load(&gate, id).await {
-        Ok(Some(job)) => job.get(1),
-        Ok(None) => {
-            return problem(
-                StatusCode::NOT_FOUND,
-                Some(session),
-                &format!("No job has id {id}."),
-            );
-        }
+    let lead: Uuid = match load(&gate, session, id).await {
+        Ok(job) => job.get(1),
         Err(response) => return response,
     };
     let reason = (!reason.is_empty()).then_some(reason);
