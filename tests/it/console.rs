@@ -6,25 +6,7 @@
 use std::time::Duration;
 
 use crate::app::{ADMIN_TOKEN, HOUR_DELAY, Providers, config, count, eventually, lead_job, start};
-use crate::harness::{fresh_db, insert_as_landing};
-
-/// A proftest lead as the landing inserts it.
-async fn landing(
-    client: &tokio_postgres::Client,
-    name: &str,
-    email: &str,
-    phone: &str,
-) -> uuid::Uuid {
-    insert_as_landing(
-        client,
-        Some(name),
-        Some(email),
-        Some(phone),
-        Some("proftest_main"),
-        None,
-    )
-    .await
-}
+use crate::harness::{fresh_db, insert_proftest_lead_with_phone};
 
 /// The service on `db_url` with healthy stand-in providers, and its address.
 async fn serving(db_url: &str) -> (Providers, leadrelay::serve::Application, String) {
@@ -295,7 +277,7 @@ async fn every_console_page_says_no_store_and_no_framing() {
     let db = fresh_db().await;
     let client = db.client().await;
     let (_providers, app, base) = serving(&db.url).await;
-    let lead = landing(&client, "Айгерим", "a@b.kz", "87051234567").await;
+    let lead = insert_proftest_lead_with_phone(&client, "Айгерим", "a@b.kz", "87051234567").await;
     let job = lead_job(&client, lead, "sms").await.0;
     let (cookie, _) = sign_in(&base, None).await;
     for path in [
@@ -332,16 +314,14 @@ async fn search_finds_a_lead_however_its_phone_or_email_is_typed_and_masks_conta
     let db = fresh_db().await;
     let client = db.client().await;
     let (_providers, app, base) = serving(&db.url).await;
-    let lead = insert_as_landing(
+    let lead = insert_proftest_lead_with_phone(
         &client,
-        Some("Алия Сапарова"),
-        Some("Aliya.Test1@Gmail.com "),
-        Some("+7 (705) 904-44-67"),
-        Some("proftest_main"),
-        None,
+        "Алия Сапарова",
+        "Aliya.Test1@Gmail.com ",
+        "+7 (705) 904-44-67",
     )
     .await;
-    landing(&client, "100% _real_", "x@y.kz", "87010000000").await;
+    insert_proftest_lead_with_phone(&client, "100% _real_", "x@y.kz", "87010000000").await;
     let (cookie, _) = sign_in(&base, None).await;
     // (a name's case folds as the database's locale folds it: Supabase's
     // does for Cyrillic, the test cluster's C locale does not)
@@ -408,7 +388,8 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
     // the jobs wait an hour, so only the console moves them
     client.batch_execute(HOUR_DELAY).await.unwrap();
     let (providers, app, base) = serving(&db.url).await;
-    let lead = landing(&client, "Ерлан", "erlan@mail.ru", "87771112233").await;
+    let lead =
+        insert_proftest_lead_with_phone(&client, "Ерлан", "erlan@mail.ru", "87771112233").await;
     let email = lead_job(&client, lead, "email").await.0;
     let sms = lead_job(&client, lead, "sms").await.0;
     client
@@ -528,7 +509,8 @@ async fn actions_need_the_sessions_own_token_run_the_cli_sql_and_are_audited() {
     );
 
     // send now: a scheduled message goes at once
-    let later = landing(&client, "Нурлан", "nurlan@mail.ru", "87013334455").await;
+    let later =
+        insert_proftest_lead_with_phone(&client, "Нурлан", "nurlan@mail.ru", "87013334455").await;
     let later_sms = lead_job(&client, later, "sms").await.0;
     let r = post(
         &base,
@@ -581,13 +563,11 @@ async fn bulk_retry_takes_the_failures_the_front_page_lists() {
     client.batch_execute(HOUR_DELAY).await.unwrap();
     let (_providers, app, base) = serving(&db.url).await;
     for i in 0..5 {
-        insert_as_landing(
+        insert_proftest_lead_with_phone(
             &client,
-            Some(&format!("Lead {i}")),
-            Some(&format!("l{i}@mail.ru")),
-            Some(&format!("8701000000{i}")),
-            Some("proftest_main"),
-            None,
+            &format!("Lead {i}"),
+            &format!("l{i}@mail.ru"),
+            &format!("8701000000{i}"),
         )
         .await;
     }
@@ -668,7 +648,7 @@ async fn metrics_come_from_the_background_and_may_have_their_own_address() {
         l.local_addr().unwrap().port()
     };
     config.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
-    landing(&client, "A", "a@mail.ru", "87010000001").await;
+    insert_proftest_lead_with_phone(&client, "A", "a@mail.ru", "87010000001").await;
     let app = start(config).await;
     let base = format!("http://{}", app.local_addr());
     let main = http().get(format!("{base}/metrics")).send().await.unwrap();

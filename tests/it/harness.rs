@@ -241,11 +241,21 @@ pub async fn insert_incident_leads(client: &Client) -> Vec<uuid::Uuid> {
 
 /// An ordinary proftest lead from the landing: a sendable phone, no metadata.
 pub async fn insert_proftest_lead(client: &Client, name: &str, email: &str) -> uuid::Uuid {
+    insert_proftest_lead_with_phone(client, name, email, "87051234567").await
+}
+
+/// A proftest lead from the landing with the phone as the person typed it.
+pub async fn insert_proftest_lead_with_phone(
+    client: &Client,
+    name: &str,
+    email: &str,
+    phone: &str,
+) -> uuid::Uuid {
     insert_as_landing(
         client,
         Some(name),
         Some(email),
-        Some("87051234567"),
+        Some(phone),
         Some("proftest_main"),
         None,
     )

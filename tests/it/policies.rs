@@ -11,7 +11,7 @@ use crate::app::{
     NO_DELAY, Providers, ServeProcess, config, count, eventually, lead_job, lead_status_message,
     leadrelay_cli as leadrelay, ops_page, start, unfinished,
 };
-use crate::harness::{insert_as_landing, shipped_db};
+use crate::harness::{insert_proftest_lead_with_phone, shipped_db};
 
 /// The SMS rule's window opens `secs` seconds from now (Almaty time) and
 /// stays open an hour.
@@ -22,18 +22,6 @@ fn sms_window_opening_in(secs: i64) -> String {
                 send_window_end = (now() at time zone 'Asia/Almaty' + interval '{secs} seconds' + interval '1 hour')::time
           where channel = 'sms'"
     )
-}
-
-async fn lead(client: &tokio_postgres::Client, name: &str, email: &str, phone: &str) -> uuid::Uuid {
-    insert_as_landing(
-        client,
-        Some(name),
-        Some(email),
-        Some(phone),
-        Some("proftest_main"),
-        None,
-    )
-    .await
 }
 
 #[tokio::test]
@@ -47,7 +35,9 @@ async fn a_lead_outside_the_sms_window_gets_its_email_now_and_its_sms_at_the_ope
         .unwrap();
     let providers = Providers::healthy().await;
     let app = start(config(&db.url, &providers)).await;
-    let id = lead(&client, "Ночная", "night@mail.ru", "+7 705 111 22 33").await;
+    let id =
+        insert_proftest_lead_with_phone(&client, "Ночная", "night@mail.ru", "+7 705 111 22 33")
+            .await;
 
     eventually(Duration::from_secs(10), "the email is sent", || async {
         lead_job(&client, id, "email").await.1 == "sent"
@@ -128,7 +118,9 @@ async fn the_same_person_sending_the_form_five_times_gets_one_email_and_one_sms(
     .into_iter()
     .enumerate()
     {
-        leads.push(lead(&client, &format!("Попытка {i}"), email, phone).await);
+        leads.push(
+            insert_proftest_lead_with_phone(&client, &format!("Попытка {i}"), email, phone).await,
+        );
     }
     eventually(Duration::from_secs(20), "every job ended", || async {
         unfinished(&client).await == 0
@@ -193,7 +185,7 @@ async fn the_same_person_sending_the_form_five_times_gets_one_email_and_one_sms(
         )
         .await
         .unwrap();
-    let next_day = lead(
+    let next_day = insert_proftest_lead_with_phone(
         &client,
         "На следующий день",
         "victim@mail.ru",
@@ -302,7 +294,7 @@ async fn backfill_at_night_queues_for_the_opening_skips_people_already_served_an
     let client = db.client().await;
     // Y was served two hours ago; X (same person) and Z arrived three days
     // ago, before leadrelay: no jobs.
-    let y = lead(&client, "Y", "same@mail.ru", "+7 705 333 44 55").await;
+    let y = insert_proftest_lead_with_phone(&client, "Y", "same@mail.ru", "+7 705 333 44 55").await;
     client
         .execute(
             "update notification_jobs set status = 'sent', sent_at = now() - interval '2 hours', finished_at = now(),
@@ -312,8 +304,8 @@ async fn backfill_at_night_queues_for_the_opening_skips_people_already_served_an
         )
         .await
         .unwrap();
-    let x = lead(&client, "X", "Same@mail.ru", "87053334455").await;
-    let z = lead(&client, "Z", "other@mail.ru", "87053334466").await;
+    let x = insert_proftest_lead_with_phone(&client, "X", "Same@mail.ru", "87053334455").await;
+    let z = insert_proftest_lead_with_phone(&client, "Z", "other@mail.ru", "87053334466").await;
     client
         .execute(
             "delete from notification_jobs where lead_id = any($1)",
@@ -369,7 +361,7 @@ async fn backfill_at_night_queues_for_the_opening_skips_people_already_served_an
     assert!(providers.sms().await.is_empty(), "no SMS at night");
 
     // An operator who means it: W, the same person again, sent at once.
-    let w = lead(&client, "W", "same@mail.ru", "87053334455").await;
+    let w = insert_proftest_lead_with_phone(&client, "W", "same@mail.ru", "87053334455").await;
     client
         .execute("delete from notification_jobs where lead_id = $1", &[&w])
         .await
