@@ -7,6 +7,12 @@
 -- each table, found through the primary key in insertion order, so it never
 -- scans a large table and never holds locks for long. pg_cron calls it every
 -- ten minutes where it runs in this database; elsewhere the worker calls it.
+--
+-- Amended 2026-12-03: its two revokes from anon and authenticated are made
+-- only where those roles exist (as every other file does), because on a
+-- PostgreSQL without Supabase's roles this file stopped `leadrelay migrate`
+-- with `role "anon" does not exist`. Where it was applied the roles exist,
+-- and the amended text does there exactly what the released one did.
 
 -- ---------------------------------------------------------------------------
 -- leadrelay_settings: one row of settings an operator changes with an UPDATE.
@@ -25,7 +31,17 @@ create table if not exists public.leadrelay_settings (
 insert into public.leadrelay_settings default values on conflict (id) do nothing;
 
 alter table public.leadrelay_settings enable row level security;
-revoke all on public.leadrelay_settings from anon, authenticated;
+do $$
+declare
+  r text;
+begin
+  foreach r in array array['anon', 'authenticated'] loop
+    if exists (select 1 from pg_roles where rolname = r) then
+      execute format('revoke all on public.leadrelay_settings from %I', r);
+    end if;
+  end loop;
+end
+$$;
 
 comment on table public.leadrelay_settings is
   'leadrelay''s settings (one row): event_retention (default 180 days), cron_history_retention (default 7 days). Change with UPDATE.';
@@ -86,9 +102,16 @@ $$;
 comment on function public.prune_leadrelay_history(integer) is
   'Deletes at most p_batch provider events older than leadrelay_settings.event_retention and at most p_batch pg_cron run-log rows older than cron_history_retention; returns the counts.';
 
-revoke all on function public.prune_leadrelay_history(integer) from public, anon, authenticated;
+revoke all on function public.prune_leadrelay_history(integer) from public;
 do $$
+declare
+  r text;
 begin
+  foreach r in array array['anon', 'authenticated'] loop
+    if exists (select 1 from pg_roles where rolname = r) then
+      execute format('revoke all on function public.prune_leadrelay_history(integer) from %I', r);
+    end if;
+  end loop;
   if exists (select 1 from pg_roles where rolname = 'service_role') then
     grant execute on function public.prune_leadrelay_history(integer) to service_role;
   end if;

@@ -2,6 +2,17 @@
 -- revokes one for every process behind a load balancer), an audit of every
 -- action taken from it or from the CLI, and the indexes that keep each of its
 -- pages and /metrics a range scan at a million leads.
+--
+-- Amended 2026-12-03. As released, this file built its indexes on
+-- landing_leads, notification_jobs and notification_events inside its
+-- transaction: the landing's INSERT (which writes the first two) waited for
+-- every build, about a minute at a million leads; one index evaluated
+-- leadrelay_trim(), which the landing's role may not execute; and its
+-- revoke named anon and authenticated where they may not exist. The builds
+-- now live in 20261203090000_landing_writes.sql, which runs them
+-- CONCURRENTLY (no write waits), with the email index on built-in functions
+-- only. A database that applied the released text has its indexes, and that
+-- migration replaces the email one; either way the result is the same.
 
 -- ---------------------------------------------------------------------------
 -- Sessions. The cookie holds a random value; only its SHA-256 is stored, so
@@ -55,71 +66,28 @@ create index if not exists ops_audit_lead_ids_idx on public.ops_audit using gin 
 -- Closed to the browser-facing roles: RLS on, no policy, no grant.
 alter table public.ops_sessions enable row level security;
 alter table public.ops_audit enable row level security;
-revoke all on public.ops_sessions, public.ops_audit from anon, authenticated;
-
--- ---------------------------------------------------------------------------
--- Search: a lead by email (as the checks normalise it), by phone, by a
--- fragment of the name. The phone index holds the digits as typed (a
--- built-in expression, a few microseconds per landing insert); the search
--- looks up the forms one number can be typed in (7…, 8…, without the
--- country code) and checks each with leadrelay_phone_digits, which costs
--- too much per row to index.
--- ---------------------------------------------------------------------------
-create index if not exists landing_leads_created_at_idx on public.landing_leads (created_at);
-create index if not exists landing_leads_email_search_idx
-  on public.landing_leads (lower(public.leadrelay_trim(email)));
-create index if not exists landing_leads_phone_search_idx
-  on public.landing_leads (regexp_replace(phone, '[^0-9]', '', 'g'));
-
--- A name fragment needs trigrams. pg_trgm goes where Supabase puts
--- extensions (schema `extensions`) unless it is installed already.
 do $$
 declare
-  v_schema text;
+  r text;
 begin
-  select n.nspname into v_schema
-    from pg_extension e join pg_namespace n on n.oid = e.extnamespace
-   where e.extname = 'pg_trgm';
-  if v_schema is null then
-    create schema if not exists extensions;
-    create extension pg_trgm with schema extensions;
-    v_schema := 'extensions';
-  end if;
-  execute format(
-    'create index if not exists landing_leads_name_trgm_idx on public.landing_leads using gin (name %I.gin_trgm_ops)',
-    v_schema);
+  foreach r in array array['anon', 'authenticated'] loop
+    if exists (select 1 from pg_roles where rolname = r) then
+      execute format('revoke all on public.ops_sessions, public.ops_audit from %I', r);
+    end if;
+  end loop;
 end
 $$;
 
 -- ---------------------------------------------------------------------------
--- The console's and /metrics' reads, each a range of a small or partial index.
+-- Search by a fragment of the name needs trigrams. pg_trgm goes where
+-- Supabase puts extensions (schema `extensions`) unless it is installed
+-- already. The indexes themselves: 20261203090000_landing_writes.sql.
 -- ---------------------------------------------------------------------------
--- Failed and invalid jobs: the queue chart and the job gauges count them by
--- channel (an index-only scan), `leadrelay retry --failed-since` walks them.
-create index if not exists notification_jobs_failed_idx
-  on public.notification_jobs (channel, status, finished_at)
-  where status in ('failed', 'invalid');
-
--- The failures table: failed jobs and delivery failures, by last change.
-create index if not exists notification_jobs_failures_idx
-  on public.notification_jobs (updated_at)
-  where status in ('failed', 'invalid') or public.leadrelay_delivery_rank(delivery_status) >= 60;
-
--- Sent, delivered, opened and clicked per hour (48 hours) and in the funnel
--- (7 days): an index-only scan, the heap is not read.
-create index if not exists notification_jobs_sent_at_idx
-  on public.notification_jobs (sent_at) include (channel, delivery_status)
-  where sent_at is not null;
-
--- SMS found by a look-up, and those still in doubt.
-create index if not exists notification_jobs_recovered_idx
-  on public.notification_jobs (recovered_at)
-  where recovered_at is not null;
-create index if not exists notification_jobs_in_doubt_idx
-  on public.notification_jobs (id)
-  where channel = 'sms' and outcome_unknown_since is not null and status <> 'sent';
-
--- A lead's page: each job's delivery events.
-create index if not exists notification_events_job_idx
-  on public.notification_events (job_id, id)
-  where job_id is not null;
+do $$
+begin
+  if not exists (select 1 from pg_extension where extname = 'pg_trgm') then
+    create schema if not exists extensions;
+    create extension pg_trgm with schema extensions;
+  end if;
+end
+$$;

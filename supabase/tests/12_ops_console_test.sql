@@ -50,7 +50,7 @@ select ok(not has_table_privilege('anon', 'public.ops_audit', 'SELECT, INSERT, U
 
 -- The indexes the console and /metrics read through.
 select has_index('public', 'landing_leads', 'landing_leads_created_at_idx', 'leads by arrival');
-select has_index('public', 'landing_leads', 'landing_leads_email_search_idx', 'leads by email');
+select has_index('public', 'landing_leads', 'landing_leads_email_lookup_idx', 'leads by email');
 select has_index('public', 'landing_leads', 'landing_leads_phone_search_idx', 'leads by phone digits');
 select has_index('public', 'landing_leads', 'landing_leads_name_trgm_idx', 'leads by a name fragment');
 select has_index('public', 'notification_jobs', 'notification_jobs_failed_idx', 'failed jobs by channel');

@@ -5,16 +5,22 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use leadrelay::cli::dev;
+use leadrelay::cli::dev::{self, Privileges};
 use leadrelay::store;
 use leadrelay::store::cluster::{Cluster, ClusterOptions};
 use tokio_postgres::Client;
 
+/// A Supabase project as created today (no automatic grants): what most
+/// tests run against.
 pub const TEMPLATE_DB: &str = "leadrelay_template";
+/// A Supabase project of the old default privileges, for the tests that
+/// run under each shape.
+pub const LEGACY_TEMPLATE_DB: &str = "leadrelay_template_legacy";
 /// pg_cron runs jobs in this one database of the test cluster.
 pub const CRON_DB: &str = "leadrelay_cron";
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static LEGACY_TEMPLATE: OnceLock<()> = OnceLock::new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `f` to completion on a runtime of its own, for set-up done from inside
@@ -64,24 +70,50 @@ pub async fn prepare_database(cluster: &Cluster, db_name: &str) {
 pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let cluster = new_cluster();
-        let admin_url = cluster.url("postgres");
         block_on_own_runtime(async move {
-            drop(
-                dev::create_migrated_database(&cluster, TEMPLATE_DB)
-                    .await
-                    .expect("migrate the template"),
-            );
-            // CREATE DATABASE ... TEMPLATE needs the template to have no sessions.
-            let admin = store::connect(&admin_url).await.expect("connect");
-            admin
-                .batch_execute(&format!(
-                    "select pg_terminate_backend(pid) from pg_stat_activity where datname = '{TEMPLATE_DB}' and pid <> pg_backend_pid()"
-                ))
-                .await
-                .expect("close template sessions");
+            make_template(&cluster, TEMPLATE_DB, Privileges::SupabaseCurrent).await;
             cluster
         })
     })
+}
+
+/// A migrated database of the given shape that others are cloned from.
+async fn make_template(cluster: &Cluster, name: &'static str, privileges: Privileges) {
+    drop(
+        dev::create_migrated_database_as(cluster, name, privileges)
+            .await
+            .unwrap_or_else(|e| panic!("migrate the template {name}: {e}")),
+    );
+    // CREATE DATABASE ... TEMPLATE needs the template to have no sessions.
+    let admin = store::connect(&cluster.url("postgres"))
+        .await
+        .expect("connect");
+    admin
+        .batch_execute(&format!(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = '{name}' and pid <> pg_backend_pid()"
+        ))
+        .await
+        .expect("close template sessions");
+}
+
+fn template_of(privileges: Privileges) -> &'static str {
+    match privileges {
+        Privileges::SupabaseCurrent => TEMPLATE_DB,
+        Privileges::SupabaseLegacy => {
+            let cluster = cluster();
+            LEGACY_TEMPLATE.get_or_init(|| {
+                block_on_own_runtime(make_template(
+                    cluster,
+                    LEGACY_TEMPLATE_DB,
+                    Privileges::SupabaseLegacy,
+                ))
+            });
+            LEGACY_TEMPLATE_DB
+        }
+        Privileges::PlainPostgres => {
+            panic!("a plain PostgreSQL has no Supabase roles: start a cluster of its own")
+        }
+    }
 }
 
 /// A migrated database of the test cluster.
@@ -115,7 +147,13 @@ pub async fn fresh_db() -> TestDb {
 
 /// A fresh database exactly as the migrations leave it (the policies on).
 pub async fn shipped_db() -> TestDb {
+    shipped_db_as(Privileges::SupabaseCurrent).await
+}
+
+/// A fresh database of the given Supabase shape, as the migrations leave it.
+pub async fn shipped_db_as(privileges: Privileges) -> TestDb {
     let cluster = cluster();
+    let template = template_of(privileges);
     let name = format!(
         "t_{}_{}",
         std::process::id(),
@@ -124,7 +162,7 @@ pub async fn shipped_db() -> TestDb {
     let admin = store::connect(&cluster.url("postgres"))
         .await
         .expect("connect");
-    let sql = format!("create database {name} template {TEMPLATE_DB}");
+    let sql = format!("create database {name} template {template}");
     // Two clones started at the same instant can see each other on the template.
     let mut tries = 0;
     loop {
@@ -143,7 +181,9 @@ pub async fn shipped_db() -> TestDb {
     }
 }
 
-/// An empty database (no migrations), for tests of `migrate` itself.
+/// An empty database (no migrations), for tests of `migrate` itself: the
+/// Supabase roles of the old default privileges, no landing table (each
+/// test makes the one it is about).
 pub async fn empty_db() -> TestDb {
     let cluster = cluster();
     let name = format!(
@@ -160,7 +200,7 @@ pub async fn empty_db() -> TestDb {
         .expect("create empty db");
     let client = store::connect(&cluster.url(&name)).await.expect("connect");
     client
-        .batch_execute(dev::SUPABASE_ROLES)
+        .batch_execute(&Privileges::SupabaseLegacy.before_migrations())
         .await
         .expect("roles");
     TestDb {

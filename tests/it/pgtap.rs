@@ -3,11 +3,23 @@
 
 use std::process::Command;
 
-use crate::harness::{cluster, shipped_db};
+use leadrelay::cli::dev::Privileges;
+
+use crate::harness::{cluster, shipped_db_as};
 
 #[tokio::test]
-async fn the_pgtap_suite_passes_under_pg_prove() {
-    let db = shipped_db().await;
+async fn the_pgtap_suite_passes_under_pg_prove_in_a_supabase_project_of_today() {
+    pgtap_suite_passes(Privileges::SupabaseCurrent).await;
+}
+
+#[tokio::test]
+async fn the_pgtap_suite_passes_under_pg_prove_in_a_supabase_project_of_the_old_default_privileges()
+{
+    pgtap_suite_passes(Privileges::SupabaseLegacy).await;
+}
+
+async fn pgtap_suite_passes(privileges: Privileges) {
+    let db = shipped_db_as(privileges).await;
     let mut files: Vec<_> =
         std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/supabase/tests"))
             .unwrap()

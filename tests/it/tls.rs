@@ -272,7 +272,7 @@ async fn serve_becomes_ready_over_verify_full_with_the_private_ca() {
     );
     let admin = store::connect(&admin_url).await.expect("connect over TLS");
     admin
-        .batch_execute(leadrelay::cli::dev::SUPABASE_ROLES)
+        .batch_execute(&leadrelay::cli::dev::Privileges::SupabaseCurrent.before_migrations())
         .await
         .unwrap();
     leadrelay::store::migrate::apply(

@@ -2,6 +2,7 @@
 //! PostgreSQL cluster under `.leadrelay/` (pg_cron preloaded when installed),
 //! shaped like a Supabase database, with the migrations applied.
 
+pub mod privileges;
 pub mod standin;
 
 use std::path::Path;
@@ -14,28 +15,7 @@ use crate::serve::{Application, ServeError, ShutdownSignals};
 use crate::store::cluster::{Cluster, ClusterError, ClusterOptions, StopMode};
 use crate::store::{self, migrate};
 
-/// The roles a Supabase database has, so that the migrations' grants and the
-/// landing's `service_role` inserts behave here as they do there.
-pub const SUPABASE_ROLES: &str = "
-do $$
-begin
-  if not exists (select 1 from pg_roles where rolname = 'anon') then
-    create role anon nologin noinherit;
-  end if;
-  if not exists (select 1 from pg_roles where rolname = 'authenticated') then
-    create role authenticated nologin noinherit;
-  end if;
-  if not exists (select 1 from pg_roles where rolname = 'service_role') then
-    create role service_role nologin noinherit bypassrls;
-  end if;
-end
-$$;
-grant usage on schema public to anon, authenticated, service_role;
-grant all on all tables in schema public to service_role;
-alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
-alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
-alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
-";
+pub use privileges::Privileges;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
@@ -53,11 +33,20 @@ pub enum DevError {
 
 /// Starts the private cluster (creating it on first use) and migrates it.
 /// Creates database `name` in `cluster` (`postgres` exists already), shaped
-/// like a Supabase database (its roles), with the migrations applied. Dev
+/// like a Supabase project created today, with the migrations applied. Dev
 /// mode, the tests and the benchmark all start from one of these.
 pub async fn create_migrated_database(
     cluster: &Cluster,
     name: &str,
+) -> Result<tokio_postgres::Client, DevError> {
+    create_migrated_database_as(cluster, name, Privileges::SupabaseCurrent).await
+}
+
+/// The same, for a database of the given shape.
+pub async fn create_migrated_database_as(
+    cluster: &Cluster,
+    name: &str,
+    privileges: Privileges,
 ) -> Result<tokio_postgres::Client, DevError> {
     if name != "postgres" {
         let admin = store::connect(&cluster.url("postgres")).await?;
@@ -68,7 +57,7 @@ pub async fn create_migrated_database(
     }
     let mut client = store::connect(&cluster.url(name)).await?;
     client
-        .batch_execute(SUPABASE_ROLES)
+        .batch_execute(&privileges.before_migrations())
         .await
         .map_err(|e| DevError::Prepare(store::describe(&e)))?;
     migrate::apply(&mut client, &migrate::embedded()?).await?;

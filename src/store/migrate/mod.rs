@@ -1,19 +1,67 @@
 //! Applies `supabase/migrations/*.sql` in version order, each file in one
 //! transaction together with its row in leadrelay's own history,
-//! `leadrelay.schema_migrations`.
+//! `leadrelay.schema_migrations`; a file marked `-- leadrelay: no-transaction`
+//! (concurrent index builds) a statement at a time, its row written when the
+//! last statement succeeded.
 //!
-//! The rule this room keeps: the project's own history, the Supabase CLI's
-//! `supabase_migrations.schema_migrations`, belongs to the project. It is
-//! read only for leadrelay's own versions (files handed over with
-//! `leadrelay migrations export` and pushed by the CLI count as applied), and
-//! written only once, to take back the rows an earlier leadrelay put there.
+//! The rules this room keeps:
+//! - The landing's writes never wait behind a migration for more than a
+//!   moment: every transaction of a migration waits at most `lock_timeout`
+//!   for a lock, then gives the lock queue back to the landing and tries
+//!   again; an index on a table the landing's INSERT writes is built
+//!   `CONCURRENTLY`, and a build an interrupted run left invalid is dropped
+//!   and built again.
+//! - The project's own history, the Supabase CLI's
+//!   `supabase_migrations.schema_migrations`, belongs to the project. It is
+//!   read only for leadrelay's own versions (files handed over with
+//!   `leadrelay migrations export` and pushed by the CLI count as applied),
+//!   and written only once, to take back the rows an earlier leadrelay put
+//!   there.
+
+mod statements;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use include_dir::{Dir, include_dir};
 use tokio_postgres::{Client, GenericClient};
 
 use crate::store::describe;
+
+pub use statements::{NO_TRANSACTION, SplitError, for_one_transaction, is_no_transaction, split};
+
+/// How long one statement of a migration may wait for a lock before it gives
+/// way to the landing's writes, and how often it tries again. Every write
+/// queued behind a waiting `ALTER TABLE` waits as long as it does, so this
+/// bounds the landing's wait; 40 tries with backoff up to 5 s outlast an
+/// ordinary long transaction (a few minutes in all) before `migrate` says
+/// which lock it could not get.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    pub lock_timeout: Duration,
+    pub lock_tries: u32,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            lock_tries: 40,
+        }
+    }
+}
+
+/// The default of `leadrelay migrate --lock-timeout`.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// An index left invalid by an interrupted `CREATE INDEX CONCURRENTLY` (the
+/// build failed, was cancelled, or its connection was lost): it is kept up
+/// to date by every write but never used, and `IF NOT EXISTS` would take it
+/// for done.
+const INVALID_INDEX: &str = "
+select i.indexrelid::regclass::text
+from pg_catalog.pg_index i
+where i.indexrelid = pg_catalog.to_regclass($1) and not i.indisvalid";
 
 static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/supabase/migrations");
 
@@ -41,7 +89,11 @@ from supabase_migrations.schema_migrations
 join unnest($1::text[], $2::text[]) as m(v, sql) on m.v = version";
 const DELETE_CLI_ROW: &str = "delete from supabase_migrations.schema_migrations where version = $1";
 /// Two `migrate` runs at once (two instances deployed together) take turns.
-const LOCK: &str = "select pg_advisory_lock(hashtext('leadrelay migrate'))";
+/// The one that waits polls instead of sleeping inside `pg_advisory_lock`:
+/// a statement that waits keeps its snapshot open, and a concurrent index
+/// build of the other run waits for every older snapshot, which would be a
+/// deadlock.
+const TRY_LOCK: &str = "select pg_try_advisory_lock(hashtext('leadrelay migrate'))";
 const UNLOCK: &str = "select pg_advisory_unlock(hashtext('leadrelay migrate'))";
 
 /// The newest of this binary's versions in leadrelay's history, for `serve`
@@ -94,6 +146,31 @@ pub enum MigrateError {
         version: String,
         name: String,
         message: String,
+    },
+    #[error(
+        "migration {version}_{name} (run outside a transaction) failed at statement {statement}: {message}; the statements before it are applied, and `leadrelay migrate` continues from there (each of them can run twice)"
+    )]
+    ApplyStep {
+        version: String,
+        name: String,
+        statement: usize,
+        message: String,
+    },
+    #[error(
+        "migration {version}_{name} could not get its locks in {tries} tries of {lock_timeout_ms} ms each (it gives way to the landing's writes every time): a long transaction holds a lock it needs (PostgreSQL said: {relation}); find it with `select pid, state, xact_start, query from pg_stat_activity where xact_start < now() - interval '1 minute'`, then run `leadrelay migrate` again"
+    )]
+    LockTimeout {
+        version: String,
+        name: String,
+        tries: u32,
+        lock_timeout_ms: u128,
+        relation: String,
+    },
+    #[error("migration {version}_{name} cannot be split into statements: {source}")]
+    Split {
+        version: String,
+        name: String,
+        source: SplitError,
     },
     #[error("cannot write {path}: {source}")]
     Write {
@@ -197,13 +274,25 @@ pub struct MigrateReport {
     pub already_applied: Vec<String>,
 }
 
-/// Applies every migration the database does not have yet.
+/// Applies every migration the database does not have yet, with the
+/// default lock timeout.
 pub async fn apply(
     client: &mut Client,
     migrations: &[Migration],
 ) -> Result<MigrateReport, MigrateError> {
-    client.batch_execute(LOCK).await?;
-    let result = apply_locked(client, migrations).await;
+    apply_with(client, migrations, &ApplyOptions::default()).await
+}
+
+/// Applies every migration the database does not have yet.
+pub async fn apply_with(
+    client: &mut Client,
+    migrations: &[Migration],
+    options: &ApplyOptions,
+) -> Result<MigrateReport, MigrateError> {
+    while !client.query_one(TRY_LOCK, &[]).await?.get::<_, bool>(0) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let result = apply_locked(client, migrations, options).await;
     // A failed unlock only matters while this connection lives; it closes soon.
     let _ = client.batch_execute(UNLOCK).await;
     result
@@ -212,6 +301,7 @@ pub async fn apply(
 async fn apply_locked(
     client: &mut Client,
     migrations: &[Migration],
+    options: &ApplyOptions,
 ) -> Result<MigrateReport, MigrateError> {
     client.batch_execute(CREATE_HISTORY).await?;
     adopt_from_cli_history(client, migrations).await?;
@@ -233,7 +323,11 @@ async fn apply_locked(
             report.already_applied.push(migration.version.clone());
             continue;
         }
-        apply_one(client, migration).await?;
+        if is_no_transaction(&migration.sql) {
+            apply_outside_transaction(client, migration, options).await?;
+        } else {
+            apply_in_transaction(client, migration, options).await?;
+        }
         tracing::info!(version = %migration.version, name = %migration.name, "migration applied");
         report.applied.push(migration.version.clone());
     }
@@ -294,27 +388,201 @@ async fn adopt_from_cli_history(
     Ok(())
 }
 
-async fn apply_one(client: &mut Client, migration: &Migration) -> Result<(), MigrateError> {
+/// The lock a statement gave up on, when it did (`lock_timeout`, or a
+/// deadlock with the landing's own transactions): worth another try.
+fn lock_conflict(error: &tokio_postgres::Error) -> Option<String> {
+    let db = error.as_db_error()?;
+    let code = db.code();
+    if *code != tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE
+        && *code != tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+    {
+        return None;
+    }
+    Some(db.where_().unwrap_or(db.message()).lines().next().unwrap_or_default().to_string())
+}
+
+/// Backoff between tries that gave way: 100 ms doubling to 5 s.
+fn backoff(try_number: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << try_number.min(6))).min(Duration::from_secs(5))
+}
+
+fn set_lock_timeout(timeout: Duration) -> String {
+    format!("set local lock_timeout = {}", timeout.as_millis().max(1))
+}
+
+async fn apply_in_transaction(
+    client: &mut Client,
+    migration: &Migration,
+    options: &ApplyOptions,
+) -> Result<(), MigrateError> {
     let failed = |e: tokio_postgres::Error| MigrateError::Apply {
         version: migration.version.clone(),
         name: migration.name.clone(),
         message: describe(&e),
     };
-    let tx = client.transaction().await.map_err(failed)?;
-    tx.batch_execute(&migration.sql).await.map_err(failed)?;
-    tx.execute(
-        INSERT_APPLIED,
-        &[&migration.version, &migration.name, &"leadrelay migrate"],
-    )
-    .await
-    .map_err(failed)?;
-    tx.commit().await.map_err(failed)?;
+    let mut relation = String::new();
+    for try_number in 0..options.lock_tries.max(1) {
+        let tx = client.transaction().await.map_err(failed)?;
+        tx.batch_execute(&set_lock_timeout(options.lock_timeout))
+            .await
+            .map_err(failed)?;
+        match tx.batch_execute(&migration.sql).await {
+            Ok(()) => {}
+            Err(e) => match lock_conflict(&e) {
+                Some(what) => {
+                    relation = what;
+                    tx.rollback().await.map_err(failed)?;
+                    tracing::info!(version = %migration.version, try_number, lock = %relation, "migration gave way to a lock holder; trying again");
+                    tokio::time::sleep(backoff(try_number)).await;
+                    continue;
+                }
+                None => return Err(failed(e)),
+            },
+        }
+        tx.execute(
+            INSERT_APPLIED,
+            &[&migration.version, &migration.name, &"leadrelay migrate"],
+        )
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        return Ok(());
+    }
+    Err(MigrateError::LockTimeout {
+        version: migration.version.clone(),
+        name: migration.name.clone(),
+        tries: options.lock_tries,
+        lock_timeout_ms: options.lock_timeout.as_millis(),
+        relation,
+    })
+}
+
+/// A file marked `-- leadrelay: no-transaction`: each statement on its own,
+/// in this one session. A concurrent build waits for as long as it must (it
+/// never blocks a write, so no lock timeout); any other statement gives way
+/// like a transactional migration does. Every statement of such a file must
+/// be safe to run twice (`if not exists`, `if exists`): an interrupted run
+/// is continued by running the file again.
+async fn apply_outside_transaction(
+    client: &mut Client,
+    migration: &Migration,
+    options: &ApplyOptions,
+) -> Result<(), MigrateError> {
+    let statements = split(&migration.sql).map_err(|source| MigrateError::Split {
+        version: migration.version.clone(),
+        name: migration.name.clone(),
+        source,
+    })?;
+    let result = run_statements(client, migration, &statements, options).await;
+    // the file may set search_path for its builds; this session goes on
+    let _ = client.batch_execute("reset all").await;
+    result?;
+    client
+        .execute(
+            INSERT_APPLIED,
+            &[&migration.version, &migration.name, &"leadrelay migrate"],
+        )
+        .await
+        .map_err(|e| MigrateError::Apply {
+            version: migration.version.clone(),
+            name: migration.name.clone(),
+            message: describe(&e),
+        })?;
     Ok(())
+}
+
+async fn run_statements(
+    client: &mut Client,
+    migration: &Migration,
+    statements: &[&str],
+    options: &ApplyOptions,
+) -> Result<(), MigrateError> {
+    for (n, statement) in statements.iter().enumerate() {
+        let failed = |e: tokio_postgres::Error| MigrateError::ApplyStep {
+            version: migration.version.clone(),
+            name: migration.name.clone(),
+            statement: n + 1,
+            message: describe(&e),
+        };
+        let concurrently = statements::words(statement).iter().any(|w| w == "concurrently");
+        if let Some(index) = statements::concurrent_index_name(statement)
+            && let Some(row) = client.query_opt(INVALID_INDEX, &[&index]).await.map_err(failed)?
+        {
+            let invalid: String = row.get(0);
+            tracing::warn!(version = %migration.version, index = %invalid, "an earlier build of this index was interrupted and left it invalid; dropping it to build it again");
+            client
+                .batch_execute(&format!("drop index concurrently if exists {invalid}"))
+                .await
+                .map_err(failed)?;
+        }
+        let mut tries = 0;
+        loop {
+            let timeout = if concurrently {
+                "set lock_timeout = 0".to_string()
+            } else {
+                set_lock_timeout(options.lock_timeout).replace("set local", "set")
+            };
+            client.batch_execute(&timeout).await.map_err(failed)?;
+            match client.batch_execute(statement).await {
+                Ok(()) => break,
+                Err(e) => match lock_conflict(&e) {
+                    Some(relation) if !concurrently => {
+                        tries += 1;
+                        if tries >= options.lock_tries.max(1) {
+                            return Err(MigrateError::LockTimeout {
+                                version: migration.version.clone(),
+                                name: migration.name.clone(),
+                                tries,
+                                lock_timeout_ms: options.lock_timeout.as_millis(),
+                                relation,
+                            });
+                        }
+                        tokio::time::sleep(backoff(tries)).await;
+                    }
+                    _ => return Err(failed(e)),
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Migrations amended after their release, with the SHA-256 of the text
+/// they were released with. Each amendment changes only what a database
+/// that could not apply the released text gets (see the file's head); a
+/// project that exported and pushed the released text keeps its file, and
+/// the later migrations bring its database to the same state.
+const RELEASED_TEXTS: &[(&str, &str)] = &[
+    // grants to anon and authenticated made only where the roles exist
+    (
+        "20261128120000",
+        "8fa6fc6ecf26098ab9088aa022b4767b06b19a29387c1de5f8061118b74a9020",
+    ),
+    // the index builds moved to 20261203090000, concurrent
+    (
+        "20261202090000",
+        "58428a7fbe37348daa9282998a30054a871840d178b0f5458ab5b1deeed81c58",
+    ),
+];
+
+fn is_released_text(version: &str, text: &str) -> bool {
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    RELEASED_TEXTS
+        .iter()
+        .any(|(v, sha)| *v == version && *sha == digest)
 }
 
 /// `leadrelay migrations export`: the files as the Supabase CLI expects them
 /// (`<version>_<name>.sql`), for teams that keep every migration in their own
-/// repository. An existing file with other contents is never overwritten.
+/// repository. The CLI runs each file in one transaction, so a file that
+/// `leadrelay migrate` runs outside one is written in its one-transaction
+/// form (`for_one_transaction`). An existing file with other contents is
+/// never overwritten; one holding the released text of an amended migration
+/// is left as it is.
 pub fn export(migrations: &[Migration], dir: &Path) -> Result<Vec<PathBuf>, MigrateError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -324,13 +592,18 @@ pub fn export(migrations: &[Migration], dir: &Path) -> Result<Vec<PathBuf>, Migr
     let mut written = Vec::new();
     for m in migrations {
         let path = dir.join(format!("{}_{}.sql", m.version, m.name));
+        let sql = for_one_transaction(&m.sql).map_err(|source| MigrateError::Split {
+            version: m.version.clone(),
+            name: m.name.clone(),
+            source,
+        })?;
         match std::fs::read_to_string(&path) {
-            Ok(existing) if existing == m.sql => continue,
+            Ok(existing) if existing == sql || is_released_text(&m.version, &existing) => continue,
             Ok(_) => return Err(MigrateError::ExportConflict(path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&path)(e)),
         }
-        std::fs::write(&path, &m.sql).map_err(io(&path))?;
+        std::fs::write(&path, &sql).map_err(io(&path))?;
         written.push(path);
     }
     Ok(written)
