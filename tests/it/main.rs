@@ -6,6 +6,7 @@ mod console;
 mod dev_mode;
 mod doctor;
 mod harness;
+mod landing_writes;
 mod migrate_cmd;
 mod operator;
 mod ops_page;

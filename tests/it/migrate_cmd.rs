@@ -64,10 +64,7 @@ async fn every_migration_file_applies_twice_inside_one_transaction_or_a_statemen
             if migrate::is_no_transaction(&m.sql) {
                 outside += 1;
                 for statement in migrate::split(&m.sql).unwrap() {
-                    client
-                        .batch_execute(statement)
-                        .await
-                        .unwrap_or_else(failed);
+                    client.batch_execute(statement).await.unwrap_or_else(failed);
                 }
                 client.batch_execute("reset all").await.unwrap();
                 continue;
@@ -77,7 +74,10 @@ async fn every_migration_file_applies_twice_inside_one_transaction_or_a_statemen
             tx.commit().await.unwrap();
         }
     }
-    assert!(outside >= 2, "the landing_writes migration runs outside a transaction");
+    assert!(
+        outside >= 2,
+        "the landing_writes migration runs outside a transaction"
+    );
     let rules: i64 = client
         .query_one("select count(*) from notification_rules", &[])
         .await

@@ -398,7 +398,14 @@ fn lock_conflict(error: &tokio_postgres::Error) -> Option<String> {
     {
         return None;
     }
-    Some(db.where_().unwrap_or(db.message()).lines().next().unwrap_or_default().to_string())
+    Some(
+        db.where_()
+            .unwrap_or(db.message())
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    )
 }
 
 /// Backoff between tries that gave way: 100 ms doubling to 5 s.
@@ -504,9 +511,14 @@ async fn run_statements(
             statement: n + 1,
             message: describe(&e),
         };
-        let concurrently = statements::words(statement).iter().any(|w| w == "concurrently");
+        let concurrently = statements::words(statement)
+            .iter()
+            .any(|w| w == "concurrently");
         if let Some(index) = statements::concurrent_index_name(statement)
-            && let Some(row) = client.query_opt(INVALID_INDEX, &[&index]).await.map_err(failed)?
+            && let Some(row) = client
+                .query_opt(INVALID_INDEX, &[&index])
+                .await
+                .map_err(failed)?
         {
             let invalid: String = row.get(0);
             tracing::warn!(version = %migration.version, index = %invalid, "an earlier build of this index was interrupted and left it invalid; dropping it to build it again");

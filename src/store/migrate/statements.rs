@@ -90,8 +90,8 @@ fn dollar_tag(sql: &str, at: usize) -> Option<&str> {
     let rest = &sql[at + 1..];
     let end = rest.find('$')?;
     let tag = &rest[..end];
-    let valid = tag.is_empty()
-        || (!tag.as_bytes()[0].is_ascii_digit() && tag.bytes().all(is_ident_byte));
+    let valid =
+        tag.is_empty() || (!tag.as_bytes()[0].is_ascii_digit() && tag.bytes().all(is_ident_byte));
     valid.then(|| &sql[at..at + end + 2])
 }
 
@@ -316,7 +316,9 @@ mod tests {
         assert!(is_no_transaction(
             "-- leadrelay: no-transaction\ncreate index concurrently x on t (a);"
         ));
-        assert!(is_no_transaction("-- leadrelay: no-transaction\r\nselect 1;"));
+        assert!(is_no_transaction(
+            "-- leadrelay: no-transaction\r\nselect 1;"
+        ));
         assert!(!is_no_transaction(
             "-- note\n-- leadrelay: no-transaction\nselect 1;"
         ));
@@ -354,7 +356,9 @@ mod tests {
                    -- the end\n";
         let cli = for_one_transaction(sql).unwrap();
         assert!(!cli.contains(NO_TRANSACTION));
-        assert!(cli.contains("create index if not exists a_idx on t (lower(x)); -- concurrently, see above"));
+        assert!(cli.contains(
+            "create index if not exists a_idx on t (lower(x)); -- concurrently, see above"
+        ));
         assert!(cli.contains("drop index if exists old_idx;"));
         assert!(cli.contains("select 'concurrently';"));
         assert!(cli.contains("-- Why these indexes."));
