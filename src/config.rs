@@ -203,7 +203,14 @@ pub struct ServeArgs {
     pub metrics_addr: Option<String>,
     #[arg(long, env = "CONSOLE_CHART_TTL")]
     pub console_chart_ttl: Option<String>,
+    /// The role the landing writes `landing_leads` as; `doctor` rehearses
+    /// its INSERT as this role (`serve` does not use it).
+    #[arg(long, env = "LANDING_ROLE")]
+    pub landing_role: Option<String>,
 }
+
+/// The role supabase-js with the service key writes as through PostgREST.
+pub const DEFAULT_LANDING_ROLE: &str = "service_role";
 
 impl ServeConfig {
     /// Each part in the order of the configuration table; the first value
@@ -239,7 +246,7 @@ impl ServeConfig {
 }
 
 /// A value that may be absent; blank counts as absent.
-fn optional(value: Option<&str>) -> Option<&str> {
+pub fn optional(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
 }
 

@@ -10,42 +10,8 @@ set local search_path = public, tap;
 
 select plan(5);
 
--- Every function (and operator's function) that a write of landing_leads
--- evaluates, with what evaluates it.
 create temporary view landing_write_functions as
-with deps as (
-  select 'index ' || i.indexrelid::regclass::text as what, d.refclassid, d.refobjid
-    from pg_index i
-    join pg_depend d on d.classid = 'pg_class'::regclass and d.objid = i.indexrelid
-   where i.indrelid = 'public.landing_leads'::regclass
-  union all
-  select 'constraint ' || c.conname, d.refclassid, d.refobjid
-    from pg_constraint c
-    join pg_depend d on d.classid = 'pg_constraint'::regclass and d.objid = c.oid
-   where c.conrelid = 'public.landing_leads'::regclass
-  union all
-  select 'default of ' || a.attname, d.refclassid, d.refobjid
-    from pg_attrdef ad
-    join pg_attribute a on a.attrelid = ad.adrelid and a.attnum = ad.adnum
-    join pg_depend d on d.classid = 'pg_attrdef'::regclass and d.objid = ad.oid
-   where ad.adrelid = 'public.landing_leads'::regclass
-  union all
-  select 'policy ' || p.polname, d.refclassid, d.refobjid
-    from pg_policy p
-    join pg_depend d on d.classid = 'pg_policy'::regclass and d.objid = p.oid
-   where p.polrelid = 'public.landing_leads'::regclass
-  union all
-  select 'trigger ' || t.tgname, d.refclassid, d.refobjid
-    from pg_trigger t
-    join pg_depend d on d.classid = 'pg_trigger'::regclass and d.objid = t.oid
-   where t.tgrelid = 'public.landing_leads'::regclass and not t.tgisinternal
-     and not (d.refclassid = 'pg_proc'::regclass and d.refobjid = t.tgfoid)
-)
-select what, f.oid as fn
-  from deps
-  join pg_proc f on (deps.refclassid = 'pg_proc'::regclass and f.oid = deps.refobjid)
-                 or (deps.refclassid = 'pg_operator'::regclass
-                     and f.oid = (select o.oprcode::oid from pg_operator o where o.oid = deps.refobjid));
+select evaluated_by as what, fn::oid as fn from leadrelay.landing_write_functions();
 
 -- The check can fail: the released console's index is found.
 savepoint released_console;

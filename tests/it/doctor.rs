@@ -97,6 +97,7 @@ async fn doctor_finds_a_healthy_database_and_accepted_provider_keys_all_ok() {
         "listen",
         "migrations",
         "privileges",
+        "landing write",
         "storage",
         "lead_tracking",
         "resend",
@@ -290,4 +291,119 @@ async fn doctor_json_is_one_document_and_the_exit_code_is_the_verdict() {
             .iter()
             .any(|c| c["name"] == "migrations" && c["status"] == "ok")
     );
+}
+
+#[tokio::test]
+async fn doctor_fails_the_landing_write_where_service_role_lacks_execute_or_insert_and_names_the_fix()
+ {
+    let db = healthy_db().await;
+    let client = db.client().await;
+    let (resend, mobizon) = providers(true).await;
+    let run = || async { doctor::run(&args(&db.url, &resend, &mobizon)).await };
+
+    let (status, text) = status_of(&run().await, "landing write");
+    assert_eq!(status, Status::Ok, "{text}");
+    assert!(text.contains("as service_role"), "{text}");
+    assert!(text.contains("made its 3 jobs"), "{text}");
+    let leads: i64 = client
+        .query_one("select count(*) from landing_leads", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leads, 0, "the rehearsal is rolled back");
+
+    // the released console's index, on a function service_role may not run
+    client
+        .batch_execute(
+            "create index landing_leads_as_released_idx on landing_leads (lower(public.leadrelay_trim(email)))",
+        )
+        .await
+        .unwrap();
+    let (status, text) = status_of(&run().await, "landing write");
+    assert_eq!(status, Status::Fail, "{text}");
+    assert!(text.contains("leadrelay_trim(text)"), "{text}");
+    assert!(
+        text.contains("grant execute on function leadrelay_trim(text) to \"service_role\";"),
+        "{text}"
+    );
+    client
+        .batch_execute("grant execute on function public.leadrelay_trim(text) to service_role")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&run().await, "landing write").0, Status::Ok);
+    client
+        .batch_execute("drop index landing_leads_as_released_idx; revoke execute on function public.leadrelay_trim(text) from service_role")
+        .await
+        .unwrap();
+
+    // the grant a project of today must make itself
+    client
+        .batch_execute("revoke insert on landing_leads from service_role")
+        .await
+        .unwrap();
+    let (status, text) = status_of(&run().await, "landing write");
+    assert_eq!(status, Status::Fail, "{text}");
+    assert!(
+        text.contains("may not insert into public.landing_leads"),
+        "{text}"
+    );
+    assert!(
+        text.contains("grant insert on public.landing_leads to \"service_role\";"),
+        "{text}"
+    );
+    client
+        .batch_execute("grant insert on landing_leads to service_role")
+        .await
+        .unwrap();
+    let (status, text) = status_of(&run().await, "landing write");
+    assert_eq!(status, Status::Ok, "{text}");
+}
+
+#[tokio::test]
+async fn doctor_rehearses_the_write_as_landing_role_and_names_a_missing_policy_or_role() {
+    let db = healthy_db().await;
+    let client = db.client().await;
+    let (resend, mobizon) = providers(true).await;
+    let with_role = |role: &str| {
+        let mut a = args(&db.url, &resend, &mobizon);
+        a.landing_role = Some(role.into());
+        a
+    };
+    // a form writing with the anon key: granted, but RLS has no policy yet
+    client
+        .batch_execute("grant select, insert, update on landing_leads to anon")
+        .await
+        .unwrap();
+    let (status, text) = status_of(&doctor::run(&with_role("anon")).await, "landing write");
+    assert_eq!(status, Status::Fail, "{text}");
+    assert!(text.contains("row-level security"), "{text}");
+    assert!(text.contains("create policy"), "{text}");
+    client
+        .batch_execute(
+            "create policy landing_form on landing_leads for all to anon using (true) with check (true)",
+        )
+        .await
+        .unwrap();
+    let (status, text) = status_of(&doctor::run(&with_role("anon")).await, "landing write");
+    assert_eq!(status, Status::Ok, "{text}");
+    assert!(text.contains("as anon"), "{text}");
+
+    for hostile in [
+        "no_such_role",
+        "x\"; drop table landing_leads; --",
+        &"r".repeat(500),
+    ] {
+        let (status, text) = status_of(&doctor::run(&with_role(hostile)).await, "landing write");
+        assert_eq!(status, Status::Fail, "{hostile}: {text}");
+        assert!(text.contains("is not a role of this database"), "{text}");
+    }
+    let table: bool = client
+        .query_one(
+            "select to_regclass('public.landing_leads') is not null",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(table);
 }

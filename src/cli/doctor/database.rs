@@ -15,7 +15,7 @@ use crate::store::{self, ConnInfo, SslMode, describe};
 /// Supabase's transaction pooler listens here; LISTEN cannot work through it.
 const TRANSACTION_POOLER_PORT: u16 = 6543;
 
-pub async fn checks(url: &str) -> Vec<Check> {
+pub async fn checks(url: &str, landing_role: Option<&str>) -> Vec<Check> {
     let info = match ConnInfo::parse(url) {
         Ok(info) => info,
         Err(e) => {
@@ -26,7 +26,7 @@ pub async fn checks(url: &str) -> Vec<Check> {
             )];
         }
     };
-    let client = match store::open(&info).await {
+    let mut client = match store::open(&info).await {
         Ok((client, connection)) => {
             tokio::spawn(connection);
             client
@@ -45,6 +45,7 @@ pub async fn checks(url: &str) -> Vec<Check> {
         migrations(&client).await,
         pg_cron(&client).await,
         privileges(&client).await,
+        super::landing::check(&mut client, landing_role).await,
         storage(&client).await,
     ]
 }

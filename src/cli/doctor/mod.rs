@@ -7,6 +7,7 @@
 //! Mobizon's balance), so it is safe to run against production at any time.
 
 mod database;
+mod landing;
 mod providers;
 
 pub use providers::STAND_IN_HEADER;
@@ -109,7 +110,13 @@ pub async fn run(args: &ServeArgs) -> Report {
     let mut checks = vec![configuration(args)];
     let database_url = config::database_url("DATABASE_URL", args.database_url.as_deref());
     match database_url {
-        Ok(url) => checks.extend(database::checks(url.expose()).await),
+        Ok(url) => checks.extend(
+            database::checks(
+                url.expose(),
+                config::optional(args.landing_role.as_deref()),
+            )
+            .await,
+        ),
         Err(e) => checks.push(Check::fail(
             "database",
             e.to_string(),
