@@ -16,6 +16,7 @@ mod console;
 mod graphile;
 mod insert;
 mod latency;
+mod migration;
 mod mock;
 mod profile;
 mod render;
@@ -48,6 +49,7 @@ use console::*;
 use graphile::*;
 use insert::*;
 use latency::*;
+use migration::*;
 use mock::*;
 use profile::*;
 use render::*;
@@ -150,6 +152,11 @@ async fn main() {
     }
     if only == "scale" {
         rows.push(scale(&cluster).await);
+        print_table(&rows);
+        return;
+    }
+    if only == "migrate" {
+        rows.extend(migrate_under_load(&cluster).await);
         print_table(&rows);
         return;
     }
@@ -312,6 +319,9 @@ async fn main() {
 
     // 9. The ops console with 1M leads and 3M jobs.
     rows.extend(console(&cluster, &mock_url).await);
+
+    // 10. `leadrelay migrate` of the index-building migrations at 1M leads.
+    rows.extend(migrate_under_load(&cluster).await);
 
     println!();
     print_table(&rows);

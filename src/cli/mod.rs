@@ -202,6 +202,22 @@ pub struct MigrateArgs {
     /// Apply the files in this directory instead of the ones built into the binary.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// How long a statement may wait for a lock before it gives way to the
+    /// landing's writes and tries again (every write queued behind it waits
+    /// as long), e.g. 2s; default 500ms.
+    #[arg(long, env = "MIGRATE_LOCK_TIMEOUT", value_parser = parse_lock_timeout)]
+    pub lock_timeout: Option<std::time::Duration>,
+}
+
+/// A lock timeout between 10 ms and 1 minute: shorter never gets a busy
+/// table's lock, longer makes the landing wait as long.
+fn parse_lock_timeout(value: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(value.trim())
+        .map_err(|e| format!("{value:?}: {e} (e.g. 500ms or 2s)"))?;
+    if d < std::time::Duration::from_millis(10) || d > std::time::Duration::from_secs(60) {
+        return Err(format!("{value:?}: between 10ms and 60s"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,7 +273,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 None => migrate::embedded()?,
             };
             let mut client = store::connect(url.expose()).await?;
-            let report = migrate::apply(&mut client, &migrations).await?;
+            let mut options = migrate::ApplyOptions::default();
+            if let Some(timeout) = args.lock_timeout {
+                options.lock_timeout = timeout;
+            }
+            let report = migrate::apply_with(&mut client, &migrations, &options).await?;
             println!(
                 "applied {} migration(s){}; {} already applied",
                 report.applied.len(),

@@ -9,7 +9,8 @@
 -- ten minutes where it runs in this database; elsewhere the worker calls it.
 --
 -- Amended 2026-12-03: its two revokes from anon and authenticated are made
--- only where those roles exist (as every other file does), because on a
+-- only where those roles exist (as every other file does; both in the block
+-- after the function), because on a
 -- PostgreSQL without Supabase's roles this file stopped `leadrelay migrate`
 -- with `role "anon" does not exist`. Where it was applied the roles exist,
 -- and the amended text does there exactly what the released one did.
@@ -31,17 +32,6 @@ create table if not exists public.leadrelay_settings (
 insert into public.leadrelay_settings default values on conflict (id) do nothing;
 
 alter table public.leadrelay_settings enable row level security;
-do $$
-declare
-  r text;
-begin
-  foreach r in array array['anon', 'authenticated'] loop
-    if exists (select 1 from pg_roles where rolname = r) then
-      execute format('revoke all on public.leadrelay_settings from %I', r);
-    end if;
-  end loop;
-end
-$$;
 
 comment on table public.leadrelay_settings is
   'leadrelay''s settings (one row): event_retention (default 180 days), cron_history_retention (default 7 days). Change with UPDATE.';
@@ -109,6 +99,7 @@ declare
 begin
   foreach r in array array['anon', 'authenticated'] loop
     if exists (select 1 from pg_roles where rolname = r) then
+      execute format('revoke all on public.leadrelay_settings from %I', r);
       execute format('revoke all on function public.prune_leadrelay_history(integer) from %I', r);
     end if;
   end loop;

@@ -19,7 +19,7 @@ create index landing_leads_as_released_idx on public.landing_leads (lower(public
 select is(
   array(select what || ': ' || fn::regprocedure::text from landing_write_functions
          where not has_function_privilege('public', fn, 'execute')),
-  array['index landing_leads_as_released_idx: leadrelay_trim(text)'],
+  array['index public.landing_leads_as_released_idx: leadrelay_trim(text)'],
   'the check finds an index that calls a function the writer may not execute');
 rollback to savepoint released_console;
 

@@ -47,10 +47,12 @@ async fn dev_mode_sends_a_new_leads_email_and_sms_to_the_stand_in_providers() {
         .to_string();
     assert!(text.contains("/ops"), "{text}");
     assert!(text.contains("insert into landing_leads"), "{text}");
+    assert!(text.contains("set role service_role"), "{text}");
 
+    // the banner's example, as the landing writes: role service_role
     let client = leadrelay::store::connect(&database_url).await.unwrap();
     client
-        .batch_execute("insert into landing_leads (name, email, phone, source) values ('Айгерим', 'aigerim@example.com', '+7 705 123 45 67', 'proftest_main')")
+        .batch_execute("set role service_role; insert into landing_leads (name, email, phone, source) values ('Айгерим', 'aigerim@example.com', '+7 705 123 45 67', 'proftest_main'); reset role")
         .await
         .unwrap();
     let outbox = dev_dir.join("outbox");

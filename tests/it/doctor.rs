@@ -323,7 +323,7 @@ async fn doctor_fails_the_landing_write_where_service_role_lacks_execute_or_inse
     assert_eq!(status, Status::Fail, "{text}");
     assert!(text.contains("leadrelay_trim(text)"), "{text}");
     assert!(
-        text.contains("grant execute on function leadrelay_trim(text) to \"service_role\";"),
+        text.contains("grant execute on function public.leadrelay_trim(text) to \"service_role\";"),
         "{text}"
     );
     client

@@ -11,7 +11,7 @@ use leadrelay::cli::dev::Privileges;
 use leadrelay::store::{self, migrate};
 use tokio_postgres::Client;
 
-use crate::harness::{self, TestDb, shipped_db_as};
+use crate::harness::{self, shipped_db_as};
 
 /// The roles a landing writes as.
 #[derive(Debug, Clone, Copy)]
@@ -132,6 +132,15 @@ async fn every_kind_of_write_succeeds_with_its_jobs(client: &Client, writer: Wri
         "update public.landing_leads set email = upper(email) where email like 'bulk-{t}-1_@example.kz'"
     ))
     .await;
+    // a person asking to be forgotten, where the landing's role may delete
+    let deletes = matches!(writer, Writer::ServiceRole | Writer::Owner);
+    if deletes {
+        let deleted = write(format!(
+            "delete from public.landing_leads where email = 'bulk-{t}-1000@example.kz'"
+        ))
+        .await;
+        assert_eq!(deleted, 1, "{context}");
+    }
 
     let row = client
         .query_one(
@@ -149,48 +158,50 @@ async fn every_kind_of_write_succeeds_with_its_jobs(client: &Client, writer: Wri
         .unwrap();
     let (leads, without_jobs, upserted, renamed): (i64, i64, i64, i64) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
-    assert_eq!(leads, 1002, "{context}: every lead is saved");
+    assert_eq!(
+        leads,
+        if deletes { 1001 } else { 1002 },
+        "{context}: every lead is saved"
+    );
+    let orphans: i64 = client
+        .query_one(
+            "select count(*) from public.notification_jobs j
+              where not exists (select 1 from public.landing_leads l where l.id = j.lead_id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0, "{context}: a deleted lead's jobs go with it");
     assert_eq!(without_jobs, 0, "{context}: every lead has its three jobs");
     assert_eq!(upserted, 1, "{context}: the upsert updated the lead");
     assert_eq!(renamed, 1, "{context}: the update is saved");
 }
 
-async fn supabase_landing_db(shape: Privileges) -> TestDb {
+/// Each of the roles a Supabase landing writes as, in a project of `shape`
+/// with the project's own form policies.
+async fn every_supabase_writer_writes_leads_with_their_jobs(shape: Privileges) {
     let db = shipped_db_as(shape).await;
-    db.client()
-        .await
-        .batch_execute(FORM_POLICIES)
-        .await
-        .unwrap();
-    db
+    let client = db.client().await;
+    client.batch_execute(FORM_POLICIES).await.unwrap();
+    for writer in [
+        Writer::ServiceRole,
+        Writer::Anon,
+        Writer::Authenticated,
+        Writer::Owner,
+    ] {
+        every_kind_of_write_succeeds_with_its_jobs(&client, writer, shape.label()).await;
+    }
 }
 
 #[tokio::test]
 async fn every_role_writes_leads_with_their_jobs_in_a_supabase_project_of_today() {
-    let db = supabase_landing_db(Privileges::SupabaseCurrent).await;
-    let client = db.client().await;
-    for writer in [
-        Writer::ServiceRole,
-        Writer::Anon,
-        Writer::Authenticated,
-        Writer::Owner,
-    ] {
-        every_kind_of_write_succeeds_with_its_jobs(&client, writer, "supabase-current").await;
-    }
+    every_supabase_writer_writes_leads_with_their_jobs(Privileges::SupabaseCurrent).await;
 }
 
 #[tokio::test]
 async fn every_role_writes_leads_with_their_jobs_in_a_supabase_project_of_the_old_default() {
-    let db = supabase_landing_db(Privileges::SupabaseLegacy).await;
-    let client = db.client().await;
-    for writer in [
-        Writer::ServiceRole,
-        Writer::Anon,
-        Writer::Authenticated,
-        Writer::Owner,
-    ] {
-        every_kind_of_write_succeeds_with_its_jobs(&client, writer, "supabase-legacy").await;
-    }
+    every_supabase_writer_writes_leads_with_their_jobs(Privileges::SupabaseLegacy).await;
 }
 
 #[tokio::test]
@@ -215,7 +226,12 @@ async fn migrate_works_on_a_plain_postgresql_without_supabase_roles_and_its_role
     assert_eq!(report.applied.len(), migrate::embedded().unwrap().len());
     client.batch_execute(CUSTOM_WRITER).await.unwrap();
     for writer in [Writer::Owner, Writer::Custom] {
-        every_kind_of_write_succeeds_with_its_jobs(&client, writer, "plain-postgres").await;
+        every_kind_of_write_succeeds_with_its_jobs(
+            &client,
+            writer,
+            Privileges::PlainPostgres.label(),
+        )
+        .await;
     }
     // and a second run is a no-op there too
     let again = migrate::apply(&mut client, &migrate::embedded().unwrap())

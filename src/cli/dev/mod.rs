@@ -227,8 +227,8 @@ fn banner(
   database    DATABASE_URL={url}
   outbox      {outbox}  (every email and SMS the stand-in providers received)
   delay       {delay} after a lead arrives (`leadrelay dev --delay 30s` for a quicker demo)
-Try it:
-  psql '{url}' -c \"insert into landing_leads (name, email, phone, source) values ('Айгерим', 'aigerim@example.com', '+7 705 123 45 67', 'proftest_main')\"
+Try it, writing as the landing does (supabase-js with the service key is role service_role):
+  psql '{url}' -c 'set role service_role' -c \"insert into landing_leads (name, email, phone, source) values ('Айгерим', 'aigerim@example.com', '+7 705 123 45 67', 'proftest_main')\"
 Check it as an operator would check production:
   leadrelay doctor --dev {dir}
 Ctrl-C stops leadrelay and its PostgreSQL.

@@ -91,15 +91,23 @@ fn ident(role: &str) -> String {
 async fn missing_privileges(client: &Client, role: &str) -> Option<Check> {
     let row = match client
         .query_one(
-            "select has_table_privilege($1, 'public.landing_leads', 'INSERT'),
+            "with closed as (
+               select f.evaluated_by, f.fn::oid as fn from leadrelay.landing_write_functions() f
+                where not has_function_privilege($1, f.fn, 'EXECUTE')
+             ), qualified as (
+               -- schema-qualified whatever this session's search_path, for the grant
+               select p.oid, quote_ident(n.nspname) || '.' || quote_ident(p.proname)
+                             || '(' || oidvectortypes(p.proargtypes) || ')' as name
+                 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                where p.oid in (select fn from closed)
+             )
+             select has_table_privilege($1, 'public.landing_leads', 'INSERT'),
                     has_table_privilege($1, 'public.landing_leads', 'UPDATE'),
                     has_table_privilege($1, 'public.landing_leads', 'SELECT'),
-                    array(select f.evaluated_by || ': ' || f.fn::text
-                            from leadrelay.landing_write_functions() f
-                           where not has_function_privilege($1, f.fn, 'EXECUTE')),
-                    array(select f.fn::text
-                            from leadrelay.landing_write_functions() f
-                           where not has_function_privilege($1, f.fn, 'EXECUTE'))",
+                    array(select f.evaluated_by || ': ' || q.name
+                            from closed f, lateral (select q.name from qualified q where q.oid = f.fn) q),
+                    array(select distinct q.name
+                            from closed f join qualified q on q.oid = f.fn)",
             &[&role],
         )
         .await
@@ -130,11 +138,10 @@ async fn missing_privileges(client: &Client, role: &str) -> Option<Check> {
         ));
     }
     if !closed.is_empty() {
-        let mut grants: Vec<String> = closed_functions
+        let grants: Vec<String> = closed_functions
             .iter()
             .map(|f| format!("grant execute on function {f} to {who};"))
             .collect();
-        grants.dedup();
         return Some(Check::fail(
             NAME,
             format!(

@@ -45,14 +45,11 @@ pub struct ApplyOptions {
 impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions {
-            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            lock_timeout: Duration::from_millis(500),
             lock_tries: 40,
         }
     }
 }
-
-/// The default of `leadrelay migrate --lock-timeout`.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// An index left invalid by an interrupted `CREATE INDEX CONCURRENTLY` (the
 /// build failed, was cancelled, or its connection was lost): it is kept up

@@ -272,10 +272,12 @@ mod tests {
         let pieces = split(sql).unwrap();
         assert_eq!(pieces.len(), 6, "{pieces:#?}");
         assert_eq!(pieces.concat(), sql, "the pieces give the file back");
-        assert!(pieces[2].contains("nested; */ comment; */ select 1;"));
-        assert!(pieces[3].trim_start().starts_with("do $$"));
-        assert!(pieces[4].contains("'$$;'"));
-        assert!(pieces[5].contains("\"odd;name\""));
+        assert!(pieces[1].contains("-- a comment; with a semicolon"));
+        assert!(pieces[1].contains("nested; */ comment; */ select 1;"));
+        assert!(pieces[2].trim_start().starts_with("do $$"));
+        assert!(pieces[3].contains("'$$;'"));
+        assert!(pieces[4].contains("\"odd;name\""));
+        assert_eq!(pieces[5].trim(), "select $1::text;");
     }
 
     #[test]
