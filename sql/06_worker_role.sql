@@ -32,6 +32,8 @@ grant select on public.lead_notification_status to leadrelay_worker;
 
 -- The functions the worker and the webhooks call (they run as their owner).
 grant execute on function public.promote_due_notification_jobs(integer) to leadrelay_worker;
+grant execute on function public.leadrelay_gate(bigint[]) to leadrelay_worker;
+-- the gate of the release before, for its workers during an upgrade
 grant execute on function public.leadrelay_policy_verdicts(bigint[]) to leadrelay_worker;
 grant execute on function public.record_notification_event(text, text, text, text, timestamptz, jsonb, text) to leadrelay_worker;
 grant execute on function public.apply_pending_notification_events(text, text) to leadrelay_worker;

@@ -46,31 +46,69 @@ where j.status in ('failed', 'invalid') and j.channel in ('email', 'sms', 'lead_
   and (($1::bigint is not null and j.id = $1) or ($2::timestamptz is not null and j.finished_at >= $2))
 order by j.id";
 
+/// Whether job `j` is a member of an email batch whose outcome is unknown:
+/// the batch went to Resend (an attempt is on record) and was neither
+/// accepted nor refused as a whole (a refused batch is dissolved). Resend
+/// holds its key with the batch's body, so it may go again only whole.
+macro_rules! in_doubt_batch {
+    ($j:literal) => {
+        concat!(
+            "(", $j, ".channel = 'email' and ", $j, ".batch_key is not null and ",
+            $j, ".errors <> '[]'::jsonb)"
+        )
+    };
+}
+
 /// Puts failed or invalid jobs back to due with fresh attempts; their error
-/// history stays. The recipient is derived again from the lead, so a contact
-/// corrected in `landing_leads` is the one used; a job whose lead's contact
-/// is still unusable stays as it is. An email whose recipient changed gets a
-/// key of its own: Resend would answer the old key's first email (or a 409)
-/// to a different body. A job that failed because its template could not
-/// render (no request was made) takes the current template and values at its
-/// next claim, so "fix the template, then retry" sends the fixed one.
+/// history stays. The gate judges them again at their next claim (the send
+/// window, the duplicate check, the cap): `cleared_at` is cleared, so a lead
+/// whose person got the message meanwhile through another lead is cancelled
+/// as a duplicate instead of sent twice.
+///
+/// The recipient is derived again from the lead, so a contact corrected in
+/// `landing_leads` is the one used; a job whose lead's contact is still
+/// unusable stays as it is. An email whose recipient changed gets a key of
+/// its own: Resend would answer the old key's first email (or a 409) to a
+/// different body. A job that failed because its template could not render
+/// (no request was made) takes the current template and values at its next
+/// claim, so "fix the template, then retry" sends the fixed one.
+///
+/// A member of an email batch whose outcome is unknown (`in_doubt_batch`)
+/// goes again with its whole batch: every failed member, under the batch's
+/// key, with the recipients and values it was sent with, so Resend answers
+/// from its idempotency store instead of sending twice; the members count
+/// as in flight to their recipients meanwhile (they are not judged again,
+/// which could split the batch).
 pub const RETRY: &str = audited!(
-    "fresh as (
-  select j.id,
-         case j.channel
+    concat!("asked as (
+  select j.id, j.batch_key, ",
+    in_doubt_batch!("j"),
+    " and j.status = 'failed' as batch_in_doubt
+  from public.notification_jobs j
+  where j.id = any($1::bigint[]) and j.status in ('failed', 'invalid')
+), targets as (
+  select a.id, a.batch_in_doubt from asked a
+  union
+  select m.id, true from public.notification_jobs m
+  join asked a on a.batch_in_doubt and m.batch_key = a.batch_key
+  where m.status = 'failed' and m.channel = 'email'
+), fresh as (
+  select j.id, t.batch_in_doubt,
+         case when t.batch_in_doubt then j.recipient
+              else case j.channel
            when 'email' then case when public.leadrelay_email_problem(l.email) is null
                                   then public.leadrelay_trim(l.email) end
            when 'sms' then case when public.leadrelay_phone_problem(l.phone) is null
                                 then public.leadrelay_phone_digits(l.phone) end
            else j.recipient
-         end as recipient,
-         j.provider_message_id is null
+         end end as recipient,
+         not t.batch_in_doubt and j.provider_message_id is null
            and (j.last_error like 'template % version %' or j.last_error like 'template % has no %'
                 or j.last_error like 'no template %')
            as template_failed
-  from public.notification_jobs j
+  from targets t
+  join public.notification_jobs j on j.id = t.id
   join public.landing_leads l on l.id = j.lead_id
-  where j.id = any($1::bigint[]) and j.status in ('failed', 'invalid')
 ), changed as (
   update public.notification_jobs j
      set status = 'due', due_at = now(), attempts = 0, finished_at = null, updated_at = now(),
@@ -81,18 +119,34 @@ pub const RETRY: &str = audited!(
          recipient = f.recipient,
          template_version = case when f.template_failed then null else j.template_version end,
          sent_params = case when f.template_failed then null else j.sent_params end,
-         -- a retried job goes on its own: the rest of its batch is finished
-         batch_key = null
+         -- a retried job goes on its own (the rest of its batch is finished),
+         -- unless its batch is in doubt: then the batch goes again whole
+         batch_key = case when f.batch_in_doubt then j.batch_key end,
+         -- judged again by the gate at its next claim
+         cleared_at = case when f.batch_in_doubt then j.cleared_at end,
+         cancelled_by = null, duplicate_of_lead = null
     from fresh f
    where j.id = f.id and (f.recipient is not null or j.channel = 'lead_tracking')
   returning j.id, j.lead_id
-)",
+)"),
     notify: "select count(pg_notify('notification_jobs', id::text)) as n from changed"
 );
 
-/// A scheduled job (waiting for its delay or held by a send window) becomes
-/// due now. The claim still applies the duplicate check and the cap: "send
-/// now" skips the wait, not the promise of one message per person.
+/// The jobs of $1 that are members of an email batch in doubt and not
+/// finished (due or waiting for their next attempt): cancelling one alone
+/// would change the body Resend holds under the batch's key.
+pub const IN_DOUBT_BATCH_MEMBERS: &str = concat!(
+    "select j.id, (select count(*) from public.notification_jobs m where m.batch_key = j.batch_key)
+from public.notification_jobs j
+where j.id = any($1::bigint[]) and j.status in ('scheduled', 'due') and ",
+    in_doubt_batch!("j"),
+    " order by j.id"
+);
+
+/// A scheduled job (waiting for its delay) becomes due now. The claim's gate
+/// still applies: the send window (outside it the job waits for the
+/// opening), the duplicate check and the cap. "Send now" skips the delay,
+/// not a promise.
 pub const SEND_NOW: &str = audited!(
     "changed as (
   update public.notification_jobs
@@ -106,13 +160,18 @@ pub const SEND_NOW: &str = audited!(
 /// Cancels jobs not in flight and not sent (scheduled, due, failed or
 /// invalid) with the operator's reason, in the job and in the lead's mirror.
 /// A job being sent finishes: its request may already be at the provider.
+/// So does a member of an email batch in doubt that will go again
+/// (`IN_DOUBT_BATCH_MEMBERS`): the console and the CLI say why.
 pub const CANCEL: &str = audited!(
-    "changed as (
-  update public.notification_jobs
+    concat!("changed as (
+  update public.notification_jobs j
      set status = 'cancelled', finished_at = now(), updated_at = now(), held_until = null,
          last_error = left('cancelled by an operator: ' || coalesce(nullif(btrim($2::text), ''), 'no reason given'), 2000)
-   where id = any($1::bigint[]) and status in ('scheduled', 'due', 'failed', 'invalid')
-  returning id, lead_id, channel, last_error
+   where j.id = any($1::bigint[]) and j.status in ('scheduled', 'due', 'failed', 'invalid')
+     and not (j.status in ('scheduled', 'due') and ",
+    in_doubt_batch!("j"),
+    ")
+  returning j.id, j.lead_id, j.channel, j.last_error
 ), mirrored as (
   update public.landing_leads l
      set email_error = coalesce(m.email_reason, l.email_error),
@@ -122,7 +181,7 @@ pub const CANCEL: &str = audited!(
                  max(last_error) filter (where channel = 'sms') as sms_reason
             from changed group by lead_id) m
    where l.id = m.lead_id
-)",
+)"),
     notify: "select 0::bigint as n"
 );
 
@@ -232,10 +291,11 @@ select at, actor, action, job_ids, changed_job_ids, reason, session_id
 from public.ops_audit where lead_ids @> array[$1::uuid]
 order by at desc, id desc limit 50";
 
-pub fn statements() -> [&'static str; 6] {
+pub fn statements() -> [&'static str; 7] {
     [
         RETRY_CANDIDATES,
         RETRY,
+        IN_DOUBT_BATCH_MEMBERS,
         SEND_NOW,
         CANCEL,
         CANCEL_CANDIDATES,

@@ -19,7 +19,7 @@ pub use crate::domain::Channel;
 /// Each claim adds `rest_of_batch_until` and its FROM.
 macro_rules! claimed_rows {
     () => {
-        "  returning j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
+        "  returning j.status, j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
             coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
             j.batch_key, j.idempotency_key, j.channel, j.sent_params, j.outcome_unknown_since,
             j.template_version, j.cancelled_by, j.last_error
@@ -35,19 +35,33 @@ select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.p
 }
 
 /// The SET items that fix what a job's message is made of, at its first
-/// claim: the template's version, the lead's fields and metadata, the rule's
-/// params, and `$url` (the product link this worker uses by default). Both
-/// claims use it, so a job claimed first in a batch is fixed the same way.
+/// claim that sends it (`$sending`: a job the gate holds for its window is
+/// not fixed yet, so a template edited meanwhile still applies): the
+/// template's version, the lead's fields and metadata, the rule's params,
+/// and `$url` (the product link this worker uses by default). Both claims
+/// use it, so a job claimed first in a batch is fixed the same way.
 macro_rules! fixed_by_first_claim {
-    ($url:literal) => {
+    ($sending:literal, $url:literal) => {
         concat!(
-            "template_version = coalesce(j.template_version,
+            "template_version = case when ", $sending, " then coalesce(j.template_version,
            (select t.version from public.notification_templates t
-             where t.key = j.template and t.channel = j.channel)),
-         sent_params = coalesce(j.sent_params, case when j.channel in ('email', 'sms') then ",
+             where t.key = j.template and t.channel = j.channel)) else j.template_version end,
+         sent_params = case when ", $sending, " then coalesce(j.sent_params, case when j.channel in ('email', 'sms') then ",
             message_values!("j.lead_id", "j.channel", "j.template", $url),
-            " end),"
+            " end) else j.sent_params end,"
         )
+    };
+}
+
+/// What a claim does with a job the gate holds for its send window: back to
+/// waiting for the opening, with the reason, and no attempt counted. The
+/// promotion makes it due when the window opens. Expects `v` (the gate's
+/// verdict, `v.verdict = 'window'`).
+macro_rules! held_by_window {
+    () => {
+        "due_at = case when v.verdict = 'window' then v.held_until else j.due_at end,
+         held_until = case when v.verdict = 'window' then v.held_until else j.held_until end,
+         hold_reason = case when v.verdict = 'window' then v.reason else j.hold_reason end,"
     };
 }
 
@@ -63,7 +77,9 @@ macro_rules! fixed_by_first_claim {
 /// batch sent again after a crash is the same batch. Jobs already in a batch
 /// are left to `CLAIM_BATCHES`.
 ///
-/// The delivery policies are applied here, before any request: a job the
+/// The gate (`leadrelay_gate`) is applied here, before any request, whatever
+/// made the job due: a job outside its rule's send window goes back to
+/// `scheduled` until the opening (and is not returned); a job the
 /// de-duplication or the per-recipient cap refuses is `cancelled` with the
 /// reason in the same write, and returned with `cancelled_by` set; the
 /// others pass (`cleared_at`).
@@ -77,10 +93,11 @@ with claimable as (
   limit $2
   for update skip locked
 ), verdict as (
-  -- the delivery policies, decided under a lock per recipient (see
-  -- `leadrelay_policy_verdicts`): the jobs to cancel instead of sending
-  select v.job_id, v.policy, v.duplicate_of, v.reason
-  from public.leadrelay_policy_verdicts(array(select c.id from claimable c)) v
+  -- the gate: the send window, then the delivery policies under a lock per
+  -- recipient (see `leadrelay_gate`): the jobs to hold or cancel
+  select v.job_id, v.verdict, v.duplicate_of, v.held_until, v.reason,
+         v.verdict in ('duplicate', 'recipient_cap') as cancels
+  from public.leadrelay_gate(array(select c.id from claimable c)) v
 ), policy_mirror as (
   -- the dashboard row says why its lead got nothing
   update public.landing_leads l
@@ -90,11 +107,13 @@ with claimable as (
                  max(v.reason) filter (where j.channel = 'email') as email_reason,
                  max(v.reason) filter (where j.channel = 'sms') as sms_reason
             from verdict v join public.notification_jobs j on j.id = v.job_id
+           where v.cancels
            group by j.lead_id) m
    where l.id = m.lead_id
 ), claimed as (
   update public.notification_jobs j
-     set status = case when v.job_id is null then 'sending' else 'cancelled' end,
+     set status = case when v.job_id is null then 'sending'
+                       when v.cancels then 'cancelled' else 'scheduled' end,
          attempts = case when v.job_id is null then j.attempts + 1 else j.attempts end,
          locked_by = case when v.job_id is null then $3 end,
          locked_until = case when v.job_id is null then now() + make_interval(secs => $4) end,
@@ -102,22 +121,24 @@ with claimable as (
                                and (select count(*) from claimable f
                                      where f.fresh and f.id not in (select job_id from verdict)) >= 2
                           then $5::text end,
-         -- fixed by the first claim: the lead's uuid and the template are
-         -- unique across databases; a job tried before keys were stored keeps
-         -- the key it was tried under
-         idempotency_key = case when j.channel = 'email' then coalesce(j.idempotency_key,
+         -- fixed by the first claim that sends it: the lead's uuid and the
+         -- template are unique across databases; a job tried before keys
+         -- were stored keeps the key it was tried under
+         idempotency_key = case when j.channel = 'email' and v.job_id is null then coalesce(j.idempotency_key,
                              case when j.attempts > 0 then 'leadrelay-job-' || j.id
-                                  else 'leadrelay-' || j.lead_id || '-' || j.template end) end,
+                                  else 'leadrelay-' || j.lead_id || '-' || j.template end)
+                           else j.idempotency_key end,
 ",
-    fixed_by_first_claim!("$6"),
+    fixed_by_first_claim!("v.job_id is null", "$6"),
+    held_by_window!(),
     "
-         -- passed the policies: from now on it counts as sent or in flight
+         -- passed the gate: from now on it counts as sent or in flight
          cleared_at = case when v.job_id is null and j.channel in ('email', 'sms')
-                           then coalesce(j.cleared_at, now()) end,
-         cancelled_by = v.policy,
-         duplicate_of_lead = v.duplicate_of,
-         last_error = coalesce(v.reason, j.last_error),
-         finished_at = case when v.job_id is null then j.finished_at else now() end,
+                           then coalesce(j.cleared_at, now()) else j.cleared_at end,
+         cancelled_by = case when v.cancels then v.verdict end,
+         duplicate_of_lead = case when v.cancels then v.duplicate_of end,
+         last_error = case when v.cancels then v.reason else j.last_error end,
+         finished_at = case when v.cancels then now() else j.finished_at end,
          updated_at = now()
     from claimable c
     left join verdict v on v.job_id = c.id
@@ -127,6 +148,7 @@ with claimable as (
     " null::timestamptz as rest_of_batch_until
 from claimed c
 left join public.landing_leads l on l.id = c.lead_id
+where c.status <> 'scheduled'
 order by c.id"
 );
 
@@ -139,6 +161,12 @@ order by c.id"
 /// batch are elsewhere (scheduled, or held by a lease), the latest moment they
 /// are expected back; such a batch must not be sent in part (Resend's key
 /// needs the same body), so the worker puts it off until then.
+///
+/// The gate's window applies to a batch as a whole: when any due member is
+/// outside its rule's window, every due member waits for the latest of
+/// their openings (and none is returned). Its members passed the policies
+/// when the batch was made, and are not judged again: a batch whose outcome
+/// is unknown goes again whole, or not at all.
 pub const CLAIM_BATCHES: &str = concat!(
     "
 with keys as (
@@ -150,18 +178,33 @@ with keys as (
     limit $1
   ) k
   where pg_try_advisory_xact_lock(hashtext('leadrelay email batch'), hashtext(k.batch_key))
+), members as (
+  select j.id, j.batch_key from public.notification_jobs j
+  join keys k on k.batch_key = j.batch_key
+  where j.channel = 'email' and j.status = 'due'
+  for update of j
+), held as (
+  select m.batch_key, max(g.held_until) as held_until, max(g.reason) as reason
+  from public.leadrelay_gate(array(select m.id from members m)) g
+  join members m on m.id = g.job_id
+  where g.verdict = 'window'
+  group by m.batch_key
 ), claimed as (
   update public.notification_jobs j
-     set status = 'sending',
-         attempts = j.attempts + 1,
-         locked_by = $2,
-         locked_until = now() + make_interval(secs => $3),
+     set status = case when v.batch_key is null then 'sending' else 'scheduled' end,
+         attempts = case when v.batch_key is null then j.attempts + 1 else j.attempts end,
+         locked_by = case when v.batch_key is null then $2 end,
+         locked_until = case when v.batch_key is null then now() + make_interval(secs => $3) end,
          ",
-    fixed_by_first_claim!("$4"),
+    fixed_by_first_claim!("v.batch_key is null", "$4"),
     "
+         due_at = coalesce(v.held_until, j.due_at),
+         held_until = coalesce(v.held_until, j.held_until),
+         hold_reason = coalesce(v.reason, j.hold_reason),
          updated_at = now()
-    from keys k
-   where j.batch_key = k.batch_key and j.channel = 'email' and j.status = 'due'
+    from members m
+    left join held v on v.batch_key = m.batch_key
+   where j.id = m.id
 ",
     claimed_rows!(),
     "
@@ -171,6 +214,7 @@ with keys as (
          where r.batch_key = c.batch_key and r.status in ('scheduled', 'sending')) as rest_of_batch_until
 from claimed c
 left join public.landing_leads l on l.id = c.lead_id
+where c.status <> 'scheduled'
 order by c.batch_key, c.id"
 );
 
@@ -267,6 +311,21 @@ select coalesce((select array_agg(id) from done), '{{}}'::bigint[]),
     )
 }
 
+/// Job $1 (worker $2) was most likely sent without an id to show for it
+/// (`Outcome::ProbablySent`, $3 says why): `sent`, with the mirror.
+pub fn record_probably_sent_sql() -> String {
+    let still_this_claims = still_this_claims("$2");
+    format!(
+        "with done as (
+  update public.notification_jobs j
+     set status = 'sent', sent_at = now(), finished_at = now(), sent_unconfirmed = left($3, 2000),
+         last_error = null, locked_by = null, locked_until = null, updated_at = now()
+   where j.id = $1 and {still_this_claims}
+  returning j.id, j.lead_id, j.channel, null::text as error, true as sent
+), {MIRROR}{ONE_RESULT}"
+    )
+}
+
 /// Job $1 (worker $2) failed for a reason worth another attempt ($3); try
 /// again in $4 seconds. $5: whether this attempt counts against max_attempts
 /// (a rate limit is not the message's failure). $6: when an SMS attempt
@@ -292,8 +351,9 @@ pub fn record_retry_sql() -> String {
 /// together for a reason worth another attempt ($3): they are tried again
 /// together in $4 seconds, or at $7 when given ($5: whether this attempt
 /// counts). With $6 the batch is dissolved (Resend refused it without sending
-/// anything): each member is then sent on its own. Returns the ids that were
-/// still ours.
+/// anything): each member is then sent on its own. $8 (or null): an attempt
+/// whose outcome is unknown began then (the earliest is kept). Returns the
+/// ids that were still ours.
 pub fn record_retry_many_sql() -> String {
     format!(
         "with input as (
@@ -304,6 +364,7 @@ pub fn record_retry_many_sql() -> String {
          due_at = coalesce($7::timestamptz, now() + make_interval(secs => $4)),
          attempts = case when $5 then j.attempts else j.attempts - 1 end,
          batch_key = case when $6 then null else j.batch_key end,
+         outcome_unknown_since = least(j.outcome_unknown_since, $8::timestamptz),
          last_error = left($3, 2000),
          {APPEND_ERROR},
          locked_by = null, locked_until = null, updated_at = now()
@@ -457,6 +518,7 @@ pub fn statements() -> Vec<String> {
         record_retry_sql(),
         record_retry_many_sql(),
         record_final_sql(),
+        record_probably_sent_sql(),
         record_found_sql(),
         LOOKUP_LOCK.to_string(),
         RECORD_TRACKED.to_string(),
@@ -617,6 +679,12 @@ pub enum Outcome {
     Cancelled {
         error: String,
     },
+    /// The provider most likely sent it but gave no id: Resend answered 409
+    /// for an idempotency key it holds with another body. Recorded as `sent`
+    /// with why in `sent_unconfirmed`, so no retry sends it again.
+    ProbablySent {
+        note: String,
+    },
 }
 
 /// What recording a look-up's find came to.
@@ -649,6 +717,9 @@ pub struct BatchRetry {
     pub counts: bool,
     /// Each member goes on its own from now on.
     pub dissolve: bool,
+    /// An attempt of the batch whose outcome is unknown began then: Resend
+    /// may hold the batch under its key (kept until the batch is sent).
+    pub unknown_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -799,6 +870,7 @@ impl Queue {
                     &retry.counts,
                     &retry.dissolve,
                     &retry.at,
+                    &retry.unknown_since,
                 ],
             )
             .await?;
@@ -846,6 +918,11 @@ impl Queue {
                         ],
                     )
                     .await?
+            }
+            Outcome::ProbablySent { note } => {
+                let st = client.prepare_cached(&record_probably_sent_sql()).await?;
+                let note = storable::text(note);
+                client.query_one(&st, &[&id, &lock, &note]).await?
             }
             Outcome::Failed { error, .. }
             | Outcome::Invalid { error }

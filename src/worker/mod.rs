@@ -350,6 +350,7 @@ impl Worker {
                 at: Some(until),
                 counts: false,
                 dissolve: false,
+                unknown_since: None,
             };
             if let Err(e) = self
                 .queue
@@ -573,6 +574,7 @@ impl Worker {
                 at: None,
                 counts: false,
                 dissolve: true,
+                unknown_since: None,
             };
             let error = "emails from a template Resend hosts are sent one by one";
             return self.record_batch_retry(&members, error, retry).await;
@@ -606,15 +608,16 @@ impl Worker {
                     at: None,
                     counts: true,
                     dissolve: true,
+                unknown_since: None,
                 };
                 let error = format!("batch refused, sending each email on its own: {message}");
                 self.record_batch_retry(&members, &error, retry).await;
             }
             // A 409 invalid_idempotent_request means Resend accepted a batch
-            // under this key before, with other contents (a lead changed
+            // under this key before, with other contents (a member dropped
             // after an attempt whose outcome was unknown): those emails most
-            // likely went out, so they fail here for a person to look at
-            // rather than go again one by one.
+            // likely went out, so each member is recorded as probably sent
+            // (`outcome_of`), never as a failure a retry would send again.
             Err(error) => {
                 // Every member has the same attempts and the same outcome.
                 let outcome = self.outcome_of(first, Err(error));
@@ -623,13 +626,14 @@ impl Worker {
                         error,
                         after,
                         counts,
-                        ..
+                        unknown_since,
                     } => {
                         let retry = BatchRetry {
                             after,
                             at: None,
                             counts,
                             dissolve: false,
+                            unknown_since,
                         };
                         self.record_batch_retry(&members, &error, retry).await;
                     }
@@ -798,29 +802,55 @@ impl Worker {
     }
 
     /// Turns a provider's answer into the job's next state.
+    ///
+    /// An email keeps the mark of an attempt whose outcome was unknown
+    /// (`outcome_unknown_since`) until it is sent: Resend may hold it under
+    /// its key, so it counts as in flight to its recipient even once it has
+    /// failed. A 409 for a key Resend holds with another body means the
+    /// email under that key most likely went out: it is recorded as sent,
+    /// never as a failure a retry would send again.
     fn outcome_of(&self, job: &ClaimedJob, result: Result<Sent, SendError>) -> Outcome {
+        let email = job.channel == Channel::Email;
         match result {
             Ok(sent) => Outcome::Sent {
                 provider_message_id: sent.provider_message_id,
                 campaign_id: sent.campaign_id,
             },
+            Err(SendError::Permanent { message })
+                if email && resend::key_used_with_other_contents(&message) =>
+            {
+                Outcome::ProbablySent {
+                    note: format!(
+                        "Resend refused the idempotency key {} because it holds it with another body: the email sent under it most likely went out (no email id to show for it); {message}",
+                        resend::idempotency_key(job.id, job.idempotency_key.as_deref())
+                    ),
+                }
+            }
             Err(SendError::Permanent { message }) => Outcome::Failed {
                 error: message,
-                unknown_since: None,
+                unknown_since: job.outcome_unknown_since.filter(|_| email),
             },
             Err(SendError::Temporary {
                 message,
                 retry_after,
                 rate_limited,
-                ..
+                outcome_unknown,
             }) => {
+                let unknown_since = if !email {
+                    None
+                } else if outcome_unknown {
+                    let now = chrono::Utc::now();
+                    Some(job.outcome_unknown_since.map_or(now, |s| s.min(now)))
+                } else {
+                    job.outcome_unknown_since
+                };
                 if !rate_limited && job.attempts >= job.max_attempts {
                     Outcome::Failed {
                         error: format!(
                             "gave up after {} attempts; last error: {message}",
                             job.attempts
                         ),
-                        unknown_since: None,
+                        unknown_since,
                     }
                 } else {
                     Outcome::Retry {
@@ -828,7 +858,7 @@ impl Worker {
                             .unwrap_or_else(|| self.settings.backoff.delay(job.attempts)),
                         error: message,
                         counts: !rate_limited,
-                        unknown_since: None,
+                        unknown_since,
                     }
                 }
             }
@@ -943,6 +973,7 @@ pub(crate) fn log_state_change(job: &ClaimedJob, outcome: &Outcome) {
         Outcome::Failed { .. } => "failed",
         Outcome::Invalid { .. } => "invalid",
         Outcome::Cancelled { .. } => "cancelled",
+        Outcome::ProbablySent { .. } => "probably_sent",
     };
     metrics::counter!("leadrelay_job_outcomes_total", "channel" => channel, "outcome" => name)
         .increment(1);
@@ -974,6 +1005,10 @@ pub(crate) fn log_state_change(job: &ClaimedJob, outcome: &Outcome) {
         Outcome::Cancelled { error } => tracing::info!(
             lead_id = %job.lead_id, job_id = job.id, channel, attempt = job.attempts,
             outcome = "cancelled", error = %error, "state change"
+        ),
+        Outcome::ProbablySent { note } => tracing::warn!(
+            lead_id = %job.lead_id, job_id = job.id, channel, attempt = job.attempts,
+            outcome = "probably_sent", note = %note, "state change"
         ),
     }
 }

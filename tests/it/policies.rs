@@ -43,6 +43,19 @@ async fn a_lead_outside_the_sms_window_gets_its_email_now_and_its_sms_at_the_ope
         lead_job(&client, id, "email").await.1 == "sent"
     })
     .await;
+    // The SMS job is moved to the opening by the promotion that follows (a
+    // busy machine may send the email first).
+    eventually(Duration::from_secs(10), "the SMS is held for its window", || async {
+        client
+            .query_one(
+                "select held_until is not null from notification_jobs where lead_id = $1 and channel = 'sms'",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await;
     let held = client
         .query_one(
             "select status, held_until, hold_reason, sms_held_until from notification_jobs

@@ -415,7 +415,7 @@ async fn privileges(client: &Client) -> Check {
                ('select on public.landing_leads', has_table_privilege('public.landing_leads', 'SELECT')),
                ('update of the mirror columns of public.landing_leads', has_column_privilege('public.landing_leads', 'email_sent', 'UPDATE')),
                ('execute on public.promote_due_notification_jobs', has_function_privilege('public.promote_due_notification_jobs(integer)', 'EXECUTE')),
-               ('execute on public.leadrelay_policy_verdicts', has_function_privilege('public.leadrelay_policy_verdicts(bigint[])', 'EXECUTE')),
+               ('execute on public.leadrelay_gate', has_function_privilege('public.leadrelay_gate(bigint[])', 'EXECUTE')),
                ('select, insert, update, delete on public.ops_sessions (the console''s sign-ins)', has_table_privilege('public.ops_sessions', 'SELECT, INSERT, UPDATE, DELETE')),
                ('select, insert on public.ops_audit (the console''s actions)', has_table_privilege('public.ops_audit', 'SELECT, INSERT')),
                ('select on leadrelay.schema_migrations', has_schema_privilege('leadrelay', 'USAGE') and has_table_privilege('leadrelay.schema_migrations', 'SELECT'))
