@@ -34,8 +34,6 @@ pub enum ServeError {
     },
     #[error("the database schema is not ready: {0}")]
     Schema(String),
-    #[error("an enabled rule's template cannot be sent: {0} (see `leadrelay templates check`)")]
-    Templates(String),
 }
 
 pub struct Application {
@@ -58,7 +56,9 @@ impl Application {
         )
         .await?;
         check_schema(&pool).await?;
-        check_templates(&pool, &config.product_url).await?;
+        // Templates are checked by the worker's first sweep, which logs each
+        // problem: a marketer's edit must never stop the webhooks, the
+        // console or the other channels (only its own jobs fail).
         let tracking_pool = match &config.lead_tracking_database_url {
             Some(url) => store::pool(url.expose(), config.worker.concurrency + 2).await?,
             None => pool.clone(),
@@ -312,30 +312,6 @@ async fn request_timeout(
 
 /// Refuses to start against a database that lacks the migrations this binary
 /// was built with: its statements would fail on every job.
-/// Every enabled rule's template exists, compiles and renders a sample.
-async fn check_templates(
-    pool: &deadpool_postgres::Pool,
-    product_url: &str,
-) -> Result<(), ServeError> {
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| store::DbError::Connect(e.to_string()))?;
-    let findings = crate::worker::template_check::check(&client, product_url)
-        .await
-        .map_err(|e| ServeError::Schema(e.to_string()))?;
-    match findings.problems.as_slice() {
-        [] => Ok(()),
-        problems => Err(ServeError::Templates(
-            problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
-    }
-}
-
 async fn check_schema(pool: &deadpool_postgres::Pool) -> Result<(), ServeError> {
     let client = pool
         .get()

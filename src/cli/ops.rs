@@ -481,6 +481,20 @@ pub async fn cancel_rule(
     .await?;
     let n = done.changed.len() as u64;
     println!("{n} job(s) cancelled (ops_audit id {})", done.audit_id);
+    let in_doubt = client
+        .query(operator::IN_DOUBT_BATCH_MEMBERS, &[&ids])
+        .await?;
+    if !in_doubt.is_empty() {
+        println!(
+            "{} job(s) left: each went to Resend in an email batch whose outcome is unknown (it may already have been delivered); cancelling part of a batch would change what Resend holds under its key, so they go again only with their whole batch: {}",
+            in_doubt.len(),
+            in_doubt
+                .iter()
+                .map(|r| r.get::<_, i64>(0).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(n)
 }
 

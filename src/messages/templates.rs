@@ -126,6 +126,36 @@ impl Compiled {
         &self.source
     }
 
+    /// The keys of the lead's `metadata` the template reads (`{{ city }}`,
+    /// `{{ metadata.city }}`): every variable it uses that is neither a
+    /// lead's field, the product link, `metadata`, `params` nor a key of the
+    /// rule's params. A lead without one of them cannot render it; a check
+    /// against a sample lead gives the sample those keys.
+    pub fn metadata_keys(&self, rule_params: &serde_json::Value) -> Vec<String> {
+        let params = rule_params.as_object();
+        let mut keys = std::collections::BTreeSet::new();
+        for (_, name) in PARTS {
+            let Ok(template) = self.env.get_template(name) else {
+                continue;
+            };
+            for variable in template.undeclared_variables(true) {
+                let key = match variable.strip_prefix("metadata.") {
+                    Some(key) => key.split('.').next().unwrap_or(key).to_string(),
+                    None => variable.split('.').next().unwrap_or(&variable).to_string(),
+                };
+                let known = variable == "metadata"
+                    || (!variable.starts_with("metadata.")
+                        && (LEAD_FIELDS.contains(&key.as_str())
+                            || matches!(key.as_str(), "product_url" | "params" | "metadata")
+                            || params.is_some_and(|p| p.contains_key(&key))));
+                if !known && !key.is_empty() {
+                    keys.insert(key);
+                }
+            }
+        }
+        keys.into_iter().collect()
+    }
+
     fn complete(&self) -> Result<(), TemplateError> {
         let missing = |part| TemplateError::Incomplete {
             key: self.source.key.clone(),
@@ -296,13 +326,23 @@ impl Variables {
         Variables(vars)
     }
 
-    /// A sample lead, for `leadrelay templates check`.
-    pub fn sample(rule_params: &serde_json::Value, product_url: &str) -> Variables {
+    /// A sample lead, for `leadrelay templates check`, carrying each of
+    /// `metadata_keys` (what the template reads from a lead's metadata) with
+    /// a placeholder value.
+    pub fn sample(
+        rule_params: &serde_json::Value,
+        product_url: &str,
+        metadata_keys: &[String],
+    ) -> Variables {
+        let metadata: serde_json::Map<String, serde_json::Value> = metadata_keys
+            .iter()
+            .map(|k| (k.clone(), serde_json::Value::String(format!("<{k}>"))))
+            .collect();
         Variables::from_sent_params(
             &serde_json::json!({
                 "name": "Айгерим", "email": "aigerim@example.com", "phone": "+7 705 123 45 67",
                 "source": "proftest_main", "created_at": "2026-11-29T10:00:00+05:00",
-                "metadata": {}, "params": rule_params,
+                "metadata": metadata, "params": rule_params,
             }),
             product_url,
         )

@@ -53,11 +53,27 @@ order by j.id";
 macro_rules! in_doubt_batch {
     ($j:literal) => {
         concat!(
-            "(", $j, ".channel = 'email' and ", $j, ".batch_key is not null and ",
-            $j, ".errors <> '[]'::jsonb)"
+            "(",
+            $j,
+            ".channel = 'email' and ",
+            $j,
+            ".batch_key is not null and ",
+            $j,
+            ".errors <> '[]'::jsonb)"
         )
     };
 }
+
+/// The job an operator acts on, with its lead's name and, when it is a
+/// member of an email batch in doubt, the batch's size (else 0).
+pub const ACTION_JOB: &str = concat!(
+    "select j.id, j.lead_id, j.channel, j.template, j.status, j.last_error, l.name, j.due_at,
+       case when ",
+    in_doubt_batch!("j"),
+    " then (select count(*) from public.notification_jobs m where m.batch_key = j.batch_key) else 0 end
+from public.notification_jobs j left join public.landing_leads l on l.id = j.lead_id
+where j.id = $1"
+);
 
 /// Puts failed or invalid jobs back to due with fresh attempts; their error
 /// history stays. The gate judges them again at their next claim (the send
@@ -291,8 +307,9 @@ select at, actor, action, job_ids, changed_job_ids, reason, session_id
 from public.ops_audit where lead_ids @> array[$1::uuid]
 order by at desc, id desc limit 50";
 
-pub fn statements() -> [&'static str; 7] {
+pub fn statements() -> [&'static str; 8] {
     [
+        ACTION_JOB,
         RETRY_CANDIDATES,
         RETRY,
         IN_DOUBT_BATCH_MEMBERS,

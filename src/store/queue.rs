@@ -43,10 +43,14 @@ select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.p
 macro_rules! fixed_by_first_claim {
     ($sending:literal, $url:literal) => {
         concat!(
-            "template_version = case when ", $sending, " then coalesce(j.template_version,
+            "template_version = case when ",
+            $sending,
+            " then coalesce(j.template_version,
            (select t.version from public.notification_templates t
              where t.key = j.template and t.channel = j.channel)) else j.template_version end,
-         sent_params = case when ", $sending, " then coalesce(j.sent_params, case when j.channel in ('email', 'sms') then ",
+         sent_params = case when ",
+            $sending,
+            " then coalesce(j.sent_params, case when j.channel in ('email', 'sms') then ",
             message_values!("j.lead_id", "j.channel", "j.template", $url),
             " end) else j.sent_params end,"
         )

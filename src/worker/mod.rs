@@ -608,7 +608,7 @@ impl Worker {
                     at: None,
                     counts: true,
                     dissolve: true,
-                unknown_since: None,
+                    unknown_since: None,
                 };
                 let error = format!("batch refused, sending each email on its own: {message}");
                 self.record_batch_retry(&members, &error, retry).await;

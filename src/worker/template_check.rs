@@ -1,8 +1,11 @@
 //! Every enabled rule's template, checked before it reaches anyone: it
 //! exists, compiles, and renders against a sample lead with the rule's
-//! params (and an SMS fits the rule's `max_sms_segments`). `serve` refuses to
-//! start on a problem and checks again whenever templates or rules change;
-//! `leadrelay templates check` prints the same findings.
+//! params and the metadata keys the template reads (and an SMS fits the
+//! rule's `max_sms_segments`). A problem never stops the process: `serve`
+//! logs each one at ERROR when it first sees it (and again when templates or
+//! rules change), the console's front page and `leadrelay doctor` show it,
+//! and only the jobs that really cannot render fail; `leadrelay templates
+//! check` prints the same findings.
 
 use crate::domain::Channel;
 use crate::messages::templates::{Compiled, Message, Variables};
@@ -36,7 +39,7 @@ impl std::fmt::Display for Problem {
 /// The findings for every enabled rule: one line each for the rules that
 /// are fine, the problems (its jobs would fail), and warnings (the sample
 /// SMS is longer than the rule allows: leads with names as long would get
-/// `invalid`).
+/// `invalid`; the template reads metadata keys: a lead without one fails).
 #[derive(Debug, Default)]
 pub struct Findings {
     pub fine: Vec<String>,
@@ -58,10 +61,9 @@ pub async fn check(
             message,
         };
         match check_rule(&rule, product_url) {
-            Ok((fine, None)) => findings.fine.push(fine),
-            Ok((fine, Some(warning))) => {
+            Ok((fine, warnings)) => {
                 findings.fine.push(fine);
-                findings.warnings.push(problem(warning));
+                findings.warnings.extend(warnings.into_iter().map(&problem));
             }
             Err(message) => findings.problems.push(problem(message)),
         }
@@ -69,8 +71,8 @@ pub async fn check(
     Ok(findings)
 }
 
-/// A line for the rule and perhaps a warning, or the problem.
-fn check_rule(rule: &RuleTemplate, product_url: &str) -> Result<(String, Option<String>), String> {
+/// A line for the rule and its warnings, or the problem.
+fn check_rule(rule: &RuleTemplate, product_url: &str) -> Result<(String, Vec<String>), String> {
     let Some(source) = rule.current.clone() else {
         return Err(format!(
             "no template {} for channel {} in notification_templates",
@@ -80,15 +82,22 @@ fn check_rule(rule: &RuleTemplate, product_url: &str) -> Result<(String, Option<
     };
     let version = source.version;
     let compiled = Compiled::compile(source).map_err(|e| e.to_string())?;
-    let sample = Variables::sample(&rule.params, product_url);
-    let mut warning = None;
+    let metadata_keys = compiled.metadata_keys(&rule.params);
+    let sample = Variables::sample(&rule.params, product_url, &metadata_keys);
+    let mut warnings = Vec::new();
+    if !metadata_keys.is_empty() {
+        warnings.push(format!(
+            "needs metadata key(s) {}: a lead whose metadata lacks one fails with the reason (checked here with a placeholder; a misspelt variable reads the same: a lead's own are name, email, phone, source, created_at, product_url)",
+            metadata_keys.join(", ")
+        ));
+    }
     let summary = match compiled
         .render_message(&sample)
         .map_err(|e| e.to_string())?
     {
         Message::Sms { length, .. } => {
             if length.segments > rule.max_sms_segments.max(0) as usize {
-                warning = Some(format!(
+                warnings.push(format!(
                     "the sample SMS is {length}, more than the rule's max_sms_segments ({}): such SMS end `invalid`",
                     rule.max_sms_segments
                 ));
@@ -104,7 +113,7 @@ fn check_rule(rule: &RuleTemplate, product_url: &str) -> Result<(String, Option<
         rule.channel.as_str(),
         rule.template
     );
-    Ok((line, warning))
+    Ok((line, warnings))
 }
 
 impl super::Worker {
@@ -131,7 +140,7 @@ impl super::Worker {
                     tracing::warn!(
                         rule_id = warning.rule_id, template = %warning.template,
                         channel = warning.channel.as_str(), warning = %warning.message,
-                        "a template may be too long"
+                        "a template may not render for every lead"
                     );
                 }
                 for problem in &findings.problems {

@@ -489,6 +489,11 @@ impl ServeProcess {
         ServeProcess { child }
     }
 
+    /// Whether the process is still up (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn kill_9(&mut self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),

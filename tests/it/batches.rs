@@ -14,11 +14,11 @@ use crate::app::{
 use crate::harness::{TestDb, fresh_db, insert_as_landing};
 
 /// Only email rules, due at once.
-const EMAIL_ONLY: &str = "update public.notification_rules set delay = interval '0';
+pub const EMAIL_ONLY: &str = "update public.notification_rules set delay = interval '0';
 update public.notification_rules set enabled = false where channel <> 'email'";
 
 /// `n` leads in one statement: their email jobs are due together.
-async fn burst(client: &tokio_postgres::Client, n: i32) {
+pub async fn burst(client: &tokio_postgres::Client, n: i32) {
     client
         .execute(
             "insert into public.landing_leads (name, email, phone, source)
@@ -66,7 +66,7 @@ async fn batch_endpoint_answers(providers: &Providers, answer: ResponseTemplate)
         .await;
 }
 
-fn key_of(r: &Request) -> String {
+pub fn key_of(r: &Request) -> String {
     r.headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -81,7 +81,7 @@ fn batch_requests(requests: &[Request]) -> Vec<&Request> {
         .collect()
 }
 
-fn recipients_of(r: &Request) -> Vec<String> {
+pub fn recipients_of(r: &Request) -> Vec<String> {
     let emails: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
     emails
         .iter()
@@ -415,10 +415,19 @@ async fn a_batch_resend_already_accepted_with_other_contents_is_recorded_as_prob
         "sent, probably: the key Resend holds went out with its first body"
     );
     // a retry has nothing to send again
-    let retried = crate::app::leadrelay_cli(&db.url, &["retry", "--failed-since", "2000-01-01", "--yes"]);
-    assert!(retried.status.success(), "{}", String::from_utf8_lossy(&retried.stderr));
+    let retried =
+        crate::app::leadrelay_cli(&db.url, &["retry", "--failed-since", "2000-01-01", "--yes"]);
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
     assert_eq!(
-        count(&client, "select count(*) from notification_jobs where channel = 'email' and status <> 'sent'").await,
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'email' and status <> 'sent'"
+        )
+        .await,
         0
     );
 }

@@ -53,7 +53,7 @@ pub fn csrf_of(page: &str) -> String {
     page[start..start + page[start..].find('"').unwrap()].to_string()
 }
 
-async fn get(base: &str, path: &str, cookie: &str) -> (reqwest::StatusCode, String) {
+pub async fn get(base: &str, path: &str, cookie: &str) -> (reqwest::StatusCode, String) {
     let r = http()
         .get(format!("{base}{path}"))
         .header("cookie", cookie)
@@ -63,7 +63,12 @@ async fn get(base: &str, path: &str, cookie: &str) -> (reqwest::StatusCode, Stri
     (r.status(), r.text().await.unwrap())
 }
 
-async fn post(base: &str, path: &str, cookie: &str, form: &[(&str, &str)]) -> reqwest::Response {
+pub async fn post(
+    base: &str,
+    path: &str,
+    cookie: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
     http()
         .post(format!("{base}{path}"))
         .header("cookie", cookie)

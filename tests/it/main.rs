@@ -5,6 +5,7 @@ mod batches;
 mod console;
 mod dev_mode;
 mod doctor;
+mod gate;
 mod harness;
 mod landing_writes;
 mod migrate_cmd;

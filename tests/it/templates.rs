@@ -332,7 +332,9 @@ async fn a_template_that_cannot_render_fails_its_job_with_the_engines_words_and_
     assert!(providers.sms().await.is_empty());
     app.shutdown().await;
 
-    // The check names each problem and fails; serve refuses to start.
+    // The check names each problem and fails; serve still starts (a
+    // template never stops the webhooks, the console or other messages),
+    // and doctor and the console's front page say what is wrong.
     let check = leadrelay(&db.url, &["templates", "check"]);
     let out = format!(
         "{}{}",
@@ -341,21 +343,122 @@ async fn a_template_that_cannot_render_fails_its_job_with_the_engines_words_and_
     );
     assert!(!check.status.success(), "{out}");
     assert!(out.contains("FAIL  rule"), "{out}");
-    assert!(out.contains("undefined"), "{out}");
+    // a typo reads as a metadata key the sample lead is given: a warning
+    // naming it, and the leads without such a key fail (above)
+    assert!(out.contains("needs metadata key(s) nmae"), "{out}");
     assert!(out.contains("html, line 1"), "{out}");
     assert!(out.contains("no template no_such_template"), "{out}");
-    assert!(out.contains("3 template problem(s)"), "{out}");
-    match leadrelay::serve::Application::build(config(&db.url, &providers)).await {
-        Err(e) => {
-            let text = e.to_string();
-            assert!(
-                text.contains("an enabled rule's template cannot be sent"),
-                "{text}"
-            );
-            assert!(text.contains("no_such_template"), "{text}");
+    assert!(out.contains("2 template problem(s)"), "{out}");
+    let app = leadrelay::serve::Application::build(config(&db.url, &providers))
+        .await
+        .expect("serve starts with broken templates");
+    let front = crate::app::ops_page(&app).await;
+    assert!(front.contains("A template cannot be sent"), "{front}");
+    assert!(front.contains("no_such_template"), "{front}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_template_reading_a_metadata_key_starts_sends_real_leads_and_a_broken_one_stops_only_its_jobs()
+ {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    client
+        .batch_execute(crate::app::LEAD_TRACKING_TABLE)
+        .await
+        .unwrap();
+    // the marketer uses the city the landing keeps in metadata, in the SMS
+    // (documented: every metadata key is a variable), and breaks the email
+    client
+        .batch_execute(
+            "update notification_templates set body = 'Привет из {{ city }}! {{ metadata.city }}' where channel = 'sms';
+             update notification_templates set html = '<p>{% if name %}{{ name }</p>' where channel = 'email';",
+        )
+        .await
+        .unwrap();
+    let check = leadrelay(&db.url, &["templates", "check"]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(out.contains("needs metadata key(s) city"), "{out}");
+    assert!(out.contains("FAIL"), "the broken email: {out}");
+
+    // a serve process, as systemd starts it, comes up and stays up
+    let providers = Providers::healthy().await;
+    let mut serve = crate::app::ServeProcess::start(&db.url, &providers, &[]);
+    let with_city = insert_as_landing(
+        &client,
+        Some("Ая"),
+        Some("a@example.com"),
+        Some("+7 705 123 45 67"),
+        Some("proftest_main"),
+        Some(&serde_json::json!({"city": "Алматы"})),
+    )
+    .await;
+    let without = insert_as_landing(
+        &client,
+        Some("Бек"),
+        Some("b@example.com"),
+        Some("+7 705 765 43 21"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    eventually(Duration::from_secs(30), "every job finished", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    let sms: Vec<String> = providers
+        .sms()
+        .await
+        .iter()
+        .map(|r| {
+            url::form_urlencoded::parse(&r.body)
+                .find(|(k, _)| k == "text")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        sms,
+        ["Привет из Алматы! Алматы"],
+        "the lead with a city gets its SMS"
+    );
+    let job = |lead, channel| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "select status, coalesce(last_error, '') from notification_jobs where lead_id = $1 and channel = $2",
+                    &[&lead, &channel],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, String>(0), row.get::<_, String>(1))
         }
-        Ok(_) => panic!("serve started with broken templates"),
+    };
+    let (status, error) = job(without, "sms").await;
+    assert_eq!(status, "failed", "a lead without the key cannot render it");
+    assert!(error.contains("undefined"), "{error}");
+    for lead in [with_city, without] {
+        let (status, error) = job(lead, "email").await;
+        assert_eq!(status, "failed");
+        assert!(error.contains("html, line 1"), "{error}");
     }
+    assert!(
+        providers.emails().await.is_empty(),
+        "the broken email is never sent"
+    );
+    assert_eq!(
+        job(with_city, "lead_tracking").await.0,
+        "sent",
+        "other jobs go on"
+    );
+    assert!(serve.is_running(), "serve is still up");
+    serve.terminate();
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use crate::store::{self, ConnInfo, SslMode, describe};
 /// Supabase's transaction pooler listens here; LISTEN cannot work through it.
 const TRANSACTION_POOLER_PORT: u16 = 6543;
 
-pub async fn checks(url: &str, landing_role: Option<&str>) -> Vec<Check> {
+pub async fn checks(url: &str, landing_role: Option<&str>, product_url: &str) -> Vec<Check> {
     let info = match ConnInfo::parse(url) {
         Ok(info) => info,
         Err(e) => {
@@ -46,6 +46,7 @@ pub async fn checks(url: &str, landing_role: Option<&str>) -> Vec<Check> {
         pg_cron(&client).await,
         privileges(&client).await,
         super::landing::check(&mut client, landing_role).await,
+        templates(&client, product_url).await,
         storage(&client).await,
     ]
 }
@@ -444,6 +445,40 @@ async fn privileges(client: &Client) -> Check {
             "run sql/06_worker_role.sql as postgres, or connect as postgres",
         ),
         Err(e) => Check::fail(NAME, describe(&e), "run `leadrelay migrate` first"),
+    }
+}
+
+/// Every enabled rule's template, as the worker checks it: a problem fails
+/// its messages (and only those), a warning says which leads it may fail.
+async fn templates(client: &Client, product_url: &str) -> Check {
+    const NAME: &str = "templates";
+    match crate::worker::template_check::check(client, product_url).await {
+        Err(e) => Check::fail(NAME, e.to_string(), "run `leadrelay migrate` first"),
+        Ok(f) if !f.problems.is_empty() => Check::fail(
+            NAME,
+            f.problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            "fix the template in notification_templates (`leadrelay templates check` shows the line); until then only its own messages fail",
+        ),
+        Ok(f) if !f.warnings.is_empty() => Check::warn(
+            NAME,
+            f.warnings
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            "`leadrelay preview` a real lead to see it",
+        ),
+        Ok(f) => Check::ok(
+            NAME,
+            format!(
+                "every enabled rule's template renders ({} rules)",
+                f.fine.len()
+            ),
+        ),
     }
 }
 

@@ -114,6 +114,8 @@ pub async fn run(args: &ServeArgs) -> Report {
             database::checks(
                 url.expose(),
                 config::optional(args.landing_role.as_deref()),
+                config::optional(args.product_url.as_deref())
+                    .unwrap_or("https://example.invalid/product"),
             )
             .await,
         ),

@@ -20,10 +20,14 @@ use crate::store::operator::{self, Action, Actor};
 /// At most this many jobs in one bulk retry (the failures table shows 100).
 const MAX_BULK: usize = 1000;
 
-pub const JOB: &str = "
-select j.id, j.lead_id, j.channel, j.template, j.status, j.last_error, l.name, j.due_at
-from public.notification_jobs j left join public.landing_leads l on l.id = j.lead_id
-where j.id = $1";
+pub use crate::store::operator::ACTION_JOB as JOB;
+
+/// Why a member of an email batch in doubt cannot be cancelled alone.
+fn batch_in_doubt_refusal(members: i64) -> String {
+    format!(
+        "This email went to Resend in a batch of {members} whose outcome is unknown: it may already have been delivered, and Resend keeps that batch under one key with all {members} emails in it. Cancelling this one alone would change the batch, so Resend would refuse the rest or they would go out again. It goes again only with its whole batch, under the same key, so Resend sends nothing twice. Nothing was changed."
+    )
+}
 
 /// The three actions on one message, as their path names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,16 +83,23 @@ impl JobAction {
     fn explanation(self) -> &'static str {
         match self {
             JobAction::Retry => {
-                "It becomes due now with fresh attempts, to the lead's current email or phone (a contact corrected in the lead is the one used). The duplicate check and the cap still apply."
+                "It becomes due now with fresh attempts, to the lead's current email or phone (a contact corrected in the lead is the one used). It passes the same gate as a first send: outside its send window it waits for the opening, and a person who got this message meanwhile through another lead does not get it again (the duplicate check and the cap)."
             }
             JobAction::SendNow => {
-                "It becomes due now instead of waiting for its delay or its send window. The duplicate check and the cap still apply."
+                "It becomes due now instead of waiting for its delay. It passes the same gate as a first send: outside its send window it waits for the opening, and the duplicate check and the cap apply."
             }
             JobAction::Cancel => {
                 "It will not be sent. The reason is kept on the message and in the audit."
             }
         }
     }
+}
+
+/// A cancel of a member of an email batch in doubt that will go again
+/// (the statement refuses it too; this says why).
+fn refuses_in_doubt(action: JobAction, status: &str, batch_members: i64) -> Option<String> {
+    (action == JobAction::Cancel && batch_members > 0 && matches!(status, "scheduled" | "due"))
+        .then(|| batch_in_doubt_refusal(batch_members))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -157,6 +168,17 @@ pub async fn confirm(
             ),
         );
     }
+    let batch: i64 = job.get(8);
+    if let Some(refusal) = refuses_in_doubt(action, status, batch) {
+        return problem(StatusCode::CONFLICT, Some(session), &refusal);
+    }
+    let whole_batch = if action == JobAction::Retry && batch > 0 && status == "failed" {
+        format!(
+            "<p class=muted>It was sent to Resend in a batch of {batch} whose outcome is unknown: the whole batch goes again, under its key and with the emails as they were, so Resend sends none of them twice.</p>"
+        )
+    } else {
+        String::new()
+    };
     let reason_field = if action == JobAction::Cancel {
         "<p><label for=reason>Reason (kept on the message and in the audit)</label><br><textarea id=reason name=reason required maxlength=500></textarea></p>"
     } else {
@@ -175,7 +197,7 @@ pub async fn confirm(
         "leadrelay — confirm",
         Some(session),
         &format!(
-            "<h1>{q}?</h1><div class=card><p>{q} {what} (job {id}, now <b>{status}</b>, due {due} UTC)?</p>{last_error}<p class=muted>{explain}</p>\
+            "<h1>{q}?</h1><div class=card><p>{q} {what} (job {id}, now <b>{status}</b>, due {due} UTC)?</p>{last_error}<p class=muted>{explain}</p>{whole_batch}\
 <form method=post action=\"/ops/jobs/{id}/{path}\"><input type=hidden name=csrf value=\"{csrf}\">{reason_field}\
 <div class=actions><button type=submit class=confirm>{q}</button><a href=\"/ops/leads/{lead}\">Back</a></div></form></div>",
             q = action.question(),
@@ -227,7 +249,12 @@ pub async fn perform(
         );
     }
     let lead: Uuid = match load(&gate, session, id).await {
-        Ok(job) => job.get(1),
+        Ok(job) => {
+            if let Some(refusal) = refuses_in_doubt(action, job.get(4), job.get(8)) {
+                return problem(StatusCode::CONFLICT, Some(session), &refusal);
+            }
+            job.get(1)
+        }
         Err(response) => return response,
     };
     let reason = (!reason.is_empty()).then_some(reason);

@@ -159,16 +159,43 @@ async fn charts_section(client: &tokio_postgres::Client) -> Result<String, tokio
     ))
 }
 
+/// What the template check finds, as the front page says it: each problem
+/// (its messages fail until it is fixed), each warning.
+async fn template_findings(client: &tokio_postgres::Client, product_url: &str) -> String {
+    let findings = match crate::worker::template_check::check(client, product_url).await {
+        Ok(findings) => findings,
+        Err(e) => {
+            tracing::warn!(error = %e, "ops page: checking the templates failed");
+            return String::new();
+        }
+    };
+    let mut html = String::new();
+    for problem in &findings.problems {
+        html.push_str(&format!(
+            "<p class=alert>A template cannot be sent: {}. Its messages fail with this reason until it is fixed; the other messages go on (<code>leadrelay templates check</code>).</p>",
+            esc(&problem.to_string())
+        ));
+    }
+    for warning in &findings.warnings {
+        html.push_str(&format!(
+            "<p class=muted>Template note: {}</p>",
+            esc(&warning.to_string())
+        ));
+    }
+    html
+}
+
 async fn dashboard(state: &AppState, gate: &Gate) -> Result<String, tokio_postgres::Error> {
     let client = &gate.client;
     let overdue: i64 = client.query_one(OVERDUE, &[]).await?.get(0);
-    let alert = if overdue > 0 {
+    let mut alert = if overdue > 0 {
         format!(
             "<p class=alert>{overdue} message(s) are more than 2 minutes overdue: is the worker (<code>leadrelay serve</code>) running?</p>"
         )
     } else {
         String::new()
     };
+    alert.push_str(&template_findings(client, &state.product_url).await);
     let charts = state
         .console
         .charts

@@ -1,0 +1,428 @@
+//! One gate for every path that puts a message on its way: a retry (the
+//! CLI's and the console's bulk one), "send now", a job already due when its
+//! window closed, and the retry of an email batch whose outcome is unknown.
+//! Each test here failed before the gate moved into the claim.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wiremock::{Request, Respond, ResponseTemplate};
+
+use crate::app::{
+    NO_DELAY, Providers, ResendLike, config, count, eventually, lead_job, leadrelay_cli, start,
+    unfinished,
+};
+use crate::batches::{EMAIL_ONLY, burst, key_of, recipients_of};
+use crate::console::{get, post, sign_in};
+use crate::harness::{fresh_db, insert_proftest_lead_with_phone, shipped_db};
+
+/// Resend and Mobizon refusing every request as a wrong API key does.
+async fn wrong_keys() -> Providers {
+    let providers = Providers::empty().await;
+    providers
+        .mount_resend(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+            "statusCode": 401, "name": "invalid_api_key", "message": "API key is invalid"})))
+        .await;
+    providers
+        .mount_mobizon(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"code": 1, "data": "apiKey", "message": "Неверный ключ API"}),
+        ))
+        .await;
+    providers
+}
+
+/// The SMS rule's window opens an hour from now (Almaty time).
+const SMS_WINDOW_IN_AN_HOUR: &str = "update notification_rules
+   set send_window_start = (now() at time zone 'Asia/Almaty' + interval '1 hour')::time,
+       send_window_end = (now() at time zone 'Asia/Almaty' + interval '2 hours')::time
+ where channel = 'sms'";
+
+async fn sms_job(client: &tokio_postgres::Client, lead: uuid::Uuid) -> (i64, String, bool) {
+    let row = client
+        .query_one(
+            "select id, status, held_until > now() + interval '50 minutes' and hold_reason like '%outside the send window%'
+               from notification_jobs where lead_id = $1 and channel = 'sms'",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    (
+        row.get(0),
+        row.get(1),
+        row.get::<_, Option<bool>>(2).unwrap_or(false),
+    )
+}
+
+#[tokio::test]
+async fn a_bulk_retry_of_a_lead_whose_person_got_the_messages_meanwhile_sends_them_nothing_twice() {
+    let db = shipped_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    // the dashboard row is not part of this story
+    client
+        .batch_execute(
+            "update notification_rules set enabled = false where channel = 'lead_tracking'",
+        )
+        .await
+        .unwrap();
+
+    // 1. The keys are wrong: the first lead fails on both channels.
+    let broken = wrong_keys().await;
+    let app = start(config(&db.url, &broken)).await;
+    let first =
+        insert_proftest_lead_with_phone(&client, "Айгерим", "aigerim@mail.ru", "+7 705 904 44 67")
+            .await;
+    eventually(Duration::from_secs(20), "both messages failed", || async {
+        lead_job(&client, first, "email").await.1 == "failed"
+            && lead_job(&client, first, "sms").await.1 == "failed"
+    })
+    .await;
+    app.shutdown().await;
+
+    // 2. The keys are fixed; 3. the same person fills the test again, typed
+    // a little differently, and gets both messages.
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let base = format!("http://{}", app.local_addr());
+    let second = insert_proftest_lead_with_phone(
+        &client,
+        "Айгерим",
+        " Aigerim+test@mail.ru",
+        "8 705 904 44 67",
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the second lead's messages sent",
+        || async {
+            lead_job(&client, second, "email").await.1 == "sent"
+                && lead_job(&client, second, "sms").await.1 == "sent"
+        },
+    )
+    .await;
+
+    // 4. The operator retries the failures the front page lists.
+    let (cookie, csrf) = sign_in(&base, None).await;
+    let (_, confirm) = get(&base, "/ops/failures/retry", &cookie).await;
+    let jobs_start = confirm.find("name=jobs value=\"").unwrap() + 17;
+    let jobs =
+        confirm[jobs_start..jobs_start + confirm[jobs_start..].find('"').unwrap()].to_string();
+    assert_eq!(jobs.split(',').count(), 2, "the first lead's two failures");
+    let r = post(
+        &base,
+        "/ops/failures/retry",
+        &cookie,
+        &[("csrf", &csrf), ("jobs", &jobs)],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+
+    // 5. The gate judges them again: duplicates of what the second lead got.
+    eventually(
+        Duration::from_secs(20),
+        "the retried messages are judged",
+        || async {
+            lead_job(&client, first, "email").await.1 == "cancelled"
+                && lead_job(&client, first, "sms").await.1 == "cancelled"
+        },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &client,
+            &format!(
+                "select count(*) from notification_jobs where lead_id = '{first}' and cancelled_by = 'duplicate'
+                   and duplicate_of_lead = '{second}'"
+            )
+        )
+        .await,
+        2
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(providers.emails().await.len(), 1, "one email to the person");
+    assert_eq!(providers.sms().await.len(), 1, "one SMS to the person");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retry_outside_the_send_window_waits_for_the_opening() {
+    let db = shipped_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let lead =
+        insert_proftest_lead_with_phone(&client, "Ночь", "night@mail.ru", "+7 705 111 22 33").await;
+    client
+        .execute(
+            "update notification_jobs set status = 'failed', attempts = 8, finished_at = now(),
+                    last_error = 'Mobizon code 1: Неверный ключ API', cleared_at = now()
+              where lead_id = $1 and channel = 'sms'",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    client.batch_execute(SMS_WINDOW_IN_AN_HOUR).await.unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let (job, _, _) = sms_job(&client, lead).await;
+    let out = leadrelay_cli(&db.url, &["retry", &job.to_string(), "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the retried SMS waits for its window",
+        || async {
+            let (_, status, held) = sms_job(&client, lead).await;
+            status == "scheduled" && held
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        providers.sms().await.is_empty(),
+        "no SMS outside the window"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_due_when_its_window_closed_waits_for_the_next_opening_when_the_worker_starts() {
+    // Due at 20:55, the worker stopped; the window closed at 21:00; the
+    // worker starts at 21:30: the SMS waits for 09:00. (Times as offsets
+    // from now: the window opens in an hour.)
+    let db = shipped_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let lead =
+        insert_proftest_lead_with_phone(&client, "Поздно", "late@mail.ru", "+7 705 222 33 44")
+            .await;
+    client
+        .batch_execute("select promote_due_notification_jobs()")
+        .await
+        .unwrap();
+    assert_eq!(sms_job(&client, lead).await.1, "due");
+    client.batch_execute(SMS_WINDOW_IN_AN_HOUR).await.unwrap();
+
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    eventually(
+        Duration::from_secs(20),
+        "the email goes, the SMS waits",
+        || async {
+            let (_, status, held) = sms_job(&client, lead).await;
+            lead_job(&client, lead, "email").await.1 == "sent" && status == "scheduled" && held
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        providers.sms().await.is_empty(),
+        "no SMS outside the window"
+    );
+
+    // "Send now" skips a delay, not the window.
+    let (job, _, _) = sms_job(&client, lead).await;
+    let (cookie, csrf) = sign_in(&format!("http://{}", app.local_addr()), None).await;
+    let base = format!("http://{}", app.local_addr());
+    let r = post(
+        &base,
+        &format!("/ops/jobs/{job}/send-now"),
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert!(r.status().is_redirection(), "{}", r.status());
+    eventually(Duration::from_secs(20), "sent now, it waits for the window again", || async {
+        let (_, status, held) = sms_job(&client, lead).await;
+        status == "scheduled" && held
+            && count(&client, &format!("select count(*) from ops_audit where action = 'send_now' and {job} = any(changed_job_ids)")).await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        providers.sms().await.is_empty(),
+        "still no SMS outside the window"
+    );
+    app.shutdown().await;
+}
+
+/// Resend as the stand-in answers (it keeps every key it took), slow enough
+/// while `slow` holds that every request times out after Resend took it.
+struct SlowWhile {
+    inner: ResendLike,
+    slow: Arc<AtomicBool>,
+}
+
+impl Respond for SlowWhile {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let answer = self.inner.respond(request);
+        if self.slow.load(Ordering::SeqCst) {
+            answer.set_delay(Duration::from_secs(4))
+        } else {
+            answer
+        }
+    }
+}
+
+/// For each address, the keys under which Resend took an email to it.
+async fn keys_per_address(providers: &Providers) -> HashMap<String, HashSet<String>> {
+    let mut keys: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in providers.emails().await {
+        let to = if r.url.path().ends_with("/batch") {
+            recipients_of(&r)
+        } else {
+            let email: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            vec![email["to"][0].as_str().unwrap().to_string()]
+        };
+        for address in to {
+            keys.entry(address).or_default().insert(key_of(&r));
+        }
+    }
+    keys
+}
+
+async fn slow_resend() -> (Providers, Arc<AtomicBool>) {
+    let providers = Providers::empty().await;
+    let slow = Arc::new(AtomicBool::new(true));
+    providers
+        .mount_resend(SlowWhile {
+            inner: ResendLike::new(Duration::ZERO),
+            slow: Arc::clone(&slow),
+        })
+        .await;
+    (providers, slow)
+}
+
+#[tokio::test]
+async fn a_batch_that_timed_out_although_resend_took_it_is_retried_whole_and_each_address_gets_one_email()
+ {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(EMAIL_ONLY).await.unwrap();
+    client
+        .batch_execute("alter table notification_jobs alter column max_attempts set default 2")
+        .await
+        .unwrap();
+    burst(&client, 3).await;
+    let (providers, slow) = slow_resend().await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.resend.batch_size = 100;
+    let app = start(cfg).await;
+    eventually(Duration::from_secs(40), "the batch gave up after its attempts", || async {
+        count(&client, "select count(*) from notification_jobs where channel = 'email' and status = 'failed' and batch_key is not null").await == 3
+    })
+    .await;
+    slow.store(false, Ordering::SeqCst);
+    let one: i64 = client
+        .query_one(
+            "select min(id) from notification_jobs where channel = 'email'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let out = leadrelay_cli(&db.url, &["retry", &one.to_string(), "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(Duration::from_secs(20), "every email sent", || async {
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'email' and status = 'sent'",
+        )
+        .await
+            == 3
+    })
+    .await;
+    app.shutdown().await;
+    let keys = keys_per_address(&providers).await;
+    assert_eq!(keys.len(), 3);
+    for (address, keys) in keys {
+        assert_eq!(keys.len(), 1, "{address} was sent under {keys:?}: twice");
+    }
+    assert_eq!(unfinished(&client).await, 0);
+}
+
+#[tokio::test]
+async fn cancelling_one_email_of_a_batch_in_doubt_is_refused_and_the_batch_goes_again_whole() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(EMAIL_ONLY).await.unwrap();
+    burst(&client, 3).await;
+    let (providers, slow) = slow_resend().await;
+    let mut cfg = config(&db.url, &providers);
+    cfg.resend.batch_size = 100;
+    let app = start(cfg).await;
+    let base = format!("http://{}", app.local_addr());
+    eventually(Duration::from_secs(20), "the batch's first attempt timed out", || async {
+        count(&client, "select count(*) from notification_jobs where channel = 'email' and batch_key is not null and errors <> '[]'").await == 3
+    })
+    .await;
+    let member: i64 = client
+        .query_one(
+            "select min(id) from notification_jobs where channel = 'email'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (cookie, csrf) = sign_in(&base, None).await;
+    // The member is between attempts (scheduled or due), when the cancel is
+    // refused with the reason, or in one (sending), when a cancel changes
+    // nothing (it may already be at the provider): never cancelled.
+    let mut refused = String::new();
+    for _ in 0..200 {
+        let r = post(
+            &base,
+            &format!("/ops/jobs/{member}/cancel"),
+            &cookie,
+            &[("csrf", &csrf), ("reason", "wrong person")],
+        )
+        .await;
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        if status == 409 && text.contains("whose outcome is unknown") {
+            refused = text;
+            break;
+        }
+        assert_eq!(
+            count(
+                &client,
+                "select count(*) from notification_jobs where status = 'cancelled'"
+            )
+            .await,
+            0,
+            "cancelled ({status}): {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused.contains("batch of 3"), "{refused}");
+    slow.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(30), "every email sent", || async {
+        count(
+            &client,
+            "select count(*) from notification_jobs where channel = 'email' and status = 'sent'",
+        )
+        .await
+            == 3
+    })
+    .await;
+    app.shutdown().await;
+    for (address, keys) in keys_per_address(&providers).await {
+        assert_eq!(keys.len(), 1, "{address} was sent under {keys:?}");
+    }
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where status = 'cancelled'"
+        )
+        .await,
+        0
+    );
+}
