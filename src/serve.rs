@@ -50,11 +50,8 @@ impl Application {
     /// Connects (checking the schema), binds the address, then starts the
     /// listener, the worker, the SMS status poll and the HTTP server.
     pub async fn build(config: ServeConfig) -> Result<Application, ServeError> {
-        let pool = store::pool(
-            config.database_url.expose(),
-            config.worker.concurrency * 3 + 8,
-        )
-        .await?;
+        let pool_size = config.worker.concurrency * 3 + 8;
+        let pool = store::pool(config.database_url.expose(), pool_size).await?;
         check_schema(&pool).await?;
         // Templates are checked by the worker's first sweep, which logs each
         // problem: a marketer's edit must never stop the webhooks, the
@@ -97,17 +94,30 @@ impl Application {
             cancel.clone(),
         ));
         let state = app_state(&config, pool, Arc::clone(&listener_state));
+        // Both pools (the tracking pool may be the same) and every HTTP
+        // connection share the process's descriptors.
+        let pooled = (pool_size + config.worker.concurrency + 2) as u64;
+        let file_limit = http::connections::file_limit();
+        let slots = Arc::new(http::connections::Slots::new(
+            http::connections::max_connections(file_limit, pooled),
+        ));
+        tracing::info!(
+            max_connections = slots.max(),
+            file_limit,
+            "HTTP/1 connections capped below the file limit"
+        );
         if let Some(metrics_addr) = config.metrics_addr {
             let (metrics_tcp, bound) = bind(metrics_addr).await?;
             tracing::info!(addr = %bound, "metrics served on their own address");
             other_tasks.spawn(serve_http(
                 metrics_tcp,
                 http::metrics_router(state.clone()),
+                Arc::clone(&slots),
                 http_cancel.clone(),
             ));
         }
         let app = http::router(state, config.metrics_addr.is_none());
-        other_tasks.spawn(serve_http(tcp, app, http_cancel.clone()));
+        other_tasks.spawn(serve_http(tcp, app, slots, http_cancel.clone()));
         tracing::info!(%addr, worker_id = worker.queue.worker_id(), "leadrelay serving");
         Ok(Application {
             addr,
@@ -226,7 +236,7 @@ fn app_state(
         admin_token: config.admin_token.clone(),
         dev_outbox: config.dev_outbox.clone(),
         product_url: config.product_url.clone(),
-        console: http::Console::new(config.console.clone()),
+        console: http::Console::new(config.console.clone(), &config.admin_token),
     }
 }
 
@@ -239,13 +249,21 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves until `stop` is cancelled, then lets requests in progress finish
 /// (for up to 5 s). hyper's own connection loop rather than `axum::serve`,
-/// which has no header-read timeout.
-async fn serve_http(tcp: tokio::net::TcpListener, app: axum::Router, stop: CancellationToken) {
+/// which has no header-read timeout: HTTP/1 only, at most `slots.max()`
+/// connections (see `http::connections`).
+async fn serve_http(
+    tcp: tokio::net::TcpListener,
+    app: axum::Router,
+    slots: Arc<http::connections::Slots>,
+    stop: CancellationToken,
+) {
+    use http::connections::Admitted;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
     let app = app.layer(axum::middleware::from_fn(request_timeout));
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -264,22 +282,43 @@ async fn serve_http(tcp: tokio::net::TcpListener, app: axum::Router, stop: Cance
                         continue;
                     }
                 };
+                let (admitted, slot) = slots.admit();
+                let Some((id, connection)) = slot else {
+                    tracing::warn!(max = slots.max(), "every HTTP connection is answering a request: one refused");
+                    continue;
+                };
+                if admitted == Admitted::Evicted {
+                    tracing::debug!(max = slots.max(), "at the connection cap: the oldest idle connection gave way");
+                }
+                let app = app.clone();
+                let tracked = Arc::clone(&connection);
                 // the console's rate limit and audit need the peer's address
-                let service = TowerToHyperService::new(tower::util::MapRequest::new(
-                    app.clone(),
+                let service = TowerToHyperService::new(tower::service_fn(
                     move |mut request: axum::http::Request<_>| {
+                        let in_flight = tracked.request();
                         request
                             .extensions_mut()
                             .insert(axum::extract::ConnectInfo(peer));
-                        request
+                        let app = app.clone();
+                        async move {
+                            let response = app.oneshot(request).await;
+                            drop(in_flight);
+                            response
+                        }
                     },
                 ));
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
+                let served = graceful.watch(
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned(),
+                );
+                let slots = Arc::clone(&slots);
                 tokio::spawn(async move {
-                    let _ = connection.await;
+                    tokio::select! {
+                        _ = served => {}
+                        _ = connection.evicted() => {}
+                    }
+                    slots.release(id);
                 });
             }
         }

@@ -6,6 +6,7 @@
 //! it. It uses `ingest`, `worker` (the listener's state), `store`, `messages`
 //! and `domain`; `serve` uses it.
 
+pub mod connections;
 mod console;
 pub mod metrics;
 mod openapi;
@@ -95,6 +96,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// Too many tries of the admin token: wait this many seconds.
+    #[error("too many tries of the token from this address: wait {0} s")]
+    TooManyTries(u64),
     /// The cause is logged where it happened; the caller (a provider) retries.
     #[error("temporarily unavailable, try again")]
     Unavailable,
@@ -107,13 +111,20 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyTries(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
-        (
+        let mut response = (
             status,
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if let ApiError::TooManyTries(wait) = self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&wait.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
     }
 }
 
@@ -131,8 +142,14 @@ pub fn secret_matches(given: &str, expected: &Secret) -> bool {
     a.ct_eq(&b).into()
 }
 
-/// `Authorization: Bearer ADMIN_TOKEN`.
-pub fn require_admin(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
+/// `Authorization: Bearer ADMIN_TOKEN`, from the client at `addr`. Each try
+/// counts against the same limits as the console's sign-in form (per
+/// address and overall): a request without the header is not a try.
+pub fn require_admin(
+    headers: &HeaderMap,
+    state: &AppState,
+    addr: std::net::IpAddr,
+) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -140,10 +157,14 @@ pub fn require_admin(headers: &HeaderMap, state: &AppState) -> Result<(), ApiErr
         .ok_or_else(|| {
             ApiError::Unauthorized("Authorization: Bearer <ADMIN_TOKEN> is required".into())
         })?;
-    if secret_matches(given.trim(), &state.admin_token) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized("wrong token".into()))
+    match state
+        .console
+        .tokens
+        .try_token(addr, None, given.trim(), &state.admin_token)
+    {
+        console::Try::Accepted => Ok(()),
+        console::Try::Wrong => Err(ApiError::Unauthorized("wrong token".into())),
+        console::Try::Wait(wait) => Err(ApiError::TooManyTries(wait)),
     }
 }
 

@@ -5,7 +5,6 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -65,10 +64,10 @@ pub struct Message {
 
 pub async fn lead_status(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    visitor: super::console::Visitor,
     Path(id): Path<String>,
 ) -> Result<Json<LeadStatus>, ApiError> {
-    require_admin(&headers, &state)?;
+    require_admin(visitor.headers(), &state, visitor.addr)?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::BadRequest("the lead id is not a UUID".into()))?;
     let client = state.pool.get().await.map_err(|e| {

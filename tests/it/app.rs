@@ -445,7 +445,33 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(db_url: &str, providers: &Providers, extra: &[(&str, &str)]) -> ServeProcess {
+        ServeProcess::start_limited(db_url, providers, extra, None)
+    }
+
+    /// The same, with the process's open-file limit (`ulimit -n`) set to
+    /// `file_limit` when given, as systemd's `LimitNOFILE` would.
+    pub fn start_limited(
+        db_url: &str,
+        providers: &Providers,
+        extra: &[(&str, &str)],
+        file_limit: Option<u64>,
+    ) -> ServeProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadrelay"));
+        if let Some(limit) = file_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

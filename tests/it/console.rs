@@ -679,3 +679,130 @@ async fn metrics_come_from_the_background_and_may_have_their_own_address() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn bearer_guesses_count_against_the_same_limit_on_every_route_and_a_remembered_browser_still_signs_in()
+ {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let lead = insert_proftest_lead_with_phone(&client, "Ая", "a@mail.ru", "87011112233").await;
+    let providers = Providers::healthy().await;
+    let mut config = config(&db.url, &providers);
+    config.console.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let app = start(config).await;
+    let base = format!("http://{}", app.local_addr());
+    let office = "203.0.113.7";
+
+    // The operator signed in from the office before: the browser keeps a
+    // device cookie beside the session.
+    let r = http()
+        .post(format!("{base}/ops/login"))
+        .header("x-forwarded-for", office)
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let device = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("leadrelay_device="))
+        .expect("a device cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(device.len() > 40, "{device}");
+
+    // A script that knows the token is never held up.
+    for _ in 0..30 {
+        let r = http()
+            .get(format!("{base}/leads/{lead}/status"))
+            .header("x-forwarded-for", "192.0.2.50")
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    // Guesses through the bearer header, from the office's address, on the
+    // status API and on the console's pages.
+    let mut statuses = Vec::new();
+    for i in 0..300 {
+        let path = if i % 2 == 0 {
+            format!("/leads/{lead}/status")
+        } else {
+            "/ops".to_string()
+        };
+        let r = http()
+            .get(format!("{base}{path}"))
+            .header("x-forwarded-for", office)
+            .bearer_auth(format!("guess-{i}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push((
+            path.starts_with("/ops"),
+            r.status().as_u16(),
+            r.headers().get("retry-after").is_some(),
+        ));
+    }
+    let api_401 = statuses
+        .iter()
+        .filter(|(ops, s, _)| !ops && *s == 401)
+        .count();
+    let limited = statuses
+        .iter()
+        .filter(|(_, s, retry)| *s == 429 && *retry)
+        .count();
+    assert!(api_401 <= 10, "at most the burst is checked: {statuses:?}");
+    assert!(limited >= 280, "{limited} of 300 refused with Retry-After");
+    assert!(
+        statuses.iter().any(|(ops, s, _)| *ops && *s == 429),
+        "the console's pages count too"
+    );
+
+    // From that address the right token now waits, through the header and
+    // through the form, for anyone without a device cookie...
+    let r = http()
+        .get(format!("{base}/leads/{lead}/status"))
+        .header("x-forwarded-for", office)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let r = http()
+        .post(format!("{base}/ops/login"))
+        .header("x-forwarded-for", office)
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    // ...and a forged device cookie proves nothing
+    let r = http()
+        .post(format!("{base}/ops/login"))
+        .header("x-forwarded-for", office)
+        .header("cookie", "leadrelay_device=00.00")
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+
+    // The operator's own browser gets in.
+    let r = http()
+        .post(format!("{base}/ops/login"))
+        .header("x-forwarded-for", office)
+        .header("cookie", &device)
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "the remembered browser signs in");
+    app.shutdown().await;
+}

@@ -2,6 +2,7 @@
 
 mod app;
 mod batches;
+mod connections;
 mod console;
 mod dev_mode;
 mod doctor;

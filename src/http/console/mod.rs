@@ -11,6 +11,7 @@ mod lead;
 mod page;
 mod search;
 pub mod session;
+mod token_guard;
 
 use axum::Router;
 use axum::extract::{Form, State};
@@ -20,8 +21,9 @@ use axum::routing::{get, post};
 
 use session::{Access, Session};
 pub use session::{Console, ConsoleSettings, Visitor};
+pub use token_guard::Try;
 
-use super::{AppState, secret_matches};
+use super::AppState;
 
 /// A pool connection is waited for at most this long before the page says
 /// the database is busy; the worker's own claims are not queued behind it.
@@ -58,11 +60,17 @@ impl Gate {
     /// form (or a busy page when the database does not answer).
     pub async fn open(state: &AppState, visitor: &Visitor) -> Result<Gate, Response> {
         let client = connection(state).await?;
-        if super::require_admin(visitor.headers(), state).is_ok() {
-            return Ok(Gate {
-                client,
-                access: Access::Bearer,
-            });
+        match super::require_admin(visitor.headers(), state, visitor.addr) {
+            Ok(()) => {
+                return Ok(Gate {
+                    client,
+                    access: Access::Bearer,
+                });
+            }
+            // too many wrong tries from this address: refused unchecked
+            Err(super::ApiError::TooManyTries(wait)) => return Err(too_many_tries(wait)),
+            // no bearer, or a wrong one: a session may still let it in
+            Err(_) => {}
         }
         match session::find(&client, visitor).await {
             Ok(Some(session)) => Ok(Gate {
@@ -138,6 +146,21 @@ async fn connection(state: &AppState) -> Result<deadpool_postgres::Object, Respo
     }
 }
 
+/// 429 with the sign-in form and when to try again.
+fn too_many_tries(wait: u64) -> Response {
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        Html(page::login_page(Some(&format!(
+            "Too many sign-in attempts from your address. Wait {wait} s and try again."
+        )))),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
 #[derive(Debug, serde::Deserialize)]
 pub struct Login {
     #[serde(default)]
@@ -149,21 +172,17 @@ async fn login(
     visitor: Visitor,
     Form(form): Form<Login>,
 ) -> Response {
-    if let Err(wait) = state.console.may_sign_in(visitor.addr) {
-        tracing::warn!(client = %visitor.addr, "ops sign-in attempts over the limit");
-        let mut response = (
-            StatusCode::TOO_MANY_REQUESTS,
-            Html(page::login_page(Some(&format!(
-                "Too many sign-in attempts from your address. Wait {wait} s and try again."
-            )))),
-        )
-            .into_response();
-        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return response;
+    let device = visitor.device(&state.console.tokens);
+    let tried =
+        state
+            .console
+            .tokens
+            .try_token(visitor.addr, device, form.token.trim(), &state.admin_token);
+    if let token_guard::Try::Wait(wait) = tried {
+        tracing::warn!(client = %visitor.addr, remembered = device.is_some(), "ops sign-in attempts over the limit");
+        return too_many_tries(wait);
     }
-    if form.token.len() > 512 || !secret_matches(form.token.trim(), &state.admin_token) {
+    if tried != token_guard::Try::Accepted {
         tracing::info!(client = %visitor.addr, "ops sign-in refused: wrong token");
         return (
             StatusCode::UNAUTHORIZED,
@@ -178,11 +197,18 @@ async fn login(
     match session::create(&client, &visitor).await {
         Ok(token) => {
             tracing::info!(client = %visitor.addr, "ops sign-in");
-            (
-                [(header::SET_COOKIE, visitor.session_cookie(&token))],
-                Redirect::to("/ops"),
-            )
-                .into_response()
+            // this browser is the operator's from now on (see `token_guard`)
+            let device = state.console.tokens.new_device();
+            let mut response = Redirect::to("/ops").into_response();
+            for cookie in [
+                visitor.session_cookie(&token),
+                visitor.device_cookie(&device),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    response.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+            response
         }
         Err(e) => {
             tracing::error!(error = %crate::store::describe(&e), "ops session not stored");

@@ -2,16 +2,14 @@
 //! browser's cookie and, as its SHA-256, in `ops_sessions`; the session ends
 //! after 12 hours, after 2 idle hours, or when its owner signs out (the row
 //! is revoked, so the old cookie opens nothing anywhere). Each session has its
-//! own CSRF token, which every form carries. Sign-ins are rate-limited per
-//! client address.
+//! own CSRF token, which every form carries. Tries of the admin token are
+//! limited in `token_guard`.
 //!
 //! The client's address and scheme are the connection's own, unless the
 //! connection comes from a trusted proxy (TRUSTED_PROXIES): then its
 //! `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
 
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -24,10 +22,7 @@ use crate::http::AppState;
 /// How long a session lasts at most, and how long it may sit idle.
 pub const SESSION_HOURS: i32 = 12;
 pub const IDLE_HOURS: i32 = 2;
-/// Sign-in attempts per client address: a burst of this many, then one more
-/// every `LOGIN_REFILL_SECONDS`.
-pub const LOGIN_BURST: u32 = 10;
-pub const LOGIN_REFILL_SECONDS: u64 = 6;
+use super::token_guard::{DEVICE_DAYS, Device, TokenGuard};
 
 /// What the console learns from its configuration.
 #[derive(Debug, Clone)]
@@ -51,45 +46,22 @@ impl Default for ConsoleSettings {
     }
 }
 
-type Limiter = governor::DefaultKeyedRateLimiter<IpAddr>;
-
-/// The console's shared state: its settings, the sign-in limiter and the
-/// charts as last drawn.
+/// The console's shared state: its settings, the guard every try of the
+/// admin token passes, and the charts as last drawn.
 #[derive(Clone)]
 pub struct Console {
     pub settings: ConsoleSettings,
-    logins: Arc<Limiter>,
+    pub tokens: TokenGuard,
     pub charts: super::charts::ChartCache,
 }
 
 impl Console {
-    pub fn new(settings: ConsoleSettings) -> Console {
-        let burst = NonZeroU32::new(LOGIN_BURST).unwrap_or(NonZeroU32::MIN);
-        let quota =
-            governor::Quota::with_period(std::time::Duration::from_secs(LOGIN_REFILL_SECONDS))
-                .map(|q| q.allow_burst(burst))
-                .unwrap_or_else(|| governor::Quota::per_minute(burst));
+    pub fn new(settings: ConsoleSettings, admin_token: &crate::domain::Secret) -> Console {
         Console {
             charts: super::charts::ChartCache::new(settings.chart_ttl),
+            tokens: TokenGuard::new(admin_token),
             settings,
-            logins: Arc::new(governor::RateLimiter::keyed(quota)),
         }
-    }
-
-    /// Ok, or how many seconds until this address may try again.
-    pub fn may_sign_in(&self, addr: IpAddr) -> Result<(), u64> {
-        // forget addresses whose bucket is full again, so the map stays small
-        if self.logins.len() > 10_000 {
-            self.logins.retain_recent();
-        }
-        self.logins.check_key(&addr).map_err(|not_until| {
-            not_until
-                .wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ))
-                .as_secs()
-                .max(1)
-        })
     }
 }
 
@@ -179,8 +151,36 @@ impl Visitor {
         )
     }
 
+    fn device_cookie_name(&self) -> &'static str {
+        if self.https {
+            "__Host-leadrelay_device"
+        } else {
+            "leadrelay_device"
+        }
+    }
+
+    /// The cookie that remembers this browser as the operator's.
+    pub fn device_cookie(&self, value: &str) -> String {
+        format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            self.device_cookie_name(),
+            DEVICE_DAYS * 86_400,
+            if self.https { "; Secure" } else { "" }
+        )
+    }
+
+    /// The browser, when its device cookie is one `tokens` issued.
+    pub fn device(&self, tokens: &TokenGuard) -> Option<Device> {
+        self.cookie_named(self.device_cookie_name())
+            .and_then(|v| tokens.device_of(&v))
+    }
+
     fn cookie(&self) -> Option<String> {
-        let prefix = format!("{}=", self.cookie_name());
+        self.cookie_named(self.cookie_name())
+    }
+
+    fn cookie_named(&self, name: &str) -> Option<String> {
+        let prefix = format!("{name}=");
         self.headers
             .get_all(header::COOKIE)
             .iter()
@@ -389,22 +389,6 @@ mod tests {
         let long = format!("leadrelay_ops={}", "a".repeat(500));
         let v = visitor(peer, &headers(&[("cookie", &long)]), &settings);
         assert_eq!(v.cookie(), None);
-    }
-
-    #[test]
-    fn sign_ins_are_limited_per_address() {
-        let console = Console::new(ConsoleSettings::default());
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        for _ in 0..LOGIN_BURST {
-            assert!(console.may_sign_in(a).is_ok());
-        }
-        let wait = console.may_sign_in(a).unwrap_err();
-        assert!((1..=LOGIN_REFILL_SECONDS).contains(&wait), "{wait}");
-        assert!(
-            console.may_sign_in(b).is_ok(),
-            "another address is not held up"
-        );
     }
 
     #[test]
