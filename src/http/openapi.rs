@@ -64,7 +64,8 @@ pub fn spec() -> serde_json::Value {
                     "200": {"description": "the lead and its messages", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LeadStatus"}}}},
                     "400": error_response("the id is not a UUID"),
                     "401": error_response("missing or wrong token"),
-                    "404": error_response("no such lead")
+                    "404": error_response("no such lead"),
+                    "429": error_response("too many wrong tries of the token from this address (or overall): wait as Retry-After says; the token is not checked meanwhile")
                 }
             }},
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "ok"}}}},
