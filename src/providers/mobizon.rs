@@ -142,7 +142,29 @@ pub struct ListedSms {
     pub raw: serde_json::Value,
 }
 
+/// Mobizon names no zone for its times; read in any zone from UTC−12 to
+/// UTC+14 (and five minutes of clock skew), a time it lists is at most this
+/// much earlier than the moment it means.
+const ZONE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::minutes(12 * 60 + 5);
+
 impl ListedSms {
+    /// Whether this message may have been made at or after `since`: false
+    /// only when its `startSendTs` (or, while it waits in Mobizon's queue,
+    /// its campaign's creation) is earlier in every zone Mobizon could be
+    /// writing in. A message with no readable time may be.
+    pub fn may_be_from_after(&self, since: chrono::DateTime<chrono::Utc>) -> bool {
+        let listed = ["startSendTs", "campaignCreateTs", "createTs"]
+            .iter()
+            .filter_map(|k| self.raw.get(*k).and_then(|v| v.as_str()))
+            .find_map(|t| {
+                chrono::NaiveDateTime::parse_from_str(t.trim(), "%Y-%m-%d %H:%M:%S").ok()
+            });
+        match listed {
+            Some(naive) => naive.and_utc() + ZONE_MARGIN >= since,
+            None => true,
+        }
+    }
+
     /// Whether this is the message to `recipient` with `text`: the criteria
     /// match part of a number, so the digits are compared whole here.
     pub fn is_message(&self, recipient: &str, text: &str) -> bool {
@@ -495,6 +517,36 @@ mod tests {
         assert_eq!((got[1].0.as_str(), got[1].1.as_str()), ("14", "NEW"));
         assert!(parse_statuses(200, br#"{"code":8,"data":[],"message":"auth"}"#).is_err());
         assert!(parse_statuses(502, b"<html>").is_err());
+    }
+
+    #[test]
+    fn a_listed_message_certainly_older_than_the_attempt_is_not_this_jobs() {
+        let item = |ts: &str| ListedSms {
+            id: "1".into(),
+            campaign_id: None,
+            to: "77051234567".into(),
+            text: "t".into(),
+            status: None,
+            raw: serde_json::json!({"startSendTs": ts}),
+        };
+        let since = chrono::DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        // the same moment in UTC, in Almaty (UTC+5), in UTC−12 and UTC+14
+        for ts in [
+            "2026-11-30 10:00:00",
+            "2026-11-30 15:00:00",
+            "2026-11-29 22:00:00",
+            "2026-12-01 00:00:00",
+        ] {
+            assert!(item(ts).may_be_from_after(since), "{ts}");
+        }
+        // a day earlier in every zone: a deleted lead's SMS, say
+        assert!(!item("2026-11-28 10:00:00").may_be_from_after(since));
+        assert!(!item("2026-11-29 21:50:00").may_be_from_after(since));
+        // no time to judge by: it may be
+        assert!(item("").may_be_from_after(since));
+        assert!(item("garbage").may_be_from_after(since));
     }
 
     #[test]

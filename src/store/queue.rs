@@ -389,14 +389,25 @@ select coalesce((select array_agg(id) from done), '{{}}'::bigint[]),
 /// so two look-ups never take the same message. Returns whether the job was
 /// recorded, the notifications of the dashboard resync, the message taken
 /// and how many candidates were free.
+///
+/// Nothing is taken while another job is sending to the same phone (its
+/// request may have made one of these messages, and its answer is on its way
+/// to be recorded): the look-up then says `Busy` and the job looks again
+/// later, so the send path and a look-up never both claim one message.
 pub fn record_found_sql() -> String {
     let still_this_claims = still_this_claims("$2");
     format!(
-        "with candidate as (
+        "with busy as (
+  select exists (
+    select 1 from public.notification_jobs o, public.notification_jobs me
+     where me.id = $1 and o.id <> $1 and o.channel = 'sms' and o.status = 'sending'
+       and o.recipient = me.recipient) as sending_elsewhere
+), candidate as (
   select c.message_id, c.campaign_id
   from unnest($3::text[], $4::text[]) with ordinality as c(message_id, campaign_id, n)
   where not exists (select 1 from public.notification_jobs o
                      where o.provider_message_id = c.message_id and o.channel = 'sms' and o.id <> $1)
+    and not (select sending_elsewhere from busy)
   order by c.n
   limit 1
 ), done as (
@@ -416,7 +427,8 @@ pub fn record_found_sql() -> String {
 select (select count(*) from done),
        (select count(pg_notify('notification_jobs', r.id::text)) from resync r),
        (select provider_message_id from done),
-       (select count(*) from candidate)"
+       (select count(*) from candidate),
+       (select sending_elsewhere from busy)"
     )
 }
 
@@ -698,6 +710,9 @@ pub enum FoundRecord {
     Recorded(String),
     /// Every message found is another job's: this one was not taken.
     HeldByOtherJobs,
+    /// Another job is sending to this phone right now: nothing was taken,
+    /// look again once it has recorded what it sent.
+    Busy,
     /// The job is no longer this claim's.
     NotOurs,
 }
@@ -1018,8 +1033,10 @@ impl Queue {
         tx.commit().await?;
         let recorded: Option<String> = row.get(2);
         let free: i64 = row.get(3);
+        let busy: bool = row.get(4);
         let found = match recorded {
             Some(message_id) => FoundRecord::Recorded(message_id),
+            None if busy => FoundRecord::Busy,
             None if free == 0 => FoundRecord::HeldByOtherJobs,
             None => FoundRecord::NotOurs,
         };

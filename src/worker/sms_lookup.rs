@@ -338,10 +338,13 @@ impl Worker {
                 Err(e) => return Lookup::Failed(describe(&e)),
             };
             seen += answer.items.len() as u64;
+            // this job's message was made after its first unanswered
+            // attempt began: one certainly older is another's (a deleted
+            // lead's, an earlier job's), whatever zone Mobizon writes in
             let matches: Vec<ListedSms> = answer
                 .items
                 .into_iter()
-                .filter(|item| item.is_message(to, text))
+                .filter(|item| item.is_message(to, text) && item.may_be_from_after(since))
                 .collect();
             if matches.len() > 1 {
                 tracing::warn!(
@@ -366,6 +369,11 @@ impl Worker {
                         return item.map_or(Lookup::NotOurs, Lookup::Found);
                     }
                     Some(FoundRecord::NotOurs) => return Lookup::NotOurs,
+                    Some(FoundRecord::Busy) => {
+                        return Lookup::Failed(
+                            "another job is sending to this phone now: looking again once it has recorded its SMS".into(),
+                        );
+                    }
                     Some(FoundRecord::HeldByOtherJobs) => {}
                     None => return Lookup::Failed("the database did not record the find".into()),
                 }

@@ -88,6 +88,8 @@ pub struct TakenSms {
     pub campaign_id: String,
     pub to: String,
     pub text: String,
+    /// When it was taken, as Mobizon lists it (no zone named; UTC here).
+    pub taken_at: String,
 }
 
 /// What Mobizon's stand-in took, shared by its send and `message/list`
@@ -102,6 +104,11 @@ impl MobizonBook {
         self.taken.lock().unwrap().clone()
     }
 
+    /// Changes what the book holds (to date a message back, say).
+    pub fn edit(&self, change: impl FnOnce(&mut Vec<TakenSms>)) {
+        change(&mut self.taken.lock().unwrap());
+    }
+
     fn take(&self, request: &Request, id: u64) -> TakenSms {
         let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body)
             .into_owned()
@@ -111,6 +118,7 @@ impl MobizonBook {
             campaign_id: format!("c{id}"),
             to: form.get("recipient").cloned().unwrap_or_default(),
             text: form.get("text").cloned().unwrap_or_default(),
+            taken_at: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
         };
         self.taken.lock().unwrap().push(sms.clone());
         sms
@@ -145,7 +153,7 @@ impl Respond for MobizonBook {
             .map(|m| {
                 serde_json::json!({"id": m.id, "campaignId": m.campaign_id, "segNum": "1",
                     "from": "", "to": m.to, "text": m.text, "status": "ACCEPTD",
-                    "startSendTs": "2026-11-29 10:00:00", "statusUpdateTs": "2026-11-29 10:00:00"})
+                    "startSendTs": m.taken_at, "statusUpdateTs": m.taken_at})
             })
             .collect();
         ResponseTemplate::new(200).set_body_json(serde_json::json!({

@@ -510,3 +510,89 @@ async fn under_kills_and_late_answers_no_phone_gets_two_sms_and_no_job_is_lost()
     );
     assert!(lookups >= 1 && recovered >= 1, "the faults were met");
 }
+
+#[tokio::test]
+async fn a_look_up_never_adopts_an_sms_made_before_the_attempt_began_such_as_a_deleted_leads() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::healthy().await;
+    // A lead of two days ago got its SMS, then was deleted (forgotten): the
+    // message is still in Mobizon's list, same phone, same text.
+    let app = start(config(&db.url, &providers)).await;
+    let gone = lead_with_phone(&client, PHONE).await;
+    sms_ended(&client, gone, "sent").await;
+    app.shutdown().await;
+    let old_id = sms_job(&client, gone).await.message_id.unwrap();
+    client
+        .execute("delete from landing_leads where id = $1", &[&gone])
+        .await
+        .unwrap();
+    providers.book.edit(|taken| {
+        for sms in taken.iter_mut() {
+            sms.taken_at = (chrono::Utc::now() - chrono::Duration::days(2))
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string();
+        }
+    });
+
+    // Today's lead of the same person: its first attempt got no answer.
+    let lead = lead_with_phone(&client, PHONE).await;
+    client
+        .execute(
+            "update notification_jobs set status = 'due', attempts = 1, outcome_unknown_since = now() - interval '1 minute',
+                    errors = '[{\"error\": \"timed out\"}]'
+              where lead_id = $1 and channel = 'sms'",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    let app = start(config(&db.url, &providers)).await;
+    sms_ended(&client, lead, "sent").await;
+    app.shutdown().await;
+    let job = sms_job(&client, lead).await;
+    assert_ne!(
+        job.message_id.as_deref(),
+        Some(old_id.as_str()),
+        "not the old SMS"
+    );
+    assert!(!job.recovered, "sent, not found");
+    assert_eq!(providers.book.taken().len(), 2);
+    assert!(
+        providers.mobizon_requests("list").await.len() >= 1,
+        "it was looked up first"
+    );
+}
+
+#[tokio::test]
+async fn a_look_up_takes_nothing_while_another_job_is_sending_to_the_same_phone() {
+    use leadrelay::domain::Channel;
+    use leadrelay::store::queue::{FoundRecord, Queue};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let first = lead_with_phone(&client, PHONE).await;
+    let second = lead_with_phone(&client, PHONE).await;
+    let pool = leadrelay::store::pool(&db.url, 4).await.unwrap();
+    let queue = Queue::new(pool, "lookup-test".into());
+    let claimed = queue
+        .claim(Channel::Sms, 10, Duration::from_secs(60), false)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "both SMS in flight");
+    let looking = claimed.iter().find(|j| j.lead_id == second).unwrap();
+    // the first job's request made message 501; its answer is not recorded
+    // yet: the second job's look-up must not take it
+    let found = queue
+        .record_found(
+            looking.id,
+            &looking.lock,
+            &[("501".into(), Some("c501".into()))],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(found, FoundRecord::Busy);
+    assert_eq!(sms_job(&client, second).await.status, "sending");
+    assert_eq!(sms_job(&client, first).await.message_id, None);
+}
