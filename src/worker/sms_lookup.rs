@@ -73,8 +73,15 @@ enum Lookup {
     Failed(String),
     /// The job is no longer this claim's: nothing to record.
     NotOurs,
+    /// Another job is sending to this phone now: look again in a moment
+    /// (not an attempt: nothing went wrong).
+    Busy,
     Cancelled,
 }
+
+/// How long a look-up waits for another job's send to the same phone to be
+/// recorded before it looks again.
+const BUSY_WAIT: Duration = Duration::from_secs(2);
 
 /// A look-up reads at most this many pages. Recipient and exact text within
 /// about a day and a half leave a handful of messages, one page's worth; more
@@ -239,6 +246,21 @@ impl Worker {
                 };
                 SmsEnd::Record(self.retry_in_doubt(job, error, Some(since)))
             }
+            Lookup::Busy => {
+                tracing::info!(
+                    lead_id = %job.lead_id, job_id = job.id, channel = "sms", attempt = job.attempts,
+                    to = %masked, decision = "look up again in a moment",
+                    "another job is sending to this phone: its SMS may be among those listed"
+                );
+                SmsEnd::Record(Outcome::Retry {
+                    error: send_error.unwrap_or_else(|| {
+                        "looked up while another job was sending to this phone: looked up again once it has recorded its SMS".into()
+                    }),
+                    after: BUSY_WAIT,
+                    counts: false,
+                    unknown_since: Some(since),
+                })
+            }
             // Stopping: the job waits, still in doubt, for the next worker.
             Lookup::Cancelled => SmsEnd::Record(Outcome::Retry {
                 error: send_error.unwrap_or_else(|| "stopped while looking the SMS up".into()),
@@ -306,7 +328,7 @@ impl Worker {
             Lookup::Found(_) => "found",
             Lookup::NotFound => "not_found",
             Lookup::Failed(_) => "failed",
-            Lookup::NotOurs | Lookup::Cancelled => return lookup,
+            Lookup::NotOurs | Lookup::Busy | Lookup::Cancelled => return lookup,
         };
         metrics::counter!("leadrelay_sms_lookups_total", "outcome" => outcome).increment(1);
         if let Lookup::Found(item) = &lookup {
@@ -369,11 +391,7 @@ impl Worker {
                         return item.map_or(Lookup::NotOurs, Lookup::Found);
                     }
                     Some(FoundRecord::NotOurs) => return Lookup::NotOurs,
-                    Some(FoundRecord::Busy) => {
-                        return Lookup::Failed(
-                            "another job is sending to this phone now: looking again once it has recorded its SMS".into(),
-                        );
-                    }
+                    Some(FoundRecord::Busy) => return Lookup::Busy,
                     Some(FoundRecord::HeldByOtherJobs) => {}
                     None => return Lookup::Failed("the database did not record the find".into()),
                 }
