@@ -123,7 +123,8 @@ async fn doctor_names_missing_migrations_exposed_tables_refused_keys_and_an_unre
     client
         .batch_execute(
             "delete from leadrelay.schema_migrations where version = (select max(version) from leadrelay.schema_migrations);
-             grant select on public.notification_jobs to anon;",
+             grant select on public.notification_jobs to anon;
+             grant usage on sequence public.ops_audit_id_seq to authenticated;",
         )
         .await
         .unwrap();
@@ -145,6 +146,13 @@ async fn doctor_names_missing_migrations_exposed_tables_refused_keys_and_an_unre
         assert_eq!(status, Status::Fail, "{name}: {}", report.text());
         assert!(text.contains(words), "{name}: {text}");
     }
+    assert!(
+        status_of(&report, "privileges")
+            .1
+            .contains("authenticated may use sequence ops_audit_id_seq"),
+        "{}",
+        report.text()
+    );
     assert!(!report.text().contains("secret@"), "{}", report.text());
     assert!(!report.text().contains("kz_test_key"), "{}", report.text());
 }

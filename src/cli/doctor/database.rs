@@ -386,6 +386,17 @@ async fn privileges(client: &Client) -> Check {
               where c.relnamespace = 'public'::regnamespace and c.relname = any($1)
                 and has_table_privilege(r.oid, c.oid, p.priv)
              union all
+             -- the sequences of those tables (old projects' default
+             -- privileges granted them to the API roles)
+             select r.rolname || ' may use sequence ' || s.oid::regclass::text
+               from pg_class s
+               join pg_depend d on d.classid = 'pg_class'::regclass and d.objid = s.oid and d.deptype in ('a', 'i')
+               join pg_class c on c.oid = d.refobjid
+               join pg_roles r on r.rolname in ('anon', 'authenticated')
+              where s.relkind = 'S' and c.relnamespace = 'public'::regnamespace and c.relname = any($1)
+                and (has_sequence_privilege(r.oid, s.oid, 'USAGE') or has_sequence_privilege(r.oid, s.oid, 'SELECT')
+                     or has_sequence_privilege(r.oid, s.oid, 'UPDATE'))
+             union all
              select r.rolname || ' may execute public.' || f.oid::regprocedure::text
                from pg_proc f
                join pg_roles r on r.rolname in ('anon', 'authenticated')
@@ -404,7 +415,7 @@ async fn privileges(client: &Client) -> Check {
         return Check::fail(
             NAME,
             format!("exposed through the public API: {}", exposed.join(", ")),
-            "revoke all on <table> from anon, authenticated (and revoke execute on <function> from anon, authenticated)",
+            "revoke all on <table> from anon, authenticated (and revoke all on sequence <sequence>, revoke execute on <function> from anon, authenticated)",
         );
     }
     let needs = client
