@@ -25,7 +25,7 @@ select id, channel, template, status, attempts, max_attempts, created_at, due_at
        finished_at, provider_message_id, delivery_status, delivery_status_at, last_error,
        errors, case when status = 'scheduled' and held_until = due_at then held_until end,
        hold_reason, cancelled_by, duplicate_of_lead, recovered_at, outcome_unknown_since,
-       recipient, template_version
+       recipient, template_version, sent_unconfirmed
 from public.notification_jobs where lead_id = $1
 order by case channel when 'email' then 0 when 'sms' then 1 else 2 end, template, id";
 
@@ -165,6 +165,7 @@ fn job_card(
     let recovered: Option<DateTime<Utc>> = job.get(19);
     let in_doubt: Option<DateTime<Utc>> = job.get(20);
     let recipient: Option<String> = job.get(21);
+    let unconfirmed: Option<String> = job.get(23);
 
     let mut entries = vec![Entry {
         at: created,
@@ -221,10 +222,16 @@ fn job_card(
         entries.push(Entry {
             at,
             class: "ok",
-            text: format!(
-                "sent · provider id <code>{}</code>",
-                esc(provider_id.as_deref().unwrap_or("—"))
-            ),
+            text: match &unconfirmed {
+                Some(why) => format!(
+                    "probably sent (no provider id): <span class=reason>{}</span>",
+                    esc(why)
+                ),
+                None => format!(
+                    "sent · provider id <code>{}</code>",
+                    esc(provider_id.as_deref().unwrap_or("—"))
+                ),
+            },
         });
     }
     if let Some(at) = recovered {
