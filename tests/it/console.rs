@@ -680,6 +680,19 @@ async fn metrics_come_from_the_background_and_may_have_their_own_address() {
     app.shutdown().await;
 }
 
+/// The sign-in form with the right token, from `addr` (behind the trusted
+/// proxy), with `cookie` when given.
+async fn sign_in_from(base: &str, addr: &str, cookie: Option<&str>) -> reqwest::Response {
+    let mut request = http()
+        .post(format!("{base}/ops/login"))
+        .header("x-forwarded-for", addr)
+        .form(&[("token", ADMIN_TOKEN)]);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.unwrap()
+}
+
 #[tokio::test]
 async fn bearer_guesses_count_against_the_same_limit_on_every_route_and_a_remembered_browser_still_signs_in()
  {
@@ -695,13 +708,7 @@ async fn bearer_guesses_count_against_the_same_limit_on_every_route_and_a_rememb
 
     // The operator signed in from the office before: the browser keeps a
     // device cookie beside the session.
-    let r = http()
-        .post(format!("{base}/ops/login"))
-        .header("x-forwarded-for", office)
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let r = sign_in_from(&base, office, None).await;
     assert_eq!(r.status(), 303);
     let device = r
         .headers()
@@ -775,34 +782,14 @@ async fn bearer_guesses_count_against_the_same_limit_on_every_route_and_a_rememb
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
-    let r = http()
-        .post(format!("{base}/ops/login"))
-        .header("x-forwarded-for", office)
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let r = sign_in_from(&base, office, None).await;
     assert_eq!(r.status(), 429);
     // ...and a forged device cookie proves nothing
-    let r = http()
-        .post(format!("{base}/ops/login"))
-        .header("x-forwarded-for", office)
-        .header("cookie", "leadrelay_device=00.00")
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let r = sign_in_from(&base, office, Some("leadrelay_device=00.00")).await;
     assert_eq!(r.status(), 429);
 
     // The operator's own browser gets in.
-    let r = http()
-        .post(format!("{base}/ops/login"))
-        .header("x-forwarded-for", office)
-        .header("cookie", &device)
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let r = sign_in_from(&base, office, Some(&device)).await;
     assert_eq!(r.status(), 303, "the remembered browser signs in");
     app.shutdown().await;
 }
