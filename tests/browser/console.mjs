@@ -96,6 +96,14 @@ try {
   }
   seen.charts = await page.goto(`${base}/ops`).then(() => page.$$eval('svg[role=img]', (s) => s.map((e) => e.getAttribute('aria-label'))));
   for (const chart of ['Per hour, last 48 hours', 'Queue now', 'Last 24 hours', 'Last 7 days']) expect(seen.charts.includes(chart), `chart ${chart}`);
+  // every label of every chart lies inside its chart, as the browser lays it out
+  seen.clippedLabels = await page.$$eval('svg[role=img]', (svgs) => svgs.flatMap((svg) => {
+    const width = svg.viewBox.baseVal.width || svg.width.baseVal.value;
+    return [...svg.querySelectorAll('text')]
+      .filter((t) => { const b = t.getBBox(); return b.x < -0.5 || b.x + b.width > width + 0.5; })
+      .map((t) => `${svg.getAttribute('aria-label')}: ${t.textContent}`);
+  }));
+  expect(seen.clippedLabels.length === 0, `chart labels inside their charts: ${seen.clippedLabels.join('; ')}`);
 
   // Signing out revokes the session: its cookie no longer opens anything.
   const cookies = await context.cookies();

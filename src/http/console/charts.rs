@@ -3,6 +3,11 @@
 //! now; the funnel of the last 24 hours and 7 days. Each chart has a text
 //! label and every bar a `<title>`, so a screen reader and a hover say the
 //! figures.
+//!
+//! The rule this room keeps: a chart is laid out from its content. Its width
+//! makes room for its longest label at any count (measured generously by
+//! `text_width`), and it scales down on a narrow screen (`viewBox`), so no
+//! figure is ever cut off.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +16,8 @@ use chrono::{DateTime, Timelike, Utc};
 
 use super::page::esc;
 
-/// Leads that arrived, messages sent (email and SMS) and of those the
-/// delivered ones, per hour over the last 48 (the current hour last). The
+/// Leads that arrived, emails and SMS sent (each on its own) and of those
+/// the delivered ones, per hour over the last 48 (the current hour last). The
 /// leads come from `landing_leads_created_at_idx`, the sends from
 /// `notification_jobs_sent_at_idx`: two ranges of 48 hours.
 pub const HOURLY: &str = "
@@ -25,14 +30,16 @@ with hours as (
   group by 1
 ), sends as (
   select date_trunc('hour', sent_at) as h,
-         count(*) filter (where channel in ('email', 'sms')) as sent,
+         count(*) filter (where channel = 'email') as email_sent,
+         count(*) filter (where channel = 'sms') as sms_sent,
          count(*) filter (where channel in ('email', 'sms')
                             and delivery_status in ('delivered', 'opened', 'clicked')) as delivered
   from public.notification_jobs
   where sent_at >= date_trunc('hour', now()) - interval '47 hours'
   group by 1
 )
-select hours.h, coalesce(leads.n, 0), coalesce(sends.sent, 0), coalesce(sends.delivered, 0)
+select hours.h, coalesce(leads.n, 0), coalesce(sends.email_sent, 0), coalesce(sends.sms_sent, 0),
+       coalesce(sends.delivered, 0)
 from hours left join leads using (h) left join sends using (h)
 order by hours.h";
 
@@ -109,24 +116,47 @@ pub const FUNNEL_STEPS: [&str; 7] = [
     "SMS delivered",
 ];
 
-/// Horizontal bars, one per funnel step.
+/// How wide `text` is at `size` px, generously: digits and the lower-case
+/// Latin and Cyrillic letters of a sans-serif face (DejaVu Sans, Arial) are
+/// at most about 0.65 em wide on average over a word.
+pub fn text_width(text: &str, size: f64) -> f64 {
+    text.chars().count() as f64 * size * 0.7
+}
+
+/// The `<svg>` element of a chart of `width` × `height`: that size on a wide
+/// screen, scaled down to fit a narrow one.
+fn svg(label: &str, width: f64, height: f64) -> String {
+    format!(
+        "<svg role=img aria-label=\"{label}\" width={w} height={h} viewBox=\"0 0 {w} {h}\" style=\"max-width:100%;height:auto\">",
+        label = esc(label),
+        w = width.ceil(),
+        h = height.ceil()
+    )
+}
+
+/// Horizontal bars, one per funnel step, each with its figure after it.
 pub fn funnel(title: &str, steps: &[(&str, i64)]) -> String {
+    const BARS_AT: f64 = 130.0;
+    const BAR_MAX: f64 = 260.0;
     let max = steps.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1) as f64;
     let mut bars = String::new();
+    let mut right = text_width(title, 14.0);
     for (i, (label, n)) in steps.iter().enumerate() {
         let y = 28 + i * 30;
-        let width = (*n as f64 / max * 260.0).round();
+        let width = (*n as f64 / max * BAR_MAX).round();
+        let tx = BARS_AT + 6.0 + width;
+        right = right.max(tx + text_width(&n.to_string(), 12.0));
         bars.push_str(&format!(
-            "<text x=0 y={ty} font-size=12>{label}</text><rect x=130 y={y} width={width} height=20 fill=#2f6fed rx=3><title>{label}: {n}</title></rect>\
+            "<text x=0 y={ty} font-size=12>{label}</text><rect x={BARS_AT} y={y} width={width} height=20 fill=#2f6fed rx=3><title>{label}: {n}</title></rect>\
 <text x={tx} y={ty} font-size=12>{n}</text>",
             ty = y + 14,
-            tx = 136.0 + width,
             label = esc(label),
         ));
     }
     let height = 28 + steps.len() * 30;
     format!(
-        "<div class=chart><svg role=img aria-label=\"{t}\" width=440 height={height}><text x=0 y=16 font-size=14 font-weight=600>{t}</text>{bars}</svg></div>",
+        "<div class=chart>{}<text x=0 y=16 font-size=14 font-weight=600>{t}</text>{bars}</svg></div>",
+        svg(title, (right + 10.0).max(440.0), height as f64),
         t = esc(title)
     )
 }
@@ -136,41 +166,89 @@ pub fn funnel(title: &str, steps: &[(&str, i64)]) -> String {
 pub struct Hour {
     pub at: DateTime<Utc>,
     pub leads: i64,
-    pub sent: i64,
+    pub email_sent: i64,
+    pub sms_sent: i64,
     pub delivered: i64,
 }
 
-const SERIES: [(&str, &str); 3] = [
+const SERIES: [(&str, &str); 4] = [
     ("Leads", "#6b7280"),
-    ("Sent", "#2f6fed"),
+    ("Emails sent", "#2f6fed"),
+    ("SMS sent", "#8a4fd6"),
     ("Delivered", "#16794c"),
 ];
 
-/// Three bars per hour (leads, sent, delivered), a label every 6 hours.
+/// The ticks of an axis from 0 to at least `max`: 1, 2 or 5 times a power
+/// of ten apart, four or five of them.
+pub fn ticks(max: i64) -> Vec<i64> {
+    let max = max.max(1);
+    let mut step = 1i64;
+    loop {
+        for m in [1, 2, 5] {
+            let candidate = step.saturating_mul(m);
+            let steps = (max + candidate - 1) / candidate;
+            if steps <= 4 {
+                return (0..=steps).map(|k| k * candidate).collect();
+            }
+        }
+        step = step.saturating_mul(10);
+    }
+}
+
+/// A tick's figure, short: 950, 12k, 1.5M.
+fn tick_label(n: i64) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 10_000 && n % 1000 == 0 => format!("{}k", n / 1000),
+        n => n.to_string(),
+    }
+}
+
+/// Four bars per hour (leads, emails sent, SMS sent, delivered), a value
+/// axis with ticks, a label every 6 hours.
 pub fn hourly(hours: &[Hour]) -> String {
-    const BAR: usize = 5;
-    const GROUP: usize = 3 * BAR + 4;
+    const BAR: usize = 4;
+    const GROUP: usize = 4 * BAR + 4;
     const HEIGHT: f64 = 160.0;
-    const TOP: usize = 34;
+    const TOP: f64 = 40.0;
     let max = hours
         .iter()
-        .map(|h| h.leads.max(h.sent))
+        .map(|h| h.leads.max(h.email_sent).max(h.sms_sent))
         .max()
-        .unwrap_or(0)
-        .max(1) as f64;
+        .unwrap_or(0);
+    let ticks = ticks(max);
+    let scale = *ticks.last().unwrap_or(&1) as f64;
+    let left = ticks
+        .iter()
+        .map(|t| text_width(&tick_label(*t), 10.0))
+        .fold(0.0, f64::max)
+        .ceil()
+        + 8.0;
+    let right = left + (hours.len() * GROUP) as f64 + 10.0;
+    let mut axis = String::new();
+    for t in &ticks {
+        let y = TOP + HEIGHT - *t as f64 / scale * HEIGHT;
+        axis.push_str(&format!(
+            "<line x1={left} x2={right} y1={y} y2={y} stroke=#e5e7eb></line><text x={tx} y={ty} font-size=10 fill=#6b7280 text-anchor=end>{}</text>",
+            tick_label(*t),
+            tx = left - 4.0,
+            ty = y + 3.0,
+        ));
+    }
     let mut bars = String::new();
     for (i, h) in hours.iter().enumerate() {
-        let x0 = 40 + i * GROUP;
-        for (k, (value, (name, colour))) in [h.leads, h.sent, h.delivered]
+        let x0 = left + (i * GROUP) as f64;
+        for (k, (value, (name, colour))) in [h.leads, h.email_sent, h.sms_sent, h.delivered]
             .iter()
             .zip(SERIES)
             .enumerate()
         {
-            let height = (*value as f64 / max * HEIGHT).round();
+            let height = (*value as f64 / scale * HEIGHT).round();
             bars.push_str(&format!(
                 "<rect x={x} y={y} width={BAR} height={height} fill={colour}><title>{at} UTC · {name}: {value}</title></rect>",
-                x = x0 + k * BAR,
-                y = TOP as f64 + HEIGHT - height,
+                x = x0 + (k * BAR) as f64,
+                y = TOP + HEIGHT - height,
                 at = h.at.format("%m-%d %H:00"),
             ));
         }
@@ -178,31 +256,30 @@ pub fn hourly(hours: &[Hour]) -> String {
             bars.push_str(&format!(
                 "<text x={x0} y={y} font-size=10 fill=#6b7280>{}</text>",
                 h.at.format("%d %H:00"),
-                y = TOP as f64 + HEIGHT + 14.0
+                y = TOP + HEIGHT + 14.0
             ));
         }
     }
     let mut legend = String::new();
-    for (k, (name, colour)) in SERIES.iter().enumerate() {
-        let x = 300 + k * 110;
+    let mut x = 0.0;
+    for (name, colour) in SERIES {
         legend.push_str(&format!(
-            "<rect x={x} y=6 width=10 height=10 fill={colour}></rect><text x={tx} y=15 font-size=12>{name}</text>",
-            tx = x + 14
+            "<rect x={x} y=24 width=10 height=10 fill={colour}></rect><text x={tx} y=33 font-size=12>{name}</text>",
+            tx = x + 14.0
         ));
+        x += 14.0 + text_width(name, 12.0) + 14.0;
     }
-    let width = 40 + hours.len() * GROUP + 10;
+    let title = "Per hour, last 48 hours (UTC)";
+    let width = right.max(x).max(text_width(title, 14.0));
     format!(
-        "<div class=chart><svg role=img aria-label=\"Per hour, last 48 hours\" width={width} height={h}>\
-<text x=0 y=16 font-size=14 font-weight=600>Per hour, last 48 hours (UTC)</text>{legend}\
-<text x=0 y={top} font-size=10 fill=#6b7280>{max}</text><line x1=38 x2={width} y1={base} y2={base} stroke=#c5ccd6></line>{bars}</svg></div>",
-        h = TOP as f64 + HEIGHT + 22.0,
-        top = TOP + 8,
-        max = max as i64,
-        base = TOP as f64 + HEIGHT,
+        "<div class=chart>{}<text x=0 y=16 font-size=14 font-weight=600>{title}</text>{legend}{axis}{bars}</svg></div>",
+        svg("Per hour, last 48 hours", width, TOP + HEIGHT + 22.0),
     )
 }
 
-/// The queue now: per channel, stacked scheduled / due / sending / failed.
+/// The queue now: per channel, stacked scheduled / due / sending / failed,
+/// with every count written under its bar (never after it, where a long bar
+/// would push it out).
 pub fn queue(counts: &[(String, [i64; 4])]) -> String {
     const KINDS: [(&str, &str); 4] = [
         ("scheduled", "#c5ccd6"),
@@ -210,6 +287,9 @@ pub fn queue(counts: &[(String, [i64; 4])]) -> String {
         ("sending", "#2f6fed"),
         ("failed", "#b42318"),
     ];
+    const BARS_AT: f64 = 110.0;
+    const BAR_MAX: f64 = 280.0;
+    const ROW: usize = 52;
     let max = counts
         .iter()
         .map(|(_, c)| c.iter().sum::<i64>())
@@ -217,45 +297,52 @@ pub fn queue(counts: &[(String, [i64; 4])]) -> String {
         .unwrap_or(0)
         .max(1) as f64;
     let mut rows = String::new();
+    let mut right = BARS_AT + BAR_MAX;
     for (i, (channel, c)) in counts.iter().enumerate() {
-        let y = 40 + i * 34;
+        let y = 44 + i * ROW;
         rows.push_str(&format!(
             "<text x=0 y={ty} font-size=12>{}</text>",
             esc(channel),
             ty = y + 15
         ));
-        let mut x = 110.0;
+        let mut x = BARS_AT;
         for (n, (kind, colour)) in c.iter().zip(KINDS) {
-            let width = (*n as f64 / max * 280.0).round();
+            let width = (*n as f64 / max * BAR_MAX).round();
             rows.push_str(&format!(
                 "<rect x={x} y={y} width={width} height=22 fill={colour}><title>{channel} {kind}: {n}</title></rect>",
                 channel = esc(channel),
             ));
             x += width;
         }
+        let label = c
+            .iter()
+            .zip(KINDS)
+            .map(|(n, (k, _))| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(" · ");
+        right = right.max(BARS_AT + text_width(&label, 12.0));
         rows.push_str(&format!(
-            "<text x={tx} y={ty} font-size=12 class=queue-{ch}>{}</text>",
-            c.iter()
-                .zip(KINDS)
-                .map(|(n, (k, _))| format!("{k} {n}"))
-                .collect::<Vec<_>>()
-                .join(" · "),
-            tx = x + 6.0,
-            ty = y + 15,
+            "<text x={BARS_AT} y={ty} font-size=12 class=queue-{ch}>{label}</text>",
+            ty = y + 38,
             ch = esc(channel),
         ));
     }
     let mut legend = String::new();
-    for (k, (kind, colour)) in KINDS.iter().enumerate() {
-        let x = k * 90;
+    let mut x = 0.0;
+    for (kind, colour) in KINDS {
         legend.push_str(&format!(
             "<rect x={x} y=22 width=10 height=10 fill={colour}></rect><text x={tx} y=31 font-size=11>{kind}</text>",
-            tx = x + 14
+            tx = x + 14.0
         ));
+        x += 14.0 + text_width(kind, 11.0) + 16.0;
     }
     format!(
-        "<div class=chart><svg role=img aria-label=\"Queue now\" width=640 height={h}><text x=0 y=14 font-size=14 font-weight=600>Queue now</text>{legend}{rows}</svg></div>",
-        h = 44 + counts.len() * 34
+        "<div class=chart>{}<text x=0 y=14 font-size=14 font-weight=600>Queue now</text>{legend}{rows}</svg></div>",
+        svg(
+            "Queue now",
+            right.max(x) + 10.0,
+            (48 + counts.len() * ROW) as f64
+        ),
     )
 }
 
@@ -293,14 +380,120 @@ mod tests {
             .map(|i| Hour {
                 at: Utc::now() - chrono::Duration::hours(47 - i),
                 leads: 0,
-                sent: 0,
+                email_sent: 0,
+                sms_sent: 0,
                 delivered: 0,
             })
             .collect();
         let svg = hourly(&hours);
-        assert_eq!(svg.matches("<rect").count(), 48 * 3 + 3);
+        assert_eq!(svg.matches("<rect").count(), 48 * 4 + 4);
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
         let svg = queue(&[("email".into(), [0, 0, 0, 0]), ("sms".into(), [3, 1, 0, 2])]);
         assert!(svg.contains("scheduled 3 · due 1 · sending 0 · failed 2"));
+    }
+
+    /// The chart's width, and every `<text>`'s x, font size, whether it is
+    /// anchored at its end, and content.
+    fn texts(svg: &str) -> (f64, Vec<(f64, f64, bool, String)>) {
+        let attr = |tag: &str, name: &str| -> Option<f64> {
+            let at = tag.find(&format!(" {name}="))? + name.len() + 2;
+            tag[at..]
+                .trim_start_matches('"')
+                .split([' ', '"', '>'])
+                .next()?
+                .parse()
+                .ok()
+        };
+        let width = attr(&svg[svg.find("<svg").unwrap()..], "width").unwrap();
+        let mut out = Vec::new();
+        for piece in svg.split("<text").skip(1) {
+            let (tag, rest) = piece.split_once('>').unwrap();
+            let content = rest.split("</text>").next().unwrap().to_string();
+            out.push((
+                attr(tag, "x").unwrap_or(0.0),
+                attr(tag, "font-size").unwrap_or(12.0),
+                tag.contains("text-anchor=end"),
+                content,
+            ));
+        }
+        (width, out)
+    }
+
+    /// No label runs past the chart's right edge, nor starts before its left
+    /// one (ends measured as `text_width` does).
+    fn every_label_fits(svg: &str) {
+        let (width, texts) = texts(svg);
+        for (x, size, anchored_at_end, content) in texts {
+            let (start, end) = if anchored_at_end {
+                (x - text_width(&content, size), x)
+            } else {
+                (x, x + text_width(&content, size))
+            };
+            assert!(
+                start >= 0.0 && end <= width,
+                "{content:?} spans {start}–{end}, outside 0–{width}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_count_of_the_queue_fits_in_its_chart_at_any_size() {
+        for counts in [
+            [500, 0, 0, 3],
+            [32, 0, 0, 1],
+            [1_234_567, 98_765, 4_321, 123_456],
+            [0, 0, 0, 0],
+        ] {
+            let svg = queue(&[
+                ("email".into(), counts),
+                ("sms".into(), [3, 1, 0, 2]),
+                ("lead_tracking".into(), counts),
+            ]);
+            every_label_fits(&svg);
+            assert!(svg.contains(&format!("failed {}", counts[3])), "{svg}");
+            assert!(svg.contains("viewBox=") && svg.contains("max-width:100%"));
+        }
+    }
+
+    #[test]
+    fn funnel_figures_fit_at_any_count() {
+        let svg = funnel(
+            "Last 7 days",
+            &[
+                ("Leads", 9_876_543),
+                ("Email sent", 9_000_000),
+                ("SMS delivered", 1),
+            ],
+        );
+        every_label_fits(&svg);
+        assert!(svg.contains(">9876543</text>"));
+    }
+
+    #[test]
+    fn the_hourly_chart_splits_sent_by_channel_and_has_readable_ticks() {
+        let hours: Vec<Hour> = (0..48)
+            .map(|i| Hour {
+                at: Utc::now() - chrono::Duration::hours(47 - i),
+                leads: 58,
+                email_sent: 55,
+                sms_sent: 55,
+                delivered: 100,
+            })
+            .collect();
+        let svg = hourly(&hours);
+        assert!(svg.contains("Emails sent: 55") && svg.contains("SMS sent: 55"));
+        assert!(
+            !svg.contains("Sent: 110"),
+            "never emails and SMS added together"
+        );
+        for tick in [">0<", ">20<", ">40<", ">60<"] {
+            assert!(svg.contains(tick), "tick {tick} in {svg}");
+        }
+        every_label_fits(&svg);
+        assert_eq!(ticks(58), [0, 20, 40, 60]);
+        assert_eq!(ticks(0), [0, 1]);
+        assert_eq!(ticks(1_234_567), [0, 500_000, 1_000_000, 1_500_000]);
+        assert_eq!(tick_label(1_500_000), "1.5M");
+        assert_eq!(tick_label(20_000), "20k");
     }
 }

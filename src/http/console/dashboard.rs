@@ -121,8 +121,9 @@ async fn charts_section(client: &tokio_postgres::Client) -> Result<String, tokio
         .map(|r| Hour {
             at: r.get(0),
             leads: r.get(1),
-            sent: r.get(2),
-            delivered: r.get(3),
+            email_sent: r.get(2),
+            sms_sent: r.get(3),
+            delivered: r.get(4),
         })
         .collect();
     let mut queue: Vec<(String, [i64; 4])> = ["email", "sms", "lead_tracking"]
