@@ -11,7 +11,7 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
 use super::charts::{self, Hour};
-use super::page::{esc, name_cell, page as frame, state_cell, time};
+use super::page::{esc, name_cell, page as frame, state_cell, time, visitor_text};
 use super::{Gate, Visitor};
 use crate::http::AppState;
 
@@ -212,7 +212,7 @@ async fn dashboard(state: &AppState, gate: &Gate) -> Result<String, tokio_postgr
             "<tr><td>{}</td><td><a href=\"/ops/leads/{lead_id}\">{}</a></td><td>{}</td>{}{}<td class=muted><a href=\"/ops/leads/{lead_id}\">{lead_id}</a></td></tr>",
             time(created),
             or_unnamed(name_cell(name)),
-            esc(&r.get::<_, Option<String>>(2).unwrap_or_default()),
+            visitor_text(&r.get::<_, Option<String>>(2).unwrap_or_default()),
             state_cell(r.get(4), r.get(5), r.get(6), r.get(10)),
             state_cell(r.get(7), r.get(8), r.get(9), r.get(11)),
         ));
@@ -266,7 +266,7 @@ async fn dashboard(state: &AppState, gate: &Gate) -> Result<String, tokio_postgr
         "leadrelay — ops",
         gate.access.session(),
         &format!(
-            "<p class=muted>{now}</p>{alert}{charts}\
+            "<p class=muted>Page drawn at {now}</p>{alert}{charts}\
 <h2>Last leads</h2><table><thead><tr><th>Arrived (UTC)</th><th>Name</th><th>Source</th><th>Email</th><th>SMS</th><th>Lead id</th></tr></thead><tbody>{leads}</tbody></table>\
 <h2>Failures in the last day</h2>{bulk}<table><thead><tr><th>When (UTC)</th><th>Name</th><th>Channel</th><th>State</th><th>Reason</th></tr></thead><tbody>{failures}</tbody></table>{policies}{recovered}{outbox}",
             now = Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),

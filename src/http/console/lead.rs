@@ -12,12 +12,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::dashboard::or_unnamed;
-use super::page::{esc, name_cell, page as frame, problem};
+use super::page::{esc, hidden_characters, name_cell, page as frame, problem, visitor_text};
 use super::{Gate, Visitor};
 use crate::http::AppState;
 
 pub const LEAD: &str = "
-select id, name, email, phone, source, created_at, coalesce(jsonb_pretty(metadata), '—')
+select id, name, email, phone, source, created_at,
+       case when metadata is null or metadata = '{}'::jsonb then null else jsonb_pretty(metadata) end
 from public.landing_leads where id = $1";
 
 pub const JOBS: &str = "
@@ -111,18 +112,34 @@ async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<Stri
 
     let created: DateTime<Utc> = l.get(5);
     let name: Option<String> = l.get(1);
-    let text = |i: usize| esc(&l.get::<_, Option<String>>(i).unwrap_or_default());
+    let text = |i: usize| visitor_text(&l.get::<_, Option<String>>(i).unwrap_or_default());
+    // the whole name here, isolated; flagged when it holds invisible controls
+    let shown_name = match name.as_deref().filter(|n| !n.trim().is_empty()) {
+        Some(n) => visitor_text(n),
+        None => or_unnamed(String::new()),
+    };
+    let hidden = hidden_characters(name.as_deref().unwrap_or_default());
+    let flag = if hidden.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<p class=alert>This name holds characters that change how text is shown without being seen: {}. It is shown isolated here; the lead keeps it as typed.</p>",
+            esc(&hidden.join(", "))
+        )
+    };
+    let metadata = match l.get::<_, Option<String>>(6) {
+        Some(pretty) => format!("<pre><bdi>{}</bdi></pre>", esc(&pretty)),
+        None => "none".to_string(),
+    };
     let mut body = format!(
-        "<h1 class=lead-name>{}</h1><div class=card><dl>\
+        "<h1 class=lead-name>{shown_name}</h1>{flag}<div class=card><dl>\
 <dt>Lead id</dt><dd><code>{lead}</code></dd><dt>Arrived</dt><dd>{} UTC</dd>\
 <dt>Email</dt><dd class=lead-email>{}</dd><dt>Phone</dt><dd class=lead-phone>{}</dd><dt>Source</dt><dd>{}</dd>\
-<dt>Metadata</dt><dd><pre>{}</pre></dd></dl></div>",
-        or_unnamed(name_cell(name)),
+<dt>Metadata</dt><dd>{metadata}</dd></dl></div>",
         created.format("%Y-%m-%d %H:%M:%S"),
         text(2),
         text(3),
         text(4),
-        text(6),
     );
     if jobs.is_empty() {
         body.push_str("<p class=muted>No messages for this lead: no enabled rule matched its source when it arrived.</p>");
@@ -132,11 +149,17 @@ async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<Stri
     }
     body.push_str("<h2 id=preview>What was or will be sent</h2>");
     body.push_str(&preview_body(lead, &previews));
-    Ok(Some(frame(
-        "leadrelay — lead",
-        gate.access.session(),
-        &body,
-    )))
+    let title = match name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+        // a <title> cannot hold markup: the controls are left out of it
+        Some(n) => format!(
+            "leadrelay — {}",
+            n.chars()
+                .filter(|c| hidden_characters(&c.to_string()).is_empty())
+                .collect::<String>()
+        ),
+        None => "leadrelay — lead".to_string(),
+    };
+    Ok(Some(frame(&title, gate.access.session(), &body)))
 }
 
 fn job_card(
@@ -167,13 +190,21 @@ fn job_card(
     let recipient: Option<String> = job.get(21);
     let unconfirmed: Option<String> = job.get(23);
 
+    let dashboard_row = channel == "lead_tracking";
     let mut entries = vec![Entry {
         at: created,
         class: "muted",
-        text: format!(
-            "created for {}",
-            esc(recipient.as_deref().unwrap_or("(no recipient)"))
-        ),
+        text: if dashboard_row {
+            "created: the sales dashboard's row for this lead".to_string()
+        } else {
+            format!(
+                "created for {}",
+                recipient
+                    .as_deref()
+                    .map(visitor_text)
+                    .unwrap_or_else(|| "(no recipient)".into())
+            )
+        },
     }];
     if status == "scheduled" || sent.is_some() || attempts > 0 || status == "due" {
         entries.push(Entry {
@@ -182,7 +213,7 @@ fn job_card(
             text: match status {
                 "scheduled" => "scheduled for this time".into(),
                 "due" => "due: waiting for the worker".into(),
-                _ => "due (last time it became due)".into(),
+                _ => "due for sending".into(),
             },
         });
     }
@@ -222,12 +253,13 @@ fn job_card(
         entries.push(Entry {
             at,
             class: "ok",
-            text: match &unconfirmed {
-                Some(why) => format!(
+            text: match (&unconfirmed, dashboard_row) {
+                (_, true) => "dashboard row synced (lead_tracking)".to_string(),
+                (Some(why), false) => format!(
                     "probably sent (no provider id): <span class=reason>{}</span>",
                     esc(why)
                 ),
-                None => format!(
+                (None, false) => format!(
                     "sent · provider id <code>{}</code>",
                     esc(provider_id.as_deref().unwrap_or("—"))
                 ),

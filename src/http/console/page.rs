@@ -115,12 +115,66 @@ pub fn unavailable() -> Response {
 }
 
 /// A lead's name as typed, escaped and cut to 60 characters.
+/// How many characters of a name a list shows before an ellipsis.
+const NAME_IN_LISTS: usize = 60;
+
+/// Text a visitor typed (a name, an address, a source), escaped and
+/// bidi-isolated: a right-to-left override or an unclosed embedding in it
+/// cannot reorder what the page shows around it.
+pub fn visitor_text(text: &str) -> String {
+    format!("<bdi>{}</bdi>", esc(text))
+}
+
+/// A name in a list: isolated, cut at 60 characters with an ellipsis and the
+/// whole name on hover; empty when there is none.
 pub fn name_cell(name: Option<String>) -> String {
-    esc(&name
-        .unwrap_or_default()
-        .chars()
-        .take(60)
-        .collect::<String>())
+    let name = name.unwrap_or_default();
+    if name.trim().is_empty() {
+        return String::new();
+    }
+    if name.chars().count() <= NAME_IN_LISTS {
+        return visitor_text(&name);
+    }
+    format!(
+        "<bdi title=\"{}\">{}…</bdi>",
+        esc(&name),
+        esc(&name.chars().take(NAME_IN_LISTS).collect::<String>())
+    )
+}
+
+/// The characters in `text` that change how text is shown without being
+/// seen (bidi controls, zero-width and other invisible format characters),
+/// named, for an operator to be told of.
+pub fn hidden_characters(text: &str) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for c in text.chars() {
+        let name = match c {
+            '\u{202A}' => "left-to-right embedding",
+            '\u{202B}' => "right-to-left embedding",
+            '\u{202C}' => "pop directional formatting",
+            '\u{202D}' => "left-to-right override",
+            '\u{202E}' => "right-to-left override",
+            '\u{2066}' => "left-to-right isolate",
+            '\u{2067}' => "right-to-left isolate",
+            '\u{2068}' => "first strong isolate",
+            '\u{2069}' => "pop directional isolate",
+            '\u{200E}' => "left-to-right mark",
+            '\u{200F}' => "right-to-left mark",
+            '\u{061C}' => "Arabic letter mark",
+            '\u{200B}' => "zero-width space",
+            '\u{200C}' => "zero-width non-joiner",
+            '\u{200D}' => "zero-width joiner",
+            '\u{2060}' => "word joiner",
+            '\u{FEFF}' => "zero-width no-break space",
+            '\u{00AD}' => "soft hyphen",
+            _ => continue,
+        };
+        let entry = format!("U+{:04X} ({name})", c as u32);
+        if !found.contains(&entry) {
+            found.push(entry);
+        }
+    }
+    found
 }
 
 pub fn time(at: DateTime<Utc>) -> String {
@@ -162,4 +216,40 @@ pub fn state_cell(
         .map(|e| format!(" title=\"{}\"", esc(e)))
         .unwrap_or_default();
     format!("<td class={class}{title}>{text}</td>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_isolated_cut_with_an_ellipsis_and_whole_on_hover() {
+        assert_eq!(name_cell(None), "");
+        assert_eq!(name_cell(Some("  ".into())), "");
+        assert_eq!(name_cell(Some("Ая <b>".into())), "<bdi>Ая &lt;b&gt;</bdi>");
+        let long = "Н".repeat(70);
+        let cell = name_cell(Some(long.clone()));
+        assert!(
+            cell.starts_with(&format!("<bdi title=\"{long}\">")),
+            "{cell}"
+        );
+        assert!(
+            cell.ends_with(&format!("{}…</bdi>", "Н".repeat(60))),
+            "{cell}"
+        );
+        let spoof = "\u{202E}txt.exe Алихан";
+        assert!(name_cell(Some(spoof.into())).starts_with("<bdi>"));
+    }
+
+    #[test]
+    fn bidi_controls_and_invisible_characters_are_named_once_each() {
+        assert!(hidden_characters("Айгерим Бекова").is_empty());
+        assert_eq!(
+            hidden_characters("\u{202E}abc\u{202E}\u{200B}"),
+            [
+                "U+202E (right-to-left override)",
+                "U+200B (zero-width space)"
+            ]
+        );
+    }
 }

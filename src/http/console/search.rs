@@ -8,7 +8,7 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
 use super::dashboard::or_unnamed;
-use super::page::{esc, name_cell, page as frame, problem, state_cell, time};
+use super::page::{esc, name_cell, page as frame, problem, state_cell, time, visitor_text};
 use super::{Gate, Visitor};
 use crate::http::AppState;
 use crate::messages::mask;
@@ -28,7 +28,17 @@ async fn page_handler(state: &AppState, visitor: &Visitor, q: &str) -> Response 
     let session = gate.access.session();
     let query = match LeadQuery::parse(q) {
         Ok(query) => query,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, session, &e.to_string()),
+        Err(e) => {
+            // a name too short to search by is found by the lead's contacts
+            let hint = match e {
+                crate::store::search::SearchError::ShortName => format!(
+                    " “{}” has fewer than 3 letters or digits to search names by: search by the lead's email or phone (typed any way), or its id.",
+                    q.trim().chars().take(60).collect::<String>()
+                ),
+                _ => String::new(),
+            };
+            return problem(StatusCode::BAD_REQUEST, session, &format!("{e}.{hint}"));
+        }
     };
     let (statement, value) = query.statement();
     let rows = match gate.client.query(statement, &[&value]).await {
@@ -46,9 +56,9 @@ async fn page_handler(state: &AppState, visitor: &Visitor, q: &str) -> Response 
             "<tr><td>{}</td><td><a href=\"/ops/leads/{id}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td>{}{}</tr>",
             time(created),
             or_unnamed(name_cell(r.get(1))),
-            esc(&mask::email(&r.get::<_, Option<String>>(2).unwrap_or_default())),
-            esc(&mask::phone(&r.get::<_, Option<String>>(3).unwrap_or_default())),
-            esc(&r.get::<_, Option<String>>(4).unwrap_or_default()),
+            visitor_text(&mask::email(&r.get::<_, Option<String>>(2).unwrap_or_default())),
+            visitor_text(&mask::phone(&r.get::<_, Option<String>>(3).unwrap_or_default())),
+            visitor_text(&r.get::<_, Option<String>>(4).unwrap_or_default()),
             state_cell(r.get(6), r.get(7), r.get(8), r.get(9)),
             state_cell(r.get(10), r.get(11), r.get(12), r.get(13)),
         ));
