@@ -64,15 +64,81 @@ macro_rules! in_doubt_batch {
     };
 }
 
-/// The job an operator acts on, with its lead's name and, when it is a
-/// member of an email batch in doubt, the batch's size (else 0).
+/// Whether job `j` is an email that reached a final failure after it was
+/// sent (bounced, suppressed by the provider, undelivered: delivery ranks
+/// 60 to 69). A complaint (70) is the person's own "stop": never sent again.
+macro_rules! sent_then_failed {
+    ($j:literal) => {
+        concat!(
+            "(",
+            $j,
+            ".channel = 'email' and ",
+            $j,
+            ".status = 'sent' and public.leadrelay_delivery_rank(",
+            $j,
+            ".delivery_status) between 60 and 69)"
+        )
+    };
+}
+
+/// The job an operator acts on, with its lead's name; when it is a member of
+/// an email batch in doubt, the batch's size (else 0); whether it may be sent
+/// again (`SEND_AGAIN`), and whether the lead's email is still the one it
+/// went to (the provider will likely refuse it again).
 pub const ACTION_JOB: &str = concat!(
     "select j.id, j.lead_id, j.channel, j.template, j.status, j.last_error, l.name, j.due_at,
        case when ",
     in_doubt_batch!("j"),
-    " then (select count(*) from public.notification_jobs m where m.batch_key = j.batch_key) else 0 end
+    " then (select count(*) from public.notification_jobs m where m.batch_key = j.batch_key) else 0 end,
+       ",
+    sent_then_failed!("j"),
+    ",
+       lower(public.leadrelay_trim(l.email)) is not distinct from lower(j.recipient),
+       j.delivery_status
 from public.notification_jobs j left join public.landing_leads l on l.id = j.lead_id
 where j.id = $1"
+);
+
+/// An email that reached a final failure after it was sent
+/// (`sent_then_failed`) goes again as a new message: to the lead's current
+/// address (the operator corrected it, say), under a key of its own (Resend
+/// would answer the old key with the old email), with fresh attempts, and
+/// through the gate like a first send (`cleared_at` cleared). The earlier
+/// message stays in the job's error history.
+pub const SEND_AGAIN: &str = audited!(
+    concat!(
+        "fresh as (
+  select j.id,
+         case when public.leadrelay_email_problem(l.email) is null then public.leadrelay_trim(l.email) end as recipient
+  from public.notification_jobs j
+  join public.landing_leads l on l.id = j.lead_id
+  where j.id = any($1::bigint[]) and ",
+        sent_then_failed!("j"),
+        "
+), changed as (
+  update public.notification_jobs j
+     set status = 'due', due_at = now(), attempts = 0, finished_at = null, sent_at = null,
+         provider_message_id = null, provider_campaign_id = null,
+         delivery_status = null, delivery_status_at = null, sent_unconfirmed = null,
+         recovered_at = null, batch_key = null, cleared_at = null,
+         cancelled_by = null, duplicate_of_lead = null, last_error = null,
+         recipient = f.recipient,
+         idempotency_key = 'leadrelay-' || j.lead_id || '-' || j.template || '-again-'
+                           || left(md5(j.id::text || clock_timestamp()::text), 8),
+         sent_params = case when j.sent_params is null then null
+                            else jsonb_set(j.sent_params, '{email}', to_jsonb(f.recipient)) end,
+         errors = (case when jsonb_array_length(j.errors) >= 20 then j.errors - 0 else j.errors end)
+                  || jsonb_build_array(jsonb_build_object(
+                       'attempt', j.attempts, 'at', now(),
+                       'error', format('sent again by an operator; the earlier email %s to %s ended %s',
+                                       coalesce(j.provider_message_id, '(no id)'), j.recipient, j.delivery_status))),
+         updated_at = now()
+    from fresh f
+   where j.id = f.id and f.recipient is not null
+  returning j.id, j.lead_id
+)"
+    ),
+    notify: "select count(pg_notify('notification_jobs', id::text)) as n from changed"
 );
 
 /// Puts failed or invalid jobs back to due with fresh attempts; their error
@@ -218,6 +284,7 @@ pub enum Action {
     Retry,
     BulkRetry,
     SendNow,
+    SendAgain,
     Cancel,
     CancelRule,
 }
@@ -229,6 +296,7 @@ impl Action {
             Action::Retry => "retry",
             Action::BulkRetry => "bulk_retry",
             Action::SendNow => "send_now",
+            Action::SendAgain => "send_again",
             Action::Cancel => "cancel",
             Action::CancelRule => "cancel_rule",
         }
@@ -238,6 +306,7 @@ impl Action {
         match self {
             Action::Retry | Action::BulkRetry => RETRY,
             Action::SendNow => SEND_NOW,
+            Action::SendAgain => SEND_AGAIN,
             Action::Cancel | Action::CancelRule => CANCEL,
         }
     }
@@ -307,9 +376,10 @@ select at, actor, action, job_ids, changed_job_ids, reason, session_id
 from public.ops_audit where lead_ids @> array[$1::uuid]
 order by at desc, id desc limit 50";
 
-pub fn statements() -> [&'static str; 8] {
+pub fn statements() -> [&'static str; 9] {
     [
         ACTION_JOB,
+        SEND_AGAIN,
         RETRY_CANDIDATES,
         RETRY,
         IN_DOUBT_BATCH_MEMBERS,

@@ -793,3 +793,113 @@ async fn bearer_guesses_count_against_the_same_limit_on_every_route_and_a_rememb
     assert_eq!(r.status(), 303, "the remembered browser signs in");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bounced_email_is_sent_again_once_to_the_corrected_address_and_a_complaint_never_is() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(crate::app::NO_DELAY).await.unwrap();
+    let (providers, app, base) = serving(&db.url).await;
+    let lead =
+        insert_proftest_lead_with_phone(&client, "Опечатка", "typo@mali.ru", "87015550011").await;
+    eventually(Duration::from_secs(20), "the email sent", || async {
+        lead_job(&client, lead, "email").await.1 == "sent"
+    })
+    .await;
+    let (job, _) = lead_job(&client, lead, "email").await;
+    // Resend reported a hard bounce (the webhook's effect, written directly)
+    client
+        .execute(
+            "update notification_jobs set delivery_status = 'bounced', delivery_status_at = now() where id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    let (cookie, csrf) = sign_in(&base, None).await;
+    let (_, page) = get(&base, &format!("/ops/leads/{lead}"), &cookie).await;
+    assert!(
+        page.contains(&format!("/ops/jobs/{job}/send-again")),
+        "the page offers it"
+    );
+    let (status, confirm) = get(&base, &format!("/ops/jobs/{job}/send-again"), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(confirm.contains("will likely refuse it again"), "{confirm}");
+
+    // the operator corrects the address, then sends it again
+    client
+        .execute(
+            "update landing_leads set email = 'typo@mail.ru' where id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    let (_, confirm) = get(&base, &format!("/ops/jobs/{job}/send-again"), &cookie).await;
+    assert!(
+        !confirm.contains("will likely refuse it again"),
+        "{confirm}"
+    );
+    let before = providers.emails().await.len();
+    let r = post(
+        &base,
+        &format!("/ops/jobs/{job}/send-again"),
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    eventually(Duration::from_secs(20), "sent again", || async {
+        count(
+            &client,
+            &format!("select count(*) from notification_jobs where id = {job} and status = 'sent' and delivery_status is null"),
+        )
+        .await
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let emails = providers.emails().await;
+    assert_eq!(emails.len(), before + 1, "one more email, once");
+    let again: serde_json::Value = serde_json::from_slice(&emails[emails.len() - 1].body).unwrap();
+    assert_eq!(again["to"], serde_json::json!(["typo@mail.ru"]));
+    let key = |r: &wiremock::Request| {
+        r.headers
+            .get("idempotency-key")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(
+        key(&emails[emails.len() - 1]),
+        key(&emails[before - 1]),
+        "a key of its own"
+    );
+    assert_eq!(
+        count(&client, &format!("select count(*) from ops_audit where action = 'send_again' and {job} = any(changed_job_ids)")).await,
+        1
+    );
+    assert_eq!(
+        count(&client, &format!("select count(*) from notification_jobs where id = {job} and errors::text like '%sent again by an operator%bounced%'")).await,
+        1,
+        "the earlier email stays in its history"
+    );
+
+    // a complaint is the person's "stop"
+    client
+        .execute(
+            "update notification_jobs set delivery_status = 'complained' where id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    let r = post(
+        &base,
+        &format!("/ops/jobs/{job}/send-again"),
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(providers.emails().await.len(), before + 1);
+    app.shutdown().await;
+}

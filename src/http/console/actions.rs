@@ -34,6 +34,7 @@ fn batch_in_doubt_refusal(members: i64) -> String {
 enum JobAction {
     Retry,
     SendNow,
+    SendAgain,
     Cancel,
 }
 
@@ -42,6 +43,7 @@ impl JobAction {
         match s {
             "retry" => Some(JobAction::Retry),
             "send-now" => Some(JobAction::SendNow),
+            "send-again" => Some(JobAction::SendAgain),
             "cancel" => Some(JobAction::Cancel),
             _ => None,
         }
@@ -51,6 +53,7 @@ impl JobAction {
         match self {
             JobAction::Retry => "retry",
             JobAction::SendNow => "send-now",
+            JobAction::SendAgain => "send-again",
             JobAction::Cancel => "cancel",
         }
     }
@@ -60,6 +63,8 @@ impl JobAction {
         match self {
             JobAction::Retry => matches!(status, "failed" | "invalid"),
             JobAction::SendNow => status == "scheduled",
+            // and only an email whose delivery failed (`ACTION_JOB`'s flag)
+            JobAction::SendAgain => status == "sent",
             JobAction::Cancel => matches!(status, "scheduled" | "due" | "failed" | "invalid"),
         }
     }
@@ -68,6 +73,7 @@ impl JobAction {
         match self {
             JobAction::Retry => Action::Retry,
             JobAction::SendNow => Action::SendNow,
+            JobAction::SendAgain => Action::SendAgain,
             JobAction::Cancel => Action::Cancel,
         }
     }
@@ -76,6 +82,7 @@ impl JobAction {
         match self {
             JobAction::Retry => "Retry",
             JobAction::SendNow => "Send now",
+            JobAction::SendAgain => "Send again",
             JobAction::Cancel => "Cancel",
         }
     }
@@ -87,6 +94,9 @@ impl JobAction {
             }
             JobAction::SendNow => {
                 "It becomes due now instead of waiting for its delay. It passes the same gate as a first send: outside its send window it waits for the opening, and the duplicate check and the cap apply."
+            }
+            JobAction::SendAgain => {
+                "It goes again as a new email, to the lead's current address, with fresh attempts. It passes the same gate as a first send: the send window, the duplicate check and the cap. The earlier email stays in its history."
             }
             JobAction::Cancel => {
                 "It will not be sent. The reason is kept on the message and in the audit."
@@ -100,6 +110,14 @@ impl JobAction {
 fn refuses_in_doubt(action: JobAction, status: &str, batch_members: i64) -> Option<String> {
     (action == JobAction::Cancel && batch_members > 0 && matches!(status, "scheduled" | "due"))
         .then(|| batch_in_doubt_refusal(batch_members))
+}
+
+/// "Send again" is for an email whose delivery failed after it was sent;
+/// a complaint is the person's "stop".
+fn refuses_send_again(action: JobAction, job: &tokio_postgres::Row) -> Option<String> {
+    (action == JobAction::SendAgain && !job.get::<_, bool>(9)).then(|| {
+        "Only an email whose delivery failed after it was sent (bounced, suppressed, undelivered) can be sent again; a complaint never is. Nothing was changed.".to_string()
+    })
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -172,6 +190,17 @@ pub async fn confirm(
     if let Some(refusal) = refuses_in_doubt(action, status, batch) {
         return problem(StatusCode::CONFLICT, Some(session), &refusal);
     }
+    if let Some(refusal) = refuses_send_again(action, &job) {
+        return problem(StatusCode::CONFLICT, Some(session), &refusal);
+    }
+    let same_contact = if action == JobAction::SendAgain && job.get::<_, bool>(10) {
+        format!(
+            "<p class=alert>The lead's email is still the one this message {} at: the provider will likely refuse it again. Correct the lead's email first, unless the mailbox was fixed.</p>",
+            esc(&job.get::<_, Option<String>>(11).unwrap_or_default())
+        )
+    } else {
+        String::new()
+    };
     let whole_batch = if action == JobAction::Retry && batch > 0 && status == "failed" {
         format!(
             "<p class=muted>It was sent to Resend in a batch of {batch} whose outcome is unknown: the whole batch goes again, under its key and with the emails as they were, so Resend sends none of them twice.</p>"
@@ -197,7 +226,7 @@ pub async fn confirm(
         "leadrelay — confirm",
         Some(session),
         &format!(
-            "<h1>{q}?</h1><div class=card><p>{q} {what} (job {id}, now <b>{status}</b>, due {due} UTC)?</p>{last_error}<p class=muted>{explain}</p>{whole_batch}\
+            "<h1>{q}?</h1><div class=card><p>{q} {what} (job {id}, now <b>{status}</b>, due {due} UTC)?</p>{last_error}<p class=muted>{explain}</p>{whole_batch}{same_contact}\
 <form method=post action=\"/ops/jobs/{id}/{path}\"><input type=hidden name=csrf value=\"{csrf}\">{reason_field}\
 <div class=actions><button type=submit class=confirm>{q}</button><a href=\"/ops/leads/{lead}\">Back</a></div></form></div>",
             q = action.question(),
@@ -250,7 +279,9 @@ pub async fn perform(
     }
     let lead: Uuid = match load(&gate, session, id).await {
         Ok(job) => {
-            if let Some(refusal) = refuses_in_doubt(action, job.get(4), job.get(8)) {
+            if let Some(refusal) = refuses_in_doubt(action, job.get(4), job.get(8))
+                .or_else(|| refuses_send_again(action, &job))
+            {
                 return problem(StatusCode::CONFLICT, Some(session), &refusal);
             }
             job.get(1)

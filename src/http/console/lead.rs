@@ -378,6 +378,16 @@ fn job_card(
                 link("cancel", "Cancel");
             }
             "due" => link("cancel", "Cancel"),
+            // an email whose delivery failed after it was sent (ranks 60-69)
+            "sent"
+                if channel == "email"
+                    && matches!(
+                        delivery.as_deref(),
+                        Some("bounced" | "suppressed" | "undelivered" | "failed" | "rejected")
+                    ) =>
+            {
+                link("send-again", "Send again")
+            }
             _ => {}
         }
     }
