@@ -105,6 +105,45 @@ try {
   }));
   expect(seen.clippedLabels.length === 0, `chart labels inside their charts: ${seen.clippedLabels.join('; ')}`);
 
+  seen.emailQueue = await page.textContent('svg[aria-label="Queue now"] text.queue-email');
+  expect(/scheduled 5\d\d/.test(seen.emailQueue), `the queue of 500 shows in full: ${seen.emailQueue}`);
+
+  // A name with a right-to-left override is isolated wherever it shows,
+  // and flagged on its page.
+  for (const path of ['/ops', '/ops/search?q=rtl%40mail.ru', `/ops/leads/${ids.rtlLead}`]) {
+    await page.goto(`${base}${path}`);
+    const html = await page.content();
+    const all = html.split('\u202e').length - 1;
+    const isolated = html.split('<bdi>\u202e').length - 1 + html.split('<bdi title="\u202e').length - 1;
+    expect(all > 0 && all === isolated, `the RTL name is isolated on ${path} (${isolated} of ${all})`);
+  }
+  expect((await text(page)).includes('U+202E (right-to-left override)'), 'the RTL name is flagged on its page');
+
+  // The bounced email, its address corrected, is sent again from the page.
+  await page.goto(`${base}/ops/leads/${ids.bouncedLead}`);
+  await page.click('.card[data-channel=email] a.action-send-again');
+  await page.waitForSelector('h1:has-text("Send again?")');
+  expect(!(await text(page)).includes('will likely refuse it again'), 'the corrected address is not warned about');
+  await page.click('button.confirm');
+  await page.waitForSelector('h1.lead-name');
+  const overflowOf = (p) => p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  expect((await overflowOf(page)) <= 0, 'the lead page fits 1280 px');
+  await page.screenshot({ path: screenshot.replace('.png', '-lead-1280.png'), fullPage: true });
+  await page.goto(`${base}/ops`);
+  expect((await overflowOf(page)) <= 0, 'the front page fits 1280 px');
+  await page.screenshot({ path: screenshot.replace('.png', '-front-1280.png'), fullPage: true });
+
+  // On a phone (390 px wide) nothing runs off the screen.
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 } });
+  const phonePage = await signIn(phone);
+  for (const [path, name] of [['/ops', 'front'], [`/ops/leads/${ids.bouncedLead}`, 'lead']]) {
+    await phonePage.goto(`${base}${path}`);
+    const overflow = await phonePage.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    expect(overflow <= 0, `${path} fits a 390-px screen (runs ${overflow} px over)`);
+    await phonePage.screenshot({ path: screenshot.replace('.png', `-${name}-390.png`), fullPage: true });
+  }
+  await phone.close();
+
   // Signing out revokes the session: its cookie no longer opens anything.
   const cookies = await context.cookies();
   await page.click('text=Sign out');

@@ -176,6 +176,34 @@ async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium(
         None,
     )
     .await;
+    // a name that would read backwards, and a queue of 500 waiting leads
+    let rtl_lead = insert_as_landing(
+        &client,
+        Some("\u{202E}txt.exe Алихан"),
+        Some("rtl@mail.ru"),
+        Some("87013334400"),
+        Some("proftest_main"),
+        None,
+    )
+    .await;
+    client
+        .batch_execute(
+            "insert into landing_leads (name, email, phone, source)
+             select 'Queue ' || g, 'queue' || g || '@mail.ru', '8701' || lpad(g::text, 7, '0'), 'proftest_queue'
+             from generate_series(1, 500) g;
+             -- arrived yesterday, still waiting: out of the last-50 list, in the queue
+             update landing_leads set created_at = now() - interval '1 day' where source = 'proftest_queue';",
+        )
+        .await
+        .unwrap();
+    // the bounced lead's address, corrected: the page sends its email again
+    client
+        .execute(
+            "update landing_leads set email = 'alia.fixed@mail.ru' where id = $1",
+            &[&leads[2]],
+        )
+        .await
+        .unwrap();
     let (failed_job, _) = lead_job(&client, failed_lead, "email").await;
     client
         .execute(
@@ -191,7 +219,7 @@ async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium(
         "bouncedLead": leads[2], "invalidLead": leads[1],
         "failedLead": failed_lead, "failedJob": failed_job,
         "forgeryLead": forgery_lead, "forgeryJob": forgery_job,
-        "hostileLead": hostile_lead,
+        "hostileLead": hostile_lead, "rtlLead": rtl_lead,
     });
     let emails_before = providers.emails().await.len();
     let sms_before = providers.sms().await.len();
@@ -205,10 +233,34 @@ async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium(
         || async { lead_job(&client, failed_lead, "email").await.1 == "sent" },
     )
     .await;
+    eventually(
+        Duration::from_secs(10),
+        "the bounced email sent again",
+        || async { count(&client, &format!("select count(*) from notification_jobs where lead_id = '{}' and channel = 'email' and status = 'sent' and delivery_status is null", leads[2])).await == 1 },
+    )
+    .await;
     let emails = providers.emails().await;
-    assert_eq!(emails.len(), emails_before + 1);
-    let last: serde_json::Value = serde_json::from_slice(&emails[emails.len() - 1].body).unwrap();
-    assert_eq!(last["to"], serde_json::json!(["daniyar@mail.ru"]));
+    assert_eq!(
+        emails.len(),
+        emails_before + 2,
+        "the retry and the send-again, once each"
+    );
+    let to: Vec<serde_json::Value> = emails[emails_before..]
+        .iter()
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["to"].clone())
+        .collect();
+    assert!(
+        to.contains(&serde_json::json!(["daniyar@mail.ru"])),
+        "{to:?}"
+    );
+    assert!(
+        to.contains(&serde_json::json!(["alia.fixed@mail.ru"])),
+        "{to:?}"
+    );
+    client
+        .batch_execute("delete from landing_leads where source = 'proftest_queue'")
+        .await
+        .unwrap();
     assert_eq!(lead_job(&client, search_lead, "sms").await.1, "cancelled");
     assert_eq!(
         lead_job(&client, forgery_lead, "email").await.1,
@@ -230,8 +282,8 @@ async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium(
         "the cancelled SMS was never sent"
     );
     assert_eq!(
-        count(&client, "select count(*) from ops_audit where action in ('retry', 'cancel') and cardinality(changed_job_ids) = 1").await,
-        2,
+        count(&client, "select count(*) from ops_audit where action in ('retry', 'cancel', 'send_again') and cardinality(changed_job_ids) = 1").await,
+        3,
         "the two actions, audited; the forged ones never reached the database"
     );
     assert_eq!(

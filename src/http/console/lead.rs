@@ -429,20 +429,20 @@ fn preview_body(lead: Uuid, previews: &[crate::worker::preview::Preview]) -> Str
             Err(problem) => body.push_str(&format!("<p class=alert>Cannot render: {}</p>", esc(problem))),
             Ok(Rendered::Sms { text, length }) => body.push_str(&format!(
                 "<pre class=sms-text>{}</pre><p class=muted>{}</p>",
-                esc(text),
+                visitor_text(text),
                 esc(&length.to_string())
             )),
             // The email's own page, in a sandboxed frame: a srcdoc frame
             // would inherit this page's `frame-ancestors 'none'` and stay blank.
             Ok(Rendered::Email(EmailContent::Inline { subject, html: _, text })) => body.push_str(&format!(
                 "<p><b>Subject:</b> {}</p><iframe sandbox title=\"email\" class=email-preview style=\"width:100%;height:360px;border:1px solid #ccc;background:#fff\" src=\"/ops/leads/{lead}/email/{n}\"></iframe><pre>{}</pre>",
-                esc(subject),
-                esc(text.as_deref().unwrap_or("(no text part)")),
+                visitor_text(subject),
+                visitor_text(text.as_deref().unwrap_or("(no text part)")),
             )),
             Ok(Rendered::Email(EmailContent::Hosted { id, variables, .. })) => body.push_str(&format!(
                 "<p>Rendered by Resend from its template <code>{}</code> with {}</p>",
                 esc(id),
-                esc(&variables.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(", ")),
+                visitor_text(&variables.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(", ")),
             )),
         }
     }

@@ -75,7 +75,10 @@ nav .brand{font-weight:700;font-size:18px;color:#1d2430;text-decoration:none}.se
 .search input{flex:1;max-width:420px;padding:6px}.card{background:#fff;border-radius:8px;padding:12px 16px;margin:12px 0}\
 .actions{display:flex;gap:8px;margin:8px 0}.actions a{padding:5px 10px;border:1px solid #c5ccd6;border-radius:5px;text-decoration:none;color:#1d2430;background:#f3f5f8}\
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0}dt{color:#6b7280}dd{margin:0}\
-textarea{width:100%;max-width:520px;height:70px}pre{white-space:pre-wrap;word-break:break-word}";
+textarea{width:100%;max-width:520px;height:70px}pre{white-space:pre-wrap;word-break:break-word}\
+code,dd{overflow-wrap:anywhere}iframe{max-width:100%}\
+@media (max-width:760px){body{margin:10px}nav{flex-wrap:wrap}.search input{min-width:0}\
+table{display:block;overflow-x:auto;max-width:100%}.charts{gap:12px}.chart{padding:8px;max-width:100%;box-sizing:border-box}}";
 
 pub fn login_page(error: Option<&str>) -> String {
     let error = error
