@@ -64,15 +64,16 @@ macro_rules! in_doubt_batch {
     };
 }
 
-/// Whether job `j` is an email that reached a final failure after it was
-/// sent (bounced, suppressed by the provider, undelivered: delivery ranks
-/// 60 to 69). A complaint (70) is the person's own "stop": never sent again.
+/// Whether job `j` is an email or SMS that reached a final failure after it
+/// was sent (bounced, suppressed by the provider, undelivered, rejected,
+/// expired: delivery ranks 60 to 69). A complaint (70) is the person's own
+/// "stop": never sent again.
 macro_rules! sent_then_failed {
     ($j:literal) => {
         concat!(
             "(",
             $j,
-            ".channel = 'email' and ",
+            ".channel in ('email', 'sms') and ",
             $j,
             ".status = 'sent' and public.leadrelay_delivery_rank(",
             $j,
@@ -93,23 +94,29 @@ pub const ACTION_JOB: &str = concat!(
        ",
     sent_then_failed!("j"),
     ",
-       lower(public.leadrelay_trim(l.email)) is not distinct from lower(j.recipient),
+       case j.channel when 'email' then lower(public.leadrelay_trim(l.email)) is not distinct from lower(j.recipient)
+                      else public.leadrelay_phone_digits(l.phone) is not distinct from j.recipient end,
        j.delivery_status
 from public.notification_jobs j left join public.landing_leads l on l.id = j.lead_id
 where j.id = $1"
 );
 
-/// An email that reached a final failure after it was sent
-/// (`sent_then_failed`) goes again as a new message: to the lead's current
-/// address (the operator corrected it, say), under a key of its own (Resend
-/// would answer the old key with the old email), with fresh attempts, and
-/// through the gate like a first send (`cleared_at` cleared). The earlier
-/// message stays in the job's error history.
+/// A message that reached a final failure after it was sent
+/// (`sent_then_failed`) goes again as a new one: to the lead's current
+/// address or phone (the operator corrected it, say), an email under a key
+/// of its own (Resend would answer the old key with the old email), with
+/// fresh attempts, and through the gate like a first send (`cleared_at`
+/// cleared). The earlier message stays in the job's error history.
 pub const SEND_AGAIN: &str = audited!(
     concat!(
         "fresh as (
   select j.id,
-         case when public.leadrelay_email_problem(l.email) is null then public.leadrelay_trim(l.email) end as recipient
+         case j.channel
+           when 'email' then case when public.leadrelay_email_problem(l.email) is null
+                                  then public.leadrelay_trim(l.email) end
+           else case when public.leadrelay_phone_problem(l.phone) is null
+                     then public.leadrelay_phone_digits(l.phone) end
+         end as recipient
   from public.notification_jobs j
   join public.landing_leads l on l.id = j.lead_id
   where j.id = any($1::bigint[]) and ",
@@ -123,14 +130,17 @@ pub const SEND_AGAIN: &str = audited!(
          recovered_at = null, batch_key = null, cleared_at = null,
          cancelled_by = null, duplicate_of_lead = null, last_error = null,
          recipient = f.recipient,
-         idempotency_key = 'leadrelay-' || j.lead_id || '-' || j.template || '-again-'
-                           || left(md5(j.id::text || clock_timestamp()::text), 8),
+         idempotency_key = case when j.channel = 'email' then
+                             'leadrelay-' || j.lead_id || '-' || j.template || '-again-'
+                             || left(md5(j.id::text || clock_timestamp()::text), 8) end,
+         outcome_unknown_since = null,
          sent_params = case when j.sent_params is null then null
-                            else jsonb_set(j.sent_params, '{email}', to_jsonb(f.recipient)) end,
+                            when j.channel = 'email' then jsonb_set(j.sent_params, '{email}', to_jsonb(f.recipient))
+                            else jsonb_set(j.sent_params, '{phone}', to_jsonb(f.recipient)) end,
          errors = (case when jsonb_array_length(j.errors) >= 20 then j.errors - 0 else j.errors end)
                   || jsonb_build_array(jsonb_build_object(
-                       'attempt', j.attempts, 'at', now(),
-                       'error', format('sent again by an operator; the earlier email %s to %s ended %s',
+                       'attempt', j.attempts, 'at', now(), 'kind', 'sent_again',
+                       'error', format('sent again by an operator; the earlier message %s to %s ended %s',
                                        coalesce(j.provider_message_id, '(no id)'), j.recipient, j.delivery_status))),
          updated_at = now()
     from fresh f

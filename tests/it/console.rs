@@ -884,6 +884,42 @@ async fn a_bounced_email_is_sent_again_once_to_the_corrected_address_and_a_compl
         "the earlier email stays in its history"
     );
 
+    // an SMS Mobizon reported undeliverable goes again to the corrected phone
+    let (sms_job, _) = lead_job(&client, lead, "sms").await;
+    eventually(Duration::from_secs(20), "the SMS sent", || async {
+        lead_job(&client, lead, "sms").await.1 == "sent"
+    })
+    .await;
+    client
+        .execute(
+            "update notification_jobs set delivery_status = 'undelivered', delivery_status_at = now() where id = $1",
+            &[&sms_job],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "update landing_leads set phone = '+7 701 555 00 22' where id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    let sms_before = providers.sms().await.len();
+    let r = post(
+        &base,
+        &format!("/ops/jobs/{sms_job}/send-again"),
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    eventually(Duration::from_secs(20), "the SMS sent again", || async {
+        providers.sms().await.len() == sms_before + 1
+    })
+    .await;
+    let again_sms = String::from_utf8_lossy(&providers.sms().await[sms_before].body).to_string();
+    assert!(again_sms.contains("77015550022"), "{again_sms}");
+
     // a complaint is the person's "stop"
     client
         .execute(

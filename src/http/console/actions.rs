@@ -63,7 +63,7 @@ impl JobAction {
         match self {
             JobAction::Retry => matches!(status, "failed" | "invalid"),
             JobAction::SendNow => status == "scheduled",
-            // and only an email whose delivery failed (`ACTION_JOB`'s flag)
+            // and only a message whose delivery failed (`ACTION_JOB`'s flag)
             JobAction::SendAgain => status == "sent",
             JobAction::Cancel => matches!(status, "scheduled" | "due" | "failed" | "invalid"),
         }
@@ -96,7 +96,7 @@ impl JobAction {
                 "It becomes due now instead of waiting for its delay. It passes the same gate as a first send: outside its send window it waits for the opening, and the duplicate check and the cap apply."
             }
             JobAction::SendAgain => {
-                "It goes again as a new email, to the lead's current address, with fresh attempts. It passes the same gate as a first send: the send window, the duplicate check and the cap. The earlier email stays in its history."
+                "It goes again as a new message, to the lead's current email or phone, with fresh attempts. It passes the same gate as a first send: the send window, the duplicate check and the cap. The earlier message stays in its history."
             }
             JobAction::Cancel => {
                 "It will not be sent. The reason is kept on the message and in the audit."
@@ -116,7 +116,7 @@ fn refuses_in_doubt(action: JobAction, status: &str, batch_members: i64) -> Opti
 /// a complaint is the person's "stop".
 fn refuses_send_again(action: JobAction, job: &tokio_postgres::Row) -> Option<String> {
     (action == JobAction::SendAgain && !job.get::<_, bool>(9)).then(|| {
-        "Only an email whose delivery failed after it was sent (bounced, suppressed, undelivered) can be sent again; a complaint never is. Nothing was changed.".to_string()
+        "Only a message whose delivery failed after it was sent (bounced, suppressed, undelivered, rejected, expired) can be sent again; a complaint never is. Nothing was changed.".to_string()
     })
 }
 
@@ -195,7 +195,7 @@ pub async fn confirm(
     }
     let same_contact = if action == JobAction::SendAgain && job.get::<_, bool>(10) {
         format!(
-            "<p class=alert>The lead's email is still the one this message {} at: the provider will likely refuse it again. Correct the lead's email first, unless the mailbox was fixed.</p>",
+            "<p class=alert>The lead's contact is still the one this message {} at: the provider will likely refuse it again. Correct the lead's email or phone first, unless the mailbox or phone was fixed.</p>",
             esc(&job.get::<_, Option<String>>(11).unwrap_or_default())
         )
     } else {

@@ -230,14 +230,23 @@ fn job_card(
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc));
         if let Some(at) = at {
-            entries.push(Entry {
-                at,
-                class: "bad",
-                text: format!(
-                    "attempt {} failed: {}",
-                    e["attempt"].as_i64().unwrap_or(0),
-                    esc(e["error"].as_str().unwrap_or_default())
-                ),
+            let error = esc(e["error"].as_str().unwrap_or_default());
+            entries.push(if e["kind"] == "sent_again" {
+                // an operator's "Send again": the earlier message, kept
+                Entry {
+                    at,
+                    class: "muted",
+                    text: error,
+                }
+            } else {
+                Entry {
+                    at,
+                    class: "bad",
+                    text: format!(
+                        "attempt {} failed: {error}",
+                        e["attempt"].as_i64().unwrap_or(0)
+                    ),
+                }
             });
         }
     }
@@ -378,12 +387,21 @@ fn job_card(
                 link("cancel", "Cancel");
             }
             "due" => link("cancel", "Cancel"),
-            // an email whose delivery failed after it was sent (ranks 60-69)
+            // a message whose delivery failed after it was sent (delivery
+            // ranks 60-69; the action's own statement decides)
             "sent"
-                if channel == "email"
+                if channel != "lead_tracking"
                     && matches!(
                         delivery.as_deref(),
-                        Some("bounced" | "suppressed" | "undelivered" | "failed" | "rejected")
+                        Some(
+                            "bounced"
+                                | "suppressed"
+                                | "undelivered"
+                                | "failed"
+                                | "rejected"
+                                | "expired"
+                                | "deleted"
+                        )
                     ) =>
             {
                 link("send-again", "Send again")
