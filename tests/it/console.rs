@@ -45,6 +45,12 @@ pub async fn sign_in(base: &str, forwarded_for: Option<&str>) -> (String, String
     (cookie, csrf_of(&page))
 }
 
+/// The job ids a bulk retry's confirmation page carries in its form.
+pub fn listed_jobs(confirm: &str) -> String {
+    let start = confirm.find("name=jobs value=\"").expect("a jobs field") + 17;
+    confirm[start..start + confirm[start..].find('"').unwrap()].to_string()
+}
+
 pub fn csrf_of(page: &str) -> String {
     let start = page
         .find("name=csrf value=\"")
@@ -590,8 +596,7 @@ async fn bulk_retry_takes_the_failures_the_front_page_lists() {
     let (_, front) = get(&base, "/ops", &cookie).await;
     assert!(front.contains("Retry the 3 failed message(s) listed"));
     let (_, confirm) = get(&base, "/ops/failures/retry", &cookie).await;
-    let jobs_start = confirm.find("name=jobs value=\"").unwrap() + 17;
-    let jobs = &confirm[jobs_start..jobs_start + confirm[jobs_start..].find('"').unwrap()];
+    let jobs = &listed_jobs(&confirm);
     assert_eq!(jobs.split(',').count(), 3);
     let r = post(&base, "/ops/failures/retry", &cookie, &[("jobs", jobs)]).await;
     assert_eq!(r.status(), 403, "no token, nothing retried");
@@ -794,6 +799,28 @@ async fn bearer_guesses_count_against_the_same_limit_on_every_route_and_a_rememb
     app.shutdown().await;
 }
 
+/// The console's "Send again" of job `job`, confirmed.
+async fn send_again(base: &str, cookie: &str, csrf: &str, job: i64) -> reqwest::Response {
+    post(
+        base,
+        &format!("/ops/jobs/{job}/send-again"),
+        cookie,
+        &[("csrf", csrf)],
+    )
+    .await
+}
+
+/// What a provider's delivery report leaves on job `job`.
+async fn report_delivery(client: &tokio_postgres::Client, job: i64, status: &str) {
+    client
+        .execute(
+            "update notification_jobs set delivery_status = $2, delivery_status_at = now() where id = $1",
+            &[&job, &status],
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_bounced_email_is_sent_again_once_to_the_corrected_address_and_a_complaint_never_is() {
     let db = fresh_db().await;
@@ -808,13 +835,7 @@ async fn a_bounced_email_is_sent_again_once_to_the_corrected_address_and_a_compl
     .await;
     let (job, _) = lead_job(&client, lead, "email").await;
     // Resend reported a hard bounce (the webhook's effect, written directly)
-    client
-        .execute(
-            "update notification_jobs set delivery_status = 'bounced', delivery_status_at = now() where id = $1",
-            &[&job],
-        )
-        .await
-        .unwrap();
+    report_delivery(&client, job, "bounced").await;
     let (cookie, csrf) = sign_in(&base, None).await;
     let (_, page) = get(&base, &format!("/ops/leads/{lead}"), &cookie).await;
     assert!(
@@ -839,13 +860,7 @@ async fn a_bounced_email_is_sent_again_once_to_the_corrected_address_and_a_compl
         "{confirm}"
     );
     let before = providers.emails().await.len();
-    let r = post(
-        &base,
-        &format!("/ops/jobs/{job}/send-again"),
-        &cookie,
-        &[("csrf", &csrf)],
-    )
-    .await;
+    let r = send_again(&base, &cookie, &csrf, job).await;
     assert_eq!(r.status(), 303);
     eventually(Duration::from_secs(20), "sent again", || async {
         count(
@@ -890,13 +905,7 @@ async fn a_bounced_email_is_sent_again_once_to_the_corrected_address_and_a_compl
         lead_job(&client, lead, "sms").await.1 == "sent"
     })
     .await;
-    client
-        .execute(
-            "update notification_jobs set delivery_status = 'undelivered', delivery_status_at = now() where id = $1",
-            &[&sms_job],
-        )
-        .await
-        .unwrap();
+    report_delivery(&client, sms_job, "undelivered").await;
     client
         .execute(
             "update landing_leads set phone = '+7 701 555 00 22' where id = $1",
@@ -905,13 +914,7 @@ async fn a_bounced_email_is_sent_again_once_to_the_corrected_address_and_a_compl
         .await
         .unwrap();
     let sms_before = providers.sms().await.len();
-    let r = post(
-        &base,
-        &format!("/ops/jobs/{sms_job}/send-again"),
-        &cookie,
-        &[("csrf", &csrf)],
-    )
-    .await;
+    let r = send_again(&base, &cookie, &csrf, sms_job).await;
     assert_eq!(r.status(), 303);
     eventually(Duration::from_secs(20), "the SMS sent again", || async {
         providers.sms().await.len() == sms_before + 1
@@ -921,20 +924,8 @@ async fn a_bounced_email_is_sent_again_once_to_the_corrected_address_and_a_compl
     assert!(again_sms.contains("77015550022"), "{again_sms}");
 
     // a complaint is the person's "stop"
-    client
-        .execute(
-            "update notification_jobs set delivery_status = 'complained' where id = $1",
-            &[&job],
-        )
-        .await
-        .unwrap();
-    let r = post(
-        &base,
-        &format!("/ops/jobs/{job}/send-again"),
-        &cookie,
-        &[("csrf", &csrf)],
-    )
-    .await;
+    report_delivery(&client, job, "complained").await;
+    let r = send_again(&base, &cookie, &csrf, job).await;
     assert_eq!(r.status(), 409);
     assert_eq!(providers.emails().await.len(), before + 1);
     app.shutdown().await;

@@ -15,7 +15,7 @@ use crate::app::{
     unfinished,
 };
 use crate::batches::{EMAIL_ONLY, burst, key_of, recipients_of};
-use crate::console::{get, post, sign_in};
+use crate::console::{get, listed_jobs, post, sign_in};
 use crate::harness::{fresh_db, insert_proftest_lead_with_phone, shipped_db};
 
 /// Resend and Mobizon refusing every request as a wrong API key does.
@@ -31,6 +31,20 @@ async fn wrong_keys() -> Providers {
         ))
         .await;
     providers
+}
+
+/// Waits until both the email and the SMS of `lead` are `status`.
+async fn both_messages_end(
+    client: &tokio_postgres::Client,
+    lead: uuid::Uuid,
+    status: &str,
+    what: &str,
+) {
+    eventually(Duration::from_secs(20), what, || async {
+        lead_job(client, lead, "email").await.1 == status
+            && lead_job(client, lead, "sms").await.1 == status
+    })
+    .await;
 }
 
 /// The SMS rule's window opens an hour from now (Almaty time).
@@ -74,11 +88,7 @@ async fn a_bulk_retry_of_a_lead_whose_person_got_the_messages_meanwhile_sends_th
     let first =
         insert_proftest_lead_with_phone(&client, "Айгерим", "aigerim@mail.ru", "+7 705 904 44 67")
             .await;
-    eventually(Duration::from_secs(20), "both messages failed", || async {
-        lead_job(&client, first, "email").await.1 == "failed"
-            && lead_job(&client, first, "sms").await.1 == "failed"
-    })
-    .await;
+    both_messages_end(&client, first, "failed", "both messages failed").await;
     app.shutdown().await;
 
     // 2. The keys are fixed; 3. the same person fills the test again, typed
@@ -93,22 +103,12 @@ async fn a_bulk_retry_of_a_lead_whose_person_got_the_messages_meanwhile_sends_th
         "8 705 904 44 67",
     )
     .await;
-    eventually(
-        Duration::from_secs(20),
-        "the second lead's messages sent",
-        || async {
-            lead_job(&client, second, "email").await.1 == "sent"
-                && lead_job(&client, second, "sms").await.1 == "sent"
-        },
-    )
-    .await;
+    both_messages_end(&client, second, "sent", "the second lead's messages sent").await;
 
     // 4. The operator retries the failures the front page lists.
     let (cookie, csrf) = sign_in(&base, None).await;
     let (_, confirm) = get(&base, "/ops/failures/retry", &cookie).await;
-    let jobs_start = confirm.find("name=jobs value=\"").unwrap() + 17;
-    let jobs =
-        confirm[jobs_start..jobs_start + confirm[jobs_start..].find('"').unwrap()].to_string();
+    let jobs = listed_jobs(&confirm);
     assert_eq!(jobs.split(',').count(), 2, "the first lead's two failures");
     let r = post(
         &base,
@@ -120,13 +120,11 @@ async fn a_bulk_retry_of_a_lead_whose_person_got_the_messages_meanwhile_sends_th
     assert_eq!(r.status(), 200);
 
     // 5. The gate judges them again: duplicates of what the second lead got.
-    eventually(
-        Duration::from_secs(20),
+    both_messages_end(
+        &client,
+        first,
+        "cancelled",
         "the retried messages are judged",
-        || async {
-            lead_job(&client, first, "email").await.1 == "cancelled"
-                && lead_job(&client, first, "sms").await.1 == "cancelled"
-        },
     )
     .await;
     assert_eq!(

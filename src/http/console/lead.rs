@@ -26,7 +26,10 @@ select id, channel, template, status, attempts, max_attempts, created_at, due_at
        finished_at, provider_message_id, delivery_status, delivery_status_at, last_error,
        errors, case when status = 'scheduled' and held_until = due_at then held_until end,
        hold_reason, cancelled_by, duplicate_of_lead, recovered_at, outcome_unknown_since,
-       recipient, template_version, sent_unconfirmed
+       recipient, template_version, sent_unconfirmed,
+       -- its delivery failed after it was sent: Send again applies
+       channel in ('email', 'sms') and status = 'sent'
+         and public.leadrelay_delivery_rank(delivery_status) between 60 and 69
 from public.notification_jobs where lead_id = $1
 order by case channel when 'email' then 0 when 'sms' then 1 else 2 end, template, id";
 
@@ -387,25 +390,9 @@ fn job_card(
                 link("cancel", "Cancel");
             }
             "due" => link("cancel", "Cancel"),
-            // a message whose delivery failed after it was sent (delivery
-            // ranks 60-69; the action's own statement decides)
-            "sent"
-                if channel != "lead_tracking"
-                    && matches!(
-                        delivery.as_deref(),
-                        Some(
-                            "bounced"
-                                | "suppressed"
-                                | "undelivered"
-                                | "failed"
-                                | "rejected"
-                                | "expired"
-                                | "deleted"
-                        )
-                    ) =>
-            {
-                link("send-again", "Send again")
-            }
+            // a message whose delivery failed after it was sent (the rank
+            // decides, as in the action's own statement)
+            "sent" if job.get::<_, bool>(24) => link("send-again", "Send again"),
             _ => {}
         }
     }

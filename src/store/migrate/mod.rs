@@ -410,8 +410,14 @@ fn backoff(try_number: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << try_number.min(6))).min(Duration::from_secs(5))
 }
 
-fn set_lock_timeout(timeout: Duration) -> String {
-    format!("set local lock_timeout = {}", timeout.as_millis().max(1))
+/// `SET [LOCAL] lock_timeout`: for the migration's transaction, or for the
+/// session that runs a no-transaction file a statement at a time.
+fn set_lock_timeout(timeout: Duration, local: bool) -> String {
+    format!(
+        "set {}lock_timeout = {}",
+        if local { "local " } else { "" },
+        timeout.as_millis().max(1)
+    )
 }
 
 async fn apply_in_transaction(
@@ -427,7 +433,7 @@ async fn apply_in_transaction(
     let mut relation = String::new();
     for try_number in 0..options.lock_tries.max(1) {
         let tx = client.transaction().await.map_err(failed)?;
-        tx.batch_execute(&set_lock_timeout(options.lock_timeout))
+        tx.batch_execute(&set_lock_timeout(options.lock_timeout, true))
             .await
             .map_err(failed)?;
         match tx.batch_execute(&migration.sql).await {
@@ -529,7 +535,7 @@ async fn run_statements(
             let timeout = if concurrently {
                 "set lock_timeout = 0".to_string()
             } else {
-                set_lock_timeout(options.lock_timeout).replace("set local", "set")
+                set_lock_timeout(options.lock_timeout, false)
             };
             client.batch_execute(&timeout).await.map_err(failed)?;
             match client.batch_execute(statement).await {
