@@ -205,6 +205,11 @@ fn tick_label(n: i64) -> String {
     }
 }
 
+/// The label under every sixth hour: day of the month and hour.
+fn hour_label(at: DateTime<Utc>) -> String {
+    at.format("%d %H:00").to_string()
+}
+
 /// Four bars per hour (leads, emails sent, SMS sent, delivered), a value
 /// axis with ticks, a label every 6 hours.
 pub fn hourly(hours: &[Hour]) -> String {
@@ -225,12 +230,21 @@ pub fn hourly(hours: &[Hour]) -> String {
         .fold(0.0, f64::max)
         .ceil()
         + 8.0;
-    let right = left + (hours.len() * GROUP) as f64 + 10.0;
+    let bars_end = left + (hours.len() * GROUP) as f64 + 10.0;
+    // The hour labels start at their group, so the last one (when the
+    // current hour is a multiple of 6) reaches past the bars: the chart
+    // makes room for it.
+    let right = hours
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.at.hour() % 6 == 0)
+        .map(|(i, h)| left + (i * GROUP) as f64 + text_width(&hour_label(h.at), 10.0))
+        .fold(bars_end, f64::max);
     let mut axis = String::new();
     for t in &ticks {
         let y = TOP + HEIGHT - *t as f64 / scale * HEIGHT;
         axis.push_str(&format!(
-            "<line x1={left} x2={right} y1={y} y2={y} stroke=#e5e7eb></line><text x={tx} y={ty} font-size=10 fill=#6b7280 text-anchor=end>{}</text>",
+            "<line x1={left} x2={bars_end} y1={y} y2={y} stroke=#e5e7eb></line><text x={tx} y={ty} font-size=10 fill=#6b7280 text-anchor=end>{}</text>",
             tick_label(*t),
             tx = left - 4.0,
             ty = y + 3.0,
@@ -255,7 +269,7 @@ pub fn hourly(hours: &[Hour]) -> String {
         if h.at.hour() % 6 == 0 {
             bars.push_str(&format!(
                 "<text x={x0} y={y} font-size=10 fill=#6b7280>{}</text>",
-                h.at.format("%d %H:00"),
+                hour_label(h.at),
                 y = TOP + HEIGHT + 14.0
             ));
         }
@@ -469,18 +483,33 @@ mod tests {
         assert!(svg.contains(">9876543</text>"));
     }
 
-    #[test]
-    fn the_hourly_chart_splits_sent_by_channel_and_has_readable_ticks() {
-        let hours: Vec<Hour> = (0..48)
+    /// 48 hours ending at `last`, each with the same figures.
+    fn day_and_a_half(last: DateTime<Utc>) -> Vec<Hour> {
+        (0..48)
             .map(|i| Hour {
-                at: Utc::now() - chrono::Duration::hours(47 - i),
+                at: last - chrono::Duration::hours(47 - i),
                 leads: 58,
                 email_sent: 55,
                 sms_sent: 55,
                 delivered: 100,
             })
-            .collect();
-        let svg = hourly(&hours);
+            .collect()
+    }
+
+    #[test]
+    fn the_hour_labels_fit_whatever_the_current_hour() {
+        let midnight = DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for hour in 0..24 {
+            let svg = hourly(&day_and_a_half(midnight + chrono::Duration::hours(hour)));
+            every_label_fits(&svg);
+        }
+    }
+
+    #[test]
+    fn the_hourly_chart_splits_sent_by_channel_and_has_readable_ticks() {
+        let svg = hourly(&day_and_a_half(Utc::now()));
         assert!(svg.contains("Emails sent: 55") && svg.contains("SMS sent: 55"));
         assert!(
             !svg.contains("Sent: 110"),
