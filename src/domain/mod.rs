@@ -1,11 +1,14 @@
-//! The shared vocabulary every room speaks: channels, secrets and the shape
-//! of a stored template. It uses
+//! The shared vocabulary every room speaks: channels, secrets, the shape
+//! of a stored template, a job's status and a message's delivery state. It uses
 //! nothing of the crate; everything may use it.
 
 mod channel;
+mod delivery;
 mod secret;
 mod template;
 
 pub use channel::Channel;
+pub(crate) use delivery::arrived_states_sql;
+pub use delivery::{DeliveryState, JobAction, JobStatus};
 pub use secret::Secret;
 pub use template::TemplateSource;

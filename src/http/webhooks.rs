@@ -153,7 +153,10 @@ async fn confirm_final_failure(
     let (Some(status), Some(message_id)) = (event.delivery_status, event.message_id.clone()) else {
         return Ok((event, None));
     };
-    if !delivery::is_final_failure(status) {
+    // the failures a report must not set before Mobizon itself confirms
+    // them: the URL token and `sign` do not cover `data`, so anyone holding
+    // the URL could otherwise mark a delivered SMS as failed
+    if !status.is_failure() {
         return Ok((event, None));
     }
     let entries = match state
@@ -178,7 +181,7 @@ async fn confirm_final_failure(
     }
     count("mobizon", "unconfirmed");
     tracing::warn!(
-        message_id = %message_id, reported = status,
+        message_id = %message_id, reported = status.as_str(),
         mobizon_says = said.as_ref().map(|(_, raw, _)| raw.as_str()).unwrap_or("nothing"),
         "a failure report Mobizon does not confirm: kept, not applied"
     );

@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use deadpool_postgres::Pool;
 use serde::Deserialize;
 
+use crate::domain::DeliveryState;
 use crate::store::describe;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -18,7 +19,7 @@ pub struct DeliveryEvent {
     pub message_id: Option<String>,
     pub occurred_at: Option<DateTime<Utc>>,
     /// Our name for the state the event reports; None for events without one.
-    pub delivery_status: Option<&'static str>,
+    pub delivery_status: Option<DeliveryState>,
     /// False for a type this release does not know: stored all the same.
     pub recognised: bool,
     pub payload: serde_json::Value,
@@ -55,15 +56,15 @@ pub enum ParseError {
 /// release, which is stored and answered 2xx all the same.
 fn resend_status(event_type: &str) -> EventKind {
     EventKind::Known(match event_type {
-        "email.sent" => Some("sent"),
-        "email.delivered" => Some("delivered"),
-        "email.delivery_delayed" => Some("delivery_delayed"),
-        "email.bounced" => Some("bounced"),
-        "email.complained" => Some("complained"),
-        "email.opened" => Some("opened"),
-        "email.clicked" => Some("clicked"),
-        "email.failed" => Some("failed"),
-        "email.suppressed" => Some("suppressed"),
+        "email.sent" => Some(DeliveryState::Sent),
+        "email.delivered" => Some(DeliveryState::Delivered),
+        "email.delivery_delayed" => Some(DeliveryState::DeliveryDelayed),
+        "email.bounced" => Some(DeliveryState::Bounced),
+        "email.complained" => Some(DeliveryState::Complained),
+        "email.opened" => Some(DeliveryState::Opened),
+        "email.clicked" => Some(DeliveryState::Clicked),
+        "email.failed" => Some(DeliveryState::Failed),
+        "email.suppressed" => Some(DeliveryState::Suppressed),
         "email.scheduled" | "email.received" => None,
         "suppression.added" | "suppression.removed" => None,
         t if t.starts_with("contact.") || t.starts_with("domain.") => None,
@@ -73,7 +74,7 @@ fn resend_status(event_type: &str) -> EventKind {
 
 /// Whether this release knows an event type, and the state it reports.
 enum EventKind {
-    Known(Option<&'static str>),
+    Known(Option<DeliveryState>),
     Unknown,
 }
 
@@ -132,15 +133,15 @@ pub fn parse_resend(svix_id: &str, body: &[u8]) -> Result<DeliveryEvent, ParseEr
 
 /// Mobizon's SMS statuses and ours. NEW, ENQUEUD and ACCEPTD are on the way;
 /// PDLIVRD is partly delivered; the others are final.
-pub fn mobizon_status(status: &str) -> Option<&'static str> {
+pub fn mobizon_status(status: &str) -> Option<DeliveryState> {
     Some(match status.trim().to_ascii_uppercase().as_str() {
-        "NEW" | "ENQUEUD" | "ACCEPTD" => "accepted",
-        "PDLIVRD" => "partly_delivered",
-        "DELIVRD" => "delivered",
-        "UNDELIV" => "undelivered",
-        "REJECTD" => "rejected",
-        "EXPIRED" => "expired",
-        "DELETED" => "deleted",
+        "NEW" | "ENQUEUD" | "ACCEPTD" => DeliveryState::Accepted,
+        "PDLIVRD" => DeliveryState::PartlyDelivered,
+        "DELIVRD" => DeliveryState::Delivered,
+        "UNDELIV" => DeliveryState::Undelivered,
+        "REJECTD" => DeliveryState::Rejected,
+        "EXPIRED" => DeliveryState::Expired,
+        "DELETED" => DeliveryState::Deleted,
         _ => return None,
     })
 }
@@ -253,13 +254,6 @@ pub fn mobizon_sign(event_id: &str, attempt: &str, created: &str, secret: &str) 
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// The states a report must not set before Mobizon itself confirms them:
-/// the URL token and `sign` do not cover `data`, so anyone holding the URL
-/// could otherwise mark a delivered SMS as failed.
-pub fn is_final_failure(status: &str) -> bool {
-    matches!(status, "undelivered" | "rejected" | "expired" | "deleted")
 }
 
 /// A status read from Mobizon's `getsmsstatus`, as an event: its id names the
@@ -399,7 +393,7 @@ pub async fn store(pool: &Pool, event: &DeliveryEvent) -> Result<Stored, StoreEr
                     &event.message_id,
                     &event.occurred_at,
                     &event.payload,
-                    &event.delivery_status,
+                    &event.delivery_status.map(DeliveryState::as_str),
                 ],
             )
             .await;
@@ -429,14 +423,14 @@ mod tests {
     fn resend_events_map_to_delivery_states() {
         let body = br#"{"type":"email.delivered","created_at":"2026-11-24T12:00:00.000Z","data":{"email_id":"4ef9a417","to":["a@b.kz"]}}"#;
         let e = parse_resend("msg_1", body).unwrap();
-        assert_eq!(e.delivery_status, Some("delivered"));
+        assert_eq!(e.delivery_status, Some(DeliveryState::Delivered));
         assert_eq!(e.message_id.as_deref(), Some("4ef9a417"));
         assert_eq!(e.event_id, "msg_1");
         assert!(e.occurred_at.is_some());
         let bounce = br#"{"type":"email.bounced","created_at":"2026-11-24T12:00:00Z","data":{"email_id":"x","bounce":{"message":"Mailbox does not exist","subType":"General","type":"Permanent"}}}"#;
         assert_eq!(
             parse_resend("m", bounce).unwrap().delivery_status,
-            Some("bounced")
+            Some(DeliveryState::Bounced)
         );
         let contact =
             br#"{"type":"contact.created","created_at":"2026-11-24T12:00:00Z","data":{"id":"c"}}"#;
@@ -464,7 +458,7 @@ mod tests {
             br#"{"type":"email.suppressed","data":{"email_id":"x"}}"#,
         )
         .unwrap();
-        assert_eq!(suppressed.delivery_status, Some("suppressed"));
+        assert_eq!(suppressed.delivery_status, Some(DeliveryState::Suppressed));
         for t in ["suppression.added", "suppression.removed"] {
             let body = format!(r#"{{"type":"{t}","data":{{"id":"s1","email":"a@b.kz"}}}}"#);
             let event = parse_resend("m", body.as_bytes()).unwrap();
@@ -490,7 +484,7 @@ mod tests {
         let e = parse_mobizon(body).unwrap();
         assert_eq!(e.event_id, "webhook-26");
         assert_eq!(e.message_id.as_deref(), Some("169275418"));
-        assert_eq!(e.delivery_status, Some("delivered"));
+        assert_eq!(e.delivery_status, Some(DeliveryState::Delivered));
         assert_eq!(
             e.occurred_at.unwrap().to_rfc3339(),
             "2026-01-15T11:42:08+00:00"
@@ -503,7 +497,7 @@ mod tests {
             ("PDLIVRD", "partly_delivered"),
             ("DELETED", "deleted"),
         ] {
-            assert_eq!(mobizon_status(raw), Some(ours));
+            assert_eq!(mobizon_status(raw).map(DeliveryState::as_str), Some(ours));
         }
         assert_eq!(mobizon_status("LOST"), None);
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::domain::DeliveryState;
 use crate::ingest::delivery::{self, DeliveryEvent, StoreError, Stored};
 
 /// The most events one statement stores.
@@ -118,7 +119,9 @@ async fn record_all(pool: &Pool, group: &[Pending]) -> Result<Vec<Stored>, Store
     let occurred: Vec<Option<chrono::DateTime<chrono::Utc>>> =
         events.clone().map(|e| e.occurred_at).collect();
     let payloads: Vec<&serde_json::Value> = events.clone().map(|e| &e.payload).collect();
-    let statuses: Vec<Option<&str>> = events.map(|e| e.delivery_status).collect();
+    let statuses: Vec<Option<&str>> = events
+        .map(|e| e.delivery_status.map(DeliveryState::as_str))
+        .collect();
     let rows = client
         .query(
             &statement,

@@ -930,3 +930,95 @@ async fn a_bounced_email_is_sent_again_once_to_the_corrected_address_and_a_compl
     assert_eq!(providers.emails().await.len(), before + 1);
     app.shutdown().await;
 }
+
+/// The class of the table cell whose text starts where `marker` does (the
+/// `>` that closes its `<td …` tag is the marker's first character).
+fn class_of_cell<'a>(page: &'a str, marker: &str) -> Option<&'a str> {
+    let at = page.find(marker)?;
+    let open = page[..at].rfind("<td")?;
+    let tag = &page[open..at];
+    let class = tag.split_once("class=")?.1;
+    Some(class.split([' ', '>']).next().unwrap_or(class))
+}
+
+#[tokio::test]
+async fn an_email_resend_suppressed_shows_as_a_failure_in_the_lists_and_on_its_timeline() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(crate::app::NO_DELAY).await.unwrap();
+    let (_providers, app, base) = serving(&db.url).await;
+    let lead = insert_proftest_lead_with_phone(
+        &client,
+        "Подавленный",
+        "suppressed@example.com",
+        "87015550012",
+    )
+    .await;
+    eventually(Duration::from_secs(20), "the email sent", || async {
+        lead_job(&client, lead, "email").await.1 == "sent"
+    })
+    .await;
+    let message_id: String = client
+        .query_one(
+            "select provider_message_id from notification_jobs where lead_id = $1 and channel = 'email'",
+            &[&lead],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Resend's own report, signed and posted as Svix does
+    let body = serde_json::json!({
+        "type": "email.suppressed",
+        "created_at": chrono::Utc::now().to_rfc3339(),
+        "data": {"email_id": message_id, "to": ["suppressed@example.com"]}
+    })
+    .to_string();
+    let key =
+        leadrelay::ingest::svix::SigningKey::parse(crate::app::RESEND_WEBHOOK_SECRET).unwrap();
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let r = http()
+        .post(format!("{}/webhooks/resend", base))
+        .header("svix-id", "msg_suppressed_1")
+        .header("svix-timestamp", &timestamp)
+        .header(
+            "svix-signature",
+            key.signature("msg_suppressed_1", &timestamp, body.as_bytes()),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    eventually(Duration::from_secs(10), "the state applied", || async {
+        count(
+            &client,
+            &format!("select count(*) from notification_jobs where lead_id = '{lead}' and delivery_status = 'suppressed'"),
+        )
+        .await
+            == 1
+    })
+    .await;
+
+    let (cookie, _) = sign_in(&base, None).await;
+    let (_, front) = get(&base, "/ops", &cookie).await;
+    assert_eq!(
+        class_of_cell(&front, ">sent · suppressed</td>"),
+        Some("bad"),
+        "the front page's last leads: {front}"
+    );
+    let (_, found) = get(&base, "/ops/search?q=suppressed%40example.com", &cookie).await;
+    assert_eq!(
+        class_of_cell(&found, ">sent · suppressed</td>"),
+        Some("bad"),
+        "the search's list: {found}"
+    );
+    let (_, page) = get(&base, &format!("/ops/leads/{lead}"), &cookie).await;
+    assert_eq!(
+        class_of_cell(&page, ">resend reported <b class=event>email.suppressed</b>"),
+        Some("bad"),
+        "the timeline: {page}"
+    );
+    assert!(page.contains("job-state>sent · suppressed<"), "the card's state");
+    drop(app);
+}

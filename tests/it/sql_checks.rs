@@ -236,3 +236,53 @@ async fn the_databases_recipient_checks_and_the_workers_agree() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_rust_delivery_ranks_are_the_databases() {
+    use leadrelay::domain::{DeliveryState, JobStatus};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    for state in DeliveryState::ALL {
+        let rank: i32 = client
+            .query_one("select public.leadrelay_delivery_rank($1)", &[&state.as_str()])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rank, state.rank(), "{state}");
+    }
+    // every state the database ranks is one Rust names: a state added to
+    // the SQL function alone is found here
+    let ranked: Vec<String> = client
+        .query(
+            "select m[1] from regexp_matches(pg_get_functiondef('public.leadrelay_delivery_rank(text)'::regprocedure), 'when ''([a-z_]+)'' then', 'g') m",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(ranked.len() >= DeliveryState::ALL.len(), "{ranked:?}");
+    for name in ranked {
+        assert!(DeliveryState::parse(&name).is_some(), "{name} has no Rust state");
+    }
+    let unknown: i32 = client
+        .query_one("select public.leadrelay_delivery_rank('no such state')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unknown, 0);
+    // and the job statuses are the table's check
+    let check: String = client
+        .query_one(
+            "select pg_get_constraintdef(oid) from pg_constraint where conrelid = 'public.notification_jobs'::regclass and pg_get_constraintdef(oid) like '%status = ANY%' and pg_get_constraintdef(oid) not like '%delivery%' order by length(pg_get_constraintdef(oid)) desc limit 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for status in JobStatus::ALL {
+        assert!(check.contains(&format!("'{status}'")), "{status} in {check}");
+    }
+    assert_eq!(check.matches("::text").count(), JobStatus::ALL.len(), "{check}");
+}

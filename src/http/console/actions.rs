@@ -14,6 +14,7 @@ use super::lead::describe_job;
 use super::page::{esc, name_cell, page as frame, problem, time};
 use super::session::Session;
 use super::{Gate, Visitor};
+use crate::domain::{DeliveryState, JobAction, JobStatus};
 use crate::http::AppState;
 use crate::store::operator::{self, Action, Actor};
 
@@ -29,78 +30,60 @@ fn batch_in_doubt_refusal(members: i64) -> String {
     )
 }
 
-/// The three actions on one message, as their path names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum JobAction {
-    Retry,
-    SendNow,
-    SendAgain,
-    Cancel,
+/// The action a path names (`/ops/jobs/{id}/{path}`).
+fn parse_action(s: &str) -> Option<JobAction> {
+    JobAction::ALL.into_iter().find(|a| path(*a) == s)
 }
 
-impl JobAction {
-    fn parse(s: &str) -> Option<JobAction> {
-        match s {
-            "retry" => Some(JobAction::Retry),
-            "send-now" => Some(JobAction::SendNow),
-            "send-again" => Some(JobAction::SendAgain),
-            "cancel" => Some(JobAction::Cancel),
-            _ => None,
-        }
+pub(super) fn path(action: JobAction) -> &'static str {
+    match action {
+        JobAction::Retry => "retry",
+        JobAction::SendNow => "send-now",
+        JobAction::SendAgain => "send-again",
+        JobAction::Cancel => "cancel",
     }
+}
 
-    fn path(self) -> &'static str {
-        match self {
-            JobAction::Retry => "retry",
-            JobAction::SendNow => "send-now",
-            JobAction::SendAgain => "send-again",
-            JobAction::Cancel => "cancel",
-        }
+/// Whether the job `ACTION_JOB` read can take `action`, by the rule of its
+/// status and delivery state (`JobStatus::allows`).
+fn allowed(action: JobAction, job: &tokio_postgres::Row) -> bool {
+    let delivery = job
+        .get::<_, Option<&str>>(11)
+        .and_then(DeliveryState::parse);
+    JobStatus::parse(job.get(4)).is_some_and(|s| s.allows(action, delivery))
+}
+
+fn operator(action: JobAction) -> Action {
+    match action {
+        JobAction::Retry => Action::Retry,
+        JobAction::SendNow => Action::SendNow,
+        JobAction::SendAgain => Action::SendAgain,
+        JobAction::Cancel => Action::Cancel,
     }
+}
 
-    /// Whether a job in `status` can take this action.
-    fn allowed(self, status: &str) -> bool {
-        match self {
-            JobAction::Retry => matches!(status, "failed" | "invalid"),
-            JobAction::SendNow => status == "scheduled",
-            // and only a message whose delivery failed (`ACTION_JOB`'s flag)
-            JobAction::SendAgain => status == "sent",
-            JobAction::Cancel => matches!(status, "scheduled" | "due" | "failed" | "invalid"),
-        }
+pub(super) fn question(action: JobAction) -> &'static str {
+    match action {
+        JobAction::Retry => "Retry",
+        JobAction::SendNow => "Send now",
+        JobAction::SendAgain => "Send again",
+        JobAction::Cancel => "Cancel",
     }
+}
 
-    fn operator(self) -> Action {
-        match self {
-            JobAction::Retry => Action::Retry,
-            JobAction::SendNow => Action::SendNow,
-            JobAction::SendAgain => Action::SendAgain,
-            JobAction::Cancel => Action::Cancel,
+fn explanation(action: JobAction) -> &'static str {
+    match action {
+        JobAction::Retry => {
+            "It becomes due now with fresh attempts, to the lead's current email or phone (a contact corrected in the lead is the one used). It passes the same gate as a first send: outside its send window it waits for the opening, and a person who got this message meanwhile through another lead does not get it again (the duplicate check and the cap)."
         }
-    }
-
-    fn question(self) -> &'static str {
-        match self {
-            JobAction::Retry => "Retry",
-            JobAction::SendNow => "Send now",
-            JobAction::SendAgain => "Send again",
-            JobAction::Cancel => "Cancel",
+        JobAction::SendNow => {
+            "It becomes due now instead of waiting for its delay. It passes the same gate as a first send: outside its send window it waits for the opening, and the duplicate check and the cap apply."
         }
-    }
-
-    fn explanation(self) -> &'static str {
-        match self {
-            JobAction::Retry => {
-                "It becomes due now with fresh attempts, to the lead's current email or phone (a contact corrected in the lead is the one used). It passes the same gate as a first send: outside its send window it waits for the opening, and a person who got this message meanwhile through another lead does not get it again (the duplicate check and the cap)."
-            }
-            JobAction::SendNow => {
-                "It becomes due now instead of waiting for its delay. It passes the same gate as a first send: outside its send window it waits for the opening, and the duplicate check and the cap apply."
-            }
-            JobAction::SendAgain => {
-                "It goes again as a new message, to the lead's current email or phone, with fresh attempts. It passes the same gate as a first send: the send window, the duplicate check and the cap. The earlier message stays in its history."
-            }
-            JobAction::Cancel => {
-                "It will not be sent. The reason is kept on the message and in the audit."
-            }
+        JobAction::SendAgain => {
+            "It goes again as a new message, to the lead's current email or phone, with fresh attempts. It passes the same gate as a first send: the send window, the duplicate check and the cap. The earlier message stays in its history."
+        }
+        JobAction::Cancel => {
+            "It will not be sent. The reason is kept on the message and in the audit."
         }
     }
 }
@@ -108,14 +91,16 @@ impl JobAction {
 /// A cancel of a member of an email batch in doubt that will go again
 /// (the statement refuses it too; this says why).
 fn refuses_in_doubt(action: JobAction, status: &str, batch_members: i64) -> Option<String> {
-    (action == JobAction::Cancel && batch_members > 0 && matches!(status, "scheduled" | "due"))
-        .then(|| batch_in_doubt_refusal(batch_members))
+    (action == JobAction::Cancel
+        && batch_members > 0
+        && JobStatus::parse(status).is_some_and(JobStatus::is_waiting))
+    .then(|| batch_in_doubt_refusal(batch_members))
 }
 
-/// "Send again" is for an email whose delivery failed after it was sent;
+/// "Send again" is for a message whose delivery failed after it was sent;
 /// a complaint is the person's "stop".
 fn refuses_send_again(action: JobAction, job: &tokio_postgres::Row) -> Option<String> {
-    (action == JobAction::SendAgain && !job.get::<_, bool>(9)).then(|| {
+    (action == JobAction::SendAgain && job.get::<_, &str>(4) == "sent" && !allowed(action, job)).then(|| {
         "Only a message whose delivery failed after it was sent (bounced, suppressed, undelivered, rejected, expired) can be sent again; a complaint never is. Nothing was changed.".to_string()
     })
 }
@@ -130,10 +115,7 @@ pub struct ActionForm {
 }
 
 fn parse_target(id: &str, action: &str) -> Option<(i64, JobAction)> {
-    Some((
-        id.parse().ok().filter(|n| *n > 0)?,
-        JobAction::parse(action)?,
-    ))
+    Some((id.parse().ok().filter(|n| *n > 0)?, parse_action(action)?))
 }
 
 /// The job an action names, or the page to answer with: 404 when there is
@@ -176,21 +158,21 @@ pub async fn confirm(
     let status: &str = job.get(4);
     let lead: Uuid = job.get(1);
     let what = describe_job(job.get(2), job.get(3), job.get(6), lead);
-    if !action.allowed(status) {
+    if let Some(refusal) = refuses_send_again(action, &job) {
+        return problem(StatusCode::CONFLICT, Some(session), &refusal);
+    }
+    if !allowed(action, &job) {
         return problem(
             StatusCode::CONFLICT,
             Some(session),
             &format!(
                 "This message is {status}: “{}” does not apply to it any more. Nothing was changed.",
-                action.question()
+                question(action)
             ),
         );
     }
     let batch: i64 = job.get(8);
     if let Some(refusal) = refuses_in_doubt(action, status, batch) {
-        return problem(StatusCode::CONFLICT, Some(session), &refusal);
-    }
-    if let Some(refusal) = refuses_send_again(action, &job) {
         return problem(StatusCode::CONFLICT, Some(session), &refusal);
     }
     let same_contact = if action == JobAction::SendAgain && job.get::<_, bool>(10) {
@@ -229,11 +211,11 @@ pub async fn confirm(
             "<h1>{q}?</h1><div class=card><p>{q} {what} (job {id}, now <b>{status}</b>, due {due} UTC)?</p>{last_error}<p class=muted>{explain}</p>{whole_batch}{same_contact}\
 <form method=post action=\"/ops/jobs/{id}/{path}\"><input type=hidden name=csrf value=\"{csrf}\">{reason_field}\
 <div class=actions><button type=submit class=confirm>{q}</button><a href=\"/ops/leads/{lead}\">Back</a></div></form></div>",
-            q = action.question(),
+            q = question(action),
             status = esc(status),
             due = time(job.get(7)),
-            explain = action.explanation(),
-            path = action.path(),
+            explain = explanation(action),
+            path = path(action),
             csrf = esc(session.csrf()),
         ),
     ))
@@ -291,7 +273,7 @@ pub async fn perform(
     let reason = (!reason.is_empty()).then_some(reason);
     match operator::act(
         &gate.client,
-        action.operator(),
+        operator(action),
         &[id],
         reason,
         &actor(session, &visitor),
@@ -299,10 +281,11 @@ pub async fn perform(
     .await
     {
         Ok(done) => {
-            metrics::counter!("leadrelay_ops_actions_total", "action" => action.operator().as_str()).increment(1);
+            metrics::counter!("leadrelay_ops_actions_total", "action" => operator(action).as_str())
+                .increment(1);
             tracing::info!(
                 job = id,
-                action = action.operator().as_str(),
+                action = operator(action).as_str(),
                 changed = done.changed.len(),
                 session = session.id,
                 "ops action"
@@ -480,14 +463,10 @@ mod tests {
     }
 
     #[test]
-    fn each_action_applies_only_where_it_means_something() {
-        assert!(JobAction::Retry.allowed("failed") && !JobAction::Retry.allowed("sent"));
-        assert!(JobAction::SendNow.allowed("scheduled") && !JobAction::SendNow.allowed("failed"));
-        assert!(
-            JobAction::Cancel.allowed("due")
-                && !JobAction::Cancel.allowed("sending")
-                && !JobAction::Cancel.allowed("sent")
-        );
+    fn every_action_has_its_own_path() {
+        for action in JobAction::ALL {
+            assert_eq!(parse_action(path(action)), Some(action));
+        }
     }
 
     #[test]

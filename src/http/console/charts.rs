@@ -20,7 +20,8 @@ use super::page::esc;
 /// the delivered ones, per hour over the last 48 (the current hour last). The
 /// leads come from `landing_leads_created_at_idx`, the sends from
 /// `notification_jobs_sent_at_idx`: two ranges of 48 hours.
-pub const HOURLY: &str = "
+pub const HOURLY: &str = concat!(
+    "
 with hours as (
   select generate_series(date_trunc('hour', now()) - interval '47 hours', date_trunc('hour', now()), interval '1 hour') as h
 ), leads as (
@@ -33,7 +34,9 @@ with hours as (
          count(*) filter (where channel = 'email') as email_sent,
          count(*) filter (where channel = 'sms') as sms_sent,
          count(*) filter (where channel in ('email', 'sms')
-                            and delivery_status in ('delivered', 'opened', 'clicked')) as delivered
+                            and delivery_status in (",
+    crate::domain::arrived_states_sql!(),
+    ")) as delivered
   from public.notification_jobs
   where sent_at >= date_trunc('hour', now()) - interval '47 hours'
   group by 1
@@ -41,21 +44,25 @@ with hours as (
 select hours.h, coalesce(leads.n, 0), coalesce(sends.email_sent, 0), coalesce(sends.sms_sent, 0),
        coalesce(sends.delivered, 0)
 from hours left join leads using (h) left join sends using (h)
-order by hours.h";
+order by hours.h"
+);
 
 /// The last 24 hours and 7 days: leads that arrived, and messages sent in
 /// that time with how far they got (delivered, opened, clicked). Counting
 /// sends by when they were sent rather than by their lead's arrival keeps it
 /// two index ranges (the leads' `created_at`, the jobs' covering `sent_at`
 /// index), not a join of a week of leads with their jobs.
-pub const FUNNEL: &str = "
+pub const FUNNEL: &str = concat!(
+    "
 with leads as (
   select count(*) filter (where created_at > now() - interval '24 hours') as day, count(*) as week
   from public.landing_leads
   where created_at > now() - interval '7 days'
 ), sends as (
   select sent_at > now() - interval '24 hours' as day, channel,
-         delivery_status in ('delivered', 'opened', 'clicked') as delivered,
+         delivery_status in (",
+    crate::domain::arrived_states_sql!(),
+    ") as delivered,
          delivery_status in ('opened', 'clicked') as opened,
          delivery_status = 'clicked' as clicked
   from public.notification_jobs
@@ -68,7 +75,8 @@ select (select day from leads), (select week from leads),
        count(*) filter (where day and channel = 'email' and clicked), count(*) filter (where channel = 'email' and clicked),
        count(*) filter (where day and channel = 'sms'), count(*) filter (where channel = 'sms'),
        count(*) filter (where day and channel = 'sms' and delivered), count(*) filter (where channel = 'sms' and delivered)
-from sends";
+from sends"
+);
 
 /// The charts as last drawn, reused for `ttl` (CONSOLE_CHART_TTL, 10 s by
 /// default): their queries are most of the front page's cost, and operators

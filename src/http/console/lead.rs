@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::dashboard::or_unnamed;
 use super::page::{esc, hidden_characters, name_cell, page as frame, problem, visitor_text};
 use super::{Gate, Visitor};
+use crate::domain::{DeliveryState, JobAction, JobStatus};
 use crate::http::AppState;
 
 pub const LEAD: &str = "
@@ -26,10 +27,7 @@ select id, channel, template, status, attempts, max_attempts, created_at, due_at
        finished_at, provider_message_id, delivery_status, delivery_status_at, last_error,
        errors, case when status = 'scheduled' and held_until = due_at then held_until end,
        hold_reason, cancelled_by, duplicate_of_lead, recovered_at, outcome_unknown_since,
-       recipient, template_version, sent_unconfirmed,
-       -- its delivery failed after it was sent: Send again applies
-       channel in ('email', 'sms') and status = 'sent'
-         and public.leadrelay_delivery_rank(delivery_status) between 60 and 69
+       recipient, template_version, sent_unconfirmed
 from public.notification_jobs where lead_id = $1
 order by case channel when 'email' then 0 when 'sms' then 1 else 2 end, template, id";
 
@@ -38,7 +36,8 @@ order by case channel when 'email' then 0 when 'sms' then 1 else 2 end, template
 pub const EVENTS: &str = "
 select job_id, coalesce(occurred_at, received_at), received_at, provider, event_type,
        coalesce(payload #>> '{data,bounce,message}', payload #>> '{data,bounce,subType}',
-                payload #>> '{data,failed,reason}', payload #>> '{status}', '')
+                payload #>> '{data,failed,reason}', payload #>> '{status}', ''),
+       delivery_status
 from public.notification_events
 where job_id = any($1::bigint[])
 order by coalesce(occurred_at, received_at), id
@@ -291,17 +290,12 @@ fn job_card(
     {
         let kind: &str = e.get(4);
         let detail: &str = e.get(5);
-        let bad = [
-            "bounced",
-            "complained",
-            "failed",
-            "undelivered",
-            "rejected",
-            "expired",
-            "deleted",
-        ]
-        .iter()
-        .any(|b| kind.contains(b));
+        // the state the event reported (a Resend type `email.bounced`, a
+        // Mobizon status), failed or not as `DeliveryState` says
+        let bad = e
+            .get::<_, Option<&str>>(6)
+            .and_then(DeliveryState::parse)
+            .is_some_and(DeliveryState::is_failure);
         entries.push(Entry {
             at: e.get(1),
             class: if bad { "bad" } else { "ok" },
@@ -375,25 +369,22 @@ fn job_card(
 
     let mut actions = String::new();
     if gate.access.session().is_some() {
-        let mut link = |action: &str, label: &str| {
+        let mut link = |action: JobAction| {
+            let (path, label) = (
+                super::actions::path(action),
+                super::actions::question(action),
+            );
             actions.push_str(&format!(
-                "<a href=\"/ops/jobs/{id}/{action}\" class=action-{action}>{label}…</a>"
+                "<a href=\"/ops/jobs/{id}/{path}\" class=action-{path}>{label}…</a>"
             ))
         };
-        match status {
-            "failed" | "invalid" => {
-                link("retry", "Retry");
-                link("cancel", "Cancel");
+        let reached = delivery.as_deref().and_then(DeliveryState::parse);
+        if let Some(status) = JobStatus::parse(status) {
+            for action in JobAction::ALL {
+                if status.allows(action, reached) {
+                    link(action);
+                }
             }
-            "scheduled" => {
-                link("send-now", "Send now");
-                link("cancel", "Cancel");
-            }
-            "due" => link("cancel", "Cancel"),
-            // a message whose delivery failed after it was sent (the rank
-            // decides, as in the action's own statement)
-            "sent" if job.get::<_, bool>(24) => link("send-again", "Send again"),
-            _ => {}
         }
     }
     let actions = if actions.is_empty() {

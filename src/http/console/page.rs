@@ -8,6 +8,7 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
 use super::session::Session;
+use crate::domain::{DeliveryState, JobStatus};
 pub use crate::messages::templates::html_escape as esc;
 
 /// Nothing of the console is cached, framed, or allowed to run scripts; the
@@ -195,17 +196,12 @@ pub fn state_cell(
     let Some(status) = status else {
         return "<td class=muted>—</td>".into();
     };
-    let class = match (status, delivery) {
-        (_, Some("delivered" | "opened" | "clicked")) => "ok",
-        (
-            _,
-            Some(
-                "bounced" | "complained" | "failed" | "undelivered" | "rejected" | "expired"
-                | "deleted",
-            ),
-        ) => "bad",
-        ("failed" | "invalid", _) => "bad",
-        ("sent", _) => "ok",
+    let reached = delivery.and_then(DeliveryState::parse);
+    let class = match (JobStatus::parse(status), reached) {
+        (_, Some(d)) if d.is_failure() => "bad",
+        (_, Some(d)) if d.arrived() => "ok",
+        (Some(s), _) if s.is_failure() => "bad",
+        (Some(JobStatus::Sent), _) => "ok",
         _ => "wait",
     };
     let mut text = esc(status);
