@@ -46,6 +46,7 @@ grant execute on function public.leadrelay_phone_problem(text) to leadrelay_work
 -- retry run them as this role
 grant execute on function public.leadrelay_trim(text), public.leadrelay_national_digits(text),
   public.leadrelay_is_mobile(text) to leadrelay_worker;
+grant execute on function leadrelay.recipient(text, text, text) to leadrelay_worker;
 grant execute on function public.prune_leadrelay_history(integer) to leadrelay_worker;
 
 -- The ops console: its sessions, and the audit of every action.

@@ -142,11 +142,7 @@ with leads as (
   insert into public.notification_jobs
     (lead_id, channel, template, rule_id, ignore_policies, recipient, status, due_at, last_error, finished_at)
   select p.lead_id, p.channel, p.template, p.rule_id, $2,
-         case
-           when p.problem is not null then null
-           when p.channel = 'email' then btrim(p.email)
-           when p.channel = 'sms' then public.leadrelay_phone_digits(p.phone)
-         end,
+         leadrelay.recipient(p.channel, p.email, p.phone),
          case when p.problem is not null then 'invalid'
               when p.has_window and not $2 then 'scheduled'
               else 'due' end,
@@ -274,7 +270,7 @@ pub async fn backfill(
 pub const LEAD_JOBS: &str = "
 select id, channel, status, attempts, max_attempts, due_at, sent_at, delivery_status, last_error,
        recovered_at is not null, outcome_unknown_since is not null and status <> 'sent', template_version,
-       status = 'scheduled' and held_until = due_at, hold_reason, cancelled_by
+       leadrelay.held_until(status, held_until, due_at) is not null, hold_reason, cancelled_by
 from public.notification_jobs where lead_id = $1 order by channel";
 
 /// The leads a lead id, an email, a phone or a name fragment names (newest

@@ -158,6 +158,46 @@ pub enum JobStatus {
     Cancelled,
 }
 
+/// Why a job ended `failed` or `invalid` (`notification_jobs.failed_because`),
+/// so that what follows (a retry, a report) decides by the cause rather than
+/// by the words of the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The email address or phone cannot be used.
+    Contact,
+    /// The message could not be made: its template is missing, broken, or
+    /// renders an SMS longer than the rule allows. A retry fixes the
+    /// content from the template as it is now.
+    Content,
+    /// The provider refused it for good.
+    Provider,
+    /// Every attempt met a temporary failure (or a worker stopped mid-way).
+    Attempts,
+    /// An SMS whose outcome is unknown, left to a person
+    /// (`SMS_UNKNOWN_OUTCOME=fail`, or a look-up that could not tell).
+    InDoubt,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 5] = [
+        FailureKind::Contact,
+        FailureKind::Content,
+        FailureKind::Provider,
+        FailureKind::Attempts,
+        FailureKind::InDoubt,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Contact => "contact",
+            FailureKind::Content => "content",
+            FailureKind::Provider => "provider",
+            FailureKind::Attempts => "attempts",
+            FailureKind::InDoubt => "in_doubt",
+        }
+    }
+}
+
 /// What an operator may do to a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobAction {

@@ -9,6 +9,6 @@ mod template;
 
 pub use channel::Channel;
 pub(crate) use delivery::arrived_states_sql;
-pub use delivery::{DeliveryState, JobAction, JobStatus};
+pub use delivery::{DeliveryState, FailureKind, JobAction, JobStatus};
 pub use secret::Secret;
 pub use template::TemplateSource;

@@ -17,7 +17,7 @@ pub const LEAD: &str =
 pub const MESSAGES: &str = "
 select channel, template, status, attempts, max_attempts, due_at, sent_at, delivery_status,
        delivery_status_at, last_error, provider_message_id,
-       case when status = 'scheduled' and held_until = due_at then held_until end, hold_reason,
+       leadrelay.held_until(status, held_until, due_at), hold_reason,
        cancelled_by, duplicate_of_lead
 from public.notification_jobs where lead_id = $1 order by channel, template";
 

@@ -94,8 +94,8 @@ pub const ACTION_JOB: &str = concat!(
        ",
     sent_then_failed!("j"),
     ",
-       case j.channel when 'email' then lower(public.leadrelay_trim(l.email)) is not distinct from lower(j.recipient)
-                      else public.leadrelay_phone_digits(l.phone) is not distinct from j.recipient end,
+       leadrelay.recipient_key(j.channel, leadrelay.recipient(j.channel, l.email, l.phone))
+         is not distinct from leadrelay.recipient_key(j.channel, j.recipient),
        j.delivery_status
 from public.notification_jobs j left join public.landing_leads l on l.id = j.lead_id
 where j.id = $1"
@@ -110,13 +110,7 @@ where j.id = $1"
 pub const SEND_AGAIN: &str = audited!(
     concat!(
         "fresh as (
-  select j.id,
-         case j.channel
-           when 'email' then case when public.leadrelay_email_problem(l.email) is null
-                                  then public.leadrelay_trim(l.email) end
-           else case when public.leadrelay_phone_problem(l.phone) is null
-                     then public.leadrelay_phone_digits(l.phone) end
-         end as recipient
+  select j.id, leadrelay.recipient(j.channel, l.email, l.phone) as recipient
   from public.notification_jobs j
   join public.landing_leads l on l.id = j.lead_id
   where j.id = any($1::bigint[]) and ",
@@ -131,8 +125,8 @@ pub const SEND_AGAIN: &str = audited!(
          cancelled_by = null, duplicate_of_lead = null, last_error = null,
          recipient = f.recipient,
          idempotency_key = case when j.channel = 'email' then
-                             'leadrelay-' || j.lead_id || '-' || j.template || '-again-'
-                             || left(md5(j.id::text || clock_timestamp()::text), 8) end,
+                             leadrelay.idempotency_key(j.lead_id, j.template,
+                               'again-' || left(md5(j.id::text || clock_timestamp()::text), 8)) end,
          outcome_unknown_since = null,
          sent_params = case when j.sent_params is null then null
                             when j.channel = 'email' then jsonb_set(j.sent_params, '{email}', to_jsonb(f.recipient))
@@ -186,18 +180,10 @@ pub const RETRY: &str = audited!(
   where m.status = 'failed' and m.channel = 'email'
 ), fresh as (
   select j.id, t.batch_in_doubt,
-         case when t.batch_in_doubt then j.recipient
-              else case j.channel
-           when 'email' then case when public.leadrelay_email_problem(l.email) is null
-                                  then public.leadrelay_trim(l.email) end
-           when 'sms' then case when public.leadrelay_phone_problem(l.phone) is null
-                                then public.leadrelay_phone_digits(l.phone) end
-           else j.recipient
-         end end as recipient,
+         case when t.batch_in_doubt or j.channel = 'lead_tracking' then j.recipient
+              else leadrelay.recipient(j.channel, l.email, l.phone) end as recipient,
          not t.batch_in_doubt and j.provider_message_id is null
-           and (j.last_error like 'template % version %' or j.last_error like 'template % has no %'
-                or j.last_error like 'no template %')
-           as template_failed
+           and j.failed_because = 'content' as template_failed
   from targets t
   join public.notification_jobs j on j.id = t.id
   join public.landing_leads l on l.id = j.lead_id
@@ -206,7 +192,7 @@ pub const RETRY: &str = audited!(
      set status = 'due', due_at = now(), attempts = 0, finished_at = null, updated_at = now(),
          idempotency_key = case
            when j.channel = 'email' and j.recipient is distinct from f.recipient
-             then 'leadrelay-' || j.lead_id || '-' || j.template || '-' || left(md5(f.recipient), 8)
+             then leadrelay.idempotency_key(j.lead_id, j.template, left(md5(f.recipient), 8))
            else j.idempotency_key end,
          recipient = f.recipient,
          template_version = case when f.template_failed then null else j.template_version end,
@@ -216,7 +202,7 @@ pub const RETRY: &str = audited!(
          batch_key = case when f.batch_in_doubt then j.batch_key end,
          -- judged again by the gate at its next claim
          cleared_at = case when f.batch_in_doubt then j.cleared_at end,
-         cancelled_by = null, duplicate_of_lead = null
+         cancelled_by = null, duplicate_of_lead = null, failed_because = null
     from fresh f
    where j.id = f.id and (f.recipient is not null or j.channel = 'lead_tracking')
   returning j.id, j.lead_id

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::{describe, storable};
 pub use crate::domain::Channel;
+use crate::domain::FailureKind;
 
 /// The end of both claims, after a data-modifying CTE `claimed` that updated
 /// `j`: the columns `claimed_job` reads, in its order, up to the batch key.
@@ -130,7 +131,7 @@ with claimable as (
          -- were stored keeps the key it was tried under
          idempotency_key = case when j.channel = 'email' and v.job_id is null then coalesce(j.idempotency_key,
                              case when j.attempts > 0 then 'leadrelay-job-' || j.id
-                                  else 'leadrelay-' || j.lead_id || '-' || j.template end)
+                                  else leadrelay.idempotency_key(j.lead_id, j.template, null) end)
                            else j.idempotency_key end,
 ",
     fixed_by_first_claim!("v.job_id is null", "$6"),
@@ -437,14 +438,14 @@ select (select count(*) from done),
 pub const LOOKUP_LOCK: &str = "select pg_advisory_xact_lock(hashtext('leadrelay sms lookup'))";
 
 /// Job $1 (worker $2) ends with status $4 (failed, invalid or cancelled)
-/// because of $3. $5: as in `record_retry_sql`, kept so that `leadrelay
+/// because of $3, of the kind $6 (`FailureKind`; null for cancelled). $5: as in `record_retry_sql`, kept so that `leadrelay
 /// retry` of a failed SMS still looks it up first.
 pub fn record_final_sql() -> String {
     format!(
         "with done as (
   update public.notification_jobs j
      set status = $4, finished_at = now(), outcome_unknown_since = $5::timestamptz,
-         last_error = left($3, 2000),
+         last_error = left($3, 2000), failed_because = $6::text,
          {APPEND_ERROR},
          locked_by = null, locked_until = null, updated_at = now()
    where j.id = $1 and j.status = 'sending' and j.locked_by = $2
@@ -688,9 +689,11 @@ pub enum Outcome {
     Failed {
         error: String,
         unknown_since: Option<DateTime<Utc>>,
+        because: FailureKind,
     },
     Invalid {
         error: String,
+        because: FailureKind,
     },
     Cancelled {
         error: String,
@@ -739,6 +742,21 @@ pub struct BatchRetry {
     /// An attempt of the batch whose outcome is unknown began then: Resend
     /// may hold the batch under its key (kept until the batch is sent).
     pub unknown_since: Option<DateTime<Utc>>,
+}
+
+impl BatchRetry {
+    /// The batch is dissolved before anything was sent (Resend refused it
+    /// whole, or it cannot go as a batch): each member goes on its own at
+    /// once; `counts` whether this was an attempt.
+    pub fn dissolved(counts: bool) -> BatchRetry {
+        BatchRetry {
+            after: Duration::ZERO,
+            at: None,
+            counts,
+            dissolve: true,
+            unknown_since: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -944,17 +962,24 @@ impl Queue {
                 client.query_one(&st, &[&id, &lock, &note]).await?
             }
             Outcome::Failed { error, .. }
-            | Outcome::Invalid { error }
+            | Outcome::Invalid { error, .. }
             | Outcome::Cancelled { error } => {
-                let (status, unknown_since) = match outcome {
-                    Outcome::Failed { unknown_since, .. } => ("failed", *unknown_since),
-                    Outcome::Invalid { .. } => ("invalid", None),
-                    _ => ("cancelled", None),
+                let (status, unknown_since, because) = match outcome {
+                    Outcome::Failed {
+                        unknown_since,
+                        because,
+                        ..
+                    } => ("failed", *unknown_since, Some(because.as_str())),
+                    Outcome::Invalid { because, .. } => ("invalid", None, Some(because.as_str())),
+                    _ => ("cancelled", None, None),
                 };
                 let st = client.prepare_cached(&record_final_sql()).await?;
                 let error = storable::text(error);
                 client
-                    .query_one(&st, &[&id, &lock, &error, &status, &unknown_since])
+                    .query_one(
+                        &st,
+                        &[&id, &lock, &error, &status, &unknown_since, &because],
+                    )
                     .await?
             }
         };

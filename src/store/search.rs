@@ -99,14 +99,14 @@ from found f
 join public.landing_leads l on l.id = f.id
 left join lateral (
   select j.status, j.delivery_status, j.last_error,
-         case when j.status = 'scheduled' and j.held_until = j.due_at then j.hold_reason end as hold,
-         case when j.status = 'scheduled' and j.held_until = j.due_at then j.held_until end as held
+         case when leadrelay.held_until(j.status, j.held_until, j.due_at) is not null then j.hold_reason end as hold,
+         leadrelay.held_until(j.status, j.held_until, j.due_at) as held
   from public.notification_jobs j where j.lead_id = l.id and j.channel = 'email'
   order by j.id limit 1) e on true
 left join lateral (
   select j.status, j.delivery_status, j.last_error,
-         case when j.status = 'scheduled' and j.held_until = j.due_at then j.hold_reason end as hold,
-         case when j.status = 'scheduled' and j.held_until = j.due_at then j.held_until end as held
+         case when leadrelay.held_until(j.status, j.held_until, j.due_at) is not null then j.hold_reason end as hold,
+         leadrelay.held_until(j.status, j.held_until, j.due_at) as held
   from public.notification_jobs j where j.lead_id = l.id and j.channel = 'sms'
   order by j.id limit 1) s on true
 order by l.created_at desc, l.id

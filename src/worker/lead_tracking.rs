@@ -113,3 +113,33 @@ pub async fn sync(pool: &Pool, job: &ClaimedJob) -> Result<(bool, bool), Trackin
     tx.commit().await?;
     Ok((lead.email_sent, lead.sms_sent))
 }
+
+impl crate::worker::Worker {
+    pub(super) async fn sync_lead_tracking(&self, job: &ClaimedJob) {
+        match sync(&self.tracking_pool, job).await {
+            Ok((email_sent, sms_sent)) => {
+                match self
+                    .queue
+                    .record_tracked(job.id, &job.lock, email_sent, sms_sent)
+                    .await
+                {
+                    Ok(true) => tracing::info!(
+                        lead_id = %job.lead_id, job_id = job.id, channel = "lead_tracking",
+                        attempt = job.attempts, outcome = "sent", email_sent, sms_sent, "state change"
+                    ),
+                    Ok(false) => super::lease_lost(job),
+                    Err(e) => {
+                        tracing::warn!(job_id = job.id, error = %e, "could not record lead_tracking outcome")
+                    }
+                }
+            }
+            Err(e) => {
+                let outcome = self.outcome_of(
+                    job,
+                    Err(crate::providers::SendError::temporary(e.to_string())),
+                );
+                self.record(job, outcome).await;
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use deadpool_postgres::Pool;
 
 use super::Worker;
-use crate::domain::Channel;
+use crate::domain::{Channel, FailureKind};
 use crate::messages::templates::{Compiled, EmailContent, Message, TemplateError, Variables};
 use crate::store::queue::{ClaimedJob, Outcome, QueueError};
 
@@ -155,6 +155,7 @@ impl Worker {
             .unwrap_or(3) as usize;
         if length.segments > max {
             return Err(Outcome::Invalid {
+                because: FailureKind::Content,
                 error: format!(
                     "the SMS is {length}, more than the rule's max_sms_segments ({max})"
                 ),
@@ -170,5 +171,6 @@ fn failed(job: &ClaimedJob, error: String) -> Outcome {
     Outcome::Failed {
         error,
         unknown_since: job.outcome_unknown_since,
+        because: FailureKind::Content,
     }
 }

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
+use crate::domain::FailureKind;
 use crate::messages::mask;
 use crate::providers::mobizon::{LOOKUP_PAGE_SIZE, ListedSms, LookupError};
 use crate::store::queue::{ClaimedJob, FoundRecord, Outcome};
@@ -292,6 +293,7 @@ impl Worker {
                     job.attempts
                 ),
                 unknown_since,
+                because: FailureKind::Attempts,
             };
         }
         Outcome::Retry {
@@ -432,6 +434,7 @@ fn fail_for_a_person(why: &str) -> Outcome {
             "{why}: the SMS may have been taken by Mobizon; SMS_UNKNOWN_OUTCOME=fail leaves it to a person (leadrelay retry sends it again)"
         ),
         unknown_since: None,
+        because: FailureKind::InDoubt,
     }
 }
 

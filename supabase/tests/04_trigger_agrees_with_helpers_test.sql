@@ -1,12 +1,12 @@
 -- The trigger writes its recipient checks out for speed; they must give the
 -- same answers as leadrelay_email_problem(), leadrelay_phone_problem() and
--- leadrelay_phone_digits(), which backfill and the tests use.
+-- leadrelay.recipient(), which backfill, retry and send-again use.
 begin;
 create schema if not exists tap;
 create extension if not exists pgtap with schema tap;
 set local search_path = public, tap;
 
-select plan(2);
+select plan(3);
 
 create temporary table samples (email text, phone text) on commit drop;
 insert into samples values
@@ -28,6 +28,11 @@ insert into samples values
   ('landline@b.kz', '8 7172 55 55 55'),
   ('russian@b.ru', '+7 916 123 45 67');
 
+-- every character leadrelay_trim() trims, around an address and a phone
+insert into samples
+select ch || 'Odd.Space@Example.KZ' || ch, ch || '+7 705 123 45 67' || ch
+from unnest(string_to_array(E'\t|\n|\u000b|\f|\r| |\u0085|\u00a0|\u1680|\u2000|\u2001|\u2002|\u2003|\u2004|\u2005|\u2006|\u2007|\u2008|\u2009|\u200a|\u2028|\u2029|\u202f|\u205f|\u3000|\ufeff', '|')) ch;
+
 insert into landing_leads (name, email, phone, source)
 select 'sample', email, phone, 'proftest_check' from samples;
 
@@ -38,7 +43,7 @@ select is(
    where l.source = 'proftest_check'
      and (e.last_error is distinct from leadrelay_email_problem(l.email)
           or (e.status = 'invalid') is distinct from (leadrelay_email_problem(l.email) is not null)
-          or (e.recipient is distinct from case when leadrelay_email_problem(l.email) is null then leadrelay_trim(l.email) end))),
+          or e.recipient is distinct from leadrelay.recipient('email', l.email, l.phone))),
   0, 'email: the trigger and leadrelay_email_problem() agree');
 
 select is(
@@ -47,8 +52,15 @@ select is(
    join notification_jobs s on s.lead_id = l.id and s.channel = 'sms'
    where l.source = 'proftest_check'
      and (s.last_error is distinct from leadrelay_phone_problem(l.phone)
-          or s.recipient is distinct from case when leadrelay_phone_problem(l.phone) is null then leadrelay_phone_digits(l.phone) end)),
-  0, 'phone: the trigger and leadrelay_phone_problem() / leadrelay_phone_digits() agree');
+          or s.recipient is distinct from leadrelay.recipient('sms', l.email, l.phone))),
+  0, 'phone: the trigger and leadrelay_phone_problem() / leadrelay.recipient() agree');
+
+select is(
+  (select count(distinct leadrelay.recipient_key('email', e.recipient))::int
+   from landing_leads l
+   join notification_jobs e on e.lead_id = l.id and e.channel = 'email'
+   where l.source = 'proftest_check' and l.email ilike '%odd.space@example.kz%'),
+  1, 'an address with any white space around it is one recipient to the policies');
 
 select * from finish();
 rollback;

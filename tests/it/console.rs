@@ -1015,10 +1015,16 @@ async fn an_email_resend_suppressed_shows_as_a_failure_in_the_lists_and_on_its_t
     );
     let (_, page) = get(&base, &format!("/ops/leads/{lead}"), &cookie).await;
     assert_eq!(
-        class_of_cell(&page, ">resend reported <b class=event>email.suppressed</b>"),
+        class_of_cell(
+            &page,
+            ">resend reported <b class=event>email.suppressed</b>"
+        ),
         Some("bad"),
         "the timeline: {page}"
     );
-    assert!(page.contains("job-state>sent · suppressed<"), "the card's state");
+    assert!(
+        page.contains("job-state>sent · suppressed<"),
+        "the card's state"
+    );
     drop(app);
 }

@@ -14,6 +14,7 @@ mod operator;
 mod ops_page;
 mod pgtap;
 mod policies;
+mod schemas;
 mod sms_lookup;
 mod sql_checks;
 mod sql_core;

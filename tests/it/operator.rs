@@ -417,3 +417,89 @@ async fn retry_takes_a_corrected_contact_from_the_lead_and_requeues_invalid_jobs
     assert_eq!(row.get::<_, String>(1), "aigerim.fixed@gmail.com");
     assert_ne!(row.get::<_, String>(2), "leadrelay-old-key");
 }
+
+#[tokio::test]
+async fn a_backfilled_a_retried_and_a_landing_inserted_address_with_odd_white_space_are_one_recipient()
+ {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    // a no-break space after the address, an ideographic space before it:
+    // both are white space to leadrelay_trim(), neither is to btrim()
+    let odd = "\u{3000}Odd.Space@Example.KZ\u{a0}";
+    // the landing's own insert
+    let landed = insert_proftest_lead(&client, "Landed", odd).await;
+    // a lead from before leadrelay, found by the backfill
+    client
+        .batch_execute(
+            "alter table landing_leads disable trigger landing_leads_enqueue_notifications",
+        )
+        .await
+        .unwrap();
+    let old = insert_proftest_lead(&client, "Backfilled", odd).await;
+    client
+        .batch_execute(
+            "alter table landing_leads enable trigger landing_leads_enqueue_notifications",
+        )
+        .await
+        .unwrap();
+    let out = leadrelay(
+        &db.url,
+        &[
+            "backfill",
+            "--since",
+            "2020-01-01",
+            "--ignore-policies",
+            "--yes",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // a failed email whose lead's address was retyped with the same spaces
+    let retried = insert_proftest_lead(&client, "Retried", "typo@mail.ru").await;
+    client
+        .execute(
+            "update notification_jobs set status = 'failed', finished_at = now(), last_error = 'refused', failed_because = 'provider'
+             where lead_id = $1 and channel = 'email'",
+            &[&retried],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "update landing_leads set email = $2 where id = $1",
+            &[&retried, &odd],
+        )
+        .await
+        .unwrap();
+    let job: i64 = client
+        .query_one(
+            "select id from notification_jobs where lead_id = $1 and channel = 'email'",
+            &[&retried],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let out = leadrelay(&db.url, &["retry", &job.to_string(), "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let rows = client
+        .query(
+            "select lead_id, recipient, leadrelay.recipient_key('email', recipient)
+             from notification_jobs where channel = 'email' and lead_id = any($1) order by lead_id",
+            &[&vec![landed, old, retried]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "one email job per lead");
+    for row in &rows {
+        assert_eq!(
+            row.get::<_, Option<String>>(1).as_deref(),
+            Some("Odd.Space@Example.KZ"),
+            "lead {}",
+            row.get::<_, uuid::Uuid>(0)
+        );
+        assert_eq!(
+            row.get::<_, Option<String>>(2).as_deref(),
+            Some("odd.space@example.kz")
+        );
+    }
+}

@@ -244,7 +244,10 @@ async fn the_rust_delivery_ranks_are_the_databases() {
     let client = db.client().await;
     for state in DeliveryState::ALL {
         let rank: i32 = client
-            .query_one("select public.leadrelay_delivery_rank($1)", &[&state.as_str()])
+            .query_one(
+                "select public.leadrelay_delivery_rank($1)",
+                &[&state.as_str()],
+            )
             .await
             .unwrap()
             .get(0);
@@ -264,10 +267,16 @@ async fn the_rust_delivery_ranks_are_the_databases() {
         .collect();
     assert!(ranked.len() >= DeliveryState::ALL.len(), "{ranked:?}");
     for name in ranked {
-        assert!(DeliveryState::parse(&name).is_some(), "{name} has no Rust state");
+        assert!(
+            DeliveryState::parse(&name).is_some(),
+            "{name} has no Rust state"
+        );
     }
     let unknown: i32 = client
-        .query_one("select public.leadrelay_delivery_rank('no such state')", &[])
+        .query_one(
+            "select public.leadrelay_delivery_rank('no such state')",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -282,7 +291,14 @@ async fn the_rust_delivery_ranks_are_the_databases() {
         .unwrap()
         .get(0);
     for status in JobStatus::ALL {
-        assert!(check.contains(&format!("'{status}'")), "{status} in {check}");
+        assert!(
+            check.contains(&format!("'{status}'")),
+            "{status} in {check}"
+        );
     }
-    assert_eq!(check.matches("::text").count(), JobStatus::ALL.len(), "{check}");
+    assert_eq!(
+        check.matches("::text").count(),
+        JobStatus::ALL.len(),
+        "{check}"
+    );
 }

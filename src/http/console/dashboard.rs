@@ -54,7 +54,7 @@ where channel = 'sms' and outcome_unknown_since is not null and status <> 'sent'
 /// those cancelled in the last 24 hours as duplicates or over the cap.
 pub const POLICY_COUNTS: &str = "
 select (select count(*) from public.notification_jobs
-         where status = 'scheduled' and held_until = due_at),
+         where status = 'scheduled' and leadrelay.held_until(status, held_until, due_at) is not null),
        (select count(*) from public.notification_jobs
          where cancelled_by = 'duplicate' and finished_at > now() - interval '24 hours'),
        (select count(*) from public.notification_jobs

@@ -25,7 +25,7 @@ from public.landing_leads where id = $1";
 pub const JOBS: &str = "
 select id, channel, template, status, attempts, max_attempts, created_at, due_at, sent_at,
        finished_at, provider_message_id, delivery_status, delivery_status_at, last_error,
-       errors, case when status = 'scheduled' and held_until = due_at then held_until end,
+       errors, leadrelay.held_until(status, held_until, due_at),
        hold_reason, cancelled_by, duplicate_of_lead, recovered_at, outcome_unknown_since,
        recipient, template_version, sent_unconfirmed
 from public.notification_jobs where lead_id = $1

@@ -1,0 +1,78 @@
+//! The sweeper: promotes due jobs, arms a timer for the next one, glances
+//! for new ones every second, applies early delivery events and prunes.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Worker;
+
+/// How often the sweeper looks for jobs that came in since (at most).
+const GLANCE_EVERY: Duration = Duration::from_secs(1);
+/// Where pg_cron does not prune (every 10 minutes), the sweep does, hourly:
+/// one bounded batch a time (`prune_leadrelay_history`).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+impl Worker {
+    /// Promotes due jobs, then sleeps until the next one is due, a glance
+    /// passes, or a reconnect asks for a sweep.
+    ///
+    /// Landing inserts send no notification (it would serialise their
+    /// commits), so a glance every second (GLANCE: two index probes) finds
+    /// jobs that came in since: a job due at once is sent within about a
+    /// second, and a job due later is sent by the timer armed for it. The
+    /// rest of the sweep (early delivery events) runs every sweep interval.
+    pub(super) async fn sweep_loop(&self, cancel: CancellationToken) {
+        let glance_every = self.settings.sweep_interval.min(GLANCE_EVERY);
+        let mut next_full = tokio::time::Instant::now();
+        let mut next_prune = tokio::time::Instant::now();
+        let mut templates_seen = None;
+        while !cancel.is_cancelled() {
+            let mut sleep_for = glance_every;
+            match self.queue.promote().await {
+                Ok(promoted) => {
+                    if promoted > 0 {
+                        tracing::debug!(promoted, "promoted due jobs");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+            let full = tokio::time::Instant::now() >= next_full;
+            if full {
+                next_full = tokio::time::Instant::now() + self.settings.sweep_interval;
+                // Webhook events that beat the worker's own write of a message id.
+                if let Err(e) = self.queue.apply_all_pending_events().await {
+                    tracing::warn!(error = %e, "applying pending delivery events failed");
+                }
+                self.recheck_templates(&mut templates_seen).await;
+            }
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+                match self.queue.prune_history_without_pg_cron().await {
+                    Ok(Some(pruned)) => tracing::debug!(%pruned, "pruned old history"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning old history failed"),
+                }
+            }
+            match self.queue.glance().await {
+                Ok(glance) => {
+                    // Lanes look for work after every full sweep, and whenever
+                    // due jobs wait.
+                    if full || glance.any_due {
+                        self.wakeups.wake_all();
+                    }
+                    if let Some(next) = glance.next_due {
+                        // Wake just after the job is due, whatever pg_cron's tick is.
+                        sleep_for = sleep_for.min(next + Duration::from_millis(2));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for due jobs failed"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = self.wakeups.sweep().notified() => next_full = tokio::time::Instant::now(),
+            }
+        }
+    }
+}

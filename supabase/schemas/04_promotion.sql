@@ -1,0 +1,85 @@
+-- Scheduled jobs becoming due: the promotion the worker's sweep and pg_cron
+-- run.
+--
+-- The current definitions, as the migrations leave them (see README in this
+-- folder). Migrations stay the only thing applied to a database.
+
+-- ---------------------------------------------------------------------------
+-- The promotion, as before, recording `attempts` for a job whose worker
+-- stopped on its last attempt (the lease expired).
+-- ---------------------------------------------------------------------------
+create or replace function public.promote_due_notification_jobs(p_limit integer default 10000)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_promoted integer := 0;
+  v_id bigint;
+begin
+  for v_id in
+  with expired as (
+    select j.id from public.notification_jobs j
+    where j.status = 'sending' and j.locked_until < now()
+    order by j.locked_until
+    limit p_limit
+    for update skip locked
+  ), rescued as (
+    update public.notification_jobs j
+       set status = case when j.attempts >= j.max_attempts then 'failed' else 'due' end,
+           failed_because = case when j.attempts >= j.max_attempts then 'attempts' end,
+           last_error = format('attempt %s: the worker stopped before recording an outcome (lease expired)', j.attempts),
+           errors = j.errors || jsonb_build_array(jsonb_build_object(
+             'attempt', j.attempts, 'at', now(),
+             'error', 'lease expired: outcome unknown',
+             'lock', j.locked_by)),
+           outcome_unknown_since = case when j.channel = 'sms'
+                                        then least(j.outcome_unknown_since, j.updated_at)
+                                        else j.outcome_unknown_since end,
+           finished_at = case when j.attempts >= j.max_attempts then now() end,
+           locked_by = null,
+           locked_until = null,
+           updated_at = now()
+      from expired
+     where j.id = expired.id
+    returning j.id, j.status
+  ), ready as (
+    select s.id, s.due_at, r.send_window_start, r.send_window_end, r.time_zone,
+           case when s.ignore_policies or r.send_window_start is null then now()
+                else public.leadrelay_send_time(now(), r.send_window_start, r.send_window_end, r.time_zone)
+           end as opens_at
+    from public.notification_jobs s
+    left join public.notification_rules r on r.id = s.rule_id
+    where s.status = 'scheduled' and s.due_at <= now()
+    order by s.due_at, s.id
+    limit p_limit
+    for update of s skip locked
+  ), promoted as (
+    update public.notification_jobs j
+       set status = case when k.opens_at <= now() then 'due' else 'scheduled' end,
+           due_at = case when k.opens_at <= now() then j.due_at else k.opens_at end,
+           held_until = case when k.opens_at <= now() then j.held_until else k.opens_at end,
+           hold_reason = case when k.opens_at <= now() then j.hold_reason
+             else format('due at %s, outside the send window %s–%s %s: held until %s',
+                         to_char(now() at time zone k.time_zone, 'YYYY-MM-DD HH24:MI'),
+                         left(k.send_window_start::text, 5), left(k.send_window_end::text, 5), k.time_zone,
+                         to_char(k.opens_at at time zone k.time_zone, 'YYYY-MM-DD HH24:MI')) end,
+           updated_at = now()
+      from ready k
+     where j.id = k.id
+    returning j.id, j.status
+  ), woken as (
+    select id from promoted where status = 'due'
+    union all
+    select id from rescued where status = 'due'
+  )
+  select w.id from woken w
+  loop
+    perform pg_notify('notification_jobs', v_id::text);
+    v_promoted := v_promoted + 1;
+  end loop;
+
+  return v_promoted;
+end
+$$;
