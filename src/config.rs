@@ -3,6 +3,7 @@
 //! or malformed one stops the process with one line naming the variable.
 
 use crate::domain::Secret;
+use crate::domain::defaults;
 use crate::worker::WorkerSettings;
 use crate::worker::sms_lookup::UnknownOutcome;
 
@@ -209,9 +210,6 @@ pub struct ServeArgs {
     pub landing_role: Option<String>,
 }
 
-/// The role supabase-js with the service key writes as through PostgREST.
-pub const DEFAULT_LANDING_ROLE: &str = "service_role";
-
 impl ServeConfig {
     /// Each part in the order of the configuration table; the first value
     /// that is missing or malformed stops here, named.
@@ -260,10 +258,14 @@ fn resend_settings(args: &ServeArgs) -> Result<ResendSettings, ConfigError> {
         api_url: http_url(
             "RESEND_API_URL",
             args.resend_api_url.as_deref(),
-            "https://api.resend.com",
+            defaults::RESEND_API_URL,
         )?,
         from: email_from(args.email_from.as_deref())?,
-        max_rps: rate("RESEND_MAX_RPS", args.resend_max_rps.as_deref(), 2.0)?,
+        max_rps: rate(
+            "RESEND_MAX_RPS",
+            args.resend_max_rps.as_deref(),
+            defaults::RESEND_MAX_RPS,
+        )?,
         batch_size: batch_size(args.resend_batch_size.as_deref())?,
     })
 }
@@ -271,7 +273,7 @@ fn resend_settings(args: &ServeArgs) -> Result<ResendSettings, ConfigError> {
 fn batch_size(value: Option<&str>) -> Result<usize, ConfigError> {
     use crate::providers::resend::MAX_BATCH;
     match optional(value) {
-        None => Ok(MAX_BATCH),
+        None => Ok(defaults::RESEND_BATCH_SIZE),
         Some(v) => v
             .parse()
             .ok()
@@ -293,10 +295,14 @@ fn mobizon_settings(args: &ServeArgs) -> Result<MobizonSettings, ConfigError> {
         api_url: http_url(
             "MOBIZON_API_URL",
             args.mobizon_api_url.as_deref(),
-            "https://api.mobizon.kz",
+            defaults::MOBIZON_API_URL,
         )?,
         from: sms_from(args.sms_from.as_deref())?,
-        max_rps: rate("MOBIZON_MAX_RPS", args.mobizon_max_rps.as_deref(), 5.0)?,
+        max_rps: rate(
+            "MOBIZON_MAX_RPS",
+            args.mobizon_max_rps.as_deref(),
+            defaults::MOBIZON_MAX_RPS,
+        )?,
     })
 }
 
@@ -315,7 +321,7 @@ fn sms_from(value: Option<&str>) -> Result<Option<String>, ConfigError> {
 
 fn listen_addr(value: Option<&str>) -> Result<std::net::SocketAddr, ConfigError> {
     match optional(value) {
-        None => Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
+        None => Ok(std::net::SocketAddr::from(defaults::LISTEN_ADDR)),
         Some(v) => socket_addr("LISTEN_ADDR", v),
     }
 }
@@ -339,11 +345,7 @@ fn console_settings(args: &ServeArgs) -> Result<crate::http::ConsoleSettings, Co
         trusted_proxies: trusted_proxies(args.trusted_proxies.as_deref())?,
         chart_ttl: match optional(args.console_chart_ttl.as_deref()) {
             Some("0") => std::time::Duration::ZERO,
-            other => duration(
-                "CONSOLE_CHART_TTL",
-                other,
-                crate::http::ConsoleSettings::default().chart_ttl,
-            )?,
+            other => duration("CONSOLE_CHART_TTL", other, defaults::CONSOLE_CHART_TTL)?,
         },
     })
 }
@@ -376,7 +378,7 @@ fn trusted_proxies(value: Option<&str>) -> Result<Vec<std::net::IpAddr>, ConfigE
 /// SMS_UNKNOWN_OUTCOME: lookup (default), resend or fail.
 fn sms_unknown_outcome(value: Option<&str>) -> Result<UnknownOutcome, ConfigError> {
     match optional(value) {
-        None => Ok(UnknownOutcome::default()),
+        None => Ok(UnknownOutcome::parse(defaults::SMS_UNKNOWN_OUTCOME).unwrap_or_default()),
         Some(v) => UnknownOutcome::parse(v).ok_or_else(|| ConfigError::Malformed {
             name: "SMS_UNKNOWN_OUTCOME",
             reason: format!("must be {}", UnknownOutcome::NAMES),
@@ -474,7 +476,7 @@ fn poll_interval(value: Option<&str>) -> Result<Option<std::time::Duration>, Con
         other => Ok(Some(duration(
             "MOBIZON_POLL_INTERVAL",
             other,
-            std::time::Duration::from_secs(300),
+            defaults::MOBIZON_POLL_INTERVAL,
         )?)),
     }
 }
@@ -585,6 +587,31 @@ mod serve_tests {
             admin_token: Some("admin-token-0123456789".into()),
             ..Default::default()
         }
+    }
+
+    /// The configuration table of docs/deploying.md gives each default as
+    /// `domain::defaults` has it: one definition, and the docs follow it.
+    #[test]
+    fn the_documented_defaults_are_the_ones_in_force() {
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploying.md"))
+                .unwrap();
+        for (name, default) in defaults::documented() {
+            let row = docs
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("{name} has no row in docs/deploying.md"));
+            let cells: Vec<&str> = row.split(" | ").collect();
+            assert_eq!(
+                cells.get(2).copied(),
+                Some(format!("`{default}`").as_str()),
+                "{name}'s default in docs/deploying.md"
+            );
+        }
+        let parsed = ServeConfig::from_args(&complete()).unwrap();
+        assert_eq!(parsed.worker.lease, defaults::JOB_LEASE);
+        assert_eq!(parsed.resend.max_rps, defaults::RESEND_MAX_RPS);
+        assert_eq!(parsed.console.chart_ttl, defaults::CONSOLE_CHART_TTL);
     }
 
     #[test]

@@ -141,4 +141,156 @@ mod layout {
             wrong.join("\n")
         );
     }
+
+    /// Every `.rs` file under `src/`, with its text up to its tests module.
+    fn code_files() -> Vec<(String, String)> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut all = Vec::new();
+        files(&src, &mut all);
+        all.sort();
+        all.into_iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = match text.find("\n#[cfg(test)]") {
+                    Some(at) => text[..at].to_string(),
+                    None => text,
+                };
+                let name = path.strip_prefix(&src).unwrap().display().to_string();
+                (name, code)
+            })
+            .collect()
+    }
+
+    /// Within a folder, the modules that use each other (`super::name`)
+    /// point one way: no circle, so each can be read knowing only those
+    /// it names.
+    #[test]
+    fn no_modules_of_one_folder_use_each_other_in_a_circle() {
+        use std::collections::BTreeMap;
+        let mut edges: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        for (name, code) in code_files() {
+            let path = Path::new(&name);
+            let folder = path.parent().unwrap().display().to_string();
+            let module = path.file_stem().unwrap().to_string_lossy().to_string();
+            if module == "mod" || module == "lib" || module == "main" {
+                continue;
+            }
+            let code: String = code
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for (i, _) in code.match_indices("super::") {
+                let rest = &code[i + "super::".len()..];
+                let named: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let sibling = folder.clone() + "/" + &named + ".rs";
+                let sibling_dir = folder.clone() + "/" + &named + "/mod.rs";
+                let exists = |p: &str| {
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("src")
+                        .join(p)
+                        .exists()
+                };
+                if !named.is_empty()
+                    && named != module
+                    && (exists(&sibling) || exists(&sibling_dir))
+                {
+                    edges
+                        .entry((folder.clone(), module.clone()))
+                        .or_default()
+                        .insert(named);
+                }
+            }
+        }
+        assert!(
+            edges.len() > 10,
+            "the check found the modules' uses ({})",
+            edges.len()
+        );
+        // a depth-first walk from every module finds no way back to it
+        fn reaches(
+            edges: &BTreeMap<(String, String), BTreeSet<String>>,
+            folder: &str,
+            from: &str,
+            target: &str,
+            seen: &mut BTreeSet<String>,
+        ) -> Option<Vec<String>> {
+            for next in edges
+                .get(&(folder.to_string(), from.to_string()))
+                .into_iter()
+                .flatten()
+            {
+                if next == target {
+                    return Some(vec![next.clone()]);
+                }
+                if seen.insert(next.clone())
+                    && let Some(mut path) = reaches(edges, folder, next, target, seen)
+                {
+                    path.insert(0, next.clone());
+                    return Some(path);
+                }
+            }
+            None
+        }
+        let mut circles = Vec::new();
+        for (folder, module) in edges.keys() {
+            if let Some(path) = reaches(&edges, folder, module, module, &mut BTreeSet::new()) {
+                circles.push(format!("{folder}: {module} → {}", path.join(" → ")));
+            }
+        }
+        assert!(
+            circles.is_empty(),
+            "modules in a circle:\n{}",
+            circles.join("\n")
+        );
+    }
+
+    /// Functions that are long because they are one flat list, not several
+    /// steps: a command dispatch and a literal document.
+    const LONG_ON_PURPOSE: &[(&str, &str)] = &[("cli/mod.rs", "run"), ("http/openapi.rs", "spec")];
+
+    /// No function of `src/` is over 80 lines (but `LONG_ON_PURPOSE`), and
+    /// no file over 600 lines outside its tests: a longer one is several
+    /// steps or rooms, to be named.
+    #[test]
+    fn functions_and_files_stay_short() {
+        let mut long = Vec::new();
+        for (name, code) in code_files() {
+            let lines: Vec<&str> = code.lines().collect();
+            if lines.len() > 600 {
+                long.push(format!("{name}: {} lines outside its tests", lines.len()));
+            }
+            for (i, line) in lines.iter().enumerate() {
+                let trimmed = line.trim_start();
+                let indent = &line[..line.len() - trimmed.len()];
+                let signature = trimmed
+                    .trim_start_matches("pub ")
+                    .trim_start_matches("pub(crate) ")
+                    .trim_start_matches("pub(super) ")
+                    .trim_start_matches("const ")
+                    .trim_start_matches("async ");
+                let Some(rest) = signature.strip_prefix("fn ") else {
+                    continue;
+                };
+                if line.trim_end().ends_with(';') {
+                    continue;
+                }
+                let fn_name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let close = format!("{indent}}}");
+                let Some(end) = lines[i..].iter().position(|l| *l == close) else {
+                    continue;
+                };
+                if end + 1 > 80 && !LONG_ON_PURPOSE.contains(&(name.as_str(), fn_name.as_str())) {
+                    long.push(format!("{name}: fn {fn_name} is {} lines", end + 1));
+                }
+            }
+        }
+        assert!(long.is_empty(), "too long:\n{}", long.join("\n"));
+    }
 }

@@ -175,23 +175,11 @@ pub struct BackfillReport {
     pub invalid: i64,
 }
 
-pub async fn backfill(
-    client: &mut Client,
-    request: &BackfillRequest,
-) -> Result<BackfillReport, OpsError> {
-    if request.until <= request.since {
-        return Err(OpsError::EmptyWindow);
-    }
-    let rows = client
-        .query(
-            BACKFILL_CANDIDATES,
-            &[&request.since, &request.until, &request.source_pattern],
-        )
-        .await?;
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+/// The leads a backfill found: how many, and the first ten.
+fn print_candidates(request: &BackfillRequest, rows: &[tokio_postgres::Row]) {
     println!(
         "{} lead(s) from {} to {} with source like {:?} have no messages yet.",
-        ids.len(),
+        rows.len(),
         request.since.format("%Y-%m-%d %H:%M:%S UTC"),
         request.until.format("%Y-%m-%d %H:%M:%S UTC"),
         request.source_pattern
@@ -206,9 +194,54 @@ pub async fn backfill(
             source.unwrap_or_default()
         );
     }
-    if ids.len() > 10 {
-        println!("  … and {} more", ids.len() - 10);
+    if rows.len() > 10 {
+        println!("  … and {} more", rows.len() - 10);
     }
+}
+
+/// Creates the jobs of leads `ids`, 500 a statement, with a progress bar on
+/// long lists.
+async fn enqueue(
+    client: &Client,
+    ids: &[Uuid],
+    ignore_policies: bool,
+) -> Result<BackfillReport, OpsError> {
+    let progress = indicatif::ProgressBar::new(ids.len() as u64);
+    if ids.len() < 200 {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut report = BackfillReport {
+        leads: ids.len(),
+        ..Default::default()
+    };
+    let statement = client.prepare(BACKFILL_INSERT).await?;
+    for chunk in ids.chunks(500) {
+        let row = client
+            .query_one(&statement, &[&chunk, &ignore_policies])
+            .await?;
+        report.due += row.get::<_, i64>(0);
+        report.invalid += row.get::<_, i64>(1);
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    Ok(report)
+}
+
+pub async fn backfill(
+    client: &mut Client,
+    request: &BackfillRequest,
+) -> Result<BackfillReport, OpsError> {
+    if request.until <= request.since {
+        return Err(OpsError::EmptyWindow);
+    }
+    let rows = client
+        .query(
+            BACKFILL_CANDIDATES,
+            &[&request.since, &request.until, &request.source_pattern],
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    print_candidates(request, &rows);
     if ids.is_empty() {
         return Ok(BackfillReport::default());
     }
@@ -231,24 +264,7 @@ pub async fn backfill(
         )
     };
     confirm(&question, request.yes)?;
-    let progress = indicatif::ProgressBar::new(ids.len() as u64);
-    if ids.len() < 200 {
-        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let mut report = BackfillReport {
-        leads: ids.len(),
-        ..Default::default()
-    };
-    let statement = client.prepare(BACKFILL_INSERT).await?;
-    for chunk in ids.chunks(500) {
-        let row = client
-            .query_one(&statement, &[&chunk, &request.ignore_policies])
-            .await?;
-        report.due += row.get::<_, i64>(0);
-        report.invalid += row.get::<_, i64>(1);
-        progress.inc(chunk.len() as u64);
-    }
-    progress.finish_and_clear();
+    let report = enqueue(client, &ids, request.ignore_policies).await?;
     if request.ignore_policies {
         println!(
             "enqueued {} message(s) due now, policies ignored; {} invalid (unusable address, see `leadrelay status`)",
@@ -289,6 +305,57 @@ pub async fn find_leads(
     Ok(leads)
 }
 
+/// One job of `leadrelay status` (`LEAD_JOBS`), with what the look-up and
+/// the delivery policies decided.
+fn job_line(job: &tokio_postgres::Row) -> String {
+    let fmt_time = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.format("%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let error: Option<String> = job.get(8);
+    // what an SMS look-up decided, and the template version used
+    let mut notes = Vec::new();
+    if job.get::<_, bool>(9) {
+        notes.push("found at Mobizon by a look-up, not sent again".to_string());
+    }
+    if job.get::<_, bool>(10) {
+        notes.push("in doubt: looked up at Mobizon before any resend".to_string());
+    }
+    if let Some(version) = job.get::<_, Option<i32>>(11) {
+        notes.push(format!("template v{version}"));
+    }
+    // the delivery policies: a window's hold, a cancellation
+    if let Some(hold) = job.get::<_, Option<String>>(13) {
+        if job.get::<_, bool>(12) {
+            notes.push(format!("held by the send window: {hold}"));
+        } else {
+            notes.push(format!("was held: {hold}"));
+        }
+    }
+    if let Some(policy) = job.get::<_, Option<String>>(14) {
+        notes.push(format!("cancelled by policy {policy}, no request made"));
+    }
+    let error = match (error, notes.is_empty()) {
+        (error, true) => error,
+        (Some(e), false) => Some(format!("{e} [{}]", notes.join("; "))),
+        (None, false) => Some(format!("[{}]", notes.join("; "))),
+    };
+    format!(
+        "  {:<8} {:<14} {:<10} {:<9} {:<17} {:<17} {:<17} {}\n",
+        job.get::<_, i64>(0),
+        job.get::<_, String>(1),
+        job.get::<_, String>(2),
+        format!("{}/{}", job.get::<_, i32>(3), job.get::<_, i32>(4)),
+        fmt_time(Some(job.get(5))),
+        fmt_time(job.get(6)),
+        job.get::<_, Option<String>>(7)
+            .unwrap_or_else(|| "-".into()),
+        error
+            .map(|e| e.chars().take(400).collect::<String>())
+            .unwrap_or_default(),
+    )
+}
+
 pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
     let leads = find_leads(client, query).await?;
     let mut out = String::new();
@@ -322,52 +389,7 @@ pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
             "job", "channel", "status", "attempts", "due", "sent", "delivery", "error"
         ));
         for job in &jobs {
-            let fmt_time = |t: Option<DateTime<Utc>>| {
-                t.map(|t| t.format("%m-%d %H:%M:%S").to_string())
-                    .unwrap_or_else(|| "-".into())
-            };
-            let error: Option<String> = job.get(8);
-            // what an SMS look-up decided, and the template version used
-            let mut notes = Vec::new();
-            if job.get::<_, bool>(9) {
-                notes.push("found at Mobizon by a look-up, not sent again".to_string());
-            }
-            if job.get::<_, bool>(10) {
-                notes.push("in doubt: looked up at Mobizon before any resend".to_string());
-            }
-            if let Some(version) = job.get::<_, Option<i32>>(11) {
-                notes.push(format!("template v{version}"));
-            }
-            // the delivery policies: a window's hold, a cancellation
-            if let Some(hold) = job.get::<_, Option<String>>(13) {
-                if job.get::<_, bool>(12) {
-                    notes.push(format!("held by the send window: {hold}"));
-                } else {
-                    notes.push(format!("was held: {hold}"));
-                }
-            }
-            if let Some(policy) = job.get::<_, Option<String>>(14) {
-                notes.push(format!("cancelled by policy {policy}, no request made"));
-            }
-            let error = match (error, notes.is_empty()) {
-                (error, true) => error,
-                (Some(e), false) => Some(format!("{e} [{}]", notes.join("; "))),
-                (None, false) => Some(format!("[{}]", notes.join("; "))),
-            };
-            out.push_str(&format!(
-                "  {:<8} {:<14} {:<10} {:<9} {:<17} {:<17} {:<17} {}\n",
-                job.get::<_, i64>(0),
-                job.get::<_, String>(1),
-                job.get::<_, String>(2),
-                format!("{}/{}", job.get::<_, i32>(3), job.get::<_, i32>(4)),
-                fmt_time(Some(job.get(5))),
-                fmt_time(job.get(6)),
-                job.get::<_, Option<String>>(7)
-                    .unwrap_or_else(|| "-".into()),
-                error
-                    .map(|e| e.chars().take(400).collect::<String>())
-                    .unwrap_or_default(),
-            ));
+            out.push_str(&job_line(job));
         }
         out.push('\n');
     }

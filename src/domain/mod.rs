@@ -3,6 +3,7 @@
 //! nothing of the crate; everything may use it.
 
 mod channel;
+pub mod defaults;
 mod delivery;
 mod secret;
 mod template;

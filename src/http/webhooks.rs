@@ -13,6 +13,7 @@ use axum::http::HeaderMap;
 
 use super::{ApiError, AppState, secret_matches};
 use crate::ingest::delivery::{self, DeliveryEvent, ParseError, StoreError};
+use crate::ingest::mobizon::{self as mobizon_states, Confirmation};
 use crate::ingest::svix::{SvixError, SvixHeaders, verify_svix_signature};
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -125,14 +126,14 @@ async fn mobizon(
         return Err(ApiError::Unauthorized("missing or wrong token".into()));
     }
     if let Some(secret) = &state.mobizon_secret
-        && !delivery::mobizon_sign_valid(&body, secret.expose())
+        && !mobizon_states::mobizon_sign_valid(&body, secret.expose())
     {
         count("mobizon", "rejected_signature");
         return Err(ApiError::Unauthorized(
             "the sign field does not match MOBIZON_WEBHOOK_SECRET".into(),
         ));
     }
-    let event = delivery::parse_mobizon(&body).map_err(|e| parse_error("mobizon", e))?;
+    let event = mobizon_states::parse_mobizon(&body).map_err(|e| parse_error("mobizon", e))?;
     let (event, truth) = confirm_final_failure(&state, event).await?;
     let answer = store(&state, event).await?;
     if let Some(truth) = truth {
@@ -142,50 +143,25 @@ async fn mobizon(
     Ok(answer)
 }
 
-/// A report of a final failure is applied only once Mobizon's own
-/// `getsmsstatus` says the same. Otherwise the report is kept without a
-/// state (for audit) and what Mobizon says is stored beside it; if Mobizon
-/// cannot be asked now, 503, and Mobizon delivers the report again later.
+/// A report of a final failure applies only once Mobizon confirms it
+/// (`ingest::mobizon::confirm_report`); if Mobizon cannot be asked now, 503,
+/// and Mobizon delivers the report again later.
 async fn confirm_final_failure(
     state: &AppState,
-    mut event: DeliveryEvent,
+    event: DeliveryEvent,
 ) -> Result<(DeliveryEvent, Option<DeliveryEvent>), ApiError> {
-    let (Some(status), Some(message_id)) = (event.delivery_status, event.message_id.clone()) else {
-        return Ok((event, None));
-    };
-    // the failures a report must not set before Mobizon itself confirms
-    // them: the URL token and `sign` do not cover `data`, so anyone holding
-    // the URL could otherwise mark a delivered SMS as failed
-    if !status.is_failure() {
-        return Ok((event, None));
-    }
-    let entries = match state
-        .mobizon
-        .statuses(std::slice::from_ref(&message_id))
-        .await
-    {
-        Ok(entries) => entries,
-        Err(e) => {
-            count("mobizon", "unconfirmed_unavailable");
-            tracing::warn!(message_id = %message_id, error = %e, "could not ask Mobizon to confirm a failure report; it will be delivered again");
-            return Err(ApiError::Unavailable);
+    match mobizon_states::confirm_report(&state.mobizon, event).await {
+        Confirmation::Apply(event) => Ok((event, None)),
+        Confirmation::Unconfirmed {
+            report,
+            mobizon_says,
+        } => {
+            count("mobizon", "unconfirmed");
+            Ok((report, mobizon_says))
         }
-    };
-    let said = entries.into_iter().find(|(id, _, _)| *id == message_id);
-    let confirmed = said
-        .as_ref()
-        .and_then(|(_, raw, _)| delivery::mobizon_status(raw))
-        .filter(|s| *s == status);
-    if confirmed.is_some() {
-        return Ok((event, None));
+        Confirmation::Unavailable => {
+            count("mobizon", "unconfirmed_unavailable");
+            Err(ApiError::Unavailable)
+        }
     }
-    count("mobizon", "unconfirmed");
-    tracing::warn!(
-        message_id = %message_id, reported = status.as_str(),
-        mobizon_says = said.as_ref().map(|(_, raw, _)| raw.as_str()).unwrap_or("nothing"),
-        "a failure report Mobizon does not confirm: kept, not applied"
-    );
-    event.delivery_status = None;
-    let truth = said.and_then(|(id, raw, payload)| delivery::mobizon_polled(&id, &raw, payload));
-    Ok((event, truth))
 }

@@ -1,9 +1,11 @@
 //! The ingestion room: provider webhooks verified (Svix signatures), parsed
-//! into delivery events, made storable and stored in groups. It uses `store`
-//! and `domain`; `http` and `worker` use it.
+//! into delivery events, made storable and stored in groups; every Mobizon
+//! state (report, confirmation, poll, look-up) in `mobizon`. It uses
+//! `store`, `providers` and `domain`; `http` and `worker` use it.
 
 pub mod delivery;
 pub mod event_batches;
+pub mod mobizon;
 pub mod svix;
 
 /// The statements of this room, for the prepare test (`crate::statements`).

@@ -338,6 +338,28 @@ fn parse_statuses(
         .collect())
 }
 
+/// Code 0: the SMS was taken, under `data.messageId` (without one we cannot
+/// tell what was sent, so the outcome is unknown).
+fn accepted(data: &serde_json::Value) -> Result<Sent, SendError> {
+    let id = data.get("messageId").map(text_of).unwrap_or_default();
+    if id.is_empty() || id.len() > 100 {
+        return Err(SendError::Temporary {
+            message: "mobizon code 0 without data.messageId".into(),
+            retry_after: None,
+            rate_limited: false,
+            outcome_unknown: true,
+        });
+    }
+    let campaign_id = data
+        .get("campaignId")
+        .map(text_of)
+        .filter(|c| !c.is_empty() && c.len() <= 100);
+    Ok(Sent {
+        provider_message_id: id,
+        campaign_id,
+    })
+}
+
 fn classify(status: u16, body: &[u8]) -> Result<Sent, SendError> {
     // A gateway in front of Mobizon answers these when it lost track of a
     // request Mobizon itself may have taken.
@@ -381,30 +403,7 @@ fn classify(status: u16, body: &[u8]) -> Result<Sent, SendError> {
     };
     let message = clip(&text_of(&answer.message), 300);
     match code_of(&answer.code) {
-        Some(0) => {
-            let id = answer
-                .data
-                .get("messageId")
-                .map(text_of)
-                .unwrap_or_default();
-            if id.is_empty() || id.len() > 100 {
-                return Err(SendError::Temporary {
-                    message: "mobizon code 0 without data.messageId".into(),
-                    retry_after: None,
-                    rate_limited: false,
-                    outcome_unknown: true,
-                });
-            }
-            let campaign_id = answer
-                .data
-                .get("campaignId")
-                .map(text_of)
-                .filter(|c| !c.is_empty() && c.len() <= 100);
-            Ok(Sent {
-                provider_message_id: id,
-                campaign_id,
-            })
-        }
+        Some(0) => accepted(&answer.data),
         Some(30) => Err(SendError::Temporary {
             message: format!("mobizon code 30 (request rate exceeded): {message}"),
             retry_after: Some(Duration::from_secs(5)),

@@ -407,6 +407,11 @@ mod tests {
     }
 
     #[test]
+    fn the_default_batch_is_within_resends_limit() {
+        assert!((1..=MAX_BATCH).contains(&crate::domain::defaults::RESEND_BATCH_SIZE));
+    }
+
+    #[test]
     fn idempotency_keys_depend_on_the_job_alone_and_fit_resends_limit() {
         assert_eq!(idempotency_key(42, None), "leadrelay-job-42");
         assert_eq!(

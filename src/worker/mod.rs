@@ -67,18 +67,19 @@ pub struct WorkerSettings {
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        use std::time::Duration;
+        use crate::domain::defaults;
         WorkerSettings {
-            sweep_interval: Duration::from_secs(30),
-            lease: Duration::from_secs(120),
-            provider_timeout: Duration::from_secs(15),
+            sweep_interval: defaults::SWEEP_INTERVAL,
+            lease: defaults::JOB_LEASE,
+            provider_timeout: defaults::PROVIDER_TIMEOUT,
             backoff: crate::worker::retry::Backoff {
-                base: Duration::from_secs(30),
-                max: Duration::from_secs(3600),
+                base: defaults::RETRY_BASE_DELAY,
+                max: defaults::RETRY_MAX_DELAY,
             },
-            concurrency: 4,
-            shutdown_grace: Duration::from_secs(20),
-            sms_unknown_outcome: UnknownOutcome::Lookup,
+            concurrency: defaults::WORKER_CONCURRENCY,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
+            sms_unknown_outcome: UnknownOutcome::parse(defaults::SMS_UNKNOWN_OUTCOME)
+                .unwrap_or_default(),
         }
     }
 }

@@ -85,24 +85,7 @@ impl Worker {
                     continue;
                 }
             };
-            self.mobizon.pacer.wait_turn().await;
-            match self.mobizon.statuses(&ids).await {
-                Ok(statuses) => {
-                    for (id, status, payload) in statuses {
-                        let Some(event) =
-                            crate::ingest::delivery::mobizon_polled(&id, &status, payload)
-                        else {
-                            continue;
-                        };
-                        if let Err(e) =
-                            crate::ingest::delivery::store(self.queue.pool(), &event).await
-                        {
-                            tracing::warn!(error = %e, "SMS status poll: storing a status failed");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "SMS status poll: Mobizon did not answer"),
-            }
+            crate::ingest::mobizon::poll(self.queue.pool(), &self.mobizon, &ids).await;
         }
     }
 }

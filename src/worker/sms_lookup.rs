@@ -415,14 +415,14 @@ impl Worker {
         let Some(status) = item.status.as_deref() else {
             return;
         };
-        let Some(event) =
-            crate::ingest::delivery::mobizon_polled(&item.id, status, item.raw.clone())
-        else {
-            return;
-        };
-        if let Err(e) = crate::ingest::delivery::store(self.queue.pool(), &event).await {
-            tracing::warn!(error = %e, "storing a found SMS's status failed; the status poll or a report brings it");
-        }
+        crate::ingest::mobizon::store_state(
+            self.queue.pool(),
+            &item.id,
+            status,
+            item.raw.clone(),
+            "SMS look-up",
+        )
+        .await;
     }
 }
 

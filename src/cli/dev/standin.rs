@@ -264,7 +264,7 @@ async fn sms(State(state): State<Arc<StandInState>>, body: Bytes) -> axum::Json<
     tokio::spawn(async move {
         let event_id = format!("standin-{message_id}");
         let created = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
-        let sign = crate::ingest::delivery::mobizon_sign(
+        let sign = crate::ingest::mobizon::mobizon_sign(
             &event_id,
             "1",
             &created,

@@ -286,6 +286,12 @@ async fn pg_cron(client: &Client) -> Check {
             "select cron.alter_job(jobid, active => true) from cron.job where jobname = 'promote-due-notification-jobs'",
         );
     }
+    last_run(client, &version, jobid, &schedule).await
+}
+
+/// What pg_cron's last run of the promotion says.
+async fn last_run(client: &Client, version: &str, jobid: i64, schedule: &str) -> Check {
+    const NAME: &str = "pg_cron";
     let last = client
         .query_opt(
             "select status, coalesce(return_message, ''), extract(epoch from now() - coalesce(end_time, start_time))::float8
@@ -374,12 +380,9 @@ fn our_objects() -> (Vec<String>, Vec<String>) {
     (relations, functions)
 }
 
-async fn privileges(client: &Client) -> Check {
-    const NAME: &str = "privileges";
-    let (relations, functions) = our_objects();
-    let exposed = client
-        .query(
-            "select r.rolname || ' may ' || lower(p.priv) || ' public.' || c.relname
+/// What anon and authenticated may reach of leadrelay's tables ($1), their
+/// sequences, and its functions ($2): each a line saying so.
+const EXPOSED: &str = "select r.rolname || ' may ' || lower(p.priv) || ' public.' || c.relname
                from pg_class c
                cross join (values ('SELECT'), ('INSERT'), ('UPDATE'), ('DELETE')) p(priv)
                join pg_roles r on r.rolname in ('anon', 'authenticated')
@@ -403,10 +406,27 @@ async fn privileges(client: &Client) -> Check {
               where f.pronamespace = 'public'::regnamespace and f.proname = any($2)
                 and f.prokind = 'f' and f.prorettype <> 'trigger'::regtype
                 and has_function_privilege(r.oid, f.oid, 'EXECUTE')
-             order by 1",
-            &[&relations, &functions],
-        )
-        .await;
+             order by 1";
+
+/// What `serve` needs that the role it runs as lacks.
+const NEEDS: &str = "select need from (values
+               ('select, update on public.notification_jobs', has_table_privilege('public.notification_jobs', 'SELECT, UPDATE')),
+               ('select, insert, update on public.notification_events', has_table_privilege('public.notification_events', 'SELECT, INSERT, UPDATE')),
+               ('select on public.notification_rules', has_table_privilege('public.notification_rules', 'SELECT')),
+               ('select on public.landing_leads', has_table_privilege('public.landing_leads', 'SELECT')),
+               ('update of the mirror columns of public.landing_leads', has_column_privilege('public.landing_leads', 'email_sent', 'UPDATE')),
+               ('execute on public.promote_due_notification_jobs', has_function_privilege('public.promote_due_notification_jobs(integer)', 'EXECUTE')),
+               ('execute on public.leadrelay_gate', has_function_privilege('public.leadrelay_gate(bigint[])', 'EXECUTE')),
+               ('execute on leadrelay.recipient (retry and send again)', has_schema_privilege('leadrelay', 'USAGE') and has_function_privilege('leadrelay.recipient(text,text,text)', 'EXECUTE')),
+               ('select, insert, update, delete on public.ops_sessions (the console''s sign-ins)', has_table_privilege('public.ops_sessions', 'SELECT, INSERT, UPDATE, DELETE')),
+               ('select, insert on public.ops_audit (the console''s actions)', has_table_privilege('public.ops_audit', 'SELECT, INSERT')),
+               ('select on leadrelay.schema_migrations', has_schema_privilege('leadrelay', 'USAGE') and has_table_privilege('leadrelay.schema_migrations', 'SELECT'))
+             ) n(need, granted) where not granted";
+
+async fn privileges(client: &Client) -> Check {
+    const NAME: &str = "privileges";
+    let (relations, functions) = our_objects();
+    let exposed = client.query(EXPOSED, &[&relations, &functions]).await;
     let exposed: Vec<String> = match exposed {
         Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
         Err(e) => return Check::fail(NAME, describe(&e), "run doctor as the role serve uses"),
@@ -418,23 +438,7 @@ async fn privileges(client: &Client) -> Check {
             "revoke all on <table> from anon, authenticated (and revoke all on sequence <sequence>, revoke execute on <function> from anon, authenticated)",
         );
     }
-    let needs = client
-        .query(
-            "select need from (values
-               ('select, update on public.notification_jobs', has_table_privilege('public.notification_jobs', 'SELECT, UPDATE')),
-               ('select, insert, update on public.notification_events', has_table_privilege('public.notification_events', 'SELECT, INSERT, UPDATE')),
-               ('select on public.notification_rules', has_table_privilege('public.notification_rules', 'SELECT')),
-               ('select on public.landing_leads', has_table_privilege('public.landing_leads', 'SELECT')),
-               ('update of the mirror columns of public.landing_leads', has_column_privilege('public.landing_leads', 'email_sent', 'UPDATE')),
-               ('execute on public.promote_due_notification_jobs', has_function_privilege('public.promote_due_notification_jobs(integer)', 'EXECUTE')),
-               ('execute on public.leadrelay_gate', has_function_privilege('public.leadrelay_gate(bigint[])', 'EXECUTE')),
-               ('select, insert, update, delete on public.ops_sessions (the console''s sign-ins)', has_table_privilege('public.ops_sessions', 'SELECT, INSERT, UPDATE, DELETE')),
-               ('select, insert on public.ops_audit (the console''s actions)', has_table_privilege('public.ops_audit', 'SELECT, INSERT')),
-               ('select on leadrelay.schema_migrations', has_schema_privilege('leadrelay', 'USAGE') and has_table_privilege('leadrelay.schema_migrations', 'SELECT'))
-             ) n(need, granted) where not granted",
-            &[],
-        )
-        .await;
+    let needs = client.query(NEEDS, &[]).await;
     match needs {
         Ok(rows) if rows.is_empty() => Check::ok(
             NAME,

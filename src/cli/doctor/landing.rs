@@ -35,7 +35,7 @@ select (select count(*) from public.notification_jobs j
 
 pub async fn check(client: &mut Client, role: Option<&str>) -> Check {
     let explicit = role.is_some();
-    let role = role.unwrap_or(crate::config::DEFAULT_LANDING_ROLE);
+    let role = role.unwrap_or(crate::domain::defaults::LANDING_ROLE);
     // PostgreSQL's names are at most 63 bytes and hold no NUL
     if role.len() > 63 || role.contains('\0') {
         return Check::fail(

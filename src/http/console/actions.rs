@@ -10,8 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use uuid::Uuid;
 
-use super::lead::describe_job;
-use super::page::{esc, name_cell, page as frame, problem, time};
+use super::page::{describe_job, esc, name_cell, page as frame, problem, time};
 use super::session::Session;
 use super::{Gate, Visitor};
 use crate::domain::{DeliveryState, JobAction, JobStatus};
@@ -135,6 +134,29 @@ async fn load(gate: &Gate, session: &Session, id: i64) -> Result<tokio_postgres:
     }
 }
 
+/// What the operator should know before confirming: a batch that goes
+/// again whole, a contact the provider will likely refuse again.
+fn warnings(action: JobAction, job: &tokio_postgres::Row) -> String {
+    let status: &str = job.get(4);
+    let batch: i64 = job.get(8);
+    let same_contact = if action == JobAction::SendAgain && job.get::<_, bool>(10) {
+        format!(
+            "<p class=alert>The lead's contact is still the one this message {} at: the provider will likely refuse it again. Correct the lead's email or phone first, unless the mailbox or phone was fixed.</p>",
+            esc(&job.get::<_, Option<String>>(11).unwrap_or_default())
+        )
+    } else {
+        String::new()
+    };
+    let whole_batch = if action == JobAction::Retry && batch > 0 && status == "failed" {
+        format!(
+            "<p class=muted>It was sent to Resend in a batch of {batch} whose outcome is unknown: the whole batch goes again, under its key and with the emails as they were, so Resend sends none of them twice.</p>"
+        )
+    } else {
+        String::new()
+    };
+    whole_batch + &same_contact
+}
+
 pub async fn confirm(
     State(state): State<AppState>,
     visitor: Visitor,
@@ -175,21 +197,7 @@ pub async fn confirm(
     if let Some(refusal) = refuses_in_doubt(action, status, batch) {
         return problem(StatusCode::CONFLICT, Some(session), &refusal);
     }
-    let same_contact = if action == JobAction::SendAgain && job.get::<_, bool>(10) {
-        format!(
-            "<p class=alert>The lead's contact is still the one this message {} at: the provider will likely refuse it again. Correct the lead's email or phone first, unless the mailbox or phone was fixed.</p>",
-            esc(&job.get::<_, Option<String>>(11).unwrap_or_default())
-        )
-    } else {
-        String::new()
-    };
-    let whole_batch = if action == JobAction::Retry && batch > 0 && status == "failed" {
-        format!(
-            "<p class=muted>It was sent to Resend in a batch of {batch} whose outcome is unknown: the whole batch goes again, under its key and with the emails as they were, so Resend sends none of them twice.</p>"
-        )
-    } else {
-        String::new()
-    };
+    let warnings = warnings(action, &job);
     let reason_field = if action == JobAction::Cancel {
         "<p><label for=reason>Reason (kept on the message and in the audit)</label><br><textarea id=reason name=reason required maxlength=500></textarea></p>"
     } else {
@@ -208,7 +216,7 @@ pub async fn confirm(
         "leadrelay — confirm",
         Some(session),
         &format!(
-            "<h1>{q}?</h1><div class=card><p>{q} {what} (job {id}, now <b>{status}</b>, due {due} UTC)?</p>{last_error}<p class=muted>{explain}</p>{whole_batch}{same_contact}\
+            "<h1>{q}?</h1><div class=card><p>{q} {what} (job {id}, now <b>{status}</b>, due {due} UTC)?</p>{last_error}<p class=muted>{explain}</p>{warnings}\
 <form method=post action=\"/ops/jobs/{id}/{path}\"><input type=hidden name=csrf value=\"{csrf}\">{reason_field}\
 <div class=actions><button type=submit class=confirm>{q}</button><a href=\"/ops/leads/{lead}\">Back</a></div></form></div>",
             q = question(action),

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Timelike, Utc};
 
-use super::page::esc;
+// the escape the pages use, from where they take it: charts stand below
+// the pages
+use crate::messages::templates::html_escape as esc;
 
 /// Leads that arrived, emails and SMS sent (each on its own) and of those
 /// the delivered ones, per hour over the last 48 (the current hour last). The

@@ -11,7 +11,7 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
 use super::charts::{self, Hour};
-use super::page::{esc, name_cell, page as frame, state_cell, time, visitor_text};
+use super::page::{esc, name_cell, or_unnamed, page as frame, state_cell, time, visitor_text};
 use super::{Gate, Visitor};
 use crate::http::AppState;
 
@@ -203,6 +203,31 @@ async fn dashboard(state: &AppState, gate: &Gate) -> Result<String, tokio_postgr
         .get_or_draw(|| charts_section(client))
         .await?;
 
+    let leads = last_leads(client).await?;
+    let (failures, bulk) = failures_section(client, gate).await?;
+
+    let recovered = recovered_section(client).await?;
+    let policies = policies_section(client).await?;
+
+    let outbox = match &state.dev_outbox {
+        Some(dir) => outbox_section(dir),
+        None => String::new(),
+    };
+
+    Ok(frame(
+        "leadrelay — ops",
+        gate.access.session(),
+        &format!(
+            "<p class=muted>Page drawn at {now}</p>{alert}{charts}\
+<h2>Last leads</h2><table><thead><tr><th>Arrived (UTC)</th><th>Name</th><th>Source</th><th>Email</th><th>SMS</th><th>Lead id</th></tr></thead><tbody>{leads}</tbody></table>\
+<h2>Failures in the last day</h2>{bulk}<table><thead><tr><th>When (UTC)</th><th>Name</th><th>Channel</th><th>State</th><th>Reason</th></tr></thead><tbody>{failures}</tbody></table>{policies}{recovered}{outbox}",
+            now = Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+        ),
+    ))
+}
+
+/// The last leads, each with its two messages' states.
+async fn last_leads(client: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
     let mut leads = String::new();
     for r in client.query(LAST_LEADS, &[]).await? {
         let created: DateTime<Utc> = r.get(3);
@@ -220,7 +245,15 @@ async fn dashboard(state: &AppState, gate: &Gate) -> Result<String, tokio_postgr
     if leads.is_empty() {
         leads = "<tr><td colspan=6 class=muted>No leads yet.</td></tr>".into();
     }
+    Ok(leads)
+}
 
+/// The failures of the last day, and the bulk retry of those that may go
+/// again (for a signed-in operator).
+async fn failures_section(
+    client: &tokio_postgres::Client,
+    gate: &Gate,
+) -> Result<(String, String), tokio_postgres::Error> {
     let mut failures = String::new();
     let mut retriable = 0;
     for r in client.query(FAILURES, &[]).await? {
@@ -253,34 +286,7 @@ async fn dashboard(state: &AppState, gate: &Gate) -> Result<String, tokio_postgr
     } else {
         String::new()
     };
-
-    let recovered = recovered_section(client).await?;
-    let policies = policies_section(client).await?;
-
-    let outbox = match &state.dev_outbox {
-        Some(dir) => outbox_section(dir),
-        None => String::new(),
-    };
-
-    Ok(frame(
-        "leadrelay — ops",
-        gate.access.session(),
-        &format!(
-            "<p class=muted>Page drawn at {now}</p>{alert}{charts}\
-<h2>Last leads</h2><table><thead><tr><th>Arrived (UTC)</th><th>Name</th><th>Source</th><th>Email</th><th>SMS</th><th>Lead id</th></tr></thead><tbody>{leads}</tbody></table>\
-<h2>Failures in the last day</h2>{bulk}<table><thead><tr><th>When (UTC)</th><th>Name</th><th>Channel</th><th>State</th><th>Reason</th></tr></thead><tbody>{failures}</tbody></table>{policies}{recovered}{outbox}",
-            now = Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
-        ),
-    ))
-}
-
-/// A link needs text: a lead without a name reads "(no name)".
-pub fn or_unnamed(name: String) -> String {
-    if name.trim().is_empty() {
-        "<span class=muted>(no name)</span>".into()
-    } else {
-        name
-    }
+    Ok((failures, bulk))
 }
 
 /// The delivery policies at work: held messages, duplicates and capped

@@ -11,8 +11,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::dashboard::or_unnamed;
-use super::page::{esc, hidden_characters, name_cell, page as frame, problem, visitor_text};
+use super::page::{esc, hidden_characters, or_unnamed, page as frame, problem, visitor_text};
+use super::timeline::{self, EVENTS, JOBS, Job};
 use super::{Gate, Visitor};
 use crate::domain::{DeliveryState, JobAction, JobStatus};
 use crate::http::AppState;
@@ -21,27 +21,6 @@ pub const LEAD: &str = "
 select id, name, email, phone, source, created_at,
        case when metadata is null or metadata = '{}'::jsonb then null else jsonb_pretty(metadata) end
 from public.landing_leads where id = $1";
-
-pub const JOBS: &str = "
-select id, channel, template, status, attempts, max_attempts, created_at, due_at, sent_at,
-       finished_at, provider_message_id, delivery_status, delivery_status_at, last_error,
-       errors, leadrelay.held_until(status, held_until, due_at),
-       hold_reason, cancelled_by, duplicate_of_lead, recovered_at, outcome_unknown_since,
-       recipient, template_version, sent_unconfirmed
-from public.notification_jobs where lead_id = $1
-order by case channel when 'email' then 0 when 'sms' then 1 else 2 end, template, id";
-
-/// Each job's delivery events, oldest first, with a provider's reason where
-/// its report has one (a bounce's message, an SMS status).
-pub const EVENTS: &str = "
-select job_id, coalesce(occurred_at, received_at), received_at, provider, event_type,
-       coalesce(payload #>> '{data,bounce,message}', payload #>> '{data,bounce,subType}',
-                payload #>> '{data,failed,reason}', payload #>> '{status}', ''),
-       delivery_status
-from public.notification_events
-where job_id = any($1::bigint[])
-order by coalesce(occurred_at, received_at), id
-limit 500";
 
 pub fn statements() -> [&'static str; 4] {
     [LEAD, JOBS, EVENTS, crate::store::operator::LEAD_AUDIT]
@@ -88,13 +67,6 @@ pub async fn page(
     }
 }
 
-/// One line of a timeline.
-struct Entry {
-    at: DateTime<Utc>,
-    class: &'static str,
-    text: String,
-}
-
 async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<String>, String> {
     let db = |e: tokio_postgres::Error| crate::store::describe(&e);
     let client = &gate.client;
@@ -102,7 +74,8 @@ async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<Stri
         return Ok(None);
     };
     let jobs = client.query(JOBS, &[&lead]).await.map_err(db)?;
-    let ids: Vec<i64> = jobs.iter().map(|j| j.get(0)).collect();
+    let jobs: Vec<Job> = jobs.iter().map(Job::from_row).collect();
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
     let events = client.query(EVENTS, &[&ids]).await.map_err(db)?;
     let audit = client
         .query(crate::store::operator::LEAD_AUDIT, &[&lead])
@@ -164,227 +137,31 @@ async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<Stri
     Ok(Some(frame(&title, gate.access.session(), &body)))
 }
 
+/// A message's card: its state, the actions that state allows, and its
+/// timeline.
 fn job_card(
-    job: &tokio_postgres::Row,
+    job: &Job,
     events: &[tokio_postgres::Row],
     audit: &[tokio_postgres::Row],
     gate: &Gate,
 ) -> String {
-    let id: i64 = job.get(0);
-    let channel: &str = job.get(1);
-    let template: &str = job.get(2);
-    let status: &str = job.get(3);
-    let attempts: i32 = job.get(4);
-    let max_attempts: i32 = job.get(5);
-    let created: DateTime<Utc> = job.get(6);
-    let due: DateTime<Utc> = job.get(7);
-    let sent: Option<DateTime<Utc>> = job.get(8);
-    let finished: Option<DateTime<Utc>> = job.get(9);
-    let provider_id: Option<String> = job.get(10);
-    let delivery: Option<String> = job.get(11);
-    let last_error: Option<String> = job.get(13);
-    let errors: serde_json::Value = job.get(14);
-    let held: Option<DateTime<Utc>> = job.get(15);
-    let hold_reason: Option<String> = job.get(16);
-    let duplicate_of: Option<Uuid> = job.get(18);
-    let recovered: Option<DateTime<Utc>> = job.get(19);
-    let in_doubt: Option<DateTime<Utc>> = job.get(20);
-    let recipient: Option<String> = job.get(21);
-    let unconfirmed: Option<String> = job.get(23);
-
-    let dashboard_row = channel == "lead_tracking";
-    let mut entries = vec![Entry {
-        at: created,
-        class: "muted",
-        text: if dashboard_row {
-            "created: the sales dashboard's row for this lead".to_string()
-        } else {
-            format!(
-                "created for {}",
-                recipient
-                    .as_deref()
-                    .map(visitor_text)
-                    .unwrap_or_else(|| "(no recipient)".into())
-            )
-        },
-    }];
-    if status == "scheduled" || sent.is_some() || attempts > 0 || status == "due" {
-        entries.push(Entry {
-            at: due,
-            class: "muted",
-            text: match status {
-                "scheduled" => "scheduled for this time".into(),
-                "due" => "due: waiting for the worker".into(),
-                _ => "due for sending".into(),
-            },
-        });
-    }
-    if let (Some(until), Some(reason)) = (held, &hold_reason) {
-        entries.push(Entry {
-            at: until,
-            class: "wait",
-            text: format!("held by a send window: {}", esc(reason)),
-        });
-    }
-    for e in errors.as_array().into_iter().flatten() {
-        let at = e["at"]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc));
-        if let Some(at) = at {
-            let error = esc(e["error"].as_str().unwrap_or_default());
-            entries.push(if e["kind"] == "sent_again" {
-                // an operator's "Send again": the earlier message, kept
-                Entry {
-                    at,
-                    class: "muted",
-                    text: error,
-                }
-            } else {
-                Entry {
-                    at,
-                    class: "bad",
-                    text: format!(
-                        "attempt {} failed: {error}",
-                        e["attempt"].as_i64().unwrap_or(0)
-                    ),
-                }
-            });
-        }
-    }
-    if let Some(at) = in_doubt {
-        entries.push(Entry {
-            at,
-            class: "wait",
-            text: "no answer from Mobizon: waiting for a look-up before anything is sent again"
-                .into(),
-        });
-    }
-    if let Some(at) = sent {
-        entries.push(Entry {
-            at,
-            class: "ok",
-            text: match (&unconfirmed, dashboard_row) {
-                (_, true) => "dashboard row synced (lead_tracking)".to_string(),
-                (Some(why), false) => format!(
-                    "probably sent (no provider id): <span class=reason>{}</span>",
-                    esc(why)
-                ),
-                (None, false) => format!(
-                    "sent · provider id <code>{}</code>",
-                    esc(provider_id.as_deref().unwrap_or("—"))
-                ),
-            },
-        });
-    }
-    if let Some(at) = recovered {
-        entries.push(Entry {
-            at,
-            class: "ok",
-            text: "found at Mobizon by a look-up: recorded sent, not sent again".into(),
-        });
-    }
-    for e in events
-        .iter()
-        .filter(|e| e.get::<_, Option<i64>>(0) == Some(id))
-    {
-        let kind: &str = e.get(4);
-        let detail: &str = e.get(5);
-        // the state the event reported (a Resend type `email.bounced`, a
-        // Mobizon status), failed or not as `DeliveryState` says
-        let bad = e
-            .get::<_, Option<&str>>(6)
-            .and_then(DeliveryState::parse)
-            .is_some_and(DeliveryState::is_failure);
-        entries.push(Entry {
-            at: e.get(1),
-            class: if bad { "bad" } else { "ok" },
-            text: format!(
-                "{} reported <b class=event>{}</b>{}",
-                esc(e.get::<_, &str>(3)),
-                esc(kind),
-                if detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", esc(detail))
-                }
-            ),
-        });
-    }
-    if let (Some(at), "failed" | "invalid" | "cancelled") = (finished, status) {
-        let why = esc(last_error.as_deref().unwrap_or_default());
-        let dup = duplicate_of
-            .map(|d| format!(" (<a href=\"/ops/leads/{d}\">the other lead</a>)"))
-            .unwrap_or_default();
-        entries.push(Entry {
-            at,
-            class: "bad",
-            text: format!(
-                "<b>{}</b>: <span class=reason>{why}</span>{dup}",
-                esc(status)
-            ),
-        });
-    }
-    for a in audit {
-        let asked: Vec<i64> = a.get(3);
-        if !asked.contains(&id) {
-            continue;
-        }
-        let changed: Vec<i64> = a.get(4);
-        let reason: Option<String> = a.get(5);
-        let session: Option<i64> = a.get(6);
-        entries.push(Entry {
-            at: a.get(0),
-            class: "muted",
-            text: format!(
-                "operator action <b>{}</b> by {}{}{}{}",
-                esc(a.get::<_, &str>(2)),
-                esc(a.get::<_, &str>(1)),
-                session
-                    .map(|s| format!(" (session {s})"))
-                    .unwrap_or_default(),
-                reason
-                    .map(|r| format!(": “{}”", esc(&r)))
-                    .unwrap_or_default(),
-                if changed.contains(&id) {
-                    ""
-                } else {
-                    " — nothing changed, the message had moved on"
-                }
-            ),
-        });
-    }
-    entries.sort_by_key(|e| e.at);
-    let timeline: String = entries
-        .iter()
-        .map(|e| {
-            format!(
-                "<tr><td>{}</td><td class={}>{}</td></tr>",
-                e.at.format("%Y-%m-%d %H:%M:%S"),
-                e.class,
-                e.text
-            )
-        })
-        .collect();
-
+    let id = job.id;
     let mut actions = String::new();
-    if gate.access.session().is_some() {
-        let mut link = |action: JobAction| {
+    let reached = job.delivery.as_deref().and_then(DeliveryState::parse);
+    if gate.access.session().is_some()
+        && let Some(status) = JobStatus::parse(&job.status)
+    {
+        for action in JobAction::ALL
+            .into_iter()
+            .filter(|a| status.allows(*a, reached))
+        {
             let (path, label) = (
                 super::actions::path(action),
                 super::actions::question(action),
             );
             actions.push_str(&format!(
                 "<a href=\"/ops/jobs/{id}/{path}\" class=action-{path}>{label}…</a>"
-            ))
-        };
-        let reached = delivery.as_deref().and_then(DeliveryState::parse);
-        if let Some(status) = JobStatus::parse(status) {
-            for action in JobAction::ALL {
-                if status.allows(action, reached) {
-                    link(action);
-                }
-            }
+            ));
         }
     }
     let actions = if actions.is_empty() {
@@ -392,17 +169,20 @@ fn job_card(
     } else {
         format!("<div class=actions>{actions}</div>")
     };
-    let state = match delivery {
-        Some(d) => format!("{} · {}", esc(status), esc(&d)),
-        None => esc(status),
+    let state = match &job.delivery {
+        Some(d) => format!("{} · {}", esc(&job.status), esc(d)),
+        None => esc(&job.status),
     };
     format!(
         "<div class=card id=job-{id} data-channel=\"{ch}\" data-status=\"{st}\"><h2>{ch} · {tpl} <span class=muted>job {id}</span></h2>\
 <p>State: <b class=job-state>{state}</b> · attempts {attempts} of {max_attempts}</p>{actions}\
 <table class=timeline><thead><tr><th>When (UTC)</th><th>What happened</th></tr></thead><tbody>{timeline}</tbody></table></div>",
-        ch = esc(channel),
-        tpl = esc(template),
-        st = esc(status),
+        ch = esc(&job.channel),
+        tpl = esc(&job.template),
+        st = esc(&job.status),
+        attempts = job.attempts,
+        max_attempts = job.max_attempts,
+        timeline = timeline::rows(job, events, audit),
     )
 }
 
@@ -489,14 +269,4 @@ pub async fn email_frame(
         }
         _ => problem(StatusCode::NOT_FOUND, None, "No such email."),
     }
-}
-
-/// Used by the action pages to say which message they act on.
-pub fn describe_job(channel: &str, template: &str, name: Option<String>, lead: Uuid) -> String {
-    format!(
-        "the {} message <b>{}</b> of <a href=\"/ops/leads/{lead}\">{}</a>",
-        esc(channel),
-        esc(template),
-        or_unnamed(name_cell(name)),
-    )
 }

@@ -11,6 +11,8 @@ mod lead;
 mod page;
 mod search;
 pub mod session;
+mod state;
+mod timeline;
 mod token_guard;
 
 use axum::Router;
@@ -19,8 +21,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
+pub use session::Visitor;
 use session::{Access, Session};
-pub use session::{Console, ConsoleSettings, Visitor};
+pub use state::{Console, ConsoleSettings};
 pub use token_guard::Try;
 
 use super::AppState;

@@ -217,6 +217,30 @@ pub fn state_cell(
     format!("<td class={class}{title}>{text}</td>")
 }
 
+/// A link needs text: a lead without a name reads "(no name)".
+pub fn or_unnamed(name: String) -> String {
+    if name.trim().is_empty() {
+        "<span class=muted>(no name)</span>".into()
+    } else {
+        name
+    }
+}
+
+/// Used by the action pages to say which message they act on.
+pub fn describe_job(
+    channel: &str,
+    template: &str,
+    name: Option<String>,
+    lead: uuid::Uuid,
+) -> String {
+    format!(
+        "the {} message <b>{}</b> of <a href=\"/ops/leads/{lead}\">{}</a>",
+        esc(channel),
+        esc(template),
+        or_unnamed(name_cell(name)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

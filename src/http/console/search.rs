@@ -7,8 +7,9 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
-use super::dashboard::or_unnamed;
-use super::page::{esc, name_cell, page as frame, problem, state_cell, time, visitor_text};
+use super::page::{
+    esc, name_cell, or_unnamed, page as frame, problem, state_cell, time, visitor_text,
+};
 use super::{Gate, Visitor};
 use crate::http::AppState;
 use crate::messages::mask;

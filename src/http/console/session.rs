@@ -22,48 +22,8 @@ use crate::http::AppState;
 /// How long a session lasts at most, and how long it may sit idle.
 pub const SESSION_HOURS: i32 = 12;
 pub const IDLE_HOURS: i32 = 2;
+use super::state::ConsoleSettings;
 use super::token_guard::{DEVICE_DAYS, Device, TokenGuard};
-
-/// What the console learns from its configuration.
-#[derive(Debug, Clone)]
-pub struct ConsoleSettings {
-    /// PUBLIC_URL starts with https://: the session cookie is `Secure`.
-    pub public_https: bool,
-    /// TRUSTED_PROXIES: peers whose X-Forwarded-For and X-Forwarded-Proto
-    /// are believed (a reverse proxy on the same host, say).
-    pub trusted_proxies: Vec<IpAddr>,
-    /// CONSOLE_CHART_TTL: how long drawn charts are reused (0: never).
-    pub chart_ttl: std::time::Duration,
-}
-
-impl Default for ConsoleSettings {
-    fn default() -> ConsoleSettings {
-        ConsoleSettings {
-            public_https: false,
-            trusted_proxies: Vec::new(),
-            chart_ttl: std::time::Duration::from_secs(10),
-        }
-    }
-}
-
-/// The console's shared state: its settings, the guard every try of the
-/// admin token passes, and the charts as last drawn.
-#[derive(Clone)]
-pub struct Console {
-    pub settings: ConsoleSettings,
-    pub tokens: TokenGuard,
-    pub charts: super::charts::ChartCache,
-}
-
-impl Console {
-    pub fn new(settings: ConsoleSettings, admin_token: &crate::domain::Secret) -> Console {
-        Console {
-            charts: super::charts::ChartCache::new(settings.chart_ttl),
-            tokens: TokenGuard::new(admin_token),
-            settings,
-        }
-    }
-}
 
 /// The visitor as the console sees it.
 #[derive(Debug, Clone)]
