@@ -12,11 +12,11 @@ pub(crate) async fn email_burst(
     mock_url: &str,
 ) -> Row {
     let burst: i32 = 1000;
-    mock.limit.store(2, Ordering::Relaxed);
-    *mock.window.lock().unwrap() = (Instant::now(), 0);
+    mock.rate.limit.store(2, Ordering::Relaxed);
+    mock.rate.reset();
     let before = mock.emails.load(Ordering::Relaxed);
     let batches_before = mock.batches.load(Ordering::Relaxed);
-    let limited_before = mock.rate_limited.load(Ordering::Relaxed);
+    let limited_before = mock.rate.refused.load(Ordering::Relaxed);
     let serve = spawn_serve(
         &cluster.url("postgres"),
         mock_url,
@@ -46,7 +46,7 @@ pub(crate) async fn email_burst(
     let elapsed = t0.elapsed().as_secs_f64();
     let emails = mock.emails.load(Ordering::Relaxed) - before;
     let requests = mock.batches.load(Ordering::Relaxed) - batches_before;
-    let limited = mock.rate_limited.load(Ordering::Relaxed) - limited_before;
+    let limited = mock.rate.refused.load(Ordering::Relaxed) - limited_before;
     drop(serve);
     row(
         &format!("email burst, {burst} leads due at once, Resend enforcing 2 req/s"),

@@ -141,6 +141,23 @@ macro_rules! arrived_states_sql {
 }
 pub(crate) use arrived_states_sql;
 
+/// The statuses that `JobStatus::is_failure` keeps, as an SQL list for
+/// statements written as constants; a test holds it to `JobStatus::sql_list`.
+macro_rules! failed_statuses_sql {
+    () => {
+        "'failed', 'invalid'"
+    };
+}
+pub(crate) use failed_statuses_sql;
+
+/// The statuses that `JobStatus::is_waiting` keeps, as an SQL list.
+macro_rules! waiting_statuses_sql {
+    () => {
+        "'scheduled', 'due'"
+    };
+}
+pub(crate) use waiting_statuses_sql;
+
 /// A job's status (`notification_jobs.status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobStatus {
@@ -203,7 +220,7 @@ impl FailureKind {
 pub enum JobAction {
     /// Put a failed job back, with fresh attempts.
     Retry,
-    /// Send a waiting job now, past its delay (still through the gate).
+    /// Send a scheduled job now, past its delay (still through the gate).
     SendNow,
     /// Send again, as a new message, one whose delivery failed after it was
     /// sent.
@@ -272,7 +289,7 @@ impl JobStatus {
     pub fn allows(self, action: JobAction, delivery: Option<DeliveryState>) -> bool {
         match action {
             JobAction::Retry => self.is_failure(),
-            JobAction::SendNow => self.is_waiting(),
+            JobAction::SendNow => self == JobStatus::Scheduled,
             JobAction::SendAgain => {
                 self == JobStatus::Sent && delivery.is_some_and(DeliveryState::may_send_again)
             }
@@ -333,7 +350,7 @@ mod tests {
         use JobStatus::*;
         let allows = |s: JobStatus, a| s.allows(a, None);
         assert!(allows(Failed, Retry) && allows(Invalid, Retry) && !allows(Sent, Retry));
-        assert!(allows(Scheduled, SendNow) && allows(Due, SendNow) && !allows(Failed, SendNow));
+        assert!(allows(Scheduled, SendNow) && !allows(Due, SendNow) && !allows(Failed, SendNow));
         assert!(allows(Failed, Cancel) && allows(Due, Cancel));
         assert!(!allows(Sending, Cancel) && !allows(Sent, Cancel) && !allows(Cancelled, Cancel));
         assert!(Sent.allows(SendAgain, Some(DeliveryState::Bounced)));
@@ -345,7 +362,11 @@ mod tests {
         );
         assert_eq!(
             JobStatus::sql_list(JobStatus::is_failure),
-            "'failed', 'invalid'"
+            failed_statuses_sql!()
+        );
+        assert_eq!(
+            JobStatus::sql_list(JobStatus::is_waiting),
+            waiting_statuses_sql!()
         );
     }
 }

@@ -9,7 +9,7 @@ mod secret;
 mod template;
 
 pub use channel::Channel;
-pub(crate) use delivery::arrived_states_sql;
 pub use delivery::{DeliveryState, FailureKind, JobAction, JobStatus};
+pub(crate) use delivery::{arrived_states_sql, failed_statuses_sql, waiting_statuses_sql};
 pub use secret::Secret;
 pub use template::TemplateSource;

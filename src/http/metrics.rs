@@ -47,14 +47,18 @@ pub fn render() -> String {
 
 /// The live jobs by status and channel, each state through its own partial
 /// index (the scheduled, claim and sending indexes, and the failed one).
-pub const LIVE_JOBS: &str = "
+pub const LIVE_JOBS: &str = concat!(
+    "
 select 'scheduled', channel, count(*) from public.notification_jobs where status = 'scheduled' group by channel
 union all
 select 'due', channel, count(*) from public.notification_jobs where status = 'due' group by channel
 union all
 select 'sending', channel, count(*) from public.notification_jobs where status = 'sending' group by channel
 union all
-select status, channel, count(*) from public.notification_jobs where status in ('failed', 'invalid') group by status, channel";
+select status, channel, count(*) from public.notification_jobs where status in (",
+    crate::domain::failed_statuses_sql!(),
+    ") group by status, channel"
+);
 
 /// How often the job gauges are refreshed, and how long one refresh may
 /// wait for a connection and run.

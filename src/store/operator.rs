@@ -39,12 +39,16 @@ select coalesce((select array_agg(id order by id) from changed), '{}'::bigint[])
 }
 
 /// Failed jobs to put back: one by id ($1), or all failed since $2.
-pub const RETRY_CANDIDATES: &str = "
+pub const RETRY_CANDIDATES: &str = concat!(
+    "
 select j.id, j.lead_id, j.channel, j.last_error
 from public.notification_jobs j
-where j.status in ('failed', 'invalid') and j.channel in ('email', 'sms', 'lead_tracking')
+where j.status in (",
+    crate::domain::failed_statuses_sql!(),
+    ") and j.channel in ('email', 'sms', 'lead_tracking')
   and (($1::bigint is not null and j.id = $1) or ($2::timestamptz is not null and j.finished_at >= $2))
-order by j.id";
+order by j.id"
+);
 
 /// Whether job `j` is a member of an email batch whose outcome is unknown:
 /// the batch went to Resend (an attempt is on record) and was neither
@@ -171,7 +175,9 @@ pub const RETRY: &str = audited!(
     in_doubt_batch!("j"),
     " and j.status = 'failed' as batch_in_doubt
   from public.notification_jobs j
-  where j.id = any($1::bigint[]) and j.status in ('failed', 'invalid')
+  where j.id = any($1::bigint[]) and j.status in (",
+    crate::domain::failed_statuses_sql!(),
+    ")
 ), targets as (
   select a.id, a.batch_in_doubt from asked a
   union
@@ -216,7 +222,9 @@ pub const RETRY: &str = audited!(
 pub const IN_DOUBT_BATCH_MEMBERS: &str = concat!(
     "select j.id, (select count(*) from public.notification_jobs m where m.batch_key = j.batch_key)
 from public.notification_jobs j
-where j.id = any($1::bigint[]) and j.status in ('scheduled', 'due') and ",
+where j.id = any($1::bigint[]) and j.status in (",
+    crate::domain::waiting_statuses_sql!(),
+    ") and ",
     in_doubt_batch!("j"),
     " order by j.id"
 );
@@ -245,8 +253,15 @@ pub const CANCEL: &str = audited!(
   update public.notification_jobs j
      set status = 'cancelled', finished_at = now(), updated_at = now(), held_until = null,
          last_error = left('cancelled by an operator: ' || coalesce(nullif(btrim($2::text), ''), 'no reason given'), 2000)
-   where j.id = any($1::bigint[]) and j.status in ('scheduled', 'due', 'failed', 'invalid')
-     and not (j.status in ('scheduled', 'due') and ",
+   where j.id = any($1::bigint[])
+     and j.status in (",
+    crate::domain::waiting_statuses_sql!(),
+    ", ",
+    crate::domain::failed_statuses_sql!(),
+    ")
+     and not (j.status in (",
+    crate::domain::waiting_statuses_sql!(),
+    ") and ",
     in_doubt_batch!("j"),
     ")
   returning j.id, j.lead_id, j.channel, j.last_error
@@ -266,13 +281,17 @@ pub const CANCEL: &str = audited!(
 /// The jobs of rule $1 not tried yet (scheduled or due): those of its
 /// leads (source LIKE its pattern) on its channel and template. Disabling a
 /// rule stops new jobs; these are the ones it already made.
-pub const CANCEL_CANDIDATES: &str = "
+pub const CANCEL_CANDIDATES: &str = concat!(
+    "
 select j.id, j.lead_id, j.channel, j.status, j.due_at
 from public.notification_rules r
 join public.notification_jobs j on j.channel = r.channel and j.template = r.template
 join public.landing_leads l on l.id = j.lead_id and l.source like r.source_pattern
-where r.id = $1 and j.status in ('scheduled', 'due')
-order by j.due_at, j.id";
+where r.id = $1 and j.status in (",
+    crate::domain::waiting_statuses_sql!(),
+    ")
+order by j.due_at, j.id"
+);
 
 /// An action an operator takes on jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

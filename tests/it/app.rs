@@ -1,12 +1,12 @@
 //! Running leadrelay against local mock providers: in-process
 //! (`Application::build` on port 0) or as the real binary, for kill tests.
 
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use leadrelay::cli::dev::books::MobizonBook;
+use leadrelay::cli::dev::books::ResendBook;
 use leadrelay::config::{MobizonSettings, ResendSettings, ServeConfig};
 use leadrelay::domain::Secret;
 use leadrelay::serve::Application;
@@ -20,19 +20,19 @@ pub const RESEND_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 pub const MOBIZON_WEBHOOK_TOKEN: &str = "mobizon-callback-token-0123456789";
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
-/// Answers like Resend, on `/emails` and `/emails/batch`: the email id is
-/// derived from the idempotency key (and the position in a batch), the same
-/// key with the same body gets the first answer again, and the same key with
-/// another body is a 409.
+/// Answers like Resend, on `/emails` and `/emails/batch`, as every stand-in
+/// does (`ResendBook`: the email id derived from the idempotency key, the
+/// same key with the same body gets the first answer again, another body a
+/// 409), after `delay`; a request without a key is refused.
 pub struct ResendLike {
-    bodies: Mutex<HashMap<String, Vec<u8>>>,
+    book: ResendBook,
     pub delay: Duration,
 }
 
 impl ResendLike {
     pub fn new(delay: Duration) -> ResendLike {
         ResendLike {
-            bodies: Mutex::new(HashMap::new()),
+            book: ResendBook::requiring_keys(),
             delay,
         }
     }
@@ -40,124 +40,29 @@ impl ResendLike {
 
 impl Respond for ResendLike {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        let Some(key) = request
+        let key = request
             .headers
             .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-        else {
-            return ResponseTemplate::new(422)
-                .set_body_json(serde_json::json!({"statusCode": 422, "name": "missing_required_field", "message": "no idempotency key in this test"}));
-        };
-        let mut bodies = self.bodies.lock().unwrap();
-        if let Some(first) = bodies.get(&key)
-            && first != &request.body
-        {
-            return ResponseTemplate::new(409).set_body_json(serde_json::json!({
-                "statusCode": 409, "name": "invalid_idempotent_request",
-                "message": "Same idempotency key used with a different request payload."}));
-        }
-        bodies.insert(key.clone(), request.body.clone());
-        let answer = if request.url.path().ends_with("/batch") {
-            let Ok(emails) = serde_json::from_slice::<Vec<serde_json::Value>>(&request.body) else {
-                return ResponseTemplate::new(422).set_body_json(serde_json::json!({
-                    "statusCode": 422, "name": "validation_error", "message": "expected a list of emails"}));
-            };
-            if emails.is_empty() || emails.len() > 100 {
-                return ResponseTemplate::new(422).set_body_json(serde_json::json!({
-                    "statusCode": 422, "name": "validation_error", "message": "1 to 100 emails"}));
-            }
-            let data: Vec<_> = (0..emails.len())
-                .map(|i| serde_json::json!({"id": format!("email-{key}-{i}")}))
-                .collect();
-            serde_json::json!({ "data": data })
+            .and_then(|v| v.to_str().ok());
+        let batch = request.url.path().ends_with("/batch");
+        let (status, answer) = self.book.answer(batch, key, &request.body, |_, _| {});
+        let template = ResponseTemplate::new(status).set_body_json(answer);
+        if status == 200 {
+            template
+                .insert_header("ratelimit-limit", "50")
+                .set_delay(self.delay)
         } else {
-            serde_json::json!({"id": format!("email-{key}")})
-        };
-        ResponseTemplate::new(200)
-            .set_body_json(answer)
-            .insert_header("ratelimit-limit", "50")
-            .set_delay(self.delay)
-    }
-}
-
-/// One SMS Mobizon's stand-in took.
-#[derive(Debug, Clone)]
-pub struct TakenSms {
-    pub id: String,
-    pub campaign_id: String,
-    pub to: String,
-    pub text: String,
-    /// When it was taken, as Mobizon lists it (no zone named; UTC here).
-    pub taken_at: String,
-}
-
-/// What Mobizon's stand-in took, shared by its send and `message/list`
-/// answers: a message it took is listed, whatever became of the answer.
-#[derive(Debug, Clone, Default)]
-pub struct MobizonBook {
-    taken: Arc<Mutex<Vec<TakenSms>>>,
-}
-
-impl MobizonBook {
-    pub fn taken(&self) -> Vec<TakenSms> {
-        self.taken.lock().unwrap().clone()
-    }
-
-    /// Changes what the book holds (to date a message back, say).
-    pub fn edit(&self, change: impl FnOnce(&mut Vec<TakenSms>)) {
-        change(&mut self.taken.lock().unwrap());
-    }
-
-    fn take(&self, request: &Request, id: u64) -> TakenSms {
-        let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body)
-            .into_owned()
-            .collect();
-        let sms = TakenSms {
-            id: id.to_string(),
-            campaign_id: format!("c{id}"),
-            to: form.get("recipient").cloned().unwrap_or_default(),
-            text: form.get("text").cloned().unwrap_or_default(),
-            taken_at: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
-        };
-        self.taken.lock().unwrap().push(sms.clone());
-        sms
-    }
-}
-
-impl Respond for MobizonBook {
-    /// `message/list`: `criteria[to]` matches part of the number,
-    /// `criteria[text]` the whole text; oldest first, pages from 0.
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body)
-            .into_owned()
-            .collect();
-        let field = |key: &str| form.get(key).cloned().unwrap_or_default();
-        let size: usize = field("pagination[pageSize]").parse().unwrap_or(25);
-        let page: usize = field("pagination[currentPage]").parse().unwrap_or(0);
-        if !form.contains_key("criteria[campaignCreateTsFrom]") {
-            return ResponseTemplate::new(200).set_body_json(
-                serde_json::json!({"code": 1, "data": [], "message": "this stand-in wants a time window"}),
-            );
+            template
         }
-        let found: Vec<TakenSms> = self
-            .taken()
-            .into_iter()
-            .filter(|m| m.to.contains(field("criteria[to]").as_str()))
-            .filter(|m| m.text == field("criteria[text]"))
-            .collect();
-        let items: Vec<serde_json::Value> = found
-            .iter()
-            .skip(page * size)
-            .take(size)
-            .map(|m| {
-                serde_json::json!({"id": m.id, "campaignId": m.campaign_id, "segNum": "1",
-                    "from": "", "to": m.to, "text": m.text, "status": "ACCEPTD",
-                    "startSendTs": m.taken_at, "statusUpdateTs": m.taken_at})
-            })
-            .collect();
-        ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "code": 0, "data": {"items": items, "totalItemCount": found.len().to_string()}, "message": ""}))
+    }
+}
+
+/// Mobizon's `message/list`, answered from the book (`MobizonBook::list`).
+struct Listing(MobizonBook);
+
+impl Respond for Listing {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        ResponseTemplate::new(200).set_body_json(self.0.list(&request.body))
     }
 }
 
@@ -176,7 +81,7 @@ pub struct MobizonLike {
 impl MobizonLike {
     pub fn new(delay: Duration) -> MobizonLike {
         MobizonLike {
-            next: AtomicU64::new(1000),
+            next: AtomicU64::new(1),
             delay,
             book: MobizonBook::default(),
             hang: Box::new(|_| false),
@@ -203,15 +108,15 @@ impl MobizonLike {
 
 impl Respond for MobizonLike {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let sms = self.book.take(request, id);
-        let delay = if (self.hang)(id - 999) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let sms = self.book.take(&request.body);
+        let delay = if (self.hang)(n) {
             self.hang_for
         } else {
             self.delay
         };
         ResponseTemplate::new(200)
-            .set_body_json(serde_json::json!({"code": 0, "data": {"campaignId": sms.campaign_id, "messageId": sms.id, "status": 2}, "message": ""}))
+            .set_body_json(MobizonBook::sent_answer(&sms))
             .set_delay(delay)
     }
 }
@@ -266,7 +171,7 @@ impl Providers {
         };
         Mock::given(method("POST"))
             .and(path("/service/message/list"))
-            .respond_with(providers.book.clone())
+            .respond_with(Listing(providers.book.clone()))
             .mount(&providers.mobizon)
             .await;
         providers
@@ -295,12 +200,9 @@ impl Providers {
         Mock::given(method("POST"))
             .and(path("/service/message/getsmsstatus"))
             .respond_with(move |request: &Request| {
-                let data: Vec<serde_json::Value> = url::form_urlencoded::parse(&request.body)
-                    .filter(|(k, _)| k == "ids[]")
-                    .map(|(_, id)| serde_json::json!({"id": id, "status": status}))
-                    .collect();
-                ResponseTemplate::new(200)
-                    .set_body_json(serde_json::json!({"code": 0, "data": data, "message": ""}))
+                // every id answered `status`, as if the book held none
+                let answer = MobizonBook::default().statuses(&request.body, status);
+                ResponseTemplate::new(200).set_body_json(answer)
             })
             .mount(&self.mobizon)
             .await;
@@ -374,6 +276,34 @@ pub fn config(db_url: &str, providers: &Providers) -> ServeConfig {
         dev_outbox: None,
         console: Default::default(),
         metrics_addr: None,
+    }
+}
+
+/// The preamble most tests share: a database of their own (a clone of the
+/// migrated template) with `setup` run on it first (`NO_DELAY`,
+/// `LEAD_TRACKING_TABLE`…), a client on it, the stand-in providers, and the
+/// service running on them in this process.
+pub struct TestApp {
+    pub db: crate::harness::TestDb,
+    pub client: tokio_postgres::Client,
+    pub providers: Providers,
+    pub app: Application,
+}
+
+impl TestApp {
+    pub async fn start(setup: &[&str], providers: Providers) -> TestApp {
+        let db = crate::harness::fresh_db().await;
+        let client = db.client().await;
+        for sql in setup {
+            client.batch_execute(sql).await.unwrap();
+        }
+        let app = start(config(&db.url, &providers)).await;
+        TestApp {
+            db,
+            client,
+            providers,
+            app,
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::app::{
     ADMIN_TOKEN, HOUR_DELAY, LEAD_TRACKING_TABLE, NO_DELAY, Providers, RESEND_WEBHOOK_SECRET,
-    config, count, eventually, lead_job, start, unfinished,
+    TestApp, config, count, eventually, lead_job, start, unfinished,
 };
 use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads, insert_proftest_lead};
 
@@ -14,12 +14,12 @@ const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
 
 #[tokio::test]
 async fn a_person_signs_in_and_sees_leads_failures_and_the_funnel_in_chromium() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(NO_DELAY).await.unwrap();
-    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers: _providers,
+        app,
+    } = TestApp::start(&[NO_DELAY, LEAD_TRACKING_TABLE], Providers::healthy().await).await;
     let leads = insert_incident_leads(&client).await;
     insert_proftest_lead(
         &client,
@@ -117,11 +117,12 @@ async fn run_browser(
 
 #[tokio::test]
 async fn an_operator_finds_a_lead_reads_its_timeline_and_acts_on_it_in_chromium() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(NO_DELAY).await.unwrap();
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers,
+        app,
+    } = TestApp::start(&[NO_DELAY], Providers::healthy().await).await;
     let leads = insert_incident_leads(&client).await;
     eventually(Duration::from_secs(20), "all sent", || async {
         unfinished(&client).await == 0

@@ -530,9 +530,7 @@ async fn a_look_up_never_adopts_an_sms_made_before_the_attempt_began_such_as_a_d
         .unwrap();
     providers.book.edit(|taken| {
         for sms in taken.iter_mut() {
-            sms.taken_at = (chrono::Utc::now() - chrono::Duration::days(2))
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string();
+            sms.taken_at = chrono::Utc::now() - chrono::Duration::days(2);
         }
     });
 

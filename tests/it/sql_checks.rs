@@ -302,3 +302,17 @@ async fn the_rust_delivery_ranks_are_the_databases() {
         "{check}"
     );
 }
+
+/// A renamed column fails here, not in production: every statement the
+/// service and its commands run (`leadrelay::statements()`).
+#[tokio::test]
+async fn every_statement_of_the_service_prepares_against_the_migrated_schema() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    for sql in leadrelay::statements() {
+        client
+            .prepare(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{}\n{sql}", leadrelay::store::describe(&e)));
+    }
+}

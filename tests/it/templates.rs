@@ -8,7 +8,7 @@ use leadrelay::messages::templates::{Compiled, EmailContent, Variables};
 use wiremock::ResponseTemplate;
 
 use crate::app::{
-    ADMIN_TOKEN, NO_DELAY, PRODUCT_URL, Providers, config, count, eventually,
+    ADMIN_TOKEN, NO_DELAY, PRODUCT_URL, Providers, TestApp, config, count, eventually,
     leadrelay_cli as leadrelay, start, unfinished,
 };
 use crate::harness::{fresh_db, insert_as_landing};
@@ -530,11 +530,12 @@ async fn a_job_whose_template_version_was_deleted_fails_with_that_reason_not_ano
 
 #[tokio::test]
 async fn fix_the_template_then_retry_sends_the_fixed_one() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(NO_DELAY).await.unwrap();
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db,
+        client,
+        providers,
+        app,
+    } = TestApp::start(&[NO_DELAY], Providers::healthy().await).await;
     client
         .batch_execute(
             "update notification_templates set body = 'Привет, {{ nmae }}!' where channel = 'sms'",

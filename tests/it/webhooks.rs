@@ -9,7 +9,7 @@ use wiremock::{Mock, ResponseTemplate};
 
 use crate::app::{
     ADMIN_TOKEN, LEAD_TRACKING_TABLE, MOBIZON_WEBHOOK_TOKEN, NO_DELAY, Providers,
-    RESEND_WEBHOOK_SECRET, config, count, eventually, start, unfinished,
+    RESEND_WEBHOOK_SECRET, TestApp, config, count, eventually, start, unfinished,
 };
 use crate::harness::{fresh_db, insert_incident_leads, insert_proftest_lead};
 use leadrelay::ingest::svix::SigningKey;
@@ -101,10 +101,12 @@ async fn events(client: &tokio_postgres::Client) -> i64 {
 
 #[tokio::test]
 async fn a_signed_resend_event_is_stored_once_and_a_redelivery_changes_nothing() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers: _providers,
+        app,
+    } = TestApp::start(&[], Providers::healthy().await).await;
     let api = Api::new(&app);
     let body = resend_event("email.delivered", "unknown-email-id");
     let first = api.resend_signed("msg_1", &body).await;
@@ -125,10 +127,12 @@ async fn a_signed_resend_event_is_stored_once_and_a_redelivery_changes_nothing()
 
 #[tokio::test]
 async fn bad_signatures_timestamps_headers_and_bodies_are_refused_and_change_nothing() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers: _providers,
+        app,
+    } = TestApp::start(&[], Providers::healthy().await).await;
     let api = Api::new(&app);
     let body = resend_event("email.delivered", "e1");
     let now = chrono::Utc::now().timestamp();
@@ -215,10 +219,12 @@ async fn bad_signatures_timestamps_headers_and_bodies_are_refused_and_change_not
 
 #[tokio::test]
 async fn arbitrary_signed_bytes_never_cause_a_server_error_or_a_stored_event() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers: _providers,
+        app,
+    } = TestApp::start(&[], Providers::healthy().await).await;
     let api = Api::new(&app);
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261124);
     let valid = resend_event("email.delivered", "e1");
@@ -271,10 +277,12 @@ async fn arbitrary_signed_bytes_never_cause_a_server_error_or_a_stored_event() {
 
 #[tokio::test]
 async fn the_mobizon_webhook_needs_its_token() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers: _providers,
+        app,
+    } = TestApp::start(&[], Providers::healthy().await).await;
     let api = Api::new(&app);
     let report = mobizon_report(1, "5001", "DELIVRD");
     assert_eq!(
@@ -579,10 +587,12 @@ async fn the_incident_leads_end_to_end_with_delivery_reports_in_the_status_api_a
 
 #[tokio::test]
 async fn the_status_api_needs_the_admin_token_and_answers_400_and_404() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers: _providers,
+        app,
+    } = TestApp::start(&[], Providers::healthy().await).await;
     let api = Api::new(&app);
     let lead = insert_proftest_lead(&client, "A", "a@mail.ru").await;
     assert_eq!(api.status(&lead.to_string(), None).await.status(), 401);
@@ -618,10 +628,12 @@ async fn the_status_api_needs_the_admin_token_and_answers_400_and_404() {
 
 #[tokio::test]
 async fn database_errors_never_reach_the_caller() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers: _providers,
+        app,
+    } = TestApp::start(&[], Providers::healthy().await).await;
     let api = Api::new(&app);
     client
         .batch_execute("alter table notification_events rename to notification_events_gone")
@@ -642,12 +654,12 @@ async fn database_errors_never_reach_the_caller() {
 
 #[tokio::test]
 async fn health_readiness_metrics_and_openapi_are_served() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(NO_DELAY).await.unwrap();
-    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers: _providers,
+        app,
+    } = TestApp::start(&[NO_DELAY, LEAD_TRACKING_TABLE], Providers::healthy().await).await;
     let api = Api::new(&app);
     assert_eq!(
         api.http
@@ -1058,10 +1070,12 @@ async fn signed_hostile_json_never_gets_a_server_error_and_every_recognised_even
 
 #[tokio::test]
 async fn a_body_the_database_refuses_for_its_data_gets_422_and_an_outage_gets_503() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers: _providers,
+        app,
+    } = TestApp::start(&[], Providers::healthy().await).await;
     let api = Api::new(&app);
     // A constraint the body breaks (class 23): refused as the sender's fault.
     client
@@ -1135,10 +1149,12 @@ async fn with_the_database_really_down_a_webhook_still_gets_503() {
 #[tokio::test]
 async fn a_suppressed_email_ends_in_a_final_failure_with_its_reason_and_suppression_list_events_are_kept()
  {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers: _providers,
+        app,
+    } = TestApp::start(&[], Providers::healthy().await).await;
     let api = Api::new(&app);
     let lead = insert_proftest_lead(&client, "Suppressed", "gone@mail.ru").await;
     client

@@ -7,8 +7,8 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::app::{
-    LEAD_TRACKING_TABLE, MobizonLike, NO_DELAY, Providers, ResendLike, ServeProcess, config, count,
-    eventually, start, unfinished,
+    LEAD_TRACKING_TABLE, MobizonLike, NO_DELAY, Providers, ResendLike, ServeProcess, TestApp,
+    config, count, eventually, start, unfinished,
 };
 use crate::harness::{
     self, fresh_db, insert_as_landing, insert_incident_leads, insert_proftest_lead,
@@ -43,12 +43,12 @@ async fn job(
 #[tokio::test]
 async fn the_incident_leads_get_their_email_and_sms_and_the_malformed_phone_is_invalid_with_no_request()
  {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(LEAD_TRACKING_TABLE).await.unwrap();
-    client.batch_execute(NO_DELAY).await.unwrap();
-    let providers = Providers::healthy().await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers,
+        app,
+    } = TestApp::start(&[LEAD_TRACKING_TABLE, NO_DELAY], Providers::healthy().await).await;
     let leads = insert_incident_leads(&client).await;
 
     eventually(Duration::from_secs(20), "every job finished", || async {
@@ -208,14 +208,11 @@ fn url_form(body: &[u8]) -> HashMap<String, String> {
 
 #[tokio::test]
 async fn a_server_error_is_retried_and_the_next_attempt_succeeds() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(NO_DELAY).await.unwrap();
-    let providers = Providers::resend_fails_once(ResponseTemplate::new(500).set_body_json(
+    let TestApp { db: _db, client, providers, app } =
+        TestApp::start(&[NO_DELAY], Providers::resend_fails_once(ResponseTemplate::new(500).set_body_json(
         serde_json::json!({"statusCode": 500, "name": "internal_server_error", "message": "boom"}),
     ))
-    .await;
-    let app = start(config(&db.url, &providers)).await;
+    .await).await;
     let lead = one_lead(&client).await;
     eventually(Duration::from_secs(20), "email sent", || async {
         job(&client, lead, "email").await.get::<_, String>(0) == "sent"
@@ -233,16 +230,13 @@ async fn a_server_error_is_retried_and_the_next_attempt_succeeds() {
 
 #[tokio::test]
 async fn a_429_waits_for_retry_after_and_does_not_count_as_an_attempt() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(NO_DELAY).await.unwrap();
-    let providers = Providers::resend_fails_once(
+    let TestApp { db: _db, client, providers: _providers, app } =
+        TestApp::start(&[NO_DELAY], Providers::resend_fails_once(
             ResponseTemplate::new(429)
                 .insert_header("retry-after", "2")
                 .set_body_json(serde_json::json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "Too many requests"})),
         )
-    .await;
-    let app = start(config(&db.url, &providers)).await;
+    .await).await;
     let started = Instant::now();
     let lead = one_lead(&client).await;
     eventually(Duration::from_secs(20), "email sent", || async {
@@ -311,11 +305,16 @@ async fn a_permanent_4xx_fails_the_job_at_once_with_the_providers_message_and_th
 
 #[tokio::test]
 async fn a_timeout_is_retried_with_the_same_idempotency_key_and_body() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    client.batch_execute(NO_DELAY).await.unwrap();
-    let providers = Providers::resend_fails_once(ResendLike::new(Duration::from_secs(4))).await;
-    let app = start(config(&db.url, &providers)).await;
+    let TestApp {
+        db: _db,
+        client,
+        providers,
+        app,
+    } = TestApp::start(
+        &[NO_DELAY],
+        Providers::resend_fails_once(ResendLike::new(Duration::from_secs(4))).await,
+    )
+    .await;
     let lead = one_lead(&client).await;
     eventually(Duration::from_secs(20), "email sent", || async {
         job(&client, lead, "email").await.get::<_, String>(0) == "sent"
@@ -537,18 +536,6 @@ async fn a_tracking_database_that_is_down_delays_the_row_but_loses_nothing() {
     })
     .await;
     app.shutdown().await;
-}
-
-#[tokio::test]
-async fn every_queue_statement_prepares_against_the_migrated_schema() {
-    let db = fresh_db().await;
-    let client = db.client().await;
-    for sql in leadrelay::statements() {
-        client
-            .prepare(&sql)
-            .await
-            .unwrap_or_else(|e| panic!("{}\n{sql}", leadrelay::store::describe(&e)));
-    }
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! PostgreSQL cluster under `.leadrelay/` (pg_cron preloaded when installed),
 //! shaped like a Supabase database, with the migrations applied.
 
+pub mod books;
 pub mod privileges;
 pub mod standin;
 

@@ -7,10 +7,8 @@
 //! whose answer was lost works here too: a new user sees the whole flow with
 //! no accounts.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,6 +17,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 
+use super::books::{MobizonBook, ResendBook};
 use crate::domain::Secret;
 use crate::ingest::svix::SigningKey;
 
@@ -30,18 +29,12 @@ struct StandInState {
     mobizon_secret: Secret,
     /// Where our webhooks are, known once the server is up.
     webhooks: OnceLock<String>,
-    email_answers: Mutex<HashMap<String, serde_json::Value>>,
-    next_sms: AtomicU64,
-    /// Every SMS taken, for `message/list`.
-    sms_taken: Mutex<Vec<TakenSms>>,
+    /// How Resend answers (`books`).
+    resend: ResendBook,
+    /// Every SMS taken, for `message/list` and `getsmsstatus`; each is
+    /// reported delivered.
+    mobizon: MobizonBook,
     http: reqwest::Client,
-}
-
-struct TakenSms {
-    id: String,
-    to: String,
-    text: String,
-    taken_at: chrono::DateTime<chrono::Utc>,
 }
 
 pub struct StandIn {
@@ -69,9 +62,8 @@ pub async fn start(
         mobizon_token,
         mobizon_secret,
         webhooks: OnceLock::new(),
-        email_answers: Mutex::new(HashMap::new()),
-        next_sms: AtomicU64::new(1),
-        sms_taken: Mutex::new(Vec::new()),
+        resend: ResendBook::default(),
+        mobizon: MobizonBook::with_status("DELIVRD"),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -116,62 +108,42 @@ fn write(state: &StandInState, name: &str, contents: &[u8]) {
     }
 }
 
-/// Resend's idempotency: the first answer under a key is the answer to
-/// every later request with that key, and nothing is sent again.
-fn answer_once(
-    state: &StandInState,
-    headers: &HeaderMap,
-    send: impl FnOnce() -> serde_json::Value,
-) -> serde_json::Value {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let mut answers = state
-        .email_answers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(answer) = answers.get(&key) {
-        return answer.clone();
-    }
-    let answer = send();
-    answers.insert(key, answer.clone());
-    answer
-}
-
 async fn email(
     State(state): State<Arc<StandInState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> axum::Json<serde_json::Value> {
-    let message: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    axum::Json(answer_once(
-        &state,
-        &headers,
-        || serde_json::json!({ "id": deliver_email(&state, &message) }),
-    ))
+) -> axum::response::Response {
+    resend_answer(&state, false, &headers, &body)
 }
 
 async fn email_batch(
     State(state): State<Arc<StandInState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> axum::Json<serde_json::Value> {
-    let messages: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap_or_default();
-    axum::Json(answer_once(&state, &headers, || {
-        let data: Vec<serde_json::Value> = messages
-            .iter()
-            .map(|m| serde_json::json!({ "id": deliver_email(&state, m) }))
-            .collect();
-        serde_json::json!({ "data": data })
-    }))
+) -> axum::response::Response {
+    resend_answer(&state, true, &headers, &body)
 }
 
-/// Writes one email to the outbox and reports it delivered a second later;
-/// returns its email id.
-fn deliver_email(state: &Arc<StandInState>, message: &serde_json::Value) -> String {
-    let id = uuid::Uuid::new_v4().to_string();
+/// Resend's answer (`ResendBook`), each email newly sent written to the
+/// outbox and reported delivered.
+fn resend_answer(
+    state: &Arc<StandInState>,
+    batch: bool,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let (status, answer) = state.resend.answer(batch, key, body, |id, email| {
+        deliver_email(state, id, email)
+    });
+    let status = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(answer)).into_response()
+}
+
+/// Writes email `id` to the outbox and reports it delivered a second later.
+fn deliver_email(state: &Arc<StandInState>, id: &str, message: &serde_json::Value) {
     let record = serde_json::json!({
         "provider": "resend (stand-in)", "email_id": id,
         "from": message["from"], "to": message["to"], "subject": message["subject"],
@@ -187,9 +159,8 @@ fn deliver_email(state: &Arc<StandInState>, message: &serde_json::Value) -> Stri
         write(state, &format!("{name}.html"), html.as_bytes());
     }
     let report_state = Arc::clone(state);
-    let email_id = id.clone();
+    let email_id = id.to_string();
     tokio::spawn(async move { report_email_delivered(report_state, email_id).await });
-    id
 }
 
 async fn report_email_delivered(state: Arc<StandInState>, email_id: String) {
@@ -237,28 +208,18 @@ async fn post_report(
 }
 
 async fn sms(State(state): State<Arc<StandInState>>, body: Bytes) -> axum::Json<serde_json::Value> {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let id = state.next_sms.fetch_add(1, Ordering::Relaxed).to_string();
+    let sms = state.mobizon.take(&body);
+    let id = sms.id.clone();
     let record = serde_json::json!({
         "provider": "mobizon (stand-in)", "message_id": id,
-        "recipient": form.get("recipient"), "from": form.get("from"), "text": form.get("text"),
-        "received_at": chrono::Utc::now(),
+        "recipient": sms.to, "from": sms.from, "text": sms.text,
+        "received_at": sms.taken_at,
     });
     write(
         &state,
         &format!("{}-sms-{id}.json", stamp()),
         &serde_json::to_vec_pretty(&record).unwrap_or_default(),
     );
-    state
-        .sms_taken
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(TakenSms {
-            id: id.clone(),
-            to: form.get("recipient").cloned().unwrap_or_default(),
-            text: form.get("text").cloned().unwrap_or_default(),
-            taken_at: chrono::Utc::now(),
-        });
     let report_state = Arc::clone(&state);
     let message_id = id.clone();
     tokio::spawn(async move {
@@ -285,75 +246,20 @@ async fn sms(State(state): State<Arc<StandInState>>, body: Bytes) -> axum::Json<
         })
         .await;
     });
-    axum::Json(
-        serde_json::json!({"code": 0, "data": {"campaignId": id, "messageId": id, "status": 2}, "message": ""}),
-    )
+    axum::Json(MobizonBook::sent_answer(&sms))
 }
 
-/// `message/list` as Mobizon documents it: `criteria[to]` (all or part of
-/// the number), `criteria[text]` (exact), `criteria[campaignCreateTsFrom]`
-/// and `criteria[startSendTsFrom]` (`YYYY-MM-DD HH:MM:SS`, read here as
-/// UTC), pages from 0.
+/// `message/list` (`MobizonBook::list`).
 async fn sms_list(
     State(state): State<Arc<StandInState>>,
     body: Bytes,
 ) -> axum::Json<serde_json::Value> {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let since = [
-        "criteria[campaignCreateTsFrom]",
-        "criteria[startSendTsFrom]",
-    ]
-    .iter()
-    .filter_map(|key| form.get(*key))
-    .filter_map(|v| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S").ok())
-    .map(|t| t.and_utc())
-    .max();
-    let page_size: usize = form
-        .get("pagination[pageSize]")
-        .and_then(|v| v.parse().ok())
-        .filter(|n| [25, 50, 100].contains(n))
-        .unwrap_or(25);
-    let page: usize = form
-        .get("pagination[currentPage]")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let taken = state.sms_taken.lock().unwrap_or_else(|e| e.into_inner());
-    let found: Vec<&TakenSms> = taken
-        .iter()
-        .filter(|m| {
-            form.get("criteria[to]")
-                .is_none_or(|to| m.to.contains(to.as_str()))
-        })
-        .filter(|m| {
-            form.get("criteria[text]")
-                .is_none_or(|text| &m.text == text)
-        })
-        .filter(|m| since.is_none_or(|since| m.taken_at >= since))
-        .collect();
-    let items: Vec<serde_json::Value> = found
-        .iter()
-        .skip(page * page_size)
-        .take(page_size)
-        .map(|m| {
-            let ts = m.taken_at.format("%Y-%m-%d %H:%M:%S").to_string();
-            serde_json::json!({
-                "id": m.id, "campaignId": m.id, "segNum": "1", "from": "",
-                "to": m.to, "text": m.text, "status": "DELIVRD",
-                "startSendTs": ts, "statusUpdateTs": ts,
-            })
-        })
-        .collect();
-    axum::Json(serde_json::json!({
-        "code": 0,
-        "data": {"items": items, "totalItemCount": found.len().to_string()},
-        "message": ""
-    }))
+    axum::Json(state.mobizon.list(&body))
 }
 
-async fn sms_status(body: Bytes) -> axum::Json<serde_json::Value> {
-    let data: Vec<serde_json::Value> = url::form_urlencoded::parse(&body)
-        .filter(|(k, _)| k == "ids[]")
-        .map(|(_, id)| serde_json::json!({"id": id, "status": "DELIVRD"}))
-        .collect();
-    axum::Json(serde_json::json!({"code": 0, "data": data, "message": ""}))
+async fn sms_status(
+    State(state): State<Arc<StandInState>>,
+    body: Bytes,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(state.mobizon.statuses(&body, "DELIVRD"))
 }

@@ -26,15 +26,19 @@ limit 50";
 /// Failed jobs and delivery failures changed in the last day (through
 /// `notification_jobs_failures_idx`, whose predicate this repeats). The bulk
 /// retry offers the failed and invalid ones among exactly these rows.
-pub const FAILURES: &str = "
+pub const FAILURES: &str = concat!(
+    "
 select j.lead_id, l.name, j.channel, j.status, j.delivery_status, j.last_error, j.updated_at, j.id
 from public.notification_jobs j
 join public.landing_leads l on l.id = j.lead_id
 where j.updated_at > now() - interval '1 day'
-  and (j.status in ('failed', 'invalid')
+  and (j.status in (",
+    crate::domain::failed_statuses_sql!(),
+    ")
        or public.leadrelay_delivery_rank(j.delivery_status) >= 60)
 order by j.updated_at desc
-limit 100";
+limit 100"
+);
 
 /// SMS whose attempt got no answer and that a look-up found at Mobizon
 /// (recorded sent, not sent again), the last 7 days; and how many SMS are
@@ -261,7 +265,8 @@ async fn failures_section(
         let name: Option<String> = r.get(1);
         let lead_id: uuid::Uuid = r.get(0);
         let status: &str = r.get(3);
-        if matches!(status, "failed" | "invalid") {
+        if crate::domain::JobStatus::parse(status).is_some_and(crate::domain::JobStatus::is_failure)
+        {
             retriable += 1;
         }
         failures.push_str(&format!(
