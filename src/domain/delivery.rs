@@ -116,13 +116,18 @@ impl DeliveryState {
     /// The SQL list of the states `pick` keeps, for statements written as
     /// constants: `'delivered', 'opened', 'clicked'`.
     pub fn sql_list(pick: fn(DeliveryState) -> bool) -> String {
-        DeliveryState::ALL
-            .into_iter()
-            .filter(|s| pick(*s))
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        sql_list(&DeliveryState::ALL, pick, DeliveryState::as_str)
     }
+}
+
+/// The names of the values of `all` that `pick` keeps, quoted for SQL.
+fn sql_list<T: Copy>(all: &[T], pick: fn(T) -> bool, name: fn(T) -> &'static str) -> String {
+    all.iter()
+        .copied()
+        .filter(|v| pick(*v))
+        .map(|v| format!("'{}'", name(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl std::fmt::Display for DeliveryState {
@@ -299,12 +304,7 @@ impl JobStatus {
 
     /// The statuses `pick` keeps, as an SQL list.
     pub fn sql_list(pick: fn(JobStatus) -> bool) -> String {
-        JobStatus::ALL
-            .into_iter()
-            .filter(|s| pick(*s))
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        sql_list(&JobStatus::ALL, pick, JobStatus::as_str)
     }
 }
 

@@ -2,12 +2,21 @@
 
 use axum::Json;
 
+use crate::domain::{DeliveryState, JobStatus};
+
 pub async fn document() -> Json<serde_json::Value> {
     Json(spec())
 }
 
 pub fn spec() -> serde_json::Value {
     let error = serde_json::json!({"$ref": "#/components/schemas/Error"});
+    // the vocabulary of the domain, as the status API answers it
+    let statuses: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+    let mut delivery_states: Vec<serde_json::Value> = DeliveryState::ALL
+        .iter()
+        .map(|s| serde_json::json!(s.as_str()))
+        .collect();
+    delivery_states.push(serde_json::Value::Null);
     let error_response = |description: &str| serde_json::json!({"description": description, "content": {"application/json": {"schema": error}}});
     let stored = serde_json::json!({
         "description": "stored (status: applied, pending, stored) or seen before (duplicate)",
@@ -89,12 +98,12 @@ pub fn spec() -> serde_json::Value {
                     "messages": {"type": "array", "items": {"type": "object", "properties": {
                         "channel": {"type": "string", "enum": ["email", "sms", "lead_tracking"]},
                         "template": {"type": "string"},
-                        "status": {"type": "string", "enum": ["scheduled", "due", "sending", "sent", "failed", "invalid", "cancelled"]},
+                        "status": {"type": "string", "enum": statuses},
                         "attempts": {"type": "integer"},
                         "max_attempts": {"type": "integer"},
                         "due_at": {"type": "string", "format": "date-time"},
                         "sent_at": {"type": ["string", "null"], "format": "date-time"},
-                        "delivery_status": {"type": ["string", "null"]},
+                        "delivery_status": {"type": ["string", "null"], "enum": delivery_states},
                         "delivery_status_at": {"type": ["string", "null"], "format": "date-time"},
                         "error": {"type": ["string", "null"]},
                         "provider_message_id": {"type": ["string", "null"]},

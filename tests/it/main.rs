@@ -1,13 +1,11 @@
 //! Integration tests: a real PostgreSQL cluster, started once for this process.
 
-mod app;
 mod batches;
 mod connections;
 mod console;
 mod dev_mode;
 mod doctor;
 mod gate;
-mod harness;
 mod landing_writes;
 mod migrate_cmd;
 mod operator;
@@ -18,7 +16,10 @@ mod schemas;
 mod sms_lookup;
 mod sql_checks;
 mod sql_core;
+mod support;
 mod templates;
 mod tls;
 mod webhooks;
 mod worker;
+
+use support::{app, harness};
