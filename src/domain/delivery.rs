@@ -201,14 +201,6 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 5] = [
-        FailureKind::Contact,
-        FailureKind::Content,
-        FailureKind::Provider,
-        FailureKind::Attempts,
-        FailureKind::InDoubt,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Contact => "contact",
@@ -268,14 +260,6 @@ impl JobStatus {
 
     pub fn parse(name: &str) -> Option<JobStatus> {
         JobStatus::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
-    /// Nothing more happens to it unless an operator acts.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Sent | JobStatus::Failed | JobStatus::Invalid | JobStatus::Cancelled
-        )
     }
 
     /// Has not gone and will not go without an operator.

@@ -86,20 +86,20 @@ macro_rules! sent_then_failed {
     };
 }
 
-/// The job an operator acts on, with its lead's name; when it is a member of
-/// an email batch in doubt, the batch's size (else 0); whether it may be sent
-/// again (`SEND_AGAIN`), and whether the lead's email is still the one it
-/// went to (the provider will likely refuse it again).
+/// The job an operator acts on, read by column name: with its lead's name;
+/// `batch_members`, when it is a member of an email batch in doubt, the
+/// batch's size (else 0); and `same_contact`, whether the lead's contact is
+/// still the one it went to (the provider will likely refuse it again).
+/// Which actions apply is `JobStatus::allows` of its status and delivery
+/// state.
 pub const ACTION_JOB: &str = concat!(
     "select j.id, j.lead_id, j.channel, j.template, j.status, j.last_error, l.name, j.due_at,
        case when ",
     in_doubt_batch!("j"),
-    " then (select count(*) from public.notification_jobs m where m.batch_key = j.batch_key) else 0 end,
-       ",
-    sent_then_failed!("j"),
-    ",
+    " then (select count(*) from public.notification_jobs m where m.batch_key = j.batch_key) else 0 end
+         as batch_members,
        leadrelay.recipient_key(j.channel, leadrelay.recipient(j.channel, l.email, l.phone))
-         is not distinct from leadrelay.recipient_key(j.channel, j.recipient),
+         is not distinct from leadrelay.recipient_key(j.channel, j.recipient) as same_contact,
        j.delivery_status
 from public.notification_jobs j left join public.landing_leads l on l.id = j.lead_id
 where j.id = $1"

@@ -141,7 +141,7 @@ fn configuration(args: &ServeArgs) -> Check {
         Err(e) => Check::fail(
             NAME,
             e.to_string(),
-            "set it in the service's environment (see the configuration table in the README)",
+            "set it in the service's environment (see the configuration table in docs/deploying.md)",
         ),
         Ok(config) => Check::ok(
             NAME,

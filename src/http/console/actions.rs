@@ -47,9 +47,9 @@ pub(super) fn path(action: JobAction) -> &'static str {
 /// status and delivery state (`JobStatus::allows`).
 fn allowed(action: JobAction, job: &tokio_postgres::Row) -> bool {
     let delivery = job
-        .get::<_, Option<&str>>(11)
+        .get::<_, Option<&str>>("delivery_status")
         .and_then(DeliveryState::parse);
-    JobStatus::parse(job.get(4)).is_some_and(|s| s.allows(action, delivery))
+    JobStatus::parse(job.get("status")).is_some_and(|s| s.allows(action, delivery))
 }
 
 fn operator(action: JobAction) -> Action {
@@ -99,7 +99,7 @@ fn refuses_in_doubt(action: JobAction, status: &str, batch_members: i64) -> Opti
 /// "Send again" is for a message whose delivery failed after it was sent;
 /// a complaint is the person's "stop".
 fn refuses_send_again(action: JobAction, job: &tokio_postgres::Row) -> Option<String> {
-    (action == JobAction::SendAgain && job.get::<_, &str>(4) == "sent" && !allowed(action, job)).then(|| {
+    (action == JobAction::SendAgain && job.get::<_, &str>("status") == "sent" && !allowed(action, job)).then(|| {
         "Only a message whose delivery failed after it was sent (bounced, suppressed, undelivered, rejected, expired) can be sent again; a complaint never is. Nothing was changed.".to_string()
     })
 }
@@ -137,12 +137,14 @@ async fn load(gate: &Gate, session: &Session, id: i64) -> Result<tokio_postgres:
 /// What the operator should know before confirming: a batch that goes
 /// again whole, a contact the provider will likely refuse again.
 fn warnings(action: JobAction, job: &tokio_postgres::Row) -> String {
-    let status: &str = job.get(4);
-    let batch: i64 = job.get(8);
-    let same_contact = if action == JobAction::SendAgain && job.get::<_, bool>(10) {
+    let status: &str = job.get("status");
+    let batch: i64 = job.get("batch_members");
+    let same_contact = if action == JobAction::SendAgain && job.get::<_, bool>("same_contact") {
         format!(
             "<p class=alert>The lead's contact is still the one this message {} at: the provider will likely refuse it again. Correct the lead's email or phone first, unless the mailbox or phone was fixed.</p>",
-            esc(&job.get::<_, Option<String>>(11).unwrap_or_default())
+            esc(&job
+                .get::<_, Option<String>>("delivery_status")
+                .unwrap_or_default())
         )
     } else {
         String::new()
@@ -177,9 +179,14 @@ pub async fn confirm(
         Ok(job) => job,
         Err(response) => return response,
     };
-    let status: &str = job.get(4);
-    let lead: Uuid = job.get(1);
-    let what = describe_job(job.get(2), job.get(3), job.get(6), lead);
+    let status: &str = job.get("status");
+    let lead: Uuid = job.get("lead_id");
+    let what = describe_job(
+        job.get("channel"),
+        job.get("template"),
+        job.get("name"),
+        lead,
+    );
     if let Some(refusal) = refuses_send_again(action, &job) {
         return problem(StatusCode::CONFLICT, Some(session), &refusal);
     }
@@ -193,7 +200,7 @@ pub async fn confirm(
             ),
         );
     }
-    let batch: i64 = job.get(8);
+    let batch: i64 = job.get("batch_members");
     if let Some(refusal) = refuses_in_doubt(action, status, batch) {
         return problem(StatusCode::CONFLICT, Some(session), &refusal);
     }
@@ -204,7 +211,7 @@ pub async fn confirm(
         "<p><label for=reason>Note for the audit (optional)</label><br><textarea id=reason name=reason maxlength=500></textarea></p>"
     };
     let last_error = job
-        .get::<_, Option<String>>(5)
+        .get::<_, Option<String>>("last_error")
         .map(|e| {
             format!(
                 "<p>Its last error: <span class=reason>{}</span></p>",
@@ -221,7 +228,7 @@ pub async fn confirm(
 <div class=actions><button type=submit class=confirm>{q}</button><a href=\"/ops/leads/{lead}\">Back</a></div></form></div>",
             q = question(action),
             status = esc(status),
-            due = time(job.get(7)),
+            due = time(job.get("due_at")),
             explain = explanation(action),
             path = path(action),
             csrf = esc(session.csrf()),
@@ -269,12 +276,13 @@ pub async fn perform(
     }
     let lead: Uuid = match load(&gate, session, id).await {
         Ok(job) => {
-            if let Some(refusal) = refuses_in_doubt(action, job.get(4), job.get(8))
-                .or_else(|| refuses_send_again(action, &job))
+            if let Some(refusal) =
+                refuses_in_doubt(action, job.get("status"), job.get("batch_members"))
+                    .or_else(|| refuses_send_again(action, &job))
             {
                 return problem(StatusCode::CONFLICT, Some(session), &refusal);
             }
-            job.get(1)
+            job.get("lead_id")
         }
         Err(response) => return response,
     };
@@ -342,7 +350,7 @@ pub async fn confirm_bulk(State(state): State<AppState>, visitor: Visitor) -> Re
                 time(r.get(6)),
                 name_cell(r.get(1)),
                 esc(r.get::<_, &str>(2)),
-                esc(&r.get::<_, Option<String>>(5).unwrap_or_default())
+                esc(&r.get::<_, Option<String>>("last_error").unwrap_or_default())
             )
         })
         .collect();
