@@ -4,11 +4,23 @@
 -- once here and called wherever they are needed (the operator's statements,
 -- the backfill, the console, the status view).
 --
--- This file does not touch landing_leads. notification_jobs is locked for
+-- This file does not touch landing_leads. Its index on notification_jobs is
+-- built concurrently; notification_jobs is locked for
 -- the moment a column and its CHECK are added (`leadrelay migrate` gives way
 -- if it must wait). Each statement is its own transaction, so the CHECK is
 -- validated afterwards without blocking the landing's writes (VALIDATE takes
 -- a lock that lets them through).
+
+-- ---------------------------------------------------------------------------
+-- The policies' look-ups, by recipient_key (the index on lower(recipient)
+-- stays while workers of an earlier release may run). Built concurrently:
+-- the landing's INSERT writes notification_jobs through its trigger and
+-- never waits for the build (a build interrupted midway is dropped and
+-- built again by the next `leadrelay migrate`).
+-- ---------------------------------------------------------------------------
+create index concurrently if not exists notification_jobs_recipient_key_idx
+  on public.notification_jobs (leadrelay.recipient_key(channel, recipient), channel, template)
+  where cleared_at is not null;
 
 -- ---------------------------------------------------------------------------
 -- The recipient of a lead for a channel: the address trimmed as
