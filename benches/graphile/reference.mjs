@@ -5,6 +5,7 @@
 // node reference.mjs CONNECTION_STRING throughput JOBS CONCURRENCY
 // node reference.mjs CONNECTION_STRING latency SAMPLES
 // node reference.mjs CONNECTION_STRING timing JOBS DELAY_MS
+// node reference.mjs CONNECTION_STRING migrate   (installs its schema only)
 import { run, runMigrations, makeWorkerUtils, Logger } from 'graphile-worker';
 
 const [connectionString, mode, a, b] = process.argv.slice(2);
@@ -19,7 +20,9 @@ const percentile = (xs, p) => {
 await runMigrations({ connectionString, logger });
 const utils = await makeWorkerUtils({ connectionString, logger });
 
-if (mode === 'throughput') {
+if (mode === 'migrate') {
+  console.log(JSON.stringify({ migrated: true }));
+} else if (mode === 'throughput') {
   const jobs = Number(a), concurrency = Number(b);
   await utils.withPgClient((c) => c.query(
     "select graphile_worker.add_job('noop', '{}'::json) from generate_series(1, $1)", [jobs]));

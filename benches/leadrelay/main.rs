@@ -4,8 +4,9 @@
 //! installed), a local mock Resend and Mobizon that answer at once, and the
 //! real release binary (`leadrelay serve`), then runs every scenario and
 //! prints one table: each figure, the reference measured in the same run, the
-//! ratio and the target. References: PostgreSQL itself (the same INSERT on a
-//! table without leadrelay's trigger; a no-op HTTP route) and graphile-worker
+//! ratio and the target. References: PostgreSQL itself (the same INSERT on
+//! the landing's table as the landing made it, its primary key only; a no-op
+//! HTTP route) and graphile-worker
 //! 0.16, installed from the npm registry into a temporary directory at run
 //! time (never committed; skipped with a note when Node or npm is missing).
 //!
@@ -126,9 +127,19 @@ async fn main() {
             .await
             .unwrap();
     }
+    let explain = std::env::var("BENCH_EXPLAIN").is_ok();
+    if explain {
+        explain_plans(&cluster).await;
+    }
+    // graphile-worker, the reference of several scenarios
+    let graphile = if only.is_empty() || ["insert", "processing"].contains(&only.as_str()) {
+        Graphile::install()
+    } else {
+        Err("not needed by this scenario".into())
+    };
     // 1. Lead insert cost.
     if only.is_empty() || only == "insert" {
-        rows.extend(lead_insert_cost(&cluster).await);
+        rows.extend(lead_insert_cost(&cluster, &graphile).await);
         if only == "insert" {
             print_table(&rows);
             return;
@@ -141,6 +152,9 @@ async fn main() {
         .batch_execute("update notification_rules set enabled = (channel <> 'lead_tracking'), delay = interval '1 day'")
         .await
         .unwrap();
+    if let Ok(sql) = std::env::var("BENCH_SQL_EXPERIMENT") {
+        client.batch_execute(&sql).await.unwrap();
+    }
     let mock = Arc::new(Mock::default());
     let mock_url = start_mock(Arc::clone(&mock)).await;
     if only.is_empty() || only == "render" {
@@ -244,8 +258,22 @@ async fn main() {
     )
     .await;
     let rate = sent as f64 / drained.as_secs_f64();
+    for row in client
+        .query(
+            "select channel, count(*), extract(epoch from max(sent_at) - min(sent_at))::float8, count(distinct provider_message_id) from notification_jobs where status = 'sent' group by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        println!(
+            "-- {}: {} sent over {:.2} s",
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, f64>(2)
+        );
+    }
 
-    let graphile = Graphile::install();
     let graphile_url = {
         let admin = store::connect(&cluster.url("postgres")).await.unwrap();
         admin
@@ -281,6 +309,9 @@ async fn main() {
 
     if profile {
         statement_profile(&client, "processing").await;
+    }
+    if explain || std::env::var("BENCH_KEEP_LOG").is_ok() {
+        keep_log(&cluster, "processing");
     }
     if only == "processing" {
         print_table(&rows);

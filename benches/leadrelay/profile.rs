@@ -34,3 +34,36 @@ pub(crate) async fn statement_profile(client: &Client, phase: &str) {
         .await
         .unwrap();
 }
+
+/// BENCH_EXPLAIN: every statement of every session from now on logs its plan
+/// with the time and buffers of each node (auto_explain, nested statements
+/// included), so a claim's cost can be read node by node. Slows the run.
+pub(crate) async fn explain_plans(cluster: &Cluster) {
+    let admin = store::connect(&cluster.url("postgres")).await.unwrap();
+    // loaded here too, so that ALTER SYSTEM knows its settings
+    admin.batch_execute("load 'auto_explain'").await.unwrap();
+    for setting in [
+        "session_preload_libraries = 'auto_explain'",
+        "auto_explain.log_min_duration = 0",
+        "auto_explain.log_analyze = on",
+        "auto_explain.log_buffers = on",
+        "auto_explain.log_nested_statements = on",
+    ] {
+        admin
+            .batch_execute(&format!("alter system set {setting}"))
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute("select pg_reload_conf()")
+        .await
+        .unwrap();
+}
+
+/// BENCH_EXPLAIN or BENCH_KEEP_LOG: the cluster's log (with the plans, the
+/// lock waits and any deadlock) copied out before the cluster is removed.
+pub(crate) fn keep_log(cluster: &Cluster, phase: &str) {
+    let kept = std::env::temp_dir().join(format!("leadrelay-bench-{phase}.log"));
+    std::fs::copy(cluster.log_path(), &kept).unwrap();
+    println!("-- the database's log of {phase}: {}", kept.display());
+}

@@ -146,6 +146,17 @@ macro_rules! arrived_states_sql {
 }
 pub(crate) use arrived_states_sql;
 
+/// The states that are failures (`DeliveryState::is_failure`) as an SQL
+/// list; a test holds it equal to `DeliveryState::sql_list`, and to the
+/// predicate of `notification_jobs_failures_by_change_idx` (a migration,
+/// written once).
+macro_rules! failure_states_sql {
+    () => {
+        "'undelivered', 'rejected', 'expired', 'deleted', 'failed', 'bounced', 'suppressed', 'complained'"
+    };
+}
+pub(crate) use failure_states_sql;
+
 /// The statuses that `JobStatus::is_failure` keeps, as an SQL list for
 /// statements written as constants; a test holds it to `JobStatus::sql_list`.
 macro_rules! failed_statuses_sql {
@@ -325,6 +336,20 @@ mod tests {
         assert_eq!(
             DeliveryState::sql_list(DeliveryState::arrived),
             arrived_states_sql!()
+        );
+        assert_eq!(
+            DeliveryState::sql_list(DeliveryState::is_failure),
+            failure_states_sql!()
+        );
+    }
+
+    #[test]
+    fn the_failures_index_names_the_failure_states_of_the_domain() {
+        let migration = include_str!("../../supabase/migrations/20261207090000_lighter_writes.sql");
+        let predicate = format!("or delivery_status in ({})", failure_states_sql!());
+        assert!(
+            migration.contains(&predicate),
+            "the index predicate must be {predicate}"
         );
     }
 

@@ -10,6 +10,8 @@ mod template;
 
 pub use channel::Channel;
 pub use delivery::{DeliveryState, FailureKind, JobAction, JobStatus};
-pub(crate) use delivery::{arrived_states_sql, failed_statuses_sql, waiting_statuses_sql};
+pub(crate) use delivery::{
+    arrived_states_sql, failed_statuses_sql, failure_states_sql, waiting_statuses_sql,
+};
 pub use secret::Secret;
 pub use template::TemplateSource;

@@ -4,12 +4,16 @@
 //! the crate; every room above may use it.
 
 /// The values a message is made of, as one jsonb expression: lead `$lead`'s
-/// fields and metadata, the params and SMS limit of the first rule (enabled
-/// first) of channel `$channel` and template `$template` whose pattern the
-/// lead's source matches, and `$url` as the default product link. A claim
-/// fixes it into the job (`sent_params`); a preview computes it the same way.
+/// fields and metadata, the params and SMS limit of its rule, and `$url` as
+/// the default product link. The rule is the job's own (`$rule`, the rule
+/// that made it, found by its key) while it still has channel `$channel` and
+/// template `$template`; otherwise (a job made before jobs noted their rule,
+/// a preview of a template, a rule deleted since) the first rule (enabled
+/// first) of that channel and template whose pattern the lead's source
+/// matches. A claim fixes it into the job (`sent_params`); a preview
+/// computes it the same way.
 macro_rules! message_values {
-    ($lead:literal, $channel:literal, $template:literal, $url:literal) => {
+    ($lead:literal, $rule:literal, $channel:literal, $template:literal, $url:literal) => {
         concat!(
             "(select jsonb_build_object(
                     'name', l.name, 'email', l.email, 'phone', l.phone, 'source', l.source,
@@ -19,14 +23,22 @@ macro_rules! message_values {
             $url,
             "::text)
              from public.landing_leads l
-             left join lateral (
-               select r.params, r.max_sms_segments from public.notification_rules r
-                where r.channel = ",
+             left join public.notification_rules r on r.id = coalesce(
+               (select own.id from public.notification_rules own
+                 where own.id = ",
+            $rule,
+            " and own.channel = ",
             $channel,
-            " and r.template = ",
+            " and own.template = ",
             $template,
-            " and l.source like r.source_pattern
-                order by r.enabled desc, r.id limit 1) r on true
+            "),
+               (select m.id from public.notification_rules m
+                 where m.channel = ",
+            $channel,
+            " and m.template = ",
+            $template,
+            " and l.source like m.source_pattern
+                 order by m.enabled desc, m.id limit 1))
             where l.id = ",
             $lead,
             ")"

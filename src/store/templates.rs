@@ -87,7 +87,7 @@ with wanted as (
 )
 select w.channel, w.key, coalesce(j.template_version, t.version), j.status,
        coalesce(j.sent_params, ",
-    message_values!("$1", "w.channel", "w.key", "$2"),
+    message_values!("$1", "j.rule_id", "w.channel", "w.key", "$2"),
     ")
 from wanted w
 left join public.notification_jobs j on j.lead_id = $1 and j.channel = w.channel and j.template = w.key

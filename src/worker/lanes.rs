@@ -22,6 +22,13 @@ pub(super) enum Work {
 }
 
 impl Work {
+    fn len(&self) -> usize {
+        match self {
+            Work::One(_) => 1,
+            Work::Batch(jobs) => jobs.len(),
+        }
+    }
+
     pub(super) fn jobs(self) -> Vec<ClaimedJob> {
         match self {
             Work::One(job) => vec![*job],
@@ -63,21 +70,86 @@ pub(super) fn group(jobs: Vec<ClaimedJob>) -> Vec<Work> {
 /// A job held at least this long before its request is checked again.
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
+/// Units of work (a job, or an email batch) a lane may hold per request
+/// slot between its claim and its recorded outcome. Measured
+/// (`BENCH_ONLY=processing`, docs/benchmarks.md): at 4 per slot, SMS waited
+/// for the outcome recorder and drained at half the email lane's rate.
+const IN_HAND_PER_SLOT: usize = 20;
+
+/// How many jobs a lane claims at once, per request slot: the fewest while
+/// work comes a little at a time (a short lease, jobs left to other
+/// workers), doubling while each claim comes back full (a deep queue: the
+/// claim's fixed cost, its gate and its round trip, is shared by more
+/// jobs), back to the fewest after a claim that found less.
+#[derive(Debug, Clone, Copy)]
+struct ClaimAhead {
+    slots: usize,
+    per_slot: usize,
+    /// The last claim came back full: more is probably due.
+    deep: bool,
+}
+
+impl ClaimAhead {
+    const FEWEST_PER_SLOT: usize = 4;
+    const MOST_PER_SLOT: usize = 20;
+
+    fn new(slots: usize) -> ClaimAhead {
+        ClaimAhead {
+            slots: slots.max(1),
+            per_slot: Self::FEWEST_PER_SLOT,
+            deep: false,
+        }
+    }
+
+    fn limit(&self) -> usize {
+        self.slots * self.per_slot
+    }
+
+    /// Whether to begin the next claim now, with `queued` jobs of the last
+    /// one still to hand out: in a deep queue, once half of them are gone.
+    fn begin_next(&self, queued: usize) -> bool {
+        self.deep && queued <= self.limit() / 2
+    }
+
+    fn after_claim(&mut self, claimed: usize) {
+        self.deep = claimed >= self.limit();
+        self.per_slot = if self.deep {
+            (self.per_slot * 2).min(Self::MOST_PER_SLOT)
+        } else {
+            Self::FEWEST_PER_SLOT
+        };
+    }
+}
+
 impl Worker {
     pub(super) async fn lane_loop(self: Arc<Self>, channel: Channel, cancel: CancellationToken) {
         // Requests in flight, and jobs in hand (sent, or being sent, and not
-        // yet recorded): a slow database holds back new requests.
+        // yet recorded): a slow database holds back new requests. Outcomes
+        // are recorded in batches, so a lane keeps sending while the last
+        // ones are written (IN_HAND_PER_SLOT).
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
-        let in_hand = Arc::new(Semaphore::new(self.settings.concurrency * 4));
-        // Claimed ahead of free slots, so that one claim serves many jobs
-        // under load instead of one claim per finished request.
-        let ahead = self.settings.concurrency * 4;
+        let in_hand = Arc::new(Semaphore::new(self.settings.concurrency * IN_HAND_PER_SLOT));
+        let mut ahead = ClaimAhead::new(self.settings.concurrency);
         let mut claimed: VecDeque<Work> = VecDeque::new();
+        // The next claim, begun while the last one's jobs are still being
+        // handed out (a deep queue), so the lane never idles for its round
+        // trip.
+        let mut next: Option<tokio::task::JoinHandle<Result<Vec<Work>, QueueError>>> = None;
         loop {
             if claimed.is_empty() {
-                match self.claim_work(channel, ahead).await {
-                    Ok(work) if !work.is_empty() => claimed.extend(work),
+                let result = match next.take() {
+                    Some(begun) => begun
+                        .await
+                        .unwrap_or_else(|e| Err(QueueError::Db(format!("the claim stopped: {e}")))),
+                    None => self.claim_work(channel, ahead.limit(), 0).await,
+                };
+                match result {
+                    Ok(work) if !work.is_empty() => {
+                        ahead.after_claim(work.iter().map(Work::len).sum());
+                        claimed.extend(work);
+                    }
                     Ok(_) => {
+                        ahead.after_claim(0);
                         tokio::select! {
                             _ = cancel.cancelled() => break,
                             _ = self.wakeups.lane(channel).notified() => {}
@@ -94,6 +166,14 @@ impl Worker {
                         continue;
                     }
                 }
+            }
+            let queued: usize = claimed.iter().map(Work::len).sum();
+            if next.is_none() && ahead.begin_next(queued) {
+                let worker = Arc::clone(&self);
+                let limit = ahead.limit();
+                next = Some(tokio::spawn(async move {
+                    worker.claim_work(channel, limit, queued).await
+                }));
             }
             let (in_hand, request_slot) = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -120,6 +200,11 @@ impl Worker {
             });
         }
         // Stopping: what was claimed but not started goes back unsent.
+        if let Some(begun) = next
+            && let Ok(Ok(work)) = begun.await
+        {
+            claimed.extend(work);
+        }
         for work in claimed {
             self.release_all(work.jobs()).await;
         }
@@ -127,16 +212,18 @@ impl Worker {
 
     /// The next claim of a lane: for email with batching, batches that are
     /// due again come first, whole; then due jobs, the fresh ones of which
-    /// become one new batch.
+    /// become one new batch. `queued`: jobs of the lane's last claim still
+    /// waiting for a slot, which go first.
     pub(super) async fn claim_work(
         &self,
         channel: Channel,
         ahead: usize,
+        queued: usize,
     ) -> Result<Vec<Work>, QueueError> {
-        // A lease for `ahead` requests: a longer claim (a batch plus retried
-        // singles) is still safe, since a job whose lease runs short before
-        // its request is given back unsent.
-        let lease = self.lease_for(channel, ahead);
+        // A lease for `ahead` requests after those queued: a longer claim (a
+        // batch plus retried singles) is still safe, since a job whose lease
+        // runs short before its request is given back unsent.
+        let lease = self.lease_for(channel, ahead + queued);
         // Batches already made are always claimed (their members carry their
         // key and are skipped by the plain claim), whatever
         // RESEND_BATCH_SIZE says now: it decides only whether new ones are
@@ -305,4 +392,32 @@ pub(super) fn precheck(job: &ClaimedJob) -> Option<Outcome> {
     job.lead.is_none().then(|| Outcome::Cancelled {
         error: "the lead no longer exists".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClaimAhead;
+
+    #[test]
+    fn a_lane_claims_more_while_claims_come_back_full_and_fewest_after_a_short_one() {
+        let mut ahead = ClaimAhead::new(5);
+        assert_eq!(ahead.limit(), 20);
+        assert!(!ahead.begin_next(0), "no claim ahead before a full one");
+        ahead.after_claim(20);
+        assert_eq!(ahead.limit(), 40);
+        assert!(!ahead.begin_next(21) && ahead.begin_next(20));
+        ahead.after_claim(40);
+        assert_eq!(ahead.limit(), 80);
+        ahead.after_claim(80);
+        assert_eq!(ahead.limit(), 100, "never more than 20 per slot");
+        ahead.after_claim(100);
+        assert_eq!(ahead.limit(), 100);
+        ahead.after_claim(99);
+        assert_eq!(ahead.limit(), 20);
+        assert!(!ahead.begin_next(0), "a short claim: the queue is drained");
+        ahead.after_claim(0);
+        assert_eq!(ahead.limit(), 20);
+        // no slots configured still claims
+        assert_eq!(ClaimAhead::new(0).limit(), 4);
+    }
 }

@@ -2,8 +2,9 @@
 //! one, and one lane per channel that claims due jobs and sends them.
 //!
 //! Lanes are independent, so a slow or failing provider never holds up the
-//! other channel. A lane claims up to four times `WORKER_CONCURRENCY` jobs
-//! ahead, so one claim serves many requests under load; at most
+//! other channel. A lane claims four to twenty times `WORKER_CONCURRENCY`
+//! jobs ahead (more while claims come back full), so one claim serves many
+//! requests under load; at most
 //! `WORKER_CONCURRENCY` requests are in flight. The claim's lease covers the
 //! provider's pacing of the whole claim plus the request timeout, so a job is
 //! never re-sent while its request is still running, and a job that waited

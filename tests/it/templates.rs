@@ -268,6 +268,54 @@ async fn a_second_rule_with_its_own_params_sends_its_own_link_and_a_hosted_templ
     app.shutdown().await;
 }
 
+/// A job is made of its own rule's params, even when another rule of the
+/// same channel and template now matches the lead's source first (the old
+/// rule disabled, a new one with other params added while the job waited).
+#[tokio::test]
+async fn a_job_takes_the_params_of_the_rule_that_made_it() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "update notification_rules set enabled = false;
+             insert into notification_templates (key, channel, subject, html, text)
+             values ('webinar', 'email', 'Вебинар: {{ topic }}', '<p>{{ topic }}</p>', '{{ topic }}');
+             insert into notification_rules (source_pattern, channel, template, delay, params)
+             values ('webinar_dec%', 'email', 'webinar', interval '1 hour', '{\"topic\": \"Первый\"}');",
+        )
+        .await
+        .unwrap();
+    insert_as_landing(
+        &client,
+        Some("Ая"),
+        Some("w@example.com"),
+        None,
+        Some("webinar_dec"),
+        None,
+    )
+    .await;
+    client
+        .batch_execute(
+            "update notification_rules set enabled = false where template = 'webinar';
+             insert into notification_rules (source_pattern, channel, template, delay, params)
+             values ('webinar%', 'email', 'webinar', interval '1 hour', '{\"topic\": \"Второй\"}');
+             update notification_jobs set status = 'due', due_at = now() where template = 'webinar';",
+        )
+        .await
+        .unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    eventually(Duration::from_secs(20), "the email was sent", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    let emails = providers.emails().await;
+    assert_eq!(emails.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&emails[0].body).unwrap();
+    assert_eq!(body["subject"], "Вебинар: Первый", "{body:#}");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_template_that_cannot_render_fails_its_job_with_the_engines_words_and_no_request() {
     let db = fresh_db().await;

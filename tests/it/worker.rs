@@ -1326,3 +1326,63 @@ async fn a_retry_sends_what_the_first_attempt_sent_though_the_name_and_link_chan
     );
     app.shutdown().await;
 }
+
+/// Two outcome statements that share leads (an email batch recorded while
+/// the same leads' SMS are) take the leads' locks in one order: neither is
+/// the victim of a deadlock, whatever order each names its jobs in.
+#[tokio::test]
+async fn outcomes_of_the_same_leads_recorded_at_once_never_deadlock() {
+    use leadrelay::domain::Channel;
+    use leadrelay::store::queue::{ClaimedJob, Queue};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "update notification_rules set enabled = (channel <> 'lead_tracking'), delay = interval '0';
+             insert into landing_leads (name, email, phone, source)
+             select 'Lead ' || g, 'lead' || g || '@mail.ru', '+7 705 ' || lpad(g::text, 7, '0'), 'proftest_main'
+             from generate_series(1, 400) g;",
+        )
+        .await
+        .unwrap();
+    let pool = leadrelay::store::pool(&db.url, 4).await.unwrap();
+    let queue = Queue::new(pool, "deadlock-test".into());
+    let lease = Duration::from_secs(600);
+    let mut emails = queue
+        .claim(Channel::Email, 400, lease, false)
+        .await
+        .unwrap();
+    let mut sms = queue.claim(Channel::Sms, 400, lease, false).await.unwrap();
+    assert_eq!((emails.len(), sms.len()), (400, 400));
+    emails.sort_by_key(|j| j.lead_id);
+    sms.sort_by_key(|j| j.lead_id);
+    let record = |jobs: Vec<&ClaimedJob>, channel: Channel| {
+        let queue = queue.clone();
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let locks: Vec<String> = jobs.iter().map(|j| j.lock.clone()).collect();
+        let message_ids: Vec<String> = ids.iter().map(|id| format!("msg-{id}")).collect();
+        let campaigns = vec![None; ids.len()];
+        async move {
+            queue
+                .record_sent_batch(channel, &ids, &message_ids, &locks, &campaigns)
+                .await
+        }
+    };
+    for (email_round, sms_round) in emails.chunks(50).zip(sms.chunks(50)) {
+        // the same 50 leads: the emails in one order, the SMS in the other
+        let (by_email, by_sms) = tokio::join!(
+            record(email_round.iter().collect(), Channel::Email),
+            record(sms_round.iter().rev().collect(), Channel::Sms),
+        );
+        assert_eq!(by_email.expect("the email outcomes are recorded").len(), 50);
+        assert_eq!(by_sms.expect("the SMS outcomes are recorded").len(), 50);
+    }
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from landing_leads where email_sent and sms_sent"
+        )
+        .await,
+        400
+    );
+}

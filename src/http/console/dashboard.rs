@@ -24,7 +24,8 @@ order by created_at desc
 limit 50";
 
 /// Failed jobs and delivery failures changed in the last day (through
-/// `notification_jobs_failures_idx`, whose predicate this repeats). The bulk
+/// `notification_jobs_failures_by_change_idx`, whose predicate this
+/// repeats). The bulk
 /// retry offers the failed and invalid ones among exactly these rows.
 pub const FAILURES: &str = concat!(
     "
@@ -35,7 +36,9 @@ where j.updated_at > now() - interval '1 day'
   and (j.status in (",
     crate::domain::failed_statuses_sql!(),
     ")
-       or public.leadrelay_delivery_rank(j.delivery_status) >= 60)
+       or j.delivery_status in (",
+    crate::domain::failure_states_sql!(),
+    "))
 order by j.updated_at desc
 limit 100"
 );

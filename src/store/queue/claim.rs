@@ -49,7 +49,7 @@ macro_rules! fixed_by_first_claim {
          sent_params = case when ",
             $sending,
             " then coalesce(j.sent_params, case when j.channel in ('email', 'sms') then ",
-            message_values!("j.lead_id", "j.channel", "j.template", $url),
+            message_values!("j.lead_id", "j.rule_id", "j.channel", "j.template", $url),
             " end) else j.sent_params end,"
         )
     };
@@ -100,6 +100,13 @@ with claimable as (
   select v.job_id, v.verdict, v.duplicate_of, v.held_until, v.reason,
          v.verdict in ('duplicate', 'recipient_cap') as cancels
   from public.leadrelay_gate(array(select c.id from claimable c)) v
+), policy_leads as (
+  -- locked in id order, as the outcome statements lock them (MIRROR)
+  select l.id from public.landing_leads l
+   where l.id in (select j.lead_id from verdict v join public.notification_jobs j on j.id = v.job_id
+                   where v.cancels)
+   order by l.id
+   for no key update
 ), policy_mirror as (
   -- the dashboard row says why its lead got nothing
   update public.landing_leads l
@@ -111,6 +118,7 @@ with claimable as (
             from verdict v join public.notification_jobs j on j.id = v.job_id
            where v.cancels
            group by j.lead_id) m
+    join policy_leads k on k.id = m.lead_id
    where l.id = m.lead_id
 ), claimed as (
   update public.notification_jobs j
