@@ -50,15 +50,21 @@ impl Application {
     /// Connects (checking the schema), binds the address, then starts the
     /// listener, the worker, the SMS status poll and the HTTP server.
     pub async fn build(config: ServeConfig) -> Result<Application, ServeError> {
-        let pool_size = config.worker.concurrency * 3 + 8;
+        // The HTTP side (webhooks, the console, metrics) and the worker have
+        // pools of their own: the worker's sessions keep generic plans
+        // (`store::WORKER_SESSION`), the console's searches do not.
+        let pool_size = config.worker.concurrency + 8;
         let pool = store::pool(config.database_url.expose(), pool_size).await?;
         check_schema(&pool).await?;
+        let worker_pool_size = config.worker.concurrency * 2 + 6;
+        let worker_pool =
+            store::worker_pool(config.database_url.expose(), worker_pool_size).await?;
         // Templates are checked by the worker's first sweep, which logs each
         // problem: a marketer's edit must never stop the webhooks, the
         // console or the other channels (only its own jobs fail).
         let tracking_pool = match &config.lead_tracking_database_url {
             Some(url) => store::pool(url.expose(), config.worker.concurrency + 2).await?,
-            None => pool.clone(),
+            None => worker_pool.clone(),
         };
         let (tcp, addr) = bind(config.listen_addr).await?;
         let wakeups = Wakeups::new();
@@ -67,7 +73,7 @@ impl Application {
         let other_tasks = TaskTracker::new();
         let worker = Arc::new(new_worker(
             &config,
-            pool.clone(),
+            worker_pool,
             tracking_pool,
             Arc::clone(&wakeups),
             worker_tasks.clone(),
@@ -96,7 +102,7 @@ impl Application {
         let state = app_state(&config, pool, Arc::clone(&listener_state));
         // Both pools (the tracking pool may be the same) and every HTTP
         // connection share the process's descriptors.
-        let pooled = (pool_size + config.worker.concurrency + 2) as u64;
+        let pooled = (pool_size + worker_pool_size + config.worker.concurrency + 2) as u64;
         let file_limit = http::connections::file_limit();
         let slots = Arc::new(http::connections::Slots::new(
             http::connections::max_connections(file_limit, pooled),

@@ -13,20 +13,23 @@ pub(crate) async fn statement_profile(client: &Client, phase: &str) {
     for row in client
         .query(
             "select calls, round(total_exec_time::numeric, 1)::text, round(mean_exec_time::numeric, 3)::text,
-                    left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+                    plans, round(total_plan_time::numeric, 1)::text,
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
              from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
-             order by total_exec_time desc limit 12",
+             order by total_exec_time + total_plan_time desc limit 12",
             &[],
         )
         .await
         .unwrap()
     {
         println!(
-            "{:>8} calls {:>9} ms total {:>7} ms mean  {}",
+            "{:>8} calls {:>9} ms total {:>7} ms mean {:>6} plans {:>7} ms planning  {}",
             row.get::<_, i64>(0),
             row.get::<_, String>(1),
             row.get::<_, String>(2),
-            row.get::<_, String>(3)
+            row.get::<_, i64>(3),
+            row.get::<_, String>(4),
+            row.get::<_, String>(5)
         );
     }
     client

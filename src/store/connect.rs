@@ -174,6 +174,8 @@ fn explain_one(info: &ConnInfo, error: &tokio_postgres::Error) -> String {
 struct LibpqConnect {
     info: ConnInfo,
     tls: MakeRustlsConnect,
+    /// Run on each new connection before it is handed out.
+    session: Option<&'static str>,
 }
 
 impl deadpool_postgres::Connect for LibpqConnect {
@@ -183,7 +185,13 @@ impl deadpool_postgres::Connect for LibpqConnect {
     ) -> BoxFuture<'_, Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>> {
         Box::pin(async move {
             match attempt(&self.info, &self.tls).await {
-                Ok((client, connection)) => Ok((client, tokio::spawn(drive(connection)))),
+                Ok((client, connection)) => {
+                    let driver = tokio::spawn(drive(connection));
+                    if let Some(session) = self.session {
+                        client.batch_execute(session).await?;
+                    }
+                    Ok((client, driver))
+                }
                 Err(failed) => Err(failed.first),
             }
         })
@@ -193,15 +201,38 @@ impl deadpool_postgres::Connect for LibpqConnect {
 /// How long a pool user waits for a free connection before giving up.
 pub const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A pool for short statements (claims, outcomes, webhooks). The first
-/// connection is opened here, so a refusal is explained at start-up.
+/// A pool for short statements (outcomes, webhooks, the console's pages).
+/// The first connection is opened here, so a refusal is explained at
+/// start-up.
 pub async fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
+    pool_of_sessions(url, max_size, None).await
+}
+
+/// What the worker's sessions set: its statements (claims, outcomes, the
+/// sweep) are the same few, run thousands of times with different values,
+/// and the plan of each does not depend on them (the partial indexes name
+/// their statuses as constants). PostgreSQL would plan the claims and the
+/// grouped outcomes again on every run (a custom plan, estimated cheaper):
+/// about 1 ms each, a tenth of the database's time in the processing
+/// benchmark (docs/benchmarks.md).
+pub const WORKER_SESSION: &str = "set plan_cache_mode = force_generic_plan";
+
+/// The worker's pool: as `pool`, each session planning once per statement.
+pub async fn worker_pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
+    pool_of_sessions(url, max_size, Some(WORKER_SESSION)).await
+}
+
+async fn pool_of_sessions(
+    url: &str,
+    max_size: usize,
+    session: Option<&'static str>,
+) -> Result<Pool, DbError> {
     let info = ConnInfo::parse(url)?;
     drop(open(&info).await?);
     let tls = tls::connector(&info)?;
     let manager = Manager::from_connect(
         info.config.clone(),
-        LibpqConnect { info, tls },
+        LibpqConnect { info, tls, session },
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

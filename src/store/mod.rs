@@ -58,5 +58,8 @@ pub mod storable;
 pub mod templates;
 pub mod tls;
 
-pub use connect::{Connection, DbError, Failed, connect, describe, explain, open, pool};
+pub use connect::{
+    Connection, DbError, Failed, WORKER_SESSION, connect, describe, explain, open, pool,
+    worker_pool,
+};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};

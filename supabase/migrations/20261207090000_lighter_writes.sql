@@ -25,7 +25,14 @@
 --
 -- Built and dropped concurrently: the landing's INSERT never waits (a build
 -- interrupted midway is dropped and built again by the next `leadrelay
--- migrate`). landing_leads is not touched.
+-- migrate`).
+--
+-- landing_leads gets room on its pages for the worker's two writes of each
+-- lead (the sent flags of the email and of the SMS), unless the project set
+-- its own fillfactor: a write that fits on the lead's page is a HOT update,
+-- which adds nothing to the table's indexes (the console's search indexes
+-- among them). Only pages filled from now on keep the room. The setting
+-- takes a lock that lets the landing's reads and writes through.
 
 create index concurrently if not exists notification_jobs_failures_by_change_idx
   on public.notification_jobs (updated_at)
@@ -177,4 +184,102 @@ $$;
 
 drop index concurrently if exists public.notification_jobs_recipient_key_idx;
 
+-- ---------------------------------------------------------------------------
+-- The promotion, as in 20261206090000, waking the worker once per channel
+-- instead of once per job: NOTIFY is only a wake-up (the worker claims what
+-- is due), and promoting 10,000 jobs sent 10,000 messages to every
+-- listener inside the promoting transaction.
+-- ---------------------------------------------------------------------------
+create or replace function public.promote_due_notification_jobs(p_limit integer default 10000)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_promoted integer := 0;
+  v_channels text[];
+  v_channel text;
+begin
+  with expired as (
+    select j.id from public.notification_jobs j
+    where j.status = 'sending' and j.locked_until < now()
+    order by j.locked_until
+    limit p_limit
+    for update skip locked
+  ), rescued as (
+    update public.notification_jobs j
+       set status = case when j.attempts >= j.max_attempts then 'failed' else 'due' end,
+           failed_because = case when j.attempts >= j.max_attempts then 'attempts' end,
+           last_error = format('attempt %s: the worker stopped before recording an outcome (lease expired)', j.attempts),
+           errors = j.errors || jsonb_build_array(jsonb_build_object(
+             'attempt', j.attempts, 'at', now(),
+             'error', 'lease expired: outcome unknown',
+             'lock', j.locked_by)),
+           outcome_unknown_since = case when j.channel = 'sms'
+                                        then least(j.outcome_unknown_since, j.updated_at)
+                                        else j.outcome_unknown_since end,
+           finished_at = case when j.attempts >= j.max_attempts then now() end,
+           locked_by = null,
+           locked_until = null,
+           updated_at = now()
+      from expired
+     where j.id = expired.id
+    returning j.id, j.status, j.channel
+  ), ready as (
+    select s.id, s.due_at, r.send_window_start, r.send_window_end, r.time_zone,
+           case when s.ignore_policies or r.send_window_start is null then now()
+                else public.leadrelay_send_time(now(), r.send_window_start, r.send_window_end, r.time_zone)
+           end as opens_at
+    from public.notification_jobs s
+    left join public.notification_rules r on r.id = s.rule_id
+    where s.status = 'scheduled' and s.due_at <= now()
+    order by s.due_at, s.id
+    limit p_limit
+    for update of s skip locked
+  ), promoted as (
+    update public.notification_jobs j
+       set status = case when k.opens_at <= now() then 'due' else 'scheduled' end,
+           due_at = case when k.opens_at <= now() then j.due_at else k.opens_at end,
+           held_until = case when k.opens_at <= now() then j.held_until else k.opens_at end,
+           hold_reason = case when k.opens_at <= now() then j.hold_reason
+             else format('due at %s, outside the send window %s–%s %s: held until %s',
+                         to_char(now() at time zone k.time_zone, 'YYYY-MM-DD HH24:MI'),
+                         left(k.send_window_start::text, 5), left(k.send_window_end::text, 5), k.time_zone,
+                         to_char(k.opens_at at time zone k.time_zone, 'YYYY-MM-DD HH24:MI')) end,
+           updated_at = now()
+      from ready k
+     where j.id = k.id
+    returning j.id, j.status, j.channel
+  ), woken as (
+    select channel from promoted where status = 'due'
+    union all
+    select channel from rescued where status = 'due'
+  )
+  select count(*)::int, array_agg(distinct w.channel) into v_promoted, v_channels from woken w;
+  -- One wake-up per channel that has new due jobs, its name as the payload:
+  -- NOTIFY only wakes the worker (which claims what is due), and one per job
+  -- cost a message per job to every listener.
+  foreach v_channel in array coalesce(v_channels, '{}') loop
+    perform pg_notify('notification_jobs', v_channel);
+  end loop;
+
+  return v_promoted;
+end
+$$;
+
 drop index concurrently if exists public.notification_jobs_recipient_idx;
+
+-- ---------------------------------------------------------------------------
+-- Room for the worker's writes on the landing's pages (see the head).
+-- ---------------------------------------------------------------------------
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_class c, pg_catalog.unnest(coalesce(c.reloptions, '{}')) o
+                 where c.oid = 'public.landing_leads'::regclass and o like 'fillfactor=%') then
+    alter table public.landing_leads set (fillfactor = 80);
+  end if;
+exception when insufficient_privilege then
+  raise notice 'landing_leads keeps its fillfactor: % (only its owner may set it)', sqlerrm;
+end
+$$;

@@ -6,7 +6,8 @@
 
 -- ---------------------------------------------------------------------------
 -- The promotion, as before, recording `attempts` for a job whose worker
--- stopped on its last attempt (the lease expired).
+-- stopped on its last attempt (the lease expired), and waking the worker
+-- once per channel that has new due jobs (the payload: the channel).
 -- ---------------------------------------------------------------------------
 create or replace function public.promote_due_notification_jobs(p_limit integer default 10000)
 returns integer
@@ -16,9 +17,9 @@ set search_path = ''
 as $$
 declare
   v_promoted integer := 0;
-  v_id bigint;
+  v_channels text[];
+  v_channel text;
 begin
-  for v_id in
   with expired as (
     select j.id from public.notification_jobs j
     where j.status = 'sending' and j.locked_until < now()
@@ -43,7 +44,7 @@ begin
            updated_at = now()
       from expired
      where j.id = expired.id
-    returning j.id, j.status
+    returning j.id, j.status, j.channel
   ), ready as (
     select s.id, s.due_at, r.send_window_start, r.send_window_end, r.time_zone,
            case when s.ignore_policies or r.send_window_start is null then now()
@@ -68,16 +69,18 @@ begin
            updated_at = now()
       from ready k
      where j.id = k.id
-    returning j.id, j.status
+    returning j.id, j.status, j.channel
   ), woken as (
-    select id from promoted where status = 'due'
+    select channel from promoted where status = 'due'
     union all
-    select id from rescued where status = 'due'
+    select channel from rescued where status = 'due'
   )
-  select w.id from woken w
-  loop
-    perform pg_notify('notification_jobs', v_id::text);
-    v_promoted := v_promoted + 1;
+  select count(*)::int, array_agg(distinct w.channel) into v_promoted, v_channels from woken w;
+  -- One wake-up per channel that has new due jobs, its name as the payload:
+  -- NOTIFY only wakes the worker (which claims what is due), and one per job
+  -- cost a message per job to every listener.
+  foreach v_channel in array coalesce(v_channels, '{}') loop
+    perform pg_notify('notification_jobs', v_channel);
   end loop;
 
   return v_promoted;
