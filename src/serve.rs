@@ -50,22 +50,15 @@ impl Application {
     /// Connects (checking the schema), binds the address, then starts the
     /// listener, the worker, the SMS status poll and the HTTP server.
     pub async fn build(config: ServeConfig) -> Result<Application, ServeError> {
-        // The HTTP side (webhooks, the console, metrics) and the worker have
-        // pools of their own: the worker's sessions keep generic plans
-        // (`store::WORKER_SESSION`), the console's searches do not.
-        let pool_size = config.worker.concurrency + 8;
-        let pool = store::pool(config.database_url.expose(), pool_size).await?;
-        check_schema(&pool).await?;
-        let worker_pool_size = config.worker.concurrency * 2 + 6;
-        let worker_pool =
-            store::worker_pool(config.database_url.expose(), worker_pool_size).await?;
+        let Pools {
+            pool,
+            worker_pool,
+            tracking_pool,
+            connections: pooled,
+        } = pools(&config).await?;
         // Templates are checked by the worker's first sweep, which logs each
         // problem: a marketer's edit must never stop the webhooks, the
         // console or the other channels (only its own jobs fail).
-        let tracking_pool = match &config.lead_tracking_database_url {
-            Some(url) => store::pool(url.expose(), config.worker.concurrency + 2).await?,
-            None => worker_pool.clone(),
-        };
         let (tcp, addr) = bind(config.listen_addr).await?;
         let wakeups = Wakeups::new();
         let listener_state = Arc::new(ListenerState::default());
@@ -102,7 +95,6 @@ impl Application {
         let state = app_state(&config, pool, Arc::clone(&listener_state));
         // Both pools (the tracking pool may be the same) and every HTTP
         // connection share the process's descriptors.
-        let pooled = (pool_size + worker_pool_size + config.worker.concurrency + 2) as u64;
         let file_limit = http::connections::file_limit();
         let slots = Arc::new(http::connections::Slots::new(
             http::connections::max_connections(file_limit, pooled),
@@ -176,6 +168,38 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
 }
 
 /// The worker with its clients, under an id unique to this process.
+/// The database pools of `serve`.
+struct Pools {
+    /// The HTTP side's: webhooks, the console, metrics.
+    pool: deadpool_postgres::Pool,
+    /// The worker's, whose sessions keep generic plans
+    /// (`store::WORKER_SESSION`); the console's searches do not.
+    worker_pool: deadpool_postgres::Pool,
+    /// The `lead_tracking` dashboard's database (the worker's pool when it
+    /// is the same database).
+    tracking_pool: deadpool_postgres::Pool,
+    /// The most connections they may hold.
+    connections: u64,
+}
+
+async fn pools(config: &ServeConfig) -> Result<Pools, ServeError> {
+    let pool_size = config.worker.concurrency + 8;
+    let pool = store::pool(config.database_url.expose(), pool_size).await?;
+    check_schema(&pool).await?;
+    let worker_pool_size = config.worker.concurrency * 2 + 6;
+    let worker_pool = store::worker_pool(config.database_url.expose(), worker_pool_size).await?;
+    let tracking_pool = match &config.lead_tracking_database_url {
+        Some(url) => store::pool(url.expose(), config.worker.concurrency + 2).await?,
+        None => worker_pool.clone(),
+    };
+    Ok(Pools {
+        pool,
+        worker_pool,
+        tracking_pool,
+        connections: (pool_size + worker_pool_size + config.worker.concurrency + 2) as u64,
+    })
+}
+
 fn new_worker(
     config: &ServeConfig,
     pool: deadpool_postgres::Pool,

@@ -138,7 +138,8 @@ async fn main() {
         explain_plans(&cluster).await;
     }
     // graphile-worker, the reference of several scenarios
-    let graphile = if only.is_empty() || ["insert", "processing"].contains(&only.as_str()) {
+    let graphile = if only.is_empty() || ["insert", "processing", "serve"].contains(&only.as_str())
+    {
         Graphile::install()
     } else {
         Err("not needed by this scenario".into())
@@ -344,6 +345,11 @@ async fn main() {
         "-".into(),
         "<= 30 MB idle",
     ));
+
+    if only == "serve" {
+        print_table(&rows);
+        return;
+    }
 
     // 7. Email burst against a Resend that enforces 2 requests/s.
     drop(serve);

@@ -137,13 +137,7 @@ impl Worker {
         let mut next: Option<tokio::task::JoinHandle<Result<Vec<Work>, QueueError>>> = None;
         loop {
             if claimed.is_empty() {
-                let result = match next.take() {
-                    Some(begun) => begun
-                        .await
-                        .unwrap_or_else(|e| Err(QueueError::Db(format!("the claim stopped: {e}")))),
-                    None => self.claim_work(channel, ahead.limit(), 0).await,
-                };
-                match result {
+                match self.claimed_next(channel, &ahead, next.take()).await {
                     Ok(work) if !work.is_empty() => {
                         ahead.after_claim(work.iter().map(Work::len).sum());
                         claimed.extend(work);
@@ -189,15 +183,7 @@ impl Worker {
             let Some(work) = claimed.pop_front() else {
                 continue;
             };
-            let worker = Arc::clone(&self);
-            let token = cancel.clone();
-            self.tasks.spawn(async move {
-                match work {
-                    Work::One(job) => worker.process(*job, token, request_slot).await,
-                    Work::Batch(jobs) => worker.process_batch(jobs, token, request_slot).await,
-                }
-                drop(in_hand);
-            });
+            self.hand_out(work, cancel.clone(), request_slot, in_hand);
         }
         // Stopping: what was claimed but not started goes back unsent.
         if let Some(begun) = next
@@ -207,6 +193,40 @@ impl Worker {
         }
         for work in claimed {
             self.release_all(work.jobs()).await;
+        }
+    }
+
+    /// Sends `work` in a task of its own, holding its request slot and its
+    /// place in hand until it is done.
+    fn hand_out(
+        self: &Arc<Self>,
+        work: Work,
+        cancel: CancellationToken,
+        request_slot: OwnedSemaphorePermit,
+        in_hand: OwnedSemaphorePermit,
+    ) {
+        let worker = Arc::clone(self);
+        self.tasks.spawn(async move {
+            match work {
+                Work::One(job) => worker.process(*job, cancel, request_slot).await,
+                Work::Batch(jobs) => worker.process_batch(jobs, cancel, request_slot).await,
+            }
+            drop(in_hand);
+        });
+    }
+
+    /// The claim begun ahead, or a new one.
+    async fn claimed_next(
+        &self,
+        channel: Channel,
+        ahead: &ClaimAhead,
+        begun: Option<tokio::task::JoinHandle<Result<Vec<Work>, QueueError>>>,
+    ) -> Result<Vec<Work>, QueueError> {
+        match begun {
+            Some(begun) => begun
+                .await
+                .unwrap_or_else(|e| Err(QueueError::Db(format!("the claim stopped: {e}")))),
+            None => self.claim_work(channel, ahead.limit(), 0).await,
         }
     }
 

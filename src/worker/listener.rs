@@ -79,7 +79,7 @@ async fn listen_once(
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let reason = loop {
             match messages.next().await {
-                Some(Ok(AsyncMessage::Notification(_))) => notify_target.wake_all(),
+                Some(Ok(AsyncMessage::Notification(n))) => notify_target.notified(n.payload()),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => break describe(&e),
                 None => break "connection closed".to_string(),

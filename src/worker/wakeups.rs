@@ -1,5 +1,6 @@
-//! How the parts of the worker wake each other: a notification or a promotion
-//! wakes every channel's lane; a reconnect asks the sweeper to sweep now.
+//! How the parts of the worker wake each other: a notification naming a
+//! channel (the promotion's) wakes that channel's lane, any other
+//! notification every lane; a reconnect asks the sweeper to sweep now.
 //! `Notify::notify_one` keeps one wake-up for a lane that is busy, so a
 //! notification that arrives while a lane is claiming is never lost.
 
@@ -26,6 +27,16 @@ impl Wakeups {
         }
     }
 
+    /// A notification on the jobs' channel: its payload names the channel
+    /// whose jobs became due (the promotion), or is a job id (the operator's
+    /// actions, a dashboard resync), which could be any lane's.
+    pub fn notified(&self, payload: &str) {
+        match Channel::parse(payload) {
+            Some(channel) => self.lane(channel).notify_one(),
+            None => self.wake_all(),
+        }
+    }
+
     pub fn lane(&self, channel: Channel) -> &Notify {
         &self.lanes[index(channel)]
     }
@@ -44,5 +55,30 @@ fn index(channel: Channel) -> usize {
         Channel::Email => 0,
         Channel::Sms => 1,
         Channel::LeadTracking => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_promotion_wakes_the_lane_it_names_and_a_job_id_every_lane() {
+        let wakeups = Wakeups::new();
+        wakeups.notified("sms");
+        let woken = |channel| {
+            let notified = wakeups.lane(channel).notified();
+            async move {
+                tokio::time::timeout(std::time::Duration::from_millis(20), notified)
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(woken(Channel::Sms).await);
+        assert!(!woken(Channel::Email).await && !woken(Channel::LeadTracking).await);
+        wakeups.notified("12345");
+        for channel in Channel::ALL {
+            assert!(woken(channel).await, "{channel:?}");
+        }
     }
 }

@@ -100,6 +100,8 @@ with claimable as (
   select v.job_id, v.verdict, v.duplicate_of, v.held_until, v.reason,
          v.verdict in ('duplicate', 'recipient_cap') as cancels
   from public.leadrelay_gate(array(select c.id from claimable c)) v
+  -- a claim that found nothing (a lane woken for nothing) calls no gate
+  where exists (select 1 from claimable)
 ), policy_leads as (
   -- locked in id order, as the outcome statements lock them (MIRROR)
   select l.id from public.landing_leads l
@@ -191,13 +193,15 @@ with keys as (
 ), members as (
   select j.id, j.batch_key from public.notification_jobs j
   join keys k on k.batch_key = j.batch_key
-  where j.channel = 'email' and j.status = 'due'
+  -- no batch is due again (nearly always): the due emails are not read
+  where j.channel = 'email' and j.status = 'due' and exists (select 1 from keys)
   for update of j
 ), held as (
   select m.batch_key, max(g.held_until) as held_until, max(g.reason) as reason
   from public.leadrelay_gate(array(select m.id from members m)) g
   join members m on m.id = g.job_id
-  where g.verdict = 'window'
+  -- no batch is due again (nearly always): no gate is called
+  where g.verdict = 'window' and exists (select 1 from members)
   group by m.batch_key
 ), claimed as (
   update public.notification_jobs j
