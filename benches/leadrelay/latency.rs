@@ -76,7 +76,7 @@ pub(crate) async fn pickup_latency(client: &Client, mock: &Mock, reference: Refe
             "p99_ms",
             " (p99)",
         ),
-        "p99 <= 5 ms",
+        "p99 <= 0.6x graphile-worker's",
     )
 }
 
@@ -138,6 +138,6 @@ pub(crate) async fn timing_accuracy(client: &Client, mock: &Mock, reference: Ref
             "p99_ms",
             " (p99)",
         ),
-        "p99 <= 100 ms late",
+        "p99 <= 0.1x graphile-worker's",
     )
 }

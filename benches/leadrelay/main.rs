@@ -309,7 +309,7 @@ async fn main() {
             "jobs_per_second",
             "",
         ),
-        ">= 2x graphile-worker",
+        ">= 2.5x graphile-worker (median of 3 runs)",
     ));
 
     if profile {

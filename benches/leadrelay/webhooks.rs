@@ -57,7 +57,7 @@ pub(crate) async fn webhook_ingestion(client: &Client, base: &str) -> Row {
         format!("{ingest:.0} events/s stored ({ok} ok)"),
         format!("no-op route: {noop_rate:.0} requests/s"),
         format!("{:.2}x", ingest / noop_rate),
-        ">= 5,000 events/s",
+        ">= 0.2x the no-op route",
     )
 }
 
