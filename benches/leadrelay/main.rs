@@ -117,21 +117,17 @@ async fn main() {
             .stop(leadrelay::store::cluster::StopMode::Fast)
             .expect("stop");
         cluster.restart().expect("restart with pg_stat_statements");
-        let admin = store::connect(&cluster.url("postgres")).await.unwrap();
-        admin
-            .batch_execute("alter system set pg_stat_statements.track = 'all'")
-            .await
-            .unwrap();
         // planning shows apart from running: a statement planned on every
         // execution (custom plans) is a candidate for a generic one
-        admin
-            .batch_execute("alter system set pg_stat_statements.track_planning = on")
-            .await
-            .unwrap();
-        admin
-            .batch_execute("select pg_reload_conf()")
-            .await
-            .unwrap();
+        alter_system(
+            &cluster,
+            None,
+            &[
+                "pg_stat_statements.track = 'all'",
+                "pg_stat_statements.track_planning = on",
+            ],
+        )
+        .await;
     }
     let explain = std::env::var("BENCH_EXPLAIN").is_ok();
     if explain {

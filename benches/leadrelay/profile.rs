@@ -42,16 +42,33 @@ pub(crate) async fn statement_profile(client: &Client, phase: &str) {
 /// with the time and buffers of each node (auto_explain, nested statements
 /// included), so a claim's cost can be read node by node. Slows the run.
 pub(crate) async fn explain_plans(cluster: &Cluster) {
+    alter_system(
+        cluster,
+        Some("auto_explain"),
+        &[
+            "session_preload_libraries = 'auto_explain'",
+            "auto_explain.log_min_duration = 0",
+            "auto_explain.log_analyze = on",
+            "auto_explain.log_buffers = on",
+            "auto_explain.log_nested_statements = on",
+        ],
+    )
+    .await;
+}
+
+/// Sets each of `settings` (`name = value`) with ALTER SYSTEM (one statement
+/// each: it cannot run in a transaction) and reloads the configuration.
+/// `library`: loaded into the session first, so that ALTER SYSTEM knows the
+/// settings it defines.
+pub(crate) async fn alter_system(cluster: &Cluster, library: Option<&str>, settings: &[&str]) {
     let admin = store::connect(&cluster.url("postgres")).await.unwrap();
-    // loaded here too, so that ALTER SYSTEM knows its settings
-    admin.batch_execute("load 'auto_explain'").await.unwrap();
-    for setting in [
-        "session_preload_libraries = 'auto_explain'",
-        "auto_explain.log_min_duration = 0",
-        "auto_explain.log_analyze = on",
-        "auto_explain.log_buffers = on",
-        "auto_explain.log_nested_statements = on",
-    ] {
+    if let Some(library) = library {
+        admin
+            .batch_execute(&format!("load '{library}'"))
+            .await
+            .unwrap();
+    }
+    for setting in settings {
         admin
             .batch_execute(&format!("alter system set {setting}"))
             .await
