@@ -78,9 +78,11 @@ const IN_HAND_PER_SLOT: usize = 20;
 
 /// How many jobs a lane claims at once, per request slot: the fewest while
 /// work comes a little at a time (a short lease, jobs left to other
-/// workers), doubling while each claim comes back full (a deep queue: the
-/// claim's fixed cost, its gate and its round trip, is shared by more
-/// jobs), back to the fewest after a claim that found less.
+/// workers), doubling while each claim comes back full and the last one
+/// was handed out quickly (a deep queue and a fast provider: the claim's
+/// fixed cost, its gate and its round trip, is shared by more jobs), back
+/// to the fewest after a claim that found less. With a slow provider the
+/// claims stay at the fewest, so jobs do not wait long in a worker's hands.
 #[derive(Debug, Clone, Copy)]
 struct ClaimAhead {
     slots: usize,
@@ -92,6 +94,8 @@ struct ClaimAhead {
 impl ClaimAhead {
     const FEWEST_PER_SLOT: usize = 4;
     const MOST_PER_SLOT: usize = 20;
+    /// A claim handed out within this may be followed by a larger one.
+    const QUICK: Duration = Duration::from_secs(1);
 
     fn new(slots: usize) -> ClaimAhead {
         ClaimAhead {
@@ -111,13 +115,15 @@ impl ClaimAhead {
         self.deep && queued <= self.limit() / 2
     }
 
-    fn after_claim(&mut self, claimed: usize) {
+    /// A claim came back with `claimed` jobs, `since_last` after the one
+    /// before it.
+    fn after_claim(&mut self, claimed: usize, since_last: Duration) {
         self.deep = claimed >= self.limit();
-        self.per_slot = if self.deep {
-            (self.per_slot * 2).min(Self::MOST_PER_SLOT)
-        } else {
-            Self::FEWEST_PER_SLOT
-        };
+        if !self.deep {
+            self.per_slot = Self::FEWEST_PER_SLOT;
+        } else if since_last < Self::QUICK {
+            self.per_slot = (self.per_slot * 2).min(Self::MOST_PER_SLOT);
+        }
     }
 }
 
@@ -130,6 +136,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let in_hand = Arc::new(Semaphore::new(self.settings.concurrency * IN_HAND_PER_SLOT));
         let mut ahead = ClaimAhead::new(self.settings.concurrency);
+        let mut last_claim = tokio::time::Instant::now();
         let mut claimed: VecDeque<Work> = VecDeque::new();
         // The next claim, begun while the last one's jobs are still being
         // handed out (a deep queue), so the lane never idles for its round
@@ -139,11 +146,12 @@ impl Worker {
             if claimed.is_empty() {
                 match self.claimed_next(channel, &ahead, next.take()).await {
                     Ok(work) if !work.is_empty() => {
-                        ahead.after_claim(work.iter().map(Work::len).sum());
+                        ahead.after_claim(work.iter().map(Work::len).sum(), last_claim.elapsed());
+                        last_claim = tokio::time::Instant::now();
                         claimed.extend(work);
                     }
                     Ok(_) => {
-                        ahead.after_claim(0);
+                        ahead.after_claim(0, last_claim.elapsed());
                         tokio::select! {
                             _ = cancel.cancelled() => break,
                             _ = self.wakeups.lane(channel).notified() => {}
@@ -320,14 +328,21 @@ impl Worker {
 
     /// The lease for a claim of `n`: the request timeout twice over (at least
     /// JOB_LEASE), plus the wait of the last job for a free slot (n /
-    /// concurrency requests) and for its pacing turn.
+    /// concurrency requests, counted as slow as the timeout, but never more
+    /// rounds than a claim of the fewest: the larger claims of a deep queue
+    /// are made only while requests are quick, and a job whose lease runs
+    /// short before its request is given back unsent) and for its pacing
+    /// turn. So a worker killed in a burst holds its jobs no longer than one
+    /// killed with a small claim.
     pub(super) fn lease_for(&self, channel: Channel, n: usize) -> Duration {
         let pacing = match channel {
             Channel::Email => self.resend.pacer.interval(),
             Channel::Sms => self.mobizon.pacer.interval(),
             Channel::LeadTracking => Duration::ZERO,
         };
-        let rounds = n.div_ceil(self.settings.concurrency.max(1)) as u32;
+        let rounds = n
+            .div_ceil(self.settings.concurrency.max(1))
+            .min(ClaimAhead::FEWEST_PER_SLOT) as u32;
         self.settings.lease.max(self.settings.provider_timeout * 2)
             + self.settings.provider_timeout * rounds
             + pacing * n as u32
@@ -417,27 +432,49 @@ pub(super) fn precheck(job: &ClaimedJob) -> Option<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::ClaimAhead;
+    use std::time::Duration;
 
     #[test]
     fn a_lane_claims_more_while_claims_come_back_full_and_fewest_after_a_short_one() {
+        let quick = Duration::from_millis(50);
         let mut ahead = ClaimAhead::new(5);
         assert_eq!(ahead.limit(), 20);
         assert!(!ahead.begin_next(0), "no claim ahead before a full one");
-        ahead.after_claim(20);
+        ahead.after_claim(20, quick);
         assert_eq!(ahead.limit(), 40);
         assert!(!ahead.begin_next(21) && ahead.begin_next(20));
-        ahead.after_claim(40);
+        ahead.after_claim(40, quick);
         assert_eq!(ahead.limit(), 80);
-        ahead.after_claim(80);
+        ahead.after_claim(80, quick);
         assert_eq!(ahead.limit(), 100, "never more than 20 per slot");
-        ahead.after_claim(100);
+        ahead.after_claim(100, quick);
         assert_eq!(ahead.limit(), 100);
-        ahead.after_claim(99);
+        ahead.after_claim(99, quick);
         assert_eq!(ahead.limit(), 20);
         assert!(!ahead.begin_next(0), "a short claim: the queue is drained");
-        ahead.after_claim(0);
+        ahead.after_claim(0, quick);
         assert_eq!(ahead.limit(), 20);
         // no slots configured still claims
         assert_eq!(ClaimAhead::new(0).limit(), 4);
+    }
+
+    #[test]
+    fn a_slow_provider_keeps_the_claims_small() {
+        let slow = Duration::from_secs(4);
+        let mut ahead = ClaimAhead::new(5);
+        ahead.after_claim(20, slow);
+        assert_eq!(
+            ahead.limit(),
+            20,
+            "full, but handed out slowly: no larger claim"
+        );
+        assert!(
+            ahead.begin_next(10),
+            "still claimed ahead: the queue is deep"
+        );
+        ahead.after_claim(20, Duration::from_millis(10));
+        assert_eq!(ahead.limit(), 40);
+        ahead.after_claim(40, slow);
+        assert_eq!(ahead.limit(), 40, "kept, not grown");
     }
 }
