@@ -167,7 +167,6 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
     Ok((tcp, local))
 }
 
-/// The worker with its clients, under an id unique to this process.
 /// The database pools of `serve`.
 struct Pools {
     /// The HTTP side's: webhooks, the console, metrics.
@@ -200,6 +199,7 @@ async fn pools(config: &ServeConfig) -> Result<Pools, ServeError> {
     })
 }
 
+/// The worker with its clients, under an id unique to this process.
 fn new_worker(
     config: &ServeConfig,
     pool: deadpool_postgres::Pool,

@@ -87,6 +87,22 @@ $$;
 create trigger bench_graphile_enqueue after insert on landing_leads_graphile
   for each row execute function bench_graphile_enqueue();";
 
+/// Installs graphile-worker's schema in `bench_insert` and the copy of the
+/// landing's table with its `add_job` trigger.
+async fn graphile_trigger(
+    cluster: &Cluster,
+    db: &Client,
+    graphile: &Result<Graphile, String>,
+) -> Result<(), String> {
+    graphile
+        .as_ref()
+        .map_err(Clone::clone)?
+        .run(&cluster.url("bench_insert"), &["migrate"])?;
+    db.batch_execute(GRAPHILE_TRIGGER)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// The landing's INSERT with 1 and 8 clients: on `landing_leads` (with
 /// leadrelay's trigger and the console's indexes), on the same table as the
 /// landing made it (its primary key only: the bare insert), and on a copy
@@ -103,19 +119,7 @@ pub(crate) async fn lead_insert_cost(
         )
         .await
         .unwrap();
-    let with_graphile = match graphile {
-        Ok(g) => g
-            .run(&cluster.url("bench_insert"), &["migrate"])
-            .map(|_| ()),
-        Err(e) => Err(e.clone()),
-    };
-    let with_graphile = match with_graphile {
-        Ok(()) => insert_db
-            .batch_execute(GRAPHILE_TRIGGER)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e),
-    };
+    let with_graphile = graphile_trigger(cluster, &insert_db, graphile).await;
     let mut rows = Vec::new();
     for clients in [1, 8] {
         let (bare_tps, bare_p99) =
