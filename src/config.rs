@@ -210,6 +210,74 @@ pub struct ServeArgs {
     pub landing_role: Option<String>,
 }
 
+/// The providers' keys, for the commands that read from them (`reconcile`,
+/// `backfill`): the same variables as `serve`'s.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ProviderArgs {
+    #[arg(long, env = "RESEND_API_KEY", hide_env_values = true)]
+    pub resend_api_key: Option<String>,
+    #[arg(long, env = "RESEND_API_URL")]
+    pub resend_api_url: Option<String>,
+    #[arg(long, env = "RESEND_MAX_RPS")]
+    pub resend_max_rps: Option<String>,
+    #[arg(long, env = "MOBIZON_API_KEY", hide_env_values = true)]
+    pub mobizon_api_key: Option<String>,
+    #[arg(long, env = "MOBIZON_API_URL")]
+    pub mobizon_api_url: Option<String>,
+    #[arg(long, env = "MOBIZON_MAX_RPS")]
+    pub mobizon_max_rps: Option<String>,
+}
+
+/// One provider's key, address and rate.
+#[derive(Debug, Clone)]
+pub struct ProviderAccess {
+    pub api_key: Secret,
+    pub api_url: String,
+    pub max_rps: f64,
+}
+
+impl ProviderArgs {
+    /// Resend's and Mobizon's access, validated as `serve` validates them.
+    pub fn access(&self) -> Result<(ProviderAccess, ProviderAccess), ConfigError> {
+        Ok((
+            resend_access(
+                self.resend_api_key.as_deref(),
+                self.resend_api_url.as_deref(),
+                self.resend_max_rps.as_deref(),
+            )?,
+            mobizon_access(
+                self.mobizon_api_key.as_deref(),
+                self.mobizon_api_url.as_deref(),
+                self.mobizon_max_rps.as_deref(),
+            )?,
+        ))
+    }
+}
+
+fn resend_access(
+    key: Option<&str>,
+    url: Option<&str>,
+    max_rps: Option<&str>,
+) -> Result<ProviderAccess, ConfigError> {
+    Ok(ProviderAccess {
+        api_key: Secret::new(required("RESEND_API_KEY", key)?),
+        api_url: http_url("RESEND_API_URL", url, defaults::RESEND_API_URL)?,
+        max_rps: rate("RESEND_MAX_RPS", max_rps, defaults::RESEND_MAX_RPS)?,
+    })
+}
+
+fn mobizon_access(
+    key: Option<&str>,
+    url: Option<&str>,
+    max_rps: Option<&str>,
+) -> Result<ProviderAccess, ConfigError> {
+    Ok(ProviderAccess {
+        api_key: Secret::new(required("MOBIZON_API_KEY", key)?),
+        api_url: http_url("MOBIZON_API_URL", url, defaults::MOBIZON_API_URL)?,
+        max_rps: rate("MOBIZON_MAX_RPS", max_rps, defaults::MOBIZON_MAX_RPS)?,
+    })
+}
+
 impl ServeConfig {
     /// Each part in the order of the configuration table; the first value
     /// that is missing or malformed stops here, named.
@@ -253,19 +321,16 @@ fn database_url_of(name: &'static str, value: &str) -> Result<Secret, ConfigErro
 }
 
 fn resend_settings(args: &ServeArgs) -> Result<ResendSettings, ConfigError> {
+    let access = resend_access(
+        args.resend_api_key.as_deref(),
+        args.resend_api_url.as_deref(),
+        args.resend_max_rps.as_deref(),
+    )?;
     Ok(ResendSettings {
-        api_key: Secret::new(required("RESEND_API_KEY", args.resend_api_key.as_deref())?),
-        api_url: http_url(
-            "RESEND_API_URL",
-            args.resend_api_url.as_deref(),
-            defaults::RESEND_API_URL,
-        )?,
+        api_key: access.api_key,
+        api_url: access.api_url,
         from: email_from(args.email_from.as_deref())?,
-        max_rps: rate(
-            "RESEND_MAX_RPS",
-            args.resend_max_rps.as_deref(),
-            defaults::RESEND_MAX_RPS,
-        )?,
+        max_rps: access.max_rps,
         batch_size: batch_size(args.resend_batch_size.as_deref())?,
     })
 }
@@ -287,22 +352,16 @@ fn batch_size(value: Option<&str>) -> Result<usize, ConfigError> {
 }
 
 fn mobizon_settings(args: &ServeArgs) -> Result<MobizonSettings, ConfigError> {
+    let access = mobizon_access(
+        args.mobizon_api_key.as_deref(),
+        args.mobizon_api_url.as_deref(),
+        args.mobizon_max_rps.as_deref(),
+    )?;
     Ok(MobizonSettings {
-        api_key: Secret::new(required(
-            "MOBIZON_API_KEY",
-            args.mobizon_api_key.as_deref(),
-        )?),
-        api_url: http_url(
-            "MOBIZON_API_URL",
-            args.mobizon_api_url.as_deref(),
-            defaults::MOBIZON_API_URL,
-        )?,
+        api_key: access.api_key,
+        api_url: access.api_url,
         from: sms_from(args.sms_from.as_deref())?,
-        max_rps: rate(
-            "MOBIZON_MAX_RPS",
-            args.mobizon_max_rps.as_deref(),
-            defaults::MOBIZON_MAX_RPS,
-        )?,
+        max_rps: access.max_rps,
     })
 }
 

@@ -2,7 +2,7 @@
 //! with the database as the source of truth.
 //!
 //! Rooms, and the one way their dependencies point (a test checks it):
-//! `cli` → `serve` → `config` → `http` → `worker` → `ingest` →
+//! `cli` → `serve` → `config` → `http` → {`worker`, `reconcile`} → `ingest` →
 //! {`store`, `providers`, `messages`} → `domain`.
 
 pub mod cli;
@@ -12,6 +12,7 @@ pub mod http;
 pub mod ingest;
 pub mod messages;
 pub mod providers;
+pub mod reconcile;
 pub mod serve;
 pub mod store;
 pub mod worker;
@@ -28,6 +29,7 @@ pub fn statements() -> Vec<String> {
         .chain(ingest::statements())
         .chain(http::statements().iter().map(|s| s.to_string()))
         .chain(cli::ops::statements().iter().map(|s| s.to_string()))
+        .chain(reconcile::statements().iter().map(|s| s.to_string()))
         .collect()
 }
 
@@ -46,6 +48,7 @@ mod layout {
         ("config", 2),
         ("http", 3),
         ("worker", 4),
+        ("reconcile", 4),
         ("ingest", 5),
         ("store", 6),
         ("providers", 6),

@@ -8,6 +8,7 @@
 pub mod dev;
 pub mod doctor;
 pub mod ops;
+pub mod reconcile;
 pub mod templates;
 
 use std::path::PathBuf;
@@ -43,8 +44,12 @@ pub enum Command {
     /// The production process: the worker and the HTTP server.
     Serve(Box<config::ServeArgs>),
     /// Enqueue messages, due now, for leads in a time window that have none
-    /// (the leads that arrived before leadrelay).
+    /// (the leads that arrived before leadrelay), after asking Resend and
+    /// Mobizon whether the system before leadrelay sent them.
     Backfill(BackfillArgs),
+    /// For each lead in a window without a job for a channel, ask Resend and
+    /// Mobizon whether its message was sent: record what was, send what was not.
+    Reconcile(WindowArgs),
     /// One lead's messages and delivery states, by lead id, email or phone.
     Status(StatusArgs),
     /// Put failed or invalid jobs back to due after the cause was fixed (a wrong API key,
@@ -125,10 +130,13 @@ pub struct DatabaseArg {
     pub database_url: Option<String>,
 }
 
+/// The leads of a window, and how the providers are asked about them.
 #[derive(Debug, clap::Args)]
-pub struct BackfillArgs {
+pub struct WindowArgs {
     #[command(flatten)]
     pub db: DatabaseArg,
+    #[command(flatten)]
+    pub providers: config::ProviderArgs,
     /// Start of the window (inclusive): 2026-11-24, "2026-11-24 12:30" (UTC) or RFC 3339.
     #[arg(long)]
     pub since: String,
@@ -138,12 +146,35 @@ pub struct BackfillArgs {
     /// Only leads whose source matches this LIKE pattern.
     #[arg(long, default_value = "proftest%")]
     pub source: String,
-    /// Show what would be enqueued; change nothing.
+    /// Show the report (the providers are asked); change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    /// Do not ask Resend and Mobizon first. A message the system before
+    /// leadrelay sent is then sent a second time.
+    #[arg(long)]
+    pub no_provider_check: bool,
+    /// The part of each provider's rate limit to take (0 to 1), leaving the
+    /// rest to a running `serve`: Resend's limit is the whole team's.
+    #[arg(long, default_value_t = reconcile::DEFAULT_SHARE, value_parser = parse_share)]
+    pub provider_share: f64,
+}
+
+fn parse_share(value: &str) -> Result<f64, String> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0 && *v <= 1.0)
+        .ok_or_else(|| format!("{value:?}: a fraction above 0 and at most 1, e.g. 0.5"))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub window: WindowArgs,
     /// Send at once: ignore the rules' send windows, de-duplication and
     /// per-recipient caps (for an operator who means it).
     #[arg(long)]
@@ -304,26 +335,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Dev(args) => Ok(dev::run(&args).await?),
         Command::Backfill(args) => {
-            let since = ops::parse_time("--since", &args.since)?;
-            let until = match &args.until {
-                Some(u) => ops::parse_time("--until", u)?,
-                None => chrono::Utc::now(),
-            };
-            let mut client = connect(&args.db).await?;
-            ops::backfill(
-                &mut client,
-                &ops::BackfillRequest {
-                    since,
-                    until,
-                    source_pattern: args.source.clone(),
-                    dry_run: args.dry_run,
-                    yes: args.yes,
-                    ignore_policies: args.ignore_policies,
-                },
-            )
-            .await?;
-            Ok(())
+            let ignore = args.ignore_policies;
+            run_window(args.window, reconcile::Command::Backfill, ignore).await
         }
+        Command::Reconcile(args) => run_window(args, reconcile::Command::Reconcile, false).await,
         Command::Status(args) => {
             let client = connect(&args.db).await?;
             print!("{}", ops::status(&client, &args.lead).await?);
@@ -394,6 +409,47 @@ async fn run_doctor(args: DoctorArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `backfill` and `reconcile`: the window parsed, the providers' clients
+/// made (unless `--no-provider-check`), then `reconcile::run`.
+async fn run_window(
+    args: WindowArgs,
+    command: reconcile::Command,
+    ignore_policies: bool,
+) -> Result<(), CliError> {
+    let since = ops::parse_time("--since", &args.since)?;
+    let until = match &args.until {
+        Some(u) => ops::parse_time("--until", u)?,
+        None => chrono::Utc::now(),
+    };
+    if until <= since {
+        return Err(ops::OpsError::EmptyWindow.into());
+    }
+    let providers = if args.no_provider_check {
+        None
+    } else {
+        Some(reconcile::providers(&args.providers, args.provider_share).map_err(|e| {
+            ops::OpsError::Input(format!(
+                "{e}: {} asks Resend and Mobizon first whether the system before leadrelay sent \
+                 the messages; set both keys (a Resend key with full access, to list emails), \
+                 or pass --no-provider-check to send without asking",
+                command.name()
+            ))
+        })?)
+    };
+    let mut client = connect(&args.db).await?;
+    let request = reconcile::Request {
+        command,
+        since,
+        until,
+        source_pattern: args.source.clone(),
+        dry_run: args.dry_run,
+        yes: args.yes,
+        ignore_policies,
+    };
+    reconcile::run(&mut client, providers.as_ref(), &request).await?;
+    Ok(())
 }
 
 fn product_url(arg: &ProductUrlArg) -> Result<String, CliError> {

@@ -1,4 +1,5 @@
-//! Operator commands: `backfill`, `status`, `retry`, `cancel`. Each prints
+//! Operator commands: `status`, `retry`, `cancel` (`backfill` and
+//! `reconcile` are in `cli::reconcile`). Each prints
 //! what it is about to do and asks before changing anything (unless
 //! `--yes`), and `--dry-run` changes nothing at all. `retry` and `cancel`
 //! run the console's own statements (`store::operator`), audited as
@@ -31,6 +32,14 @@ pub enum OpsError {
     NoLead(String),
     #[error("{0}")]
     Input(String),
+}
+
+impl From<crate::reconcile::ReconcileError> for OpsError {
+    fn from(e: crate::reconcile::ReconcileError) -> Self {
+        match e {
+            crate::reconcile::ReconcileError::Db(text) => OpsError::Db(text),
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for OpsError {
@@ -71,7 +80,12 @@ pub fn parse_time(name: &'static str, value: &str) -> Result<DateTime<Utc>, OpsE
 /// After listing the first ten of `n` jobs: whether to change them (none,
 /// or a dry run: no; otherwise the operator confirms `question`, in which
 /// `{}` stands for the count).
-fn go_ahead(n: usize, dry_run: bool, yes: bool, question: &str) -> Result<bool, OpsError> {
+pub(super) fn go_ahead(
+    n: usize,
+    dry_run: bool,
+    yes: bool,
+    question: &str,
+) -> Result<bool, OpsError> {
     if n > 10 {
         println!("  … and {} more", n - 10);
     }
@@ -86,7 +100,7 @@ fn go_ahead(n: usize, dry_run: bool, yes: bool, question: &str) -> Result<bool, 
     Ok(true)
 }
 
-fn confirm(question: &str, yes: bool) -> Result<(), OpsError> {
+pub(super) fn confirm(question: &str, yes: bool) -> Result<(), OpsError> {
     if yes {
         return Ok(());
     }
@@ -104,189 +118,13 @@ fn confirm(question: &str, yes: bool) -> Result<(), OpsError> {
     }
 }
 
-// ---------------------------------------------------------------- backfill
-
-/// Leads in [$1, $2) whose source matches $3 and that have no job at all.
-pub const BACKFILL_CANDIDATES: &str = "
-select l.id, l.source, l.created_at
-from public.landing_leads l
-where l.created_at >= $1 and l.created_at < $2 and l.source like $3
-  and not exists (select 1 from public.notification_jobs j where j.lead_id = l.id)
-  and exists (select 1 from public.notification_rules r where r.enabled and l.source like r.source_pattern)
-order by l.created_at, l.id";
-
-/// Creates the jobs the rules ask for, due now, for the leads $1 that still
-/// have none: the checks are the trigger's own, so an unusable address gives
-/// an `invalid` job with its reason, never a failed statement.
-///
-/// The delivery policies apply as to any job: one whose rule has a send
-/// window is `scheduled`, so the promotion holds it until the window opens
-/// (a backfill at night goes in the morning), and the claim's gate cancels
-/// a lead already served under another id. $2 (`--ignore-policies`): none
-/// of that.
-pub const BACKFILL_INSERT: &str = "
-with leads as (
-  select l.* from public.landing_leads l
-  where l.id = any($1)
-    and not exists (select 1 from public.notification_jobs j where j.lead_id = l.id)
-), planned as (
-  select l.id as lead_id, r.id as rule_id, r.channel, r.template, r.send_window_start is not null as has_window,
-         case r.channel
-           when 'email' then public.leadrelay_email_problem(l.email)
-           when 'sms' then public.leadrelay_phone_problem(l.phone)
-         end as problem,
-         l.email, l.phone
-  from leads l
-  join public.notification_rules r on r.enabled and l.source like r.source_pattern
-), inserted as (
-  insert into public.notification_jobs
-    (lead_id, channel, template, rule_id, ignore_policies, recipient, status, due_at, last_error, finished_at)
-  select p.lead_id, p.channel, p.template, p.rule_id, $2,
-         leadrelay.recipient(p.channel, p.email, p.phone),
-         case when p.problem is not null then 'invalid'
-              when p.has_window and not $2 then 'scheduled'
-              else 'due' end,
-         now(), p.problem,
-         case when p.problem is not null then now() end
-  from planned p
-  on conflict on constraint notification_jobs_lead_channel_template_key do nothing
-  returning id, status
-)
-select count(*) filter (where status in ('due', 'scheduled')),
-       count(*) filter (where status = 'invalid'),
-       (select count(pg_notify('notification_jobs', i.id::text)) from inserted i where i.status = 'due')
-from inserted";
-
-#[derive(Debug, Clone)]
-pub struct BackfillRequest {
-    pub since: DateTime<Utc>,
-    pub until: DateTime<Utc>,
-    pub source_pattern: String,
-    pub dry_run: bool,
-    pub yes: bool,
-    /// Send at once, whatever the rules' windows, de-duplication and caps say.
-    pub ignore_policies: bool,
-}
-
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct BackfillReport {
-    pub leads: usize,
-    pub due: i64,
-    pub invalid: i64,
-}
-
-/// The leads a backfill found: how many, and the first ten.
-fn print_candidates(request: &BackfillRequest, rows: &[tokio_postgres::Row]) {
-    println!(
-        "{} lead(s) from {} to {} with source like {:?} have no messages yet.",
-        rows.len(),
-        request.since.format("%Y-%m-%d %H:%M:%S UTC"),
-        request.until.format("%Y-%m-%d %H:%M:%S UTC"),
-        request.source_pattern
-    );
-    for row in rows.iter().take(10) {
-        let id: Uuid = row.get(0);
-        let source: Option<String> = row.get(1);
-        let created: DateTime<Utc> = row.get(2);
-        println!(
-            "  {id}  {}  {}",
-            created.format("%Y-%m-%d %H:%M"),
-            source.unwrap_or_default()
-        );
-    }
-    if rows.len() > 10 {
-        println!("  … and {} more", rows.len() - 10);
-    }
-}
-
-/// Creates the jobs of leads `ids`, 500 a statement, with a progress bar on
-/// long lists.
-async fn enqueue(
-    client: &Client,
-    ids: &[Uuid],
-    ignore_policies: bool,
-) -> Result<BackfillReport, OpsError> {
-    let progress = indicatif::ProgressBar::new(ids.len() as u64);
-    if ids.len() < 200 {
-        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let mut report = BackfillReport {
-        leads: ids.len(),
-        ..Default::default()
-    };
-    let statement = client.prepare(BACKFILL_INSERT).await?;
-    for chunk in ids.chunks(500) {
-        let row = client
-            .query_one(&statement, &[&chunk, &ignore_policies])
-            .await?;
-        report.due += row.get::<_, i64>(0);
-        report.invalid += row.get::<_, i64>(1);
-        progress.inc(chunk.len() as u64);
-    }
-    progress.finish_and_clear();
-    Ok(report)
-}
-
-pub async fn backfill(
-    client: &mut Client,
-    request: &BackfillRequest,
-) -> Result<BackfillReport, OpsError> {
-    if request.until <= request.since {
-        return Err(OpsError::EmptyWindow);
-    }
-    let rows = client
-        .query(
-            BACKFILL_CANDIDATES,
-            &[&request.since, &request.until, &request.source_pattern],
-        )
-        .await?;
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-    print_candidates(request, &rows);
-    if ids.is_empty() {
-        return Ok(BackfillReport::default());
-    }
-    if request.dry_run {
-        println!("dry run: nothing was changed");
-        return Ok(BackfillReport {
-            leads: ids.len(),
-            ..Default::default()
-        });
-    }
-    let question = if request.ignore_policies {
-        format!(
-            "Send their messages now, ignoring send windows, de-duplication and caps ({} lead(s))?",
-            ids.len()
-        )
-    } else {
-        format!(
-            "Send their messages ({} lead(s)), within their rules' send windows and policies?",
-            ids.len()
-        )
-    };
-    confirm(&question, request.yes)?;
-    let report = enqueue(client, &ids, request.ignore_policies).await?;
-    if request.ignore_policies {
-        println!(
-            "enqueued {} message(s) due now, policies ignored; {} invalid (unusable address, see `leadrelay status`)",
-            report.due, report.invalid
-        );
-    } else {
-        println!(
-            "enqueued {} message(s): due now, or at the opening of their rule's send window; \
-             one already sent to the same person is cancelled before its request; \
-             {} invalid (unusable address, see `leadrelay status`)",
-            report.due, report.invalid
-        );
-    }
-    Ok(report)
-}
-
 // ---------------------------------------------------------------- status
 
 pub const LEAD_JOBS: &str = "
 select id, channel, status, attempts, max_attempts, due_at, sent_at, delivery_status, last_error,
        recovered_at is not null, outcome_unknown_since is not null and status <> 'sent', template_version,
-       leadrelay.held_until(status, held_until, due_at) is not null, hold_reason, cancelled_by
+       leadrelay.held_until(status, held_until, due_at) is not null, hold_reason, cancelled_by,
+       reconciled_at is not null
 from public.notification_jobs where lead_id = $1 order by channel";
 
 /// The leads a lead id, an email, a phone or a name fragment names (newest
@@ -317,6 +155,9 @@ fn job_line(job: &tokio_postgres::Row) -> String {
     let mut notes = Vec::new();
     if job.get::<_, bool>(9) {
         notes.push("found at Mobizon by a look-up, not sent again".to_string());
+    }
+    if job.get::<_, bool>(15) {
+        notes.push("found at the provider by reconciliation, not sent by leadrelay".to_string());
     }
     if job.get::<_, bool>(10) {
         notes.push("in doubt: looked up at Mobizon before any resend".to_string());
@@ -517,8 +358,8 @@ pub async fn cancel_rule(
 }
 
 /// The statements of these commands, for the prepare test (`crate::statements`).
-pub fn statements() -> [&'static str; 3] {
-    [BACKFILL_CANDIDATES, BACKFILL_INSERT, LEAD_JOBS]
+pub fn statements() -> [&'static str; 1] {
+    [LEAD_JOBS]
 }
 
 #[cfg(test)]

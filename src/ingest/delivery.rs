@@ -72,6 +72,15 @@ fn resend_status(event_type: &str) -> EventKind {
     })
 }
 
+/// The state Resend's `last_event` of a listed email names (`delivered`,
+/// `opened`, …): the state its `email.<last_event>` webhook reports.
+pub fn resend_last_event_state(last_event: &str) -> Option<DeliveryState> {
+    match resend_status(&format!("email.{}", last_event.trim())) {
+        EventKind::Known(state) => state,
+        EventKind::Unknown => None,
+    }
+}
+
 /// Whether this release knows an event type, and the state it reports.
 enum EventKind {
     Known(Option<DeliveryState>),
@@ -284,6 +293,25 @@ mod tests {
         let contact =
             br#"{"type":"contact.created","created_at":"2026-11-24T12:00:00Z","data":{"id":"c"}}"#;
         assert_eq!(parse_resend("m", contact).unwrap().delivery_status, None);
+    }
+
+    #[test]
+    fn a_listed_emails_last_event_names_the_state_of_its_webhook() {
+        assert_eq!(
+            resend_last_event_state("delivered"),
+            Some(DeliveryState::Delivered)
+        );
+        assert_eq!(
+            resend_last_event_state("opened"),
+            Some(DeliveryState::Opened)
+        );
+        assert_eq!(
+            resend_last_event_state("bounced"),
+            Some(DeliveryState::Bounced)
+        );
+        for other in ["queued", "scheduled", "canceled", "", "email.opened"] {
+            assert_eq!(resend_last_event_state(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{SendError, Sent, clip, read_limited};
+use super::{MAX_LIST_BYTES, MAX_RESPONSE_BYTES, SendError, Sent, clip, read_up_to};
 use crate::domain::Secret;
 use crate::providers::pacer::Pacer;
 
@@ -92,17 +92,44 @@ impl MobizonClient {
         since: DateTime<Utc>,
         page: u32,
     ) -> Result<SmsPage, LookupError> {
+        self.list(recipient, Some(text), since, page).await
+    }
+
+    /// One page (from 0) of every SMS to `recipient`, whatever its text,
+    /// whose campaign was created since `lookup_window_start(since)`, oldest
+    /// first: what `reconcile` asks about a lead (the system before leadrelay
+    /// may have worded it otherwise). Waits its turn at the pacer. Read-only.
+    pub async fn list_sms_to(
+        &self,
+        recipient: &str,
+        since: DateTime<Utc>,
+        page: u32,
+    ) -> Result<SmsPage, LookupError> {
+        // the worker's look-up waits its turn itself, cancellably
+        self.pacer.wait_turn().await;
+        self.list(recipient, None, since, page).await
+    }
+
+    async fn list(
+        &self,
+        recipient: &str,
+        text: Option<&str>,
+        since: DateTime<Utc>,
+        page: u32,
+    ) -> Result<SmsPage, LookupError> {
         let from = lookup_window_start(since);
         let page = page.to_string();
         let page_size = LOOKUP_PAGE_SIZE.to_string();
-        let form = [
-            ("criteria[to]", recipient),
-            ("criteria[text]", text),
+        let mut form = vec![("criteria[to]", recipient)];
+        if let Some(text) = text {
+            form.push(("criteria[text]", text));
+        }
+        form.extend([
             ("criteria[campaignCreateTsFrom]", from.as_str()),
             ("pagination[pageSize]", page_size.as_str()),
             ("pagination[currentPage]", page.as_str()),
             ("sort[startSendTs]", "ASC"),
-        ];
+        ]);
         let (status, body) = self
             .call("list", &form)
             .await
@@ -144,33 +171,51 @@ pub struct ListedSms {
 
 /// Mobizon names no zone for its times; read in any zone from UTC−12 to
 /// UTC+14 (and five minutes of clock skew), a time it lists is at most this
-/// much earlier than the moment it means.
+/// much earlier than the moment it means…
 const ZONE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::minutes(12 * 60 + 5);
+/// …and at most this much later.
+const ZONE_MARGIN_AHEAD: chrono::TimeDelta = chrono::TimeDelta::minutes(14 * 60 + 5);
 
 impl ListedSms {
-    /// Whether this message may have been made at or after `since`: false
-    /// only when its `startSendTs` (or, while it waits in Mobizon's queue,
-    /// its campaign's creation) is earlier in every zone Mobizon could be
-    /// writing in. A message with no readable time may be.
-    pub fn may_be_from_after(&self, since: chrono::DateTime<chrono::Utc>) -> bool {
-        let listed = ["startSendTs", "campaignCreateTs", "createTs"]
+    /// The time Mobizon lists: `startSendTs`, or while it waits in Mobizon's
+    /// queue its campaign's creation; in a zone nobody names.
+    pub fn listed_time(&self) -> Option<chrono::NaiveDateTime> {
+        ["startSendTs", "campaignCreateTs", "createTs"]
             .iter()
             .filter_map(|k| self.raw.get(*k).and_then(|v| v.as_str()))
-            .find_map(|t| {
-                chrono::NaiveDateTime::parse_from_str(t.trim(), "%Y-%m-%d %H:%M:%S").ok()
-            });
-        match listed {
-            Some(naive) => naive.and_utc() + ZONE_MARGIN >= since,
-            None => true,
-        }
+            .find_map(|t| chrono::NaiveDateTime::parse_from_str(t.trim(), "%Y-%m-%d %H:%M:%S").ok())
+    }
+
+    /// Whether this message may have been made at or after `since`: false
+    /// only when its listed time is earlier in every zone Mobizon could be
+    /// writing in. A message with no readable time may be.
+    pub fn may_be_from_after(&self, since: chrono::DateTime<chrono::Utc>) -> bool {
+        self.possible_instants()
+            .is_none_or(|(_, latest)| latest >= since)
+    }
+
+    /// The earliest and the latest instant its listed time can mean, read in
+    /// every zone from UTC−12 to UTC+14 (five minutes of skew either side);
+    /// None when it lists no readable time.
+    pub fn possible_instants(
+        &self,
+    ) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+        let listed = self.listed_time()?.and_utc();
+        Some((listed - ZONE_MARGIN_AHEAD, listed + ZONE_MARGIN))
+    }
+
+    /// Whether it went to exactly `recipient`: `criteria[to]` matches part
+    /// of a number, so the digits are compared whole here.
+    pub fn is_to(&self, recipient: &str) -> bool {
+        let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+        digits(&self.to) == digits(recipient)
     }
 
     /// Whether this is the message to `recipient` with `text`: the criteria
     /// match part of a number, so the digits are compared whole here.
     pub fn is_message(&self, recipient: &str, text: &str) -> bool {
-        let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
         let lines = |s: &str| s.replace("\r\n", "\n").trim().to_string();
-        digits(&self.to) == digits(recipient) && lines(&self.text) == lines(text)
+        self.is_to(recipient) && lines(&self.text) == lines(text)
     }
 }
 
@@ -279,7 +324,13 @@ impl MobizonClient {
         let status = response.status().as_u16();
         // The request was taken far enough to answer: a body lost now leaves
         // its outcome unknown.
-        let body = read_limited(response)
+        // a list page of 100 messages is larger than a send's answer
+        let max = if method == "sendsmsmessage" {
+            MAX_RESPONSE_BYTES
+        } else {
+            MAX_LIST_BYTES
+        };
+        let body = read_up_to(response, max)
             .await
             .map_err(|e| SendError::Temporary {
                 message: format!(

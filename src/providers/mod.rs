@@ -8,6 +8,7 @@
 pub mod mobizon;
 pub mod pacer;
 pub mod resend;
+pub mod resend_list;
 
 use std::time::Duration;
 
@@ -90,11 +91,23 @@ impl SendError {
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// Reads a response body, refusing one larger than `MAX_RESPONSE_BYTES`.
-pub async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+pub async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    read_up_to(response, MAX_RESPONSE_BYTES).await
+}
+
+/// A list page of 100 items: larger than an answer to a send.
+pub const MAX_LIST_BYTES: usize = 2 * 1024 * 1024;
+
+/// Reads at most `max` bytes of a body; what is cut off makes it unreadable
+/// to the parser, never a shorter answer that looks whole.
+pub async fn read_up_to(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            body.extend_from_slice(&chunk[..MAX_RESPONSE_BYTES - body.len()]);
+        if body.len() + chunk.len() > max {
+            body.extend_from_slice(&chunk[..max - body.len()]);
             break;
         }
         body.extend_from_slice(&chunk);

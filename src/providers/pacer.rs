@@ -19,6 +19,10 @@ pub struct Pacer {
 #[derive(Debug)]
 struct State {
     interval: Duration,
+    /// The part of the limit this process takes (1: all of it). A command
+    /// that runs beside `serve` takes a part, so the team's limit is left
+    /// to the worker too.
+    share: f64,
     next_slot: Instant,
     /// No request starts before this (a 429's `retry-after`, or an empty
     /// window until its reset).
@@ -64,6 +68,7 @@ impl Pacer {
         Pacer {
             state: Mutex::new(State {
                 interval: interval_for(rate_per_second),
+                share: 1.0,
                 next_slot: Instant::now(),
                 paused_until: Instant::now(),
             }),
@@ -97,6 +102,22 @@ impl Pacer {
         }
     }
 
+    /// Takes `share` (0 < share ≤ 1) of the configured rate and of every
+    /// limit an answer announces from now on.
+    pub fn set_share(&self, share: f64) {
+        let share = if share.is_finite() && share > 0.0 {
+            share.min(1.0)
+        } else {
+            1.0
+        };
+        let mut state = self.lock();
+        let rate = 1.0 / state.interval.as_secs_f64().max(f64::MIN_POSITIVE) / state.share;
+        state.share = share;
+        if !state.interval.is_zero() {
+            state.interval = interval_for(rate * share);
+        }
+    }
+
     pub fn interval(&self) -> Duration {
         self.lock().interval
     }
@@ -108,7 +129,7 @@ impl Pacer {
         if let Some(limit) = headers.limit
             && limit >= 0.1
         {
-            state.interval = interval_for(limit);
+            state.interval = interval_for(limit * state.share);
         }
         let pause = match (headers.retry_after, headers.remaining, headers.reset) {
             (Some(after), _, _) => Some(after),
@@ -159,6 +180,23 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(pacer.interval(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_takes_its_part_of_the_configured_rate_and_of_every_announced_limit() {
+        let pacer = Pacer::new(2.0);
+        pacer.set_share(0.5);
+        assert_eq!(pacer.interval(), Duration::from_secs(1));
+        pacer.observe(&RateLimitHeaders {
+            limit: Some(5.0),
+            ..Default::default()
+        });
+        assert_eq!(pacer.interval(), Duration::from_millis(400));
+        for nonsense in [0.0, -1.0, f64::NAN] {
+            let pacer = Pacer::new(2.0);
+            pacer.set_share(nonsense);
+            assert_eq!(pacer.interval(), Duration::from_millis(500));
+        }
     }
 
     #[tokio::test(start_paused = true)]

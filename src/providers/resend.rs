@@ -117,6 +117,24 @@ impl ResendClient {
         }
     }
 
+    /// Takes `share` of the team's rate limit (a command beside `serve`).
+    pub fn with_rate_share(self, share: f64) -> ResendClient {
+        self.pacer.set_share(share);
+        self
+    }
+
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(super) fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub(super) fn api_key(&self) -> &Secret {
+        &self.api_key
+    }
+
     pub async fn send(
         &self,
         email: &OutgoingEmail,

@@ -12,6 +12,7 @@ mod operator;
 mod ops_page;
 mod pgtap;
 mod policies;
+mod reconcile;
 mod schemas;
 mod sms_lookup;
 mod sql_checks;

@@ -64,7 +64,13 @@ async fn backfill_dry_run_changes_nothing_a_real_run_enqueues_exactly_the_leads_
     let jobs_before = count(&client, "select count(*) from notification_jobs").await;
     assert_eq!(jobs_before, 3, "only the lead served by leadrelay has jobs");
 
-    let window = ["--since", "2026-11-20", "--until", "2026-11-21"];
+    let window = [
+        "--since",
+        "2026-11-20",
+        "--until",
+        "2026-11-21",
+        "--no-provider-check",
+    ];
     let dry = leadrelay(
         &db.url,
         &[&["backfill"][..], &window, &["--dry-run"]].concat(),
@@ -449,6 +455,7 @@ async fn a_backfilled_a_retried_and_a_landing_inserted_address_with_odd_white_sp
             "--since",
             "2020-01-01",
             "--ignore-policies",
+            "--no-provider-check",
             "--yes",
         ],
     );

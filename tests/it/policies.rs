@@ -341,7 +341,16 @@ async fn backfill_at_night_queues_for_the_opening_skips_people_already_served_an
     let app = start(config(&db.url, &providers)).await;
 
     let since = (chrono::Utc::now() - chrono::Duration::days(4)).to_rfc3339();
-    let out = leadrelay(&db.url, &["backfill", "--since", &since, "--yes"]);
+    let out = leadrelay(
+        &db.url,
+        &[
+            "backfill",
+            "--since",
+            &since,
+            "--yes",
+            "--no-provider-check",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -381,7 +390,14 @@ async fn backfill_at_night_queues_for_the_opening_skips_people_already_served_an
         .unwrap();
     let out = leadrelay(
         &db.url,
-        &["backfill", "--since", &since, "--yes", "--ignore-policies"],
+        &[
+            "backfill",
+            "--since",
+            &since,
+            "--yes",
+            "--ignore-policies",
+            "--no-provider-check",
+        ],
     );
     assert!(
         out.status.success(),

@@ -3,8 +3,9 @@
 //! (each serves these answers over its own HTTP server):
 //! - `ResendBook`: Resend's idempotency (the first answer under a key is the
 //!   answer to the same request again; another body under a used key is a
-//!   409 `invalid_idempotent_request`), the batch endpoint's limits, and
-//!   email ids derived from the key;
+//!   409 `invalid_idempotent_request`), the batch endpoint's limits, email
+//!   ids derived from the key, and every email sent, for `GET /emails`
+//!   (`limit`, `after`, `before`, newest first) and `GET /emails/{id}`;
 //! - `MobizonBook`: every SMS taken, `message/list` over them (its criteria
 //!   and pages as Mobizon documents them) and `getsmsstatus`;
 //! - `RateWindow`: Resend's per-team limit, a one-second window, with the
@@ -24,14 +25,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// An answer: HTTP status and JSON body.
 pub type Answer = (u16, serde_json::Value);
 
-/// Resend's answers, as the stand-ins give them.
-#[derive(Default)]
+/// The body of the first request under an idempotency key, and its answer.
+type FirstAnswer = (Vec<u8>, serde_json::Value);
+
+/// Resend's answers, as the stand-ins give them; clones share what they hold.
+#[derive(Default, Clone)]
 pub struct ResendBook {
     /// Idempotency key → the request's body and the first answer.
-    answers: Mutex<HashMap<String, (Vec<u8>, serde_json::Value)>>,
+    answers: Arc<Mutex<HashMap<String, FirstAnswer>>>,
     /// Refuse a request without an idempotency key (the tests: leadrelay
     /// always sends one); Resend itself accepts it.
     pub require_key: bool,
+    /// Every email sent (or held as sent before), in the order sent.
+    sent: Arc<Mutex<Vec<SentEmail>>>,
+}
+
+/// An email Resend's stand-in holds as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentEmail {
+    pub id: String,
+    pub to: Vec<String>,
+    pub subject: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// `sent`, `delivered`, `opened`, … as Resend's list names it.
+    pub last_event: String,
+}
+
+impl SentEmail {
+    /// As `GET /emails` and `GET /emails/{id}` show it; the time written as
+    /// Resend's API reference writes it (`2023-04-03 22:13:42.674981+00`).
+    fn listed(&self) -> serde_json::Value {
+        serde_json::json!({
+            "object": "email", "id": self.id, "to": self.to,
+            "from": "stand-in <onboarding@resend.dev>",
+            "created_at": self.created_at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+            "subject": self.subject, "bcc": null, "cc": null, "reply_to": null,
+            "last_event": self.last_event, "scheduled_at": null,
+        })
+    }
 }
 
 impl ResendBook {
@@ -93,6 +124,7 @@ impl ResendBook {
                 .enumerate()
                 .map(|(i, email)| {
                     let id = ResendBook::email_id(&key, Some(i));
+                    self.keep(&id, email);
                     deliver(&id, email);
                     serde_json::json!({ "id": id })
                 })
@@ -103,11 +135,103 @@ impl ResendBook {
                 return refusal(422, "validation_error", "the body is not JSON");
             };
             let id = ResendBook::email_id(&key, None);
+            self.keep(&id, &email);
             deliver(&id, &email);
             serde_json::json!({ "id": id })
         };
         answers.insert(key, (body.to_vec(), answer.clone()));
         (200, answer)
+    }
+}
+
+impl ResendBook {
+    fn keep(&self, id: &str, email: &serde_json::Value) {
+        let to = match &email["to"] {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(list) => list
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.hold(SentEmail {
+            id: id.to_string(),
+            to,
+            subject: email["subject"].as_str().map(str::to_string),
+            created_at: Utc::now(),
+            last_event: "sent".into(),
+        });
+    }
+
+    /// Holds `email` as sent (by the system before leadrelay, say).
+    pub fn hold(&self, email: SentEmail) {
+        lock(&self.sent).push(email);
+    }
+
+    pub fn sent(&self) -> Vec<SentEmail> {
+        lock(&self.sent).clone()
+    }
+
+    /// Records a later event of email `id` (`delivered`, `opened`, …).
+    pub fn set_last_event(&self, id: &str, event: &str) {
+        if let Some(email) = lock(&self.sent).iter_mut().find(|e| e.id == id) {
+            email.last_event = event.to_string();
+        }
+    }
+
+    /// `GET /emails?limit&after&before` as Resend documents it: newest
+    /// first, `limit` 1 to 100 (default 20), the cursor an email id left out
+    /// of the page, `has_more` whether the walk can go on that way.
+    pub fn list(&self, query: &str) -> Answer {
+        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let limit = match params.get("limit").map(|v| v.parse::<usize>()) {
+            None => 20,
+            Some(Ok(n)) if (1..=100).contains(&n) => n,
+            Some(_) => return refusal(422, "validation_error", "limit must be between 1 and 100"),
+        };
+        let mut emails = self.sent();
+        emails.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        let position = |id: &str| emails.iter().position(|e| e.id == id);
+        let (page, has_more): (Vec<&SentEmail>, bool) =
+            match (params.get("after"), params.get("before")) {
+                (Some(_), Some(_)) => {
+                    return refusal(
+                        422,
+                        "validation_error",
+                        "after and before cannot be used together",
+                    );
+                }
+                (Some(after), None) => {
+                    let Some(at) = position(after) else {
+                        return refusal(404, "not_found", "cursor not found");
+                    };
+                    let rest = &emails[at + 1..];
+                    (rest.iter().take(limit).collect(), rest.len() > limit)
+                }
+                (None, Some(before)) => {
+                    let Some(at) = position(before) else {
+                        return refusal(404, "not_found", "cursor not found");
+                    };
+                    let start = at.saturating_sub(limit);
+                    (emails[start..at].iter().collect(), start > 0)
+                }
+                (None, None) => (emails.iter().take(limit).collect(), emails.len() > limit),
+            };
+        let data: Vec<serde_json::Value> = page.iter().map(|e| e.listed()).collect();
+        (
+            200,
+            serde_json::json!({"object": "list", "has_more": has_more, "data": data}),
+        )
+    }
+
+    /// `GET /emails/{id}`.
+    pub fn get(&self, id: &str) -> Answer {
+        match self.sent().iter().find(|e| e.id == id) {
+            Some(email) => (200, email.listed()),
+            None => refusal(404, "not_found", "Email not found"),
+        }
     }
 }
 

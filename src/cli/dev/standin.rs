@@ -4,8 +4,9 @@
 //! email id), a second later post a signed delivery report to our own
 //! webhooks (again, with backoff, until it is taken, as the real ones do),
 //! and Mobizon's stand-in answers `message/list`, so the look-up of an SMS
-//! whose answer was lost works here too: a new user sees the whole flow with
-//! no accounts.
+//! whose answer was lost works here too; Resend's answers `GET /emails` and
+//! `GET /emails/{id}` with what it sent, so `leadrelay reconcile` does too:
+//! a new user sees the whole flow with no accounts.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -15,7 +16,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::post;
+use axum::routing::{get, post};
 
 use super::books::{MobizonBook, ResendBook};
 use crate::domain::Secret;
@@ -70,8 +71,9 @@ pub async fn start(
             .unwrap_or_default(),
     });
     let app = Router::new()
-        .route("/emails", post(email))
+        .route("/emails", post(email).get(email_list))
         .route("/emails/batch", post(email_batch))
+        .route("/emails/{id}", get(email_get))
         .route("/service/message/sendsmsmessage", post(sms))
         .route("/service/message/getsmsstatus", post(sms_status))
         .route("/service/message/list", post(sms_list))
@@ -116,6 +118,29 @@ async fn email(
     resend_answer(&state, false, &headers, &body)
 }
 
+/// `GET /emails` (`ResendBook::list`).
+async fn email_list(
+    State(state): State<Arc<StandInState>>,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    json_answer(state.resend.list(uri.query().unwrap_or("")))
+}
+
+/// `GET /emails/{id}` (`ResendBook::get`).
+async fn email_get(
+    State(state): State<Arc<StandInState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> axum::response::Response {
+    json_answer(state.resend.get(&id))
+}
+
+fn json_answer((status, answer): super::books::Answer) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(answer)).into_response()
+}
+
 async fn email_batch(
     State(state): State<Arc<StandInState>>,
     headers: HeaderMap,
@@ -132,14 +157,10 @@ fn resend_answer(
     headers: &HeaderMap,
     body: &[u8],
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
-    let (status, answer) = state.resend.answer(batch, key, body, |id, email| {
+    json_answer(state.resend.answer(batch, key, body, |id, email| {
         deliver_email(state, id, email)
-    });
-    let status = axum::http::StatusCode::from_u16(status)
-        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    (status, axum::Json(answer)).into_response()
+    }))
 }
 
 /// Writes email `id` to the outbox and reports it delivered a second later.
@@ -170,6 +191,7 @@ async fn report_email_delivered(state: Arc<StandInState>, email_id: String) {
     }))
     .unwrap_or_default();
     let svix_id = format!("msg_standin_{}", uuid::Uuid::new_v4().simple());
+    state.resend.set_last_event(&email_id, "delivered");
     post_report(&state, |http, base| {
         // Svix signs each delivery attempt with its own timestamp.
         let timestamp = chrono::Utc::now().timestamp().to_string();

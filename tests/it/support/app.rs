@@ -5,8 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub use leadrelay::cli::dev::books::MobizonBook;
-use leadrelay::cli::dev::books::ResendBook;
+pub use leadrelay::cli::dev::books::{MobizonBook, RateWindow, ResendBook, SentEmail, TakenSms};
 use leadrelay::config::{MobizonSettings, ResendSettings, ServeConfig};
 use leadrelay::domain::Secret;
 use leadrelay::serve::Application;
@@ -35,6 +34,42 @@ impl ResendLike {
             book: ResendBook::requiring_keys(),
             delay,
         }
+    }
+
+    /// Keeps what it sends in `book` (which `Providers` lists).
+    pub fn into_book(mut self, book: &ResendBook) -> ResendLike {
+        let mut shared = book.clone();
+        shared.require_key = true;
+        self.book = shared;
+        self
+    }
+}
+
+/// Resend's `GET /emails` and `GET /emails/{id}`, answered from the book,
+/// within the rate window (`RateWindow`: limit 0, none).
+pub struct ResendListing {
+    pub book: ResendBook,
+    pub window: std::sync::Arc<RateWindow>,
+}
+
+impl Respond for ResendListing {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let (headers, (status, body)) = match self.window.admit() {
+            Ok(headers) => {
+                let path = request.url.path();
+                let answer = match path.strip_prefix("/emails/") {
+                    Some(id) => self.book.get(id),
+                    None => self.book.list(request.url.query().unwrap_or("")),
+                };
+                (headers, answer)
+            }
+            Err((headers, body)) => (headers, (429, body)),
+        };
+        let mut template = ResponseTemplate::new(status).set_body_json(body);
+        for (name, value) in headers {
+            template = template.insert_header(name, value.as_str());
+        }
+        template
     }
 }
 
@@ -126,6 +161,10 @@ pub struct Providers {
     pub mobizon: MockServer,
     /// What Mobizon's stand-in took, listed by its `message/list`.
     pub book: MobizonBook,
+    /// What Resend's stand-in sent, listed by its `GET /emails`.
+    pub emails_book: ResendBook,
+    /// The rate limit of Resend's list (limit 0: none).
+    pub list_window: std::sync::Arc<RateWindow>,
 }
 
 impl Providers {
@@ -136,7 +175,9 @@ impl Providers {
 
     pub async fn with_delays(email: Duration, sms: Duration) -> Providers {
         let providers = Providers::empty().await;
-        providers.mount_resend(ResendLike::new(email)).await;
+        providers
+            .mount_resend(ResendLike::new(email).into_book(&providers.emails_book))
+            .await;
         providers
             .mount_mobizon(MobizonLike::new(sms).into_book(&providers.book))
             .await;
@@ -154,7 +195,7 @@ impl Providers {
             .mount(&providers.resend)
             .await;
         providers
-            .mount_resend(ResendLike::new(Duration::ZERO))
+            .mount_resend(ResendLike::new(Duration::ZERO).into_book(&providers.emails_book))
             .await;
         providers
             .mount_mobizon(MobizonLike::new(Duration::ZERO).into_book(&providers.book))
@@ -162,17 +203,28 @@ impl Providers {
         providers
     }
 
-    /// No send endpoint yet; Mobizon's `message/list` answers from `book`.
+    /// No send endpoint yet; Mobizon's `message/list` answers from `book`,
+    /// Resend's `GET /emails` from `emails_book`.
     pub async fn empty() -> Providers {
         let providers = Providers {
             resend: MockServer::start().await,
             mobizon: MockServer::start().await,
             book: MobizonBook::default(),
+            emails_book: ResendBook::default(),
+            list_window: Default::default(),
         };
         Mock::given(method("POST"))
             .and(path("/service/message/list"))
             .respond_with(Listing(providers.book.clone()))
             .mount(&providers.mobizon)
+            .await;
+        Mock::given(method("GET"))
+            .and(path_regex("^/emails(/[^/]+)?$"))
+            .respond_with(ResendListing {
+                book: providers.emails_book.clone(),
+                window: std::sync::Arc::clone(&providers.list_window),
+            })
+            .mount(&providers.resend)
             .await;
         providers
     }
@@ -208,8 +260,26 @@ impl Providers {
             .await;
     }
 
+    /// The send requests Resend's stand-in received (list reads aside).
     pub async fn emails(&self) -> Vec<Request> {
-        self.resend.received_requests().await.unwrap_or_default()
+        self.resend
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.method == wiremock::http::Method::POST)
+            .collect()
+    }
+
+    /// Resend's list reads (`GET /emails…`).
+    pub async fn email_list_reads(&self) -> Vec<Request> {
+        self.resend
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.method == wiremock::http::Method::GET)
+            .collect()
     }
 
     /// The send requests Mobizon's stand-in received (look-ups and status
@@ -489,6 +559,28 @@ pub fn leadrelay_cli(db_url: &str, args: &[&str]) -> std::process::Output {
         .env("DATABASE_URL", db_url)
         .env("PRODUCT_URL", PRODUCT_URL)
         .env("LEADRELAY_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run leadrelay")
+}
+
+/// Runs the `leadrelay` binary with the providers' keys and addresses set
+/// to `providers`' stand-ins (as `reconcile` and `backfill` need them).
+pub fn leadrelay_cli_with_providers(
+    db_url: &str,
+    providers: &Providers,
+    args: &[&str],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_leadrelay"))
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("PRODUCT_URL", PRODUCT_URL)
+        .env("RESEND_API_KEY", "re_test_key")
+        .env("RESEND_API_URL", providers.resend.uri())
+        .env("MOBIZON_API_KEY", "kz_test_key")
+        .env("MOBIZON_API_URL", providers.mobizon.uri())
+        .env("LEADRELAY_LOG", "warn")
+        .env("USER", "operator")
         .stdin(Stdio::null())
         .output()
         .expect("run leadrelay")

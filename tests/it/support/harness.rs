@@ -215,6 +215,8 @@ pub struct FixtureLead {
     pub name: String,
     pub email: String,
     pub phone: String,
+    /// `HH:MM` of the incident's day.
+    pub submitted_at: String,
 }
 
 #[derive(Debug, serde::Deserialize)]

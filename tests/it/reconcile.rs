@@ -1,0 +1,542 @@
+//! `leadrelay reconcile` and `backfill`'s provider check, against stand-ins
+//! that hold messages "sent by the system before leadrelay".
+
+use std::process::Output;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::app::{
+    Providers, SentEmail, TakenSms, config, count, eventually, leadrelay_cli,
+    leadrelay_cli_with_providers as leadrelay, start, unfinished,
+};
+use crate::harness::{fresh_db, incident_fixture, insert_incident_leads};
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const DAY: &str = "2026-11-20";
+const WINDOW: [&str; 4] = ["--since", "2026-11-20", "--until", "2026-11-21"];
+
+fn at(hhmm: &str) -> DateTime<Utc> {
+    format!("{DAY}T{hhmm}:00Z").parse().unwrap()
+}
+
+/// The incident's four leads as they arrived that day, before leadrelay
+/// (no jobs), at the fixture's times.
+async fn incident_before_leadrelay(client: &tokio_postgres::Client) -> Vec<uuid::Uuid> {
+    client
+        .batch_execute(
+            "alter table landing_leads disable trigger landing_leads_enqueue_notifications",
+        )
+        .await
+        .unwrap();
+    let ids = insert_incident_leads(client).await;
+    for (id, lead) in ids.iter().zip(incident_fixture().leads) {
+        client
+            .execute(
+                "update landing_leads set created_at = $2 where id = $1",
+                &[id, &at(&lead.submitted_at)],
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute(
+            "alter table landing_leads enable trigger landing_leads_enqueue_notifications",
+        )
+        .await
+        .unwrap();
+    ids
+}
+
+fn old_email(id: &str, to: &str, sent: DateTime<Utc>, last_event: &str) -> SentEmail {
+    SentEmail {
+        id: id.into(),
+        to: vec![to.into()],
+        subject: Some("Тест пройден".into()),
+        created_at: sent,
+        last_event: last_event.into(),
+    }
+}
+
+fn old_sms(id: &str, digits: &str, sent: DateTime<Utc>) -> TakenSms {
+    TakenSms {
+        id: id.into(),
+        campaign_id: format!("c-{id}"),
+        to: digits.into(),
+        text: "Ваш результат готов".into(),
+        from: None,
+        taken_at: sent,
+        status: "DELIVRD".into(),
+    }
+}
+
+/// What the system before leadrelay sent, 10 minutes after each lead:
+/// Айгерим an email only (to her address as she typed it in another case),
+/// Алия an SMS only, Ерлан both, Нурлан (whose phone cannot be sent)
+/// neither.
+fn hold_what_the_old_system_sent(providers: &Providers) {
+    providers.emails_book.hold(old_email(
+        "old-email-aigerim",
+        "Aigerim.Test0@gmail.com",
+        at("12:17"),
+        "delivered",
+    ));
+    providers.emails_book.hold(old_email(
+        "old-email-erlan",
+        "erlan1990test@mail.ru",
+        at("15:19"),
+        "opened",
+    ));
+    providers.book.edit(|taken| {
+        taken.push(old_sms("9001", "77027654321", at("14:46")));
+        taken.push(old_sms("9002", "77771112233", at("15:19")));
+    });
+}
+
+type JobRow = (String, String, Option<String>, bool, Option<String>);
+
+/// channel, status, provider id, reconciled, delivery state of a lead's jobs.
+async fn jobs_of(client: &tokio_postgres::Client, lead: uuid::Uuid) -> Vec<JobRow> {
+    client
+        .query(
+            "select channel, status, provider_message_id, reconciled_at is not null, delivery_status
+             from notification_jobs where lead_id = $1 and channel <> 'lead_tracking' order by channel",
+            &[&lead],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
+
+#[tokio::test]
+async fn reconcile_records_what_the_old_system_sent_sends_the_rest_once_and_a_second_run_changes_nothing()
+ {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let leads = incident_before_leadrelay(&client).await;
+    let providers = Providers::healthy().await;
+    hold_what_the_old_system_sent(&providers);
+
+    let dry = leadrelay(
+        &db.url,
+        &providers,
+        &[&["reconcile"][..], &WINDOW, &["--dry-run"]].concat(),
+    );
+    assert!(dry.status.success(), "{}", text(&dry));
+    let report = text(&dry);
+    assert!(report.contains("4 lead(s)"), "{report}");
+    assert!(
+        report.contains("found at Resend: old-email-aigerim of 2026-11-20 12:17 UTC, delivered"),
+        "{report}"
+    );
+    assert!(report.contains("found at Mobizon: 9002"), "{report}");
+    assert!(
+        report.contains("4 found, 3 not found, 0 ambiguous, 0 unknown, 1 unusable"),
+        "{report}"
+    );
+    // contacts masked as in the logs
+    assert!(
+        !report.contains("aigerim.test0@gmail.com") && report.contains("a***@gmail.com"),
+        "{report}"
+    );
+    assert!(!report.contains("77027654321"), "{report}");
+    assert!(report.contains("dry run: nothing was changed"), "{report}");
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs").await,
+        0
+    );
+    // the malformed phone is never looked up
+    for request in providers.mobizon_requests("list").await {
+        let body = String::from_utf8_lossy(&request.body).to_string();
+        assert!(!body.contains("7476123456"), "{body}");
+    }
+
+    let real = leadrelay(
+        &db.url,
+        &providers,
+        &[&["reconcile"][..], &WINDOW, &["--yes"]].concat(),
+    );
+    assert!(real.status.success(), "{}", text(&real));
+    assert!(
+        text(&real).contains("recorded 4 message(s) found at the providers"),
+        "{}",
+        text(&real)
+    );
+    let found = |id: &str, state: &str| Some(id.to_string()).zip(Some(state.to_string()));
+    let row = |channel: &str, status: &str, id: Option<(String, String)>| -> JobRow {
+        match id {
+            Some((id, state)) => (channel.into(), status.into(), Some(id), true, Some(state)),
+            None => (channel.into(), status.into(), None, false, None),
+        }
+    };
+    assert_eq!(
+        jobs_of(&client, leads[0]).await,
+        vec![
+            row("email", "sent", found("old-email-aigerim", "delivered")),
+            row("sms", "due", None)
+        ]
+    );
+    let nurlan = jobs_of(&client, leads[1]).await;
+    assert_eq!(
+        (nurlan[0].0.as_str(), nurlan[0].1.as_str()),
+        ("email", "due")
+    );
+    assert_eq!(
+        (nurlan[1].0.as_str(), nurlan[1].1.as_str()),
+        ("sms", "invalid")
+    );
+    assert_eq!(
+        jobs_of(&client, leads[2]).await,
+        vec![
+            row("email", "due", None),
+            row("sms", "sent", found("9001", "delivered"))
+        ]
+    );
+    assert_eq!(
+        jobs_of(&client, leads[3]).await,
+        vec![
+            row("email", "sent", found("old-email-erlan", "opened")),
+            row("sms", "sent", found("9002", "delivered"))
+        ]
+    );
+    // mirrored onto the lead at the provider's time
+    let mirrored: (bool, DateTime<Utc>, Option<String>) = {
+        let r = client
+            .query_one(
+                "select email_sent, email_sent_at, email_delivery_status from landing_leads where id = $1",
+                &[&leads[0]],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(mirrored, (true, at("12:17"), Some("delivered".into())));
+    // every job written carries an audit row of the operator
+    let unaudited = client
+        .query_one(
+            "select count(*) from notification_jobs j where j.channel <> 'lead_tracking' and not exists (
+               select 1 from ops_audit a where j.id = any(a.job_ids) and a.actor = 'cli:operator'
+                 and a.action = 'reconcile')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(unaudited, 0);
+
+    // the worker sends exactly the missing ones, once
+    let app = start(config(&db.url, &providers)).await;
+    eventually(
+        Duration::from_secs(20),
+        "the missing messages sent",
+        || async { unfinished(&client).await == 0 },
+    )
+    .await;
+    let emails = providers.emails().await;
+    let sent_to: Vec<String> = emails
+        .iter()
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["to"].to_string())
+        .collect();
+    assert_eq!(emails.len(), 2, "{sent_to:?}");
+    assert!(
+        sent_to.iter().any(|t| t.contains("nurlan0000@mail.ru")),
+        "{sent_to:?}"
+    );
+    assert!(
+        sent_to.iter().any(|t| t.contains("Aliya.Test1@gmail.com")),
+        "{sent_to:?}"
+    );
+    let sms = providers.sms().await;
+    assert_eq!(sms.len(), 1);
+    assert!(String::from_utf8_lossy(&sms[0].body).contains("77051234567"));
+    app.shutdown().await;
+
+    // `status` shows the mark
+    let status = leadrelay_cli(&db.url, &["status", &leads[3].to_string()]);
+    assert!(
+        text(&status).contains("found at the provider by reconciliation, not sent by leadrelay"),
+        "{}",
+        text(&status)
+    );
+
+    // a second run changes nothing
+    let jobs = count(&client, "select count(*) from notification_jobs").await;
+    let audits = count(&client, "select count(*) from ops_audit").await;
+    let again = leadrelay(
+        &db.url,
+        &providers,
+        &[&["reconcile"][..], &WINDOW, &["--yes"]].concat(),
+    );
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("0 lead(s)"), "{}", text(&again));
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs").await,
+        jobs
+    );
+    assert_eq!(
+        count(&client, "select count(*) from ops_audit").await,
+        audits
+    );
+}
+
+#[tokio::test]
+async fn an_ambiguous_lead_and_a_provider_that_cannot_be_asked_get_nothing_sent() {
+    // two emails to one address after the lead arrived
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let leads = incident_before_leadrelay(&client).await;
+    let providers = Providers::healthy().await;
+    providers.emails_book.hold(old_email(
+        "first",
+        "aigerim.test0@gmail.com",
+        at("12:17"),
+        "delivered",
+    ));
+    providers.emails_book.hold(old_email(
+        "again-by-hand",
+        "aigerim.test0+x@gmail.com",
+        at("16:00"),
+        "delivered",
+    ));
+    let out = leadrelay(
+        &db.url,
+        &providers,
+        &[&["reconcile"][..], &WINDOW, &["--yes"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("ambiguous: several messages to this address"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("first of 2026-11-20 12:17 UTC"),
+        "{}",
+        text(&out)
+    );
+    let email_jobs = client
+        .query_one(
+            "select count(*) from notification_jobs where lead_id = $1 and channel = 'email'",
+            &[&leads[0]],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(email_jobs, 0, "nothing is written, so nothing is sent");
+    assert!(
+        text(&out).contains("1 message(s) left alone"),
+        "{}",
+        text(&out)
+    );
+
+    // Resend refuses to list (a key that may only send), Mobizon fails
+    let db = fresh_db().await;
+    let client = db.client().await;
+    incident_before_leadrelay(&client).await;
+    let providers = Providers::healthy().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/emails"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(401).set_body_json(serde_json::json!({
+            "statusCode": 401, "name": "restricted_api_key",
+            "message": "This API key is restricted to only send emails"})),
+        )
+        .with_priority(1)
+        .mount(&providers.resend)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/service/message/list"))
+        .respond_with(wiremock::ResponseTemplate::new(500).set_body_string("Internal Server Error"))
+        .with_priority(1)
+        .mount(&providers.mobizon)
+        .await;
+    let out = leadrelay(
+        &db.url,
+        &providers,
+        &[&["reconcile"][..], &WINDOW, &["--yes"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report = text(&out);
+    assert!(report.contains("may not list sent emails"), "{report}");
+    assert!(
+        report.contains("unknown: mobizon look-up: HTTP 500"),
+        "{report}"
+    );
+    assert!(
+        report.contains("0 found, 0 not found, 0 ambiguous, 7 unknown, 1 unusable"),
+        "{report}"
+    );
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs where channel in ('email', 'sms') and status <> 'invalid'").await,
+        0
+    );
+    assert!(providers.emails().await.is_empty() && providers.sms().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_walk_pages_back_to_the_windows_start_within_resends_rate_limit() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let leads = incident_before_leadrelay(&client).await;
+    client
+        .execute("delete from landing_leads where id <> $1", &[&leads[0]])
+        .await
+        .unwrap();
+    let providers = Providers::healthy().await;
+    // 2,500 emails to others, one a minute back from the newest; the lead's
+    // own at index 1,950 (page 20 of 100 a page)
+    let newest = at("12:17") + TimeDelta::minutes(1950);
+    for i in 0..2500i64 {
+        let to = if i == 1950 {
+            "aigerim.test0@gmail.com".to_string()
+        } else {
+            format!("someone{i}@mail.ru")
+        };
+        providers.emails_book.hold(old_email(
+            &format!("e{i:04}"),
+            &to,
+            newest - TimeDelta::minutes(i),
+            "delivered",
+        ));
+    }
+    providers
+        .list_window
+        .limit
+        .store(2, std::sync::atomic::Ordering::Relaxed);
+    let window = ["--since", "2026-11-20 12:00", "--until", "2026-11-20 13:00"];
+    let out = leadrelay(
+        &db.url,
+        &providers,
+        &[&["reconcile"][..], &window, &["--dry-run"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("found at Resend: e1950"),
+        "{}",
+        text(&out)
+    );
+    let reads = providers.email_list_reads().await;
+    // page 20 holds the window's start: the walk stops there
+    assert_eq!(reads.len(), 20, "pages read");
+    assert_eq!(
+        providers
+            .list_window
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "more than 2 requests in a second"
+    );
+    assert!(
+        reads
+            .iter()
+            .all(|r| r.url.query().unwrap_or("").contains("limit=100"))
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_a_day_later_applies_to_the_job_reconcile_wrote() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let leads = incident_before_leadrelay(&client).await;
+    let providers = Providers::healthy().await;
+    hold_what_the_old_system_sent(&providers);
+    let out = leadrelay(
+        &db.url,
+        &providers,
+        &[&["reconcile"][..], &WINDOW, &["--yes"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let app = start(config(&db.url, &providers)).await;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "type": "email.opened",
+        "created_at": (at("12:17") + TimeDelta::days(1)).to_rfc3339(),
+        "data": {"email_id": "old-email-aigerim", "to": ["aigerim.test0@gmail.com"]}
+    }))
+    .unwrap();
+    let key =
+        leadrelay::ingest::svix::SigningKey::parse(crate::app::RESEND_WEBHOOK_SECRET).unwrap();
+    let timestamp = Utc::now().timestamp().to_string();
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/resend", app.local_addr()))
+        .header("svix-id", "msg_a_day_later")
+        .header("svix-timestamp", &timestamp)
+        .header(
+            "svix-signature",
+            key.signature("msg_a_day_later", &timestamp, &body),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+    let state: (Option<String>, Option<String>) = {
+        let r = client
+            .query_one(
+                "select j.delivery_status, l.email_delivery_status from notification_jobs j
+                 join landing_leads l on l.id = j.lead_id where j.lead_id = $1 and j.channel = 'email'",
+                &[&leads[0]],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(state, (Some("opened".into()), Some("opened".into())));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn backfill_asks_the_providers_first_unless_told_not_to() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let leads = incident_before_leadrelay(&client).await;
+    // without the providers' keys it refuses, and says how to go on
+    let out = leadrelay_cli(&db.url, &[&["backfill"][..], &WINDOW, &["--yes"]].concat());
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("RESEND_API_KEY") && text(&out).contains("--no-provider-check"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs").await,
+        0
+    );
+
+    let providers = Providers::healthy().await;
+    hold_what_the_old_system_sent(&providers);
+    let out = leadrelay(
+        &db.url,
+        &providers,
+        &[&["backfill"][..], &WINDOW, &["--yes"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("recorded 4 message(s)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        jobs_of(&client, leads[3])
+            .await
+            .iter()
+            .filter(|j| j.3)
+            .count(),
+        2
+    );
+    let audited = count(
+        &client,
+        "select count(*) from ops_audit where action = 'backfill'",
+    )
+    .await;
+    assert!(audited >= 4, "{audited}");
+}
