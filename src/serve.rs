@@ -92,7 +92,11 @@ impl Application {
             pool.clone(),
             cancel.clone(),
         ));
-        let state = app_state(&config, pool, Arc::clone(&listener_state));
+        let providers = crate::reconcile::Providers {
+            resend: Arc::clone(&worker.resend),
+            mobizon: Arc::clone(&worker.mobizon),
+        };
+        let state = app_state(&config, pool, Arc::clone(&listener_state), providers);
         // Both pools (the tracking pool may be the same) and every HTTP
         // connection share the process's descriptors.
         let file_limit = http::connections::file_limit();
@@ -221,15 +225,15 @@ fn new_worker(
         sent_batches: crate::worker::sent_batches::SentBatches::start(queue.clone()),
         queue,
         tracking_pool,
-        resend: ResendClient::new(
+        resend: Arc::new(ResendClient::new(
             http.clone(),
             &config.resend.api_url,
             config.resend.api_key.clone(),
             config.resend.max_rps,
-        ),
+        )),
         email_from: config.resend.from.clone(),
         email_batch_size: config.resend.batch_size,
-        mobizon: mobizon_client(config, http),
+        mobizon: Arc::new(mobizon_client(config, http)),
         product_url: config.product_url.clone(),
         settings: config.worker.clone(),
         wakeups,
@@ -251,6 +255,7 @@ fn app_state(
     config: &ServeConfig,
     pool: deadpool_postgres::Pool,
     listener: Arc<ListenerState>,
+    providers: crate::reconcile::Providers,
 ) -> http::AppState {
     http::AppState {
         events: crate::ingest::event_batches::EventBatches::start(pool.clone()),
@@ -259,10 +264,8 @@ fn app_state(
         resend_key: config.resend_webhook_key.clone(),
         mobizon_token: config.mobizon_webhook_token.clone(),
         mobizon_secret: config.mobizon_webhook_secret.clone(),
-        mobizon: Arc::new(mobizon_client(
-            config,
-            http_client(config.worker.provider_timeout),
-        )),
+        mobizon: Arc::clone(&providers.mobizon),
+        providers,
         admin_token: config.admin_token.clone(),
         dev_outbox: config.dev_outbox.clone(),
         product_url: config.product_url.clone(),

@@ -44,6 +44,9 @@ pub struct AppState {
     pub mobizon_secret: Option<Secret>,
     /// Asked to confirm a report of a final failure before it is applied.
     pub mobizon: Arc<crate::providers::mobizon::MobizonClient>,
+    /// The worker's own clients, for the console's "Ask Resend and
+    /// Mobizon": one pacer per provider in the process.
+    pub providers: crate::reconcile::Providers,
     pub admin_token: Secret,
     /// `leadrelay dev`: where the stand-in providers write, shown on /ops.
     pub dev_outbox: Option<std::path::PathBuf>,

@@ -18,7 +18,7 @@ pub const MESSAGES: &str = "
 select channel, template, status, attempts, max_attempts, due_at, sent_at, delivery_status,
        delivery_status_at, last_error, provider_message_id,
        leadrelay.held_until(status, held_until, due_at), hold_reason,
-       cancelled_by, duplicate_of_lead
+       cancelled_by, duplicate_of_lead, reconciled_at
 from public.notification_jobs where lead_id = $1 order by channel, template";
 
 #[derive(Debug, Serialize)]
@@ -60,6 +60,9 @@ pub struct Message {
     pub cancelled_by: Option<String>,
     /// The lead that already got this message, for a duplicate.
     pub duplicate_of_lead: Option<Uuid>,
+    /// Set when `leadrelay reconcile` found the message at the provider:
+    /// the system before leadrelay sent it, not leadrelay.
+    pub reconciled_at: Option<DateTime<Utc>>,
 }
 
 pub async fn lead_status(
@@ -104,6 +107,7 @@ pub async fn lead_status(
             hold_reason: r.get(12),
             cancelled_by: r.get(13),
             duplicate_of_lead: r.get(14),
+            reconciled_at: r.get(15),
         })
         .collect();
     Ok(Json(LeadStatus {

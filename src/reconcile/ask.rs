@@ -33,7 +33,7 @@ const MOST_SMS_PAGES: u32 = 10;
 pub async fn sent_emails(
     resend: &ResendClient,
     since: DateTime<Utc>,
-    pages: &dyn Fn(usize),
+    pages: &(dyn Fn(usize) + Sync),
 ) -> Result<Vec<ListedEmail>, ListError> {
     let stop = since - CLOCK_SKEW;
     let mut emails = Vec::new();

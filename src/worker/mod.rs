@@ -88,11 +88,12 @@ impl Default for WorkerSettings {
 pub struct Worker {
     pub queue: Queue,
     pub tracking_pool: Pool,
-    pub resend: ResendClient,
+    /// Shared with the console's reconciliation: one pacer for the team's limit.
+    pub resend: Arc<ResendClient>,
     pub email_from: String,
     /// The most emails per batch request; 1: every email on its own.
     pub email_batch_size: usize,
-    pub mobizon: MobizonClient,
+    pub mobizon: Arc<MobizonClient>,
     pub product_url: String,
     /// Compiled message templates, by version.
     pub templates: rendering::TemplateCache,

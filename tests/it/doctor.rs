@@ -43,6 +43,31 @@ async fn providers(accept: bool) -> (MockServer, MockServer) {
         .respond_with(mobizon_answer)
         .mount(&mobizon)
         .await;
+    if accept {
+        // what reconcile reads: the list of sent emails, message/list
+        Mock::given(method("GET"))
+            .and(path("/emails"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"object": "list", "has_more": false, "data": []}),
+            ))
+            .mount(&resend)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/service/message/list"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"code": 0, "data": {"items": [], "totalItemCount": 0}, "message": ""}),
+            ))
+            .mount(&mobizon)
+            .await;
+    } else {
+        Mock::given(method("GET"))
+            .and(path("/emails"))
+            .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+                "statusCode": 401, "name": "restricted_api_key",
+                "message": "This API key is restricted to only send emails"})))
+            .mount(&resend)
+            .await;
+    }
     (resend, mobizon)
 }
 
@@ -101,7 +126,9 @@ async fn doctor_finds_a_healthy_database_and_accepted_provider_keys_all_ok() {
         "storage",
         "lead_tracking",
         "resend",
+        "resend list",
         "mobizon",
+        "mobizon list",
     ] {
         assert_eq!(status_of(&report, name).0, Status::Ok, "{}", report.text());
     }
@@ -153,6 +180,16 @@ async fn doctor_names_missing_migrations_exposed_tables_refused_keys_and_an_unre
         "{}",
         report.text()
     );
+    // a key that may only send: serve works, reconcile cannot ask
+    let (status, text) = status_of(&report, "resend list");
+    assert_eq!(status, Status::Warn);
+    assert!(
+        text.contains("may not list sent emails (restricted_api_key)"),
+        "{text}"
+    );
+    let (status, text) = status_of(&report, "mobizon list");
+    assert_eq!(status, Status::Warn);
+    assert!(text.contains("refused message/list"), "{text}");
     assert!(!report.text().contains("secret@"), "{}", report.text());
     assert!(!report.text().contains("kz_test_key"), "{}", report.text());
 }

@@ -491,6 +491,12 @@ async fn a_webhook_a_day_later_applies_to_the_job_reconcile_wrote() {
         (r.get(0), r.get(1))
     };
     assert_eq!(state, (Some("opened".into()), Some("opened".into())));
+    // the status API says the system before leadrelay sent it
+    let message = crate::app::lead_status_message(&app, leads[0], "email").await;
+    assert!(message["reconciled_at"].is_string(), "{message}");
+    assert_eq!(message["provider_message_id"], "old-email-aigerim");
+    let sms = crate::app::lead_status_message(&app, leads[0], "sms").await;
+    assert!(sms["reconciled_at"].is_null(), "{sms}");
     app.shutdown().await;
 }
 
@@ -539,4 +545,84 @@ async fn backfill_asks_the_providers_first_unless_told_not_to() {
     )
     .await;
     assert!(audited >= 4, "{audited}");
+}
+
+#[tokio::test]
+async fn the_console_asks_the_providers_for_one_lead_behind_a_confirmation_and_audits_it() {
+    use crate::console::{get, post, sign_in};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let leads = incident_before_leadrelay(&client).await;
+    let providers = Providers::healthy().await;
+    hold_what_the_old_system_sent(&providers);
+    let app = start(config(&db.url, &providers)).await;
+    let base = format!("http://{}", app.local_addr());
+    let (cookie, csrf) = sign_in(&base, None).await;
+    let lead = leads[3];
+    let (_, page) = get(&base, &format!("/ops/leads/{lead}"), &cookie).await;
+    assert!(
+        page.contains(&format!("/ops/leads/{lead}/reconcile")),
+        "{page}"
+    );
+    let (status, confirm) = get(&base, &format!("/ops/leads/{lead}/reconcile"), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(confirm.contains("Ask Resend and Mobizon?"), "{confirm}");
+
+    // another session's token, or none: nothing asked, nothing written
+    let refused = post(
+        &base,
+        &format!("/ops/leads/{lead}/reconcile"),
+        &cookie,
+        &[("csrf", "forged")],
+    )
+    .await;
+    assert_eq!(refused.status(), 403);
+    assert!(providers.email_list_reads().await.is_empty());
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs").await,
+        0
+    );
+
+    let done = post(
+        &base,
+        &format!("/ops/leads/{lead}/reconcile"),
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(done.status(), 200);
+    let report = done.text().await.unwrap();
+    assert!(
+        report.contains("found at Resend: old-email-erlan"),
+        "{report}"
+    );
+    assert!(report.contains("found at Mobizon: 9002"), "{report}");
+    assert_eq!(
+        jobs_of(&client, lead).await.iter().filter(|j| j.3).count(),
+        2,
+        "both recorded as found"
+    );
+    let audited = count(
+        &client,
+        "select count(*) from ops_audit where actor = 'console' and action = 'reconcile' and session_id is not null",
+    )
+    .await;
+    // the two found, and the dashboard row's job created for them
+    assert_eq!(audited, 3);
+    // only that lead was asked about
+    assert_eq!(
+        count(
+            &client,
+            "select count(distinct lead_id) from notification_jobs"
+        )
+        .await,
+        1
+    );
+    let (_, page) = get(&base, &format!("/ops/leads/{lead}"), &cookie).await;
+    assert!(page.contains("found at Resend by reconciliation"), "{page}");
+    assert!(
+        page.contains("sent by the system before leadrelay"),
+        "{page}"
+    );
+    app.shutdown().await;
 }

@@ -483,6 +483,55 @@ mod tests {
     }
 
     #[test]
+    fn resend_lists_what_it_sent_newest_first_in_pages_both_ways() {
+        let book = ResendBook::default();
+        let start = Utc::now() - chrono::TimeDelta::hours(1);
+        for i in 0..5 {
+            book.hold(SentEmail {
+                id: format!("e{i}"),
+                to: vec![format!("p{i}@mail.ru")],
+                subject: None,
+                created_at: start + chrono::TimeDelta::minutes(i),
+                last_event: "delivered".into(),
+            });
+        }
+        let ids = |answer: &Answer| -> Vec<String> {
+            answer.1["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let first = book.list("limit=2");
+        assert_eq!(ids(&first), ["e4", "e3"]);
+        assert_eq!(first.1["has_more"], true);
+        let second = book.list("limit=2&after=e3");
+        assert_eq!(ids(&second), ["e2", "e1"]);
+        let last = book.list("limit=2&after=e1");
+        assert_eq!(
+            (ids(&last), last.1["has_more"].clone()),
+            (vec!["e0".to_string()], serde_json::json!(false))
+        );
+        assert_eq!(ids(&book.list("limit=2&before=e1")), ["e3", "e2"]);
+        assert_eq!(ids(&book.list("")).len(), 5, "20 by default");
+        for bad in [
+            "limit=0",
+            "limit=101",
+            "limit=x",
+            "after=nope",
+            "after=e1&before=e2",
+        ] {
+            assert_ne!(book.list(bad).0, 200, "{bad}");
+        }
+        // the time as Resend's API reference writes it, read back exactly
+        let listed = &first.1["data"][0]["created_at"];
+        assert!(listed.as_str().unwrap().ends_with("+00"), "{listed}");
+        assert_eq!(book.get("e2").0, 200);
+        assert_eq!(book.get("missing").0, 404);
+    }
+
+    #[test]
     fn resend_batches_are_checked_and_hostile_bodies_refused() {
         let book = ResendBook::requiring_keys();
         assert_eq!(book.answer(false, None, b"{}", |_, _| {}).0, 422);

@@ -1,6 +1,9 @@
 //! The provider checks: each key is shown to the provider through a call
 //! that sends nothing and costs nothing (Resend's domain list, Mobizon's
-//! balance). `leadrelay dev`'s stand-ins say so in a header, and are skipped.
+//! balance), then asked for what `reconcile` and `backfill` read (Resend's
+//! list of sent emails, Mobizon's `message/list`, which the look-up of an SMS
+//! in doubt reads too). `leadrelay dev`'s stand-ins say so in a header, and
+//! are skipped.
 
 use std::time::Duration;
 
@@ -13,7 +16,114 @@ pub const STAND_IN_HEADER: &str = "x-leadrelay-stand-in";
 
 pub async fn checks(args: &ServeArgs) -> Vec<Check> {
     let http = crate::providers::http_client(Duration::from_secs(10));
-    vec![resend(&http, args).await, mobizon(&http, args).await]
+    vec![
+        resend(&http, args).await,
+        resend_list(&http, args).await,
+        mobizon(&http, args).await,
+        mobizon_list(&http, args).await,
+    ]
+}
+
+fn key(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|k| !k.is_empty())
+}
+
+/// Whether the key may read Resend's list of sent emails (`GET /emails`).
+async fn resend_list(http: &reqwest::Client, args: &ServeArgs) -> Check {
+    const NAME: &str = "resend list";
+    let Some(key) = key(args.resend_api_key.as_deref()) else {
+        return Check::warn(
+            NAME,
+            "skipped: RESEND_API_KEY is not set",
+            "set it (see the resend check)",
+        );
+    };
+    let url = base(args.resend_api_url.as_deref(), "https://api.resend.com");
+    let request = http
+        .get(format!("{url}/emails"))
+        .query(&[("limit", "1")])
+        .bearer_auth(key);
+    let (status, body) = match ask(NAME, "RESEND_API_URL", &url, request).await {
+        Ok(answer) => answer,
+        Err(check) => return check,
+    };
+    let name = body
+        .get("name")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    match status.as_u16() {
+        200..=299 => Check::ok(
+            NAME,
+            "the key may list sent emails: reconcile and backfill can ask Resend what was sent",
+        ),
+        401 | 403 => Check::warn(
+            NAME,
+            format!(
+                "the key may not list sent emails ({}): reconcile and backfill cannot ask Resend, and send nothing for the leads they cannot check",
+                clip(
+                    if name.is_empty() {
+                        status.as_str()
+                    } else {
+                        name
+                    },
+                    60
+                )
+            ),
+            "run reconcile and backfill with a full-access key in RESEND_API_KEY (serve needs only sending access)",
+        ),
+        _ => Check::warn(
+            NAME,
+            format!("Resend answered {status} to its list of sent emails"),
+            "try again later",
+        ),
+    }
+}
+
+/// Whether the key may call Mobizon's `message/list`: a look-up since a
+/// day ago, one page of 25.
+async fn mobizon_list(http: &reqwest::Client, args: &ServeArgs) -> Check {
+    const NAME: &str = "mobizon list";
+    let Some(key) = key(args.mobizon_api_key.as_deref()) else {
+        return Check::warn(
+            NAME,
+            "skipped: MOBIZON_API_KEY is not set",
+            "set it (see the mobizon check)",
+        );
+    };
+    let url = base(args.mobizon_api_url.as_deref(), "https://api.mobizon.kz");
+    let since = crate::providers::mobizon::lookup_window_start(chrono::Utc::now());
+    let request = http
+        .post(format!("{url}/service/message/list"))
+        .query(&[("output", "json"), ("api", "v1"), ("apiKey", key)])
+        .form(&[
+            ("criteria[campaignCreateTsFrom]", since.as_str()),
+            ("pagination[pageSize]", "25"),
+            ("pagination[currentPage]", "0"),
+        ]);
+    let (status, body) = match ask(NAME, "MOBIZON_API_URL", &url, request).await {
+        Ok(answer) => answer,
+        Err(check) => return check,
+    };
+    match (status.as_u16(), body.get("code").and_then(|v| v.as_i64())) {
+        (200..=299, Some(0)) => Check::ok(
+            NAME,
+            "the key may call message/list: an SMS in doubt can be looked up, and reconcile and backfill can ask Mobizon",
+        ),
+        (_, code) => Check::warn(
+            NAME,
+            format!(
+                "Mobizon refused message/list (code {}: {}): an SMS in doubt waits, and reconcile and backfill send nothing they cannot check",
+                code.map_or_else(|| status.as_u16().to_string(), |c| c.to_string()),
+                clip(
+                    body.get("message")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default(),
+                    120
+                )
+            ),
+            "allow the API key the message module in Mobizon's settings",
+        ),
+    }
 }
 
 fn base(value: Option<&str>, default: &str) -> String {

@@ -116,6 +116,12 @@ async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<Stri
         text(3),
         text(4),
     );
+    if gate.access.session().is_some() {
+        body.push_str(&format!(
+            "<div class=actions><a href=\"/ops/leads/{lead}/reconcile\" class=action-reconcile>Ask Resend and Mobizon…</a> \
+<span class=muted>whether the system before leadrelay sent the messages this lead has no job for</span></div>"
+        ));
+    }
     if jobs.is_empty() {
         body.push_str("<p class=muted>No messages for this lead: no enabled rule matched its source when it arrived.</p>");
     }

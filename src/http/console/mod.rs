@@ -9,6 +9,7 @@ mod charts;
 pub mod dashboard;
 mod lead;
 mod page;
+mod reconcile;
 mod search;
 pub mod session;
 mod state;
@@ -40,6 +41,10 @@ pub fn routes() -> Router<AppState> {
         .route("/ops/search", get(search::page))
         .route("/ops/leads/{id}", get(lead::page))
         .route("/ops/leads/{id}/email/{n}", get(lead::email_frame))
+        .route(
+            "/ops/leads/{id}/reconcile",
+            get(reconcile::confirm).post(reconcile::perform),
+        )
         .route("/ops/preview", get(lead::preview_redirect))
         .route(
             "/ops/jobs/{id}/{action}",

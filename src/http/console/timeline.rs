@@ -15,7 +15,8 @@ pub const JOBS: &str = "
 select id, channel, template, status, attempts, max_attempts, created_at, due_at, sent_at,
        finished_at, provider_message_id, delivery_status, last_error, errors,
        leadrelay.held_until(status, held_until, due_at) as held, hold_reason,
-       duplicate_of_lead, recovered_at, outcome_unknown_since, recipient, sent_unconfirmed
+       duplicate_of_lead, recovered_at, outcome_unknown_since, recipient, sent_unconfirmed,
+       reconciled_at
 from public.notification_jobs where lead_id = $1
 order by case channel when 'email' then 0 when 'sms' then 1 else 2 end, template, id";
 
@@ -54,6 +55,9 @@ pub struct Job {
     in_doubt: Option<DateTime<Utc>>,
     recipient: Option<String>,
     unconfirmed: Option<String>,
+    /// Found at the provider by `reconcile`: sent by the system before
+    /// leadrelay.
+    reconciled: Option<DateTime<Utc>>,
 }
 
 impl Job {
@@ -80,6 +84,7 @@ impl Job {
             in_doubt: row.get("outcome_unknown_since"),
             recipient: row.get("recipient"),
             unconfirmed: row.get("sent_unconfirmed"),
+            reconciled: row.get("reconciled_at"),
         }
     }
 
@@ -114,6 +119,7 @@ pub fn rows(job: &Job, events: &[tokio_postgres::Row], audit: &[tokio_postgres::
     entries.extend(in_doubt(job));
     entries.extend(sent(job));
     entries.extend(recovered(job));
+    entries.extend(reconciled(job));
     entries.extend(reports(job, events));
     entries.extend(end(job));
     entries.extend(operator_actions(job, audit));
@@ -206,6 +212,10 @@ fn sent(job: &Job) -> Option<Entry> {
             "probably sent (no provider id): <span class=reason>{}</span>",
             esc(why)
         ),
+        (None, false) if job.reconciled.is_some() => format!(
+            "sent by the system before leadrelay · provider id <code>{}</code>",
+            esc(job.provider_id.as_deref().unwrap_or("—"))
+        ),
         (None, false) => format!(
             "sent · provider id <code>{}</code>",
             esc(job.provider_id.as_deref().unwrap_or("—"))
@@ -219,6 +229,19 @@ fn recovered(job: &Job) -> Option<Entry> {
         job.recovered?,
         "ok",
         "found at Mobizon by a look-up: recorded sent, not sent again",
+    ))
+}
+
+fn reconciled(job: &Job) -> Option<Entry> {
+    let provider = if job.channel == "email" {
+        "Resend"
+    } else {
+        "Mobizon"
+    };
+    Some(Entry::new(
+        job.reconciled?,
+        "ok reconciled",
+        format!("found at {provider} by reconciliation: recorded sent, not sent by leadrelay"),
     ))
 }
 
