@@ -20,6 +20,7 @@ mod latency;
 mod migration;
 mod mock;
 mod profile;
+mod reconcile;
 mod render;
 mod scale;
 mod setup;
@@ -53,6 +54,7 @@ use latency::*;
 use migration::*;
 use mock::*;
 use profile::*;
+use reconcile::*;
 use render::*;
 use scale::*;
 use setup::*;
@@ -174,6 +176,11 @@ async fn main() {
     }
     if only == "migrate" {
         rows.extend(migrate_under_load(&cluster).await);
+        print_table(&rows);
+        return;
+    }
+    if only == "reconcile" {
+        rows.extend(reconcile_rate(&cluster).await);
         print_table(&rows);
         return;
     }

@@ -54,7 +54,8 @@ impl Mock {
     }
 }
 
-fn answer(
+/// An answer with the rate window's headers.
+pub(crate) fn answer(
     status: u16,
     headers: Vec<(&'static str, String)>,
     body: serde_json::Value,

@@ -20,6 +20,23 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Runs `command` over the incident's day with `--yes`; its output, once
+/// it succeeded.
+fn run_on_the_day(db_url: &str, providers: &Providers, command: &str) -> String {
+    let out = leadrelay(
+        db_url,
+        providers,
+        &[&[command][..], &WINDOW, &["--yes"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    text(&out)
+}
+
+/// Asserts the output says `words`.
+fn says(output: &str, words: &str) {
+    assert!(output.contains(words), "{words:?} not in:\n{output}");
+}
+
 const DAY: &str = "2026-11-20";
 const WINDOW: [&str; 4] = ["--since", "2026-11-20", "--until", "2026-11-21"];
 
@@ -160,17 +177,8 @@ async fn reconcile_records_what_the_old_system_sent_sends_the_rest_once_and_a_se
         assert!(!body.contains("7476123456"), "{body}");
     }
 
-    let real = leadrelay(
-        &db.url,
-        &providers,
-        &[&["reconcile"][..], &WINDOW, &["--yes"]].concat(),
-    );
-    assert!(real.status.success(), "{}", text(&real));
-    assert!(
-        text(&real).contains("recorded 4 message(s) found at the providers"),
-        "{}",
-        text(&real)
-    );
+    let real = run_on_the_day(&db.url, &providers, "reconcile");
+    says(&real, "recorded 4 message(s) found at the providers");
     let found = |id: &str, state: &str| Some(id.to_string()).zip(Some(state.to_string()));
     let row = |channel: &str, status: &str, id: Option<(String, String)>| -> JobRow {
         match id {
@@ -262,22 +270,16 @@ async fn reconcile_records_what_the_old_system_sent_sends_the_rest_once_and_a_se
 
     // `status` shows the mark
     let status = leadrelay_cli(&db.url, &["status", &leads[3].to_string()]);
-    assert!(
-        text(&status).contains("found at the provider by reconciliation, not sent by leadrelay"),
-        "{}",
-        text(&status)
+    says(
+        &text(&status),
+        "found at the provider by reconciliation, not sent by leadrelay",
     );
 
     // a second run changes nothing
     let jobs = count(&client, "select count(*) from notification_jobs").await;
     let audits = count(&client, "select count(*) from ops_audit").await;
-    let again = leadrelay(
-        &db.url,
-        &providers,
-        &[&["reconcile"][..], &WINDOW, &["--yes"]].concat(),
-    );
-    assert!(again.status.success(), "{}", text(&again));
-    assert!(text(&again).contains("0 lead(s)"), "{}", text(&again));
+    let again = run_on_the_day(&db.url, &providers, "reconcile");
+    says(&again, "0 lead(s)");
     assert_eq!(
         count(&client, "select count(*) from notification_jobs").await,
         jobs
@@ -307,22 +309,9 @@ async fn an_ambiguous_lead_and_a_provider_that_cannot_be_asked_get_nothing_sent(
         at("16:00"),
         "delivered",
     ));
-    let out = leadrelay(
-        &db.url,
-        &providers,
-        &[&["reconcile"][..], &WINDOW, &["--yes"]].concat(),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("ambiguous: several messages to this address"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains("first of 2026-11-20 12:17 UTC"),
-        "{}",
-        text(&out)
-    );
+    let out = run_on_the_day(&db.url, &providers, "reconcile");
+    says(&out, "ambiguous: several messages to this address");
+    says(&out, "first of 2026-11-20 12:17 UTC");
     let email_jobs = client
         .query_one(
             "select count(*) from notification_jobs where lead_id = $1 and channel = 'email'",
@@ -332,11 +321,7 @@ async fn an_ambiguous_lead_and_a_provider_that_cannot_be_asked_get_nothing_sent(
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(email_jobs, 0, "nothing is written, so nothing is sent");
-    assert!(
-        text(&out).contains("1 message(s) left alone"),
-        "{}",
-        text(&out)
-    );
+    says(&out, "1 message(s) left alone");
 
     // Resend refuses to list (a key that may only send), Mobizon fails
     let db = fresh_db().await;
@@ -359,13 +344,8 @@ async fn an_ambiguous_lead_and_a_provider_that_cannot_be_asked_get_nothing_sent(
         .with_priority(1)
         .mount(&providers.mobizon)
         .await;
-    let out = leadrelay(
-        &db.url,
-        &providers,
-        &[&["reconcile"][..], &WINDOW, &["--yes"]].concat(),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let report = text(&out);
+    let out = run_on_the_day(&db.url, &providers, "reconcile");
+    let report = out;
     assert!(report.contains("may not list sent emails"), "{report}");
     assert!(
         report.contains("unknown: mobizon look-up: HTTP 500"),
@@ -419,11 +399,7 @@ async fn the_walk_pages_back_to_the_windows_start_within_resends_rate_limit() {
         &[&["reconcile"][..], &window, &["--dry-run"]].concat(),
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("found at Resend: e1950"),
-        "{}",
-        text(&out)
-    );
+    says(&text(&out), "found at Resend: e1950");
     let reads = providers.email_list_reads().await;
     // page 20 holds the window's start: the walk stops there
     assert_eq!(reads.len(), 20, "pages read");
@@ -449,48 +425,50 @@ async fn a_webhook_a_day_later_applies_to_the_job_reconcile_wrote() {
     let leads = incident_before_leadrelay(&client).await;
     let providers = Providers::healthy().await;
     hold_what_the_old_system_sent(&providers);
-    let out = leadrelay(
-        &db.url,
-        &providers,
-        &[&["reconcile"][..], &WINDOW, &["--yes"]].concat(),
-    );
-    assert!(out.status.success(), "{}", text(&out));
     let app = start(config(&db.url, &providers)).await;
-    let body = serde_json::to_vec(&serde_json::json!({
-        "type": "email.opened",
-        "created_at": (at("12:17") + TimeDelta::days(1)).to_rfc3339(),
-        "data": {"email_id": "old-email-aigerim", "to": ["aigerim.test0@gmail.com"]}
-    }))
-    .unwrap();
-    let key =
-        leadrelay::ingest::svix::SigningKey::parse(crate::app::RESEND_WEBHOOK_SECRET).unwrap();
-    let timestamp = Utc::now().timestamp().to_string();
-    let answer = reqwest::Client::new()
-        .post(format!("http://{}/webhooks/resend", app.local_addr()))
-        .header("svix-id", "msg_a_day_later")
-        .header("svix-timestamp", &timestamp)
-        .header(
-            "svix-signature",
-            key.signature("msg_a_day_later", &timestamp, &body),
-        )
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_success());
-    let state: (Option<String>, Option<String>) = {
-        let r = client
-            .query_one(
-                "select j.delivery_status, l.email_delivery_status from notification_jobs j
-                 join landing_leads l on l.id = j.lead_id where j.lead_id = $1 and j.channel = 'email'",
-                &[&leads[0]],
-            )
-            .await
-            .unwrap();
-        (r.get(0), r.get(1))
+    // a report of the old system's email before leadrelay knew it: pending
+    let clicked = signed_resend(
+        &app,
+        "msg_before",
+        "email.clicked",
+        "old-email-erlan",
+        at("16:00"),
+    )
+    .await;
+    assert!(clicked.status().is_success());
+    run_on_the_day(&db.url, &providers, "reconcile");
+    let email_state = |lead: uuid::Uuid| {
+        let client = &client;
+        async move {
+            let r = client
+                .query_one(
+                    "select j.delivery_status, l.email_delivery_status from notification_jobs j
+                     join landing_leads l on l.id = j.lead_id where j.lead_id = $1 and j.channel = 'email'",
+                    &[&lead],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1))
+        }
     };
-    assert_eq!(state, (Some("opened".into()), Some("opened".into())));
+    assert_eq!(
+        email_state(leads[3]).await,
+        (Some("clicked".into()), Some("clicked".into())),
+        "the pending report applies once the job is recorded"
+    );
+    let opened = signed_resend(
+        &app,
+        "msg_a_day_later",
+        "email.opened",
+        "old-email-aigerim",
+        at("12:17") + TimeDelta::days(1),
+    )
+    .await;
+    assert!(opened.status().is_success());
+    assert_eq!(
+        email_state(leads[0]).await,
+        (Some("opened".into()), Some("opened".into()))
+    );
     // the status API says the system before leadrelay sent it
     let message = crate::app::lead_status_message(&app, leads[0], "email").await;
     assert!(message["reconciled_at"].is_string(), "{message}");
@@ -498,6 +476,35 @@ async fn a_webhook_a_day_later_applies_to_the_job_reconcile_wrote() {
     let sms = crate::app::lead_status_message(&app, leads[0], "sms").await;
     assert!(sms["reconciled_at"].is_null(), "{sms}");
     app.shutdown().await;
+}
+
+/// A Resend event for `email_id`, signed as Svix signs it, posted to `app`.
+async fn signed_resend(
+    app: &leadrelay::serve::Application,
+    svix_id: &str,
+    event_type: &str,
+    email_id: &str,
+    occurred: DateTime<Utc>,
+) -> reqwest::Response {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "type": event_type,
+        "created_at": occurred.to_rfc3339(),
+        "data": {"email_id": email_id, "to": ["someone@mail.ru"]}
+    }))
+    .unwrap();
+    let key =
+        leadrelay::ingest::svix::SigningKey::parse(crate::app::RESEND_WEBHOOK_SECRET).unwrap();
+    let timestamp = Utc::now().timestamp().to_string();
+    reqwest::Client::new()
+        .post(format!("http://{}/webhooks/resend", app.local_addr()))
+        .header("svix-id", svix_id)
+        .header("svix-timestamp", &timestamp)
+        .header("svix-signature", key.signature(svix_id, &timestamp, &body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -520,17 +527,8 @@ async fn backfill_asks_the_providers_first_unless_told_not_to() {
 
     let providers = Providers::healthy().await;
     hold_what_the_old_system_sent(&providers);
-    let out = leadrelay(
-        &db.url,
-        &providers,
-        &[&["backfill"][..], &WINDOW, &["--yes"]].concat(),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("recorded 4 message(s)"),
-        "{}",
-        text(&out)
-    );
+    let out = run_on_the_day(&db.url, &providers, "backfill");
+    says(&out, "recorded 4 message(s)");
     assert_eq!(
         jobs_of(&client, leads[3])
             .await

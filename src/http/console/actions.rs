@@ -237,7 +237,8 @@ pub async fn confirm(
     .into_response()
 }
 
-fn actor(session: &Session, visitor: &Visitor) -> Actor {
+/// The console acting for `session`, for the audit.
+pub(super) fn actor(session: &Session, visitor: &Visitor) -> Actor {
     Actor {
         session_id: Some(session.id),
         name: "console".into(),

@@ -13,7 +13,6 @@ use super::page::{esc, page as frame, problem};
 use super::{Gate, Visitor};
 use crate::http::AppState;
 use crate::reconcile::{self, Answer, Audit, Leads};
-use crate::store::operator::Actor;
 
 /// What the confirmation says will happen.
 const EXPLANATION: &str = "For each of this lead's channels that has no message yet, leadrelay asks the provider (Resend's list of sent emails, Mobizon's message list) whether the system before leadrelay sent one after the lead arrived. A message found is recorded as sent, with the provider's id and state, and is not sent again. A message not found is sent, through the same gate as a first send (its send window, the duplicate check and the cap). When the answer is ambiguous (several messages) or the provider cannot be asked, nothing is sent for that channel. Everything written is kept in the audit.";
@@ -85,11 +84,7 @@ pub async fn perform(
             return super::page::unavailable();
         }
     };
-    let actor = Actor {
-        session_id: Some(session.id),
-        name: "console".into(),
-        client_addr: Some(visitor.addr_text()),
-    };
+    let actor = super::actions::actor(&session, &visitor);
     let audit = Audit {
         actor: &actor,
         action: "reconcile",
