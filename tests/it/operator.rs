@@ -3,7 +3,9 @@
 use std::process::Output;
 
 use crate::app::{count, leadrelay_cli as leadrelay};
-use crate::harness::{fresh_db, insert_as_landing, insert_incident_leads, insert_proftest_lead};
+use crate::harness::{
+    enqueue_trigger, fresh_db, insert_as_landing, insert_incident_leads, insert_proftest_lead,
+};
 
 fn text(out: &Output) -> String {
     format!(
@@ -16,12 +18,7 @@ fn text(out: &Output) -> String {
 /// The incident's four leads, inserted as they were: before leadrelay, so
 /// without jobs; plus one lead that has its jobs and one outside the window.
 async fn leads_from_before_leadrelay(client: &tokio_postgres::Client) -> Vec<uuid::Uuid> {
-    client
-        .batch_execute(
-            "alter table landing_leads disable trigger landing_leads_enqueue_notifications",
-        )
-        .await
-        .unwrap();
+    enqueue_trigger(client, false).await;
     let ids = insert_incident_leads(client).await;
     client
         .execute(
@@ -38,12 +35,7 @@ async fn leads_from_before_leadrelay(client: &tokio_postgres::Client) -> Vec<uui
         )
         .await
         .unwrap();
-    client
-        .batch_execute(
-            "alter table landing_leads enable trigger landing_leads_enqueue_notifications",
-        )
-        .await
-        .unwrap();
+    enqueue_trigger(client, true).await;
     let served = insert_proftest_lead(client, "Served", "s@mail.ru").await;
     client
         .execute(
@@ -435,19 +427,9 @@ async fn a_backfilled_a_retried_and_a_landing_inserted_address_with_odd_white_sp
     // the landing's own insert
     let landed = insert_proftest_lead(&client, "Landed", odd).await;
     // a lead from before leadrelay, found by the backfill
-    client
-        .batch_execute(
-            "alter table landing_leads disable trigger landing_leads_enqueue_notifications",
-        )
-        .await
-        .unwrap();
+    enqueue_trigger(&client, false).await;
     let old = insert_proftest_lead(&client, "Backfilled", odd).await;
-    client
-        .batch_execute(
-            "alter table landing_leads enable trigger landing_leads_enqueue_notifications",
-        )
-        .await
-        .unwrap();
+    enqueue_trigger(&client, true).await;
     let out = leadrelay(
         &db.url,
         &[

@@ -10,7 +10,7 @@ use crate::app::{
     Providers, SentEmail, TakenSms, config, count, eventually, leadrelay_cli,
     leadrelay_cli_with_providers as leadrelay, start, unfinished,
 };
-use crate::harness::{fresh_db, incident_fixture, insert_incident_leads};
+use crate::harness::{enqueue_trigger, fresh_db, incident_fixture, insert_incident_leads};
 
 fn text(out: &Output) -> String {
     format!(
@@ -47,12 +47,7 @@ fn at(hhmm: &str) -> DateTime<Utc> {
 /// The incident's four leads as they arrived that day, before leadrelay
 /// (no jobs), at the fixture's times.
 async fn incident_before_leadrelay(client: &tokio_postgres::Client) -> Vec<uuid::Uuid> {
-    client
-        .batch_execute(
-            "alter table landing_leads disable trigger landing_leads_enqueue_notifications",
-        )
-        .await
-        .unwrap();
+    enqueue_trigger(client, false).await;
     let ids = insert_incident_leads(client).await;
     for (id, lead) in ids.iter().zip(incident_fixture().leads) {
         client
@@ -63,12 +58,7 @@ async fn incident_before_leadrelay(client: &tokio_postgres::Client) -> Vec<uuid:
             .await
             .unwrap();
     }
-    client
-        .batch_execute(
-            "alter table landing_leads enable trigger landing_leads_enqueue_notifications",
-        )
-        .await
-        .unwrap();
+    enqueue_trigger(client, true).await;
     ids
 }
 

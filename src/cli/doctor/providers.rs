@@ -24,6 +24,18 @@ pub async fn checks(args: &ServeArgs) -> Vec<Check> {
     ]
 }
 
+/// Resend's error name, or the status when it gave none.
+fn error_name(status: reqwest::StatusCode, name: &str) -> String {
+    clip(
+        if name.is_empty() {
+            status.as_str()
+        } else {
+            name
+        },
+        60,
+    )
+}
+
 fn key(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|k| !k.is_empty())
 }
@@ -60,14 +72,7 @@ async fn resend_list(http: &reqwest::Client, args: &ServeArgs) -> Check {
             NAME,
             format!(
                 "the key may not list sent emails ({}): reconcile and backfill cannot ask Resend, and send nothing for the leads they cannot check",
-                clip(
-                    if name.is_empty() {
-                        status.as_str()
-                    } else {
-                        name
-                    },
-                    60
-                )
+                error_name(status, name)
             ),
             "run reconcile and backfill with a full-access key in RESEND_API_KEY (serve needs only sending access)",
         ),
@@ -164,17 +169,7 @@ async fn resend(http: &reqwest::Client, args: &ServeArgs) -> Check {
         }
         401 | 403 => Check::fail(
             NAME,
-            format!(
-                "Resend refused the API key ({})",
-                clip(
-                    if name.is_empty() {
-                        status.as_str()
-                    } else {
-                        name
-                    },
-                    60
-                )
-            ),
+            format!("Resend refused the API key ({})", error_name(status, name)),
             "create a new key in Resend (API Keys) and set RESEND_API_KEY",
         ),
         _ => Check::warn(

@@ -261,6 +261,19 @@ pub async fn insert_as_landing(
     row.get(0)
 }
 
+/// Turns the landing table's enqueue trigger off (leads as they were
+/// before leadrelay: no jobs) or on again.
+pub async fn enqueue_trigger(client: &Client, on: bool) {
+    let sql = format!(
+        "alter table landing_leads {} trigger landing_leads_enqueue_notifications",
+        if on { "enable" } else { "disable" }
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .expect("the enqueue trigger");
+}
+
 /// The incident's four leads, inserted as the landing inserts them.
 pub async fn insert_incident_leads(client: &Client) -> Vec<uuid::Uuid> {
     let fixture = incident_fixture();
