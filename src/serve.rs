@@ -92,11 +92,7 @@ impl Application {
             pool.clone(),
             cancel.clone(),
         ));
-        let providers = crate::reconcile::Providers {
-            resend: Arc::clone(&worker.resend),
-            mobizon: Arc::clone(&worker.mobizon),
-        };
-        let state = app_state(&config, pool, Arc::clone(&listener_state), providers);
+        let state = app_state(&config, pool, Arc::clone(&listener_state), &worker);
         // Both pools (the tracking pool may be the same) and every HTTP
         // connection share the process's descriptors.
         let file_limit = http::connections::file_limit();
@@ -255,8 +251,13 @@ fn app_state(
     config: &ServeConfig,
     pool: deadpool_postgres::Pool,
     listener: Arc<ListenerState>,
-    providers: crate::reconcile::Providers,
+    worker: &Worker,
 ) -> http::AppState {
+    // the worker's own clients: one pacer per provider in the process
+    let providers = crate::reconcile::Providers {
+        resend: Arc::clone(&worker.resend),
+        mobizon: Arc::clone(&worker.mobizon),
+    };
     http::AppState {
         events: crate::ingest::event_batches::EventBatches::start(pool.clone()),
         pool,

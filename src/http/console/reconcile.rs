@@ -105,6 +105,16 @@ pub async fn perform(
         "ops reconcile"
     );
     metrics::counter!("leadrelay_ops_actions_total", "action" => "reconcile").increment(1);
+    Html(frame(
+        "leadrelay — asked the providers",
+        Some(&session),
+        &report(lead, &lines, &applied),
+    ))
+    .into_response()
+}
+
+/// What was asked and written, one line per channel.
+fn report(lead: Uuid, lines: &[reconcile::Line], applied: &reconcile::Applied) -> String {
     let items: String = if lines.is_empty() {
         "<li>Every channel of this lead has a message already: nothing was asked.</li>".into()
     } else {
@@ -123,17 +133,12 @@ pub async fn perform(
             })
             .collect()
     };
-    Html(frame(
-        "leadrelay — asked the providers",
-        Some(&session),
-        &format!(
-            "<h1>Asked Resend and Mobizon</h1><div class=card><ul class=reconcile-report>{items}</ul>\
+    format!(
+        "<h1>Asked Resend and Mobizon</h1><div class=card><ul class=reconcile-report>{items}</ul>\
 <p>{recorded} message(s) recorded as found, {enqueued} job(s) created, {held} left alone.</p>\
 <div class=actions><a href=\"/ops/leads/{lead}\">Back to the lead</a></div></div>",
-            recorded = applied.recorded.len(),
-            enqueued = applied.enqueued.ids.len(),
-            held = applied.held_back,
-        ),
-    ))
-    .into_response()
+        recorded = applied.recorded.len(),
+        enqueued = applied.enqueued.ids.len(),
+        held = applied.held_back,
+    )
 }
