@@ -26,6 +26,11 @@ pub fn statements() -> Vec<String> {
         .chain(store::templates::statements().iter().map(|s| s.to_string()))
         .chain(store::operator::statements().iter().map(|s| s.to_string()))
         .chain(store::search::statements().iter().map(|s| s.to_string()))
+        .chain(
+            store::suppressions::statements()
+                .iter()
+                .map(|s| s.to_string()),
+        )
         .chain(ingest::statements())
         .chain(http::statements().iter().map(|s| s.to_string()))
         .chain(cli::ops::statements().iter().map(|s| s.to_string()))

@@ -9,6 +9,7 @@ pub mod dev;
 pub mod doctor;
 pub mod ops;
 pub mod reconcile;
+pub mod suppress;
 pub mod templates;
 
 use std::path::PathBuf;
@@ -57,6 +58,11 @@ pub enum Command {
     Retry(RetryArgs),
     /// Cancel the jobs a notification rule made that were not tried yet (after disabling it).
     Cancel(CancelArgs),
+    /// Put an email address or a phone on the suppression list: nothing is sent to it
+    /// until it is lifted (a reason is required, and audited).
+    Suppress(SuppressArgs),
+    /// Lift a suppression (a reason is required, and audited); what was cancelled stays cancelled.
+    Unsuppress(SuppressArgs),
     /// Check every enabled rule's template: it exists, compiles and renders a sample lead.
     #[command(subcommand)]
     Templates(TemplatesCommand),
@@ -109,6 +115,17 @@ pub struct CancelArgs {
     pub dry_run: bool,
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SuppressArgs {
+    #[command(flatten)]
+    pub db: DatabaseArg,
+    #[command(flatten)]
+    pub recipient: suppress::Recipient,
+    /// Why, for the audit.
+    #[arg(long)]
+    pub reason: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -357,6 +374,22 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cancel(args) => {
             let client = connect(&args.db).await?;
             ops::cancel_rule(&client, args.rule, args.dry_run, args.yes).await?;
+            Ok(())
+        }
+        Command::Suppress(args) => {
+            let client = connect(&args.db).await?;
+            print!(
+                "{}",
+                suppress::suppress(&client, &args.recipient, &args.reason).await?
+            );
+            Ok(())
+        }
+        Command::Unsuppress(args) => {
+            let client = connect(&args.db).await?;
+            print!(
+                "{}",
+                suppress::unsuppress(&client, &args.recipient, &args.reason).await?
+            );
             Ok(())
         }
         Command::Templates(TemplatesCommand::Check { db, product }) => {

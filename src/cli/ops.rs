@@ -220,6 +220,7 @@ pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
                 .map(|p| mask::phone(&p))
                 .unwrap_or_else(|| "(none)".into()),
         ));
+        out.push_str(&suppression_lines(client, lead_id).await?);
         let jobs = client.query(LEAD_JOBS, &[&lead_id]).await?;
         if jobs.is_empty() {
             out.push_str("  no messages: this lead arrived before leadrelay or matched no rule (see `leadrelay backfill`)\n\n");
@@ -235,6 +236,28 @@ pub async fn status(client: &Client, query: &str) -> Result<String, OpsError> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// The lead's email and phone on the suppression list, one line each.
+async fn suppression_lines(client: &Client, lead: Uuid) -> Result<String, OpsError> {
+    let rows = client
+        .query(crate::store::suppressions::OF_LEAD, &[&lead])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let since: DateTime<Utc> = r.get(2);
+            let note: Option<String> = r.get(3);
+            format!(
+                "  suppressed {}: {} since {}{}\n",
+                r.get::<_, &str>(0),
+                r.get::<_, &str>(1),
+                since.format("%Y-%m-%d %H:%M UTC"),
+                note.map(|n| format!(" ({})", n.chars().take(80).collect::<String>()))
+                    .unwrap_or_default()
+            )
+        })
+        .collect())
 }
 
 // ---------------------------------------------------------------- retry

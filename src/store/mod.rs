@@ -55,6 +55,7 @@ pub mod operator;
 pub mod queue;
 pub mod search;
 pub mod storable;
+pub mod suppressions;
 pub mod templates;
 pub mod tls;
 

@@ -173,15 +173,31 @@ begin
            r.max_per_recipient_per_day as cap,
            case when j.ignore_policies or r.send_window_start is null then now()
                 else public.leadrelay_send_time(now(), r.send_window_start, r.send_window_end, r.time_zone)
-           end as opens_at
+           end as opens_at,
+           -- the suppression list (even --ignore-policies obeys it): the
+           -- recipient's key written out as in the look-up below, hashed
+           (select leadrelay.suppression_reason(s.reason, s.created_at, s.note)
+              from public.notification_suppressions s
+             where j.channel in ('email', 'sms') and j.recipient is not null
+               and s.channel = j.channel and s.lifted_at is null
+               and s.recipient_hash = sha256(convert_to(j.channel || ':' || (case when j.recipient is null then null
+                                               when j.channel <> 'email' or position('@' in j.recipient) = 0 then lower(j.recipient)
+                                               when lower(btrim(substr(j.recipient, length(j.recipient) - strpos(reverse(j.recipient), '@') + 2))) in ('gmail.com', 'googlemail.com') then replace(coalesce(nullif(split_part(lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@')))), '+', 1), ''), lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@'))))), '.', '') || '@gmail.com'
+                                               else coalesce(nullif(split_part(lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@')))), '+', 1), ''), lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@'))))) || '@' || lower(btrim(substr(j.recipient, length(j.recipient) - strpos(reverse(j.recipient), '@') + 2))) end), 'UTF8'))
+             limit 1) as suppressed
     from public.notification_jobs j
     left join public.notification_rules r on r.id = j.rule_id
     where j.id = any(p_ids)
+  ), refused as (
+    select j.id, 'suppressed'::text as verdict, null::uuid as duplicate_of, null::timestamptz as held_until,
+           j.suppressed as reason
+    from job j
+    where j.suppressed is not null
   ), held as (
     select j.id, 'window'::text as verdict, null::uuid as duplicate_of, j.opens_at as held_until,
            public.leadrelay_window_hold_reason(now(), j.send_window_start, j.send_window_end, j.time_zone, j.opens_at) as reason
     from job j
-    where j.opens_at > now()
+    where j.opens_at > now() and j.suppressed is null
   ), candidate as (
     select j.id, j.lead_id, j.channel, j.template,
            (case when j.recipient is null then null
@@ -194,6 +210,7 @@ begin
     from job j
     left join public.landing_leads l on l.id = j.lead_id
     where j.opens_at <= now() and j.cleared_at is null and j.channel in ('email', 'sms')
+      and j.suppressed is null
   ), first_pass as (
     select c.*,
            row_number() over same_message as nth_same,
@@ -258,6 +275,8 @@ begin
            end as reason
     from counted c
   )
+  select s.id, s.verdict, s.duplicate_of, s.held_until, s.reason from refused s
+  union all
   select h.id, h.verdict, h.duplicate_of, h.held_until, h.reason from held h
   union all
   select v.id, v.verdict, v.duplicate_of, null::timestamptz, v.reason from judged v where v.verdict is not null;

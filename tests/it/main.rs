@@ -18,6 +18,7 @@ mod sms_lookup;
 mod sql_checks;
 mod sql_core;
 mod support;
+mod suppressions;
 mod templates;
 mod tls;
 mod webhooks;

@@ -81,10 +81,11 @@ macro_rules! held_by_window {
 ///
 /// The gate (`leadrelay_gate`) is applied here, before any request, whatever
 /// made the job due: a job outside its rule's send window goes back to
-/// `scheduled` until the opening (and is not returned); a job the
-/// de-duplication or the per-recipient cap refuses is `cancelled` with the
-/// reason in the same write, and returned with `cancelled_by` set; the
-/// others pass (`cleared_at`).
+/// `scheduled` until the opening (and is not returned); a job whose
+/// recipient is on the suppression list, or that the de-duplication or the
+/// per-recipient cap refuses, is `cancelled` with the reason in the same
+/// write, and returned with `cancelled_by` set; the others pass
+/// (`cleared_at`).
 pub const CLAIM: &str = concat!(
     "
 with claimable as (
@@ -98,7 +99,7 @@ with claimable as (
   -- the gate: the send window, then the delivery policies under a lock per
   -- recipient (see `leadrelay_gate`): the jobs to hold or cancel
   select v.job_id, v.verdict, v.duplicate_of, v.held_until, v.reason,
-         v.verdict in ('duplicate', 'recipient_cap') as cancels
+         v.verdict in ('duplicate', 'recipient_cap', 'suppressed') as cancels
   from public.leadrelay_gate(array(select c.id from claimable c)) v
   -- a claim that found nothing (a lane woken for nothing) calls no gate
   where exists (select 1 from claimable)

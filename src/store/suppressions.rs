@@ -1,0 +1,165 @@
+//! The suppression list (`notification_suppressions`): an operator putting a
+//! recipient on it or lifting it, audited in the same statement, and a
+//! lead's suppressions in force. Shared by the CLI and the console; the
+//! gate that obeys the list and the reports that fill it are SQL
+//! (`supabase/schemas/11_suppressions.sql`).
+
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use super::operator::Actor;
+use crate::domain::Channel;
+
+/// Puts $2 (an address or a phone, typed any way) on channel $1's list as
+/// the operator's, with note $3, audited as $5 (session $4, address $6; lead
+/// $7 when acted from a lead's page). Returns the trigger's problem with the
+/// recipient (nothing written), or the suppression in force and this
+/// action's audit row (`IN_FORCE` reads it: a row the statement wrote is not
+/// in its own snapshot).
+pub const SUPPRESS: &str = "
+with input as (
+  select case $1 when 'email' then public.leadrelay_email_problem($2)
+                 else public.leadrelay_phone_problem($2) end as problem,
+         leadrelay.recipient($1, $2, $2) as recipient
+), audit as (
+  insert into public.ops_audit (session_id, actor, action, job_ids, changed_job_ids, lead_ids, reason, client_addr)
+  select $4, $5, 'suppress', '{}', '{}', case when $7::uuid is null then '{}'::uuid[] else array[$7::uuid] end,
+         left($3, 500), $6
+    from input i where i.problem is null
+  returning id
+), suppressed as (
+  select public.leadrelay_suppress($1, i.recipient, 'operator', $7::uuid, null, (select id from audit), $3) as id
+    from input i where i.problem is null
+)
+select i.problem, x.id, (select id from audit)
+from input i
+left join suppressed x on true";
+
+/// Suppression $1: its reason, since when, and the audit row that made it.
+pub const IN_FORCE: &str =
+    "select reason, created_at, audit_id from public.notification_suppressions where id = $1";
+
+/// Lifts channel $1's suppression of $2 with reason $3, audited as $5
+/// (session $4, address $6). Returns how many were lifted and the reason
+/// they had.
+pub const LIFT: &str = "
+with lifted as (
+  update public.notification_suppressions s
+     set lifted_at = now(), lifted_by = $5, lift_reason = left($3, 500)
+   where s.channel = $1 and s.lifted_at is null
+     and s.recipient_hash = leadrelay.recipient_hash($1, leadrelay.recipient($1, $2, $2))
+  returning s.id, s.lead_id, s.reason
+), audit as (
+  insert into public.ops_audit (session_id, actor, action, job_ids, changed_job_ids, lead_ids, reason, client_addr)
+  select $4, $5, 'unsuppress', '{}', '{}',
+         coalesce(array_agg(l.lead_id) filter (where l.lead_id is not null), '{}'), left($3, 500), $6
+    from lifted l
+  having count(*) > 0
+  returning id
+)
+select (select count(*) from lifted), (select min(reason) from lifted), (select count(*) from audit)";
+
+/// The suppressions in force for lead $1's email and phone: channel,
+/// reason, since, note, whether it was this lead's.
+pub const OF_LEAD: &str = "
+select s.channel, s.reason, s.created_at, s.note, s.lead_id = l.id
+from public.landing_leads l
+join public.notification_suppressions s
+  on s.lifted_at is null
+ and ((s.channel = 'email'
+       and s.recipient_hash = leadrelay.recipient_hash('email', leadrelay.recipient('email', l.email, null)))
+   or (s.channel = 'sms'
+       and s.recipient_hash = leadrelay.recipient_hash('sms', leadrelay.recipient('sms', null, l.phone))))
+where l.id = $1
+order by s.channel";
+
+/// The suppressions in force, by reason (the console's front page).
+pub const BY_REASON: &str = "
+select reason, count(*) from public.notification_suppressions
+where lifted_at is null group by reason order by reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuppressError {
+    #[error("{0}: nothing was changed")]
+    Unusable(String),
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for SuppressError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SuppressError::Db(super::describe(&e))
+    }
+}
+
+/// A suppression in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InForce {
+    pub reason: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Put on the list by this action (false: it was on it already).
+    pub new: bool,
+}
+
+pub async fn suppress(
+    client: &Client,
+    channel: Channel,
+    recipient: &str,
+    note: &str,
+    actor: &Actor,
+    lead: Option<Uuid>,
+) -> Result<InForce, SuppressError> {
+    let row = client
+        .query_one(
+            SUPPRESS,
+            &[
+                &channel.as_str(),
+                &recipient,
+                &note,
+                &actor.session_id,
+                &actor.name,
+                &actor.client_addr,
+                &lead,
+            ],
+        )
+        .await?;
+    if let Some(problem) = row.get::<_, Option<String>>(0) {
+        return Err(SuppressError::Unusable(problem));
+    }
+    let (id, audit): (i64, Option<i64>) = (row.get(1), row.get(2));
+    let in_force = client.query_one(IN_FORCE, &[&id]).await?;
+    Ok(InForce {
+        reason: in_force.get(0),
+        since: in_force.get(1),
+        new: audit.is_some() && in_force.get::<_, Option<i64>>(2) == audit,
+    })
+}
+
+/// Lifts the suppression of `recipient`; the reason it had, None when none
+/// was in force.
+pub async fn lift(
+    client: &Client,
+    channel: Channel,
+    recipient: &str,
+    reason: &str,
+    actor: &Actor,
+) -> Result<Option<String>, SuppressError> {
+    let row = client
+        .query_one(
+            LIFT,
+            &[
+                &channel.as_str(),
+                &recipient,
+                &reason,
+                &actor.session_id,
+                &actor.name,
+                &actor.client_addr,
+            ],
+        )
+        .await?;
+    Ok((row.get::<_, i64>(0) > 0).then(|| row.get(1)))
+}
+
+pub fn statements() -> [&'static str; 5] {
+    [SUPPRESS, IN_FORCE, LIFT, OF_LEAD, BY_REASON]
+}

@@ -1,0 +1,333 @@
+-- Suppressions: the addresses and phones leadrelay never sends to again
+-- until an operator lifts them. Filled from the providers' reports (a hard
+-- bounce, a complaint, Resend's `email.suppressed`), from a person's
+-- unsubscribe and from operators; obeyed by the gate, in the same statement
+-- that applies the delivery policies, for every path that puts a message on
+-- its way: the job ends `cancelled` (`cancelled_by = 'suppressed'`) before any
+-- request, with the reason mirrored onto landing_leads.
+--
+-- A recipient is kept as leadrelay.recipient_key() makes it, and as a hash
+-- of that key, which is what the gate matches: a forgotten person's row
+-- keeps only the hash, so a new lead with the same address is still not
+-- emailed.
+--
+-- SMS: Mobizon's statuses do not say "not a mobile number" or "no such
+-- number" (UNDELIV is also a phone switched off, REJECTD an operator's
+-- filter), so no SMS report suppresses a phone by itself; operators and the
+-- person's own unsubscribe do.
+--
+-- This file does not touch landing_leads. notification_jobs and ops_audit
+-- are locked for the moment a CHECK is swapped; notification_events for the
+-- moment its triggers are created (`leadrelay migrate` gives way if it must
+-- wait).
+
+create table if not exists public.notification_suppressions (
+  id bigint generated always as identity primary key,
+  channel text not null check (channel in ('email', 'sms')),
+  -- leadrelay.recipient_key() of the address or digits; null once the
+  -- person was forgotten
+  recipient text check (length(recipient) <= 320),
+  -- sha256 of channel || ':' || key: what the gate matches
+  recipient_hash bytea not null,
+  reason text not null
+    check (reason in ('unsubscribed', 'hard_bounce', 'complained', 'provider_suppressed', 'operator')),
+  -- what caused it: the lead whose message or link it was, the delivery
+  -- event, the operator's audit row (no foreign keys: leads are deleted,
+  -- events pruned, and the suppression stays)
+  lead_id uuid,
+  event_id bigint,
+  audit_id bigint,
+  note text check (length(note) <= 500),
+  created_at timestamptz not null default now(),
+  lifted_at timestamptz,
+  lifted_by text check (length(lifted_by) <= 200),
+  lift_reason text check (length(lift_reason) <= 500)
+);
+
+comment on table public.notification_suppressions is
+  'Recipients leadrelay does not send to (unsubscribed, hard bounce, complaint, suppressed by the provider, an operator), until lifted_at.';
+
+-- one suppression in force per recipient and channel; the gate's look-up
+create unique index if not exists notification_suppressions_in_force_key
+  on public.notification_suppressions (channel, recipient_hash) where lifted_at is null;
+create index if not exists notification_suppressions_lead_idx
+  on public.notification_suppressions (lead_id);
+
+-- Closed to the browser-facing roles: RLS on, no policy, no grant.
+alter table public.notification_suppressions enable row level security;
+do $$
+declare
+  r text;
+begin
+  foreach r in array array['anon', 'authenticated'] loop
+    if exists (select 1 from pg_roles where rolname = r) then
+      execute format('revoke all on public.notification_suppressions from %I', r);
+    end if;
+  end loop;
+end
+$$;
+
+-- The hash a suppression is matched by.
+create or replace function leadrelay.recipient_hash(p_channel text, p_recipient text)
+returns bytea
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select pg_catalog.sha256(pg_catalog.convert_to(p_channel || ':' || leadrelay.recipient_key(p_channel, p_recipient), 'UTF8'))
+$$;
+
+-- Why a suppressed job was cancelled, in the words `last_error`, the lead's
+-- email_error/sms_error and the console show.
+create or replace function leadrelay.suppression_reason(p_reason text, p_since timestamptz, p_note text)
+returns text
+language sql
+stable
+parallel safe
+set search_path = ''
+as $$
+  select left(format('on the suppression list since %s: %s',
+                     to_char(p_since at time zone 'UTC', 'YYYY-MM-DD HH24:MI "UTC"'),
+                     case p_reason
+                       when 'unsubscribed' then 'the person unsubscribed'
+                       when 'hard_bounce' then 'the address bounced (a permanent failure)'
+                       when 'complained' then 'the person marked a message as spam'
+                       when 'provider_suppressed' then 'the provider suppressed the address'
+                       else 'an operator suppressed it' || coalesce(' (' || p_note || ')', '')
+                     end), 500)
+$$;
+
+-- Puts p_recipient (an address or digits as a job holds them) on the list
+-- for p_channel; a recipient already on it keeps its first reason. Returns
+-- the suppression in force.
+create or replace function public.leadrelay_suppress(
+  p_channel text, p_recipient text, p_reason text, p_lead_id uuid, p_event_id bigint, p_audit_id bigint, p_note text)
+returns bigint
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+  v_hash bytea := leadrelay.recipient_hash(p_channel, p_recipient);
+begin
+  if v_hash is null then
+    return null;
+  end if;
+  insert into public.notification_suppressions (channel, recipient, recipient_hash, reason, lead_id, event_id, audit_id, note)
+  values (p_channel, leadrelay.recipient_key(p_channel, p_recipient), v_hash, p_reason, p_lead_id, p_event_id,
+          p_audit_id, left(p_note, 500))
+  on conflict (channel, recipient_hash) where lifted_at is null do nothing
+  returning id into v_id;
+  if v_id is null then
+    select s.id into v_id from public.notification_suppressions s
+     where s.channel = p_channel and s.recipient_hash = v_hash and s.lifted_at is null;
+  end if;
+  return v_id;
+end
+$$;
+
+revoke all on function public.leadrelay_suppress(text, text, text, uuid, bigint, bigint, text) from public;
+
+-- A delivery report applied to an email job that says the address must not
+-- be mailed again: a bounce Resend calls permanent (a bounce without a type
+-- is one: Resend reports a temporary failure as email.delivery_delayed, and a
+-- bounce typed Transient or Undetermined suppresses nothing), a complaint,
+-- email.suppressed. Fires when the report is linked to its job: at once, or
+-- when an early report is applied later.
+create or replace function public.leadrelay_suppress_from_event()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job record;
+begin
+  select j.channel, j.recipient, j.lead_id into v_job
+    from public.notification_jobs j where j.id = new.job_id;
+  if not found or v_job.channel <> 'email' or v_job.recipient is null then
+    return null;
+  end if;
+  if new.delivery_status = 'bounced'
+     and lower(coalesce(new.payload #>> '{data,bounce,type}', 'permanent')) in ('transient', 'undetermined') then
+    return null;
+  end if;
+  perform public.leadrelay_suppress('email', v_job.recipient,
+    case new.delivery_status when 'bounced' then 'hard_bounce' when 'complained' then 'complained'
+                             else 'provider_suppressed' end,
+    v_job.lead_id, new.id, null, null);
+  return null;
+end
+$$;
+
+create or replace trigger notification_events_suppress_on_insert
+  after insert on public.notification_events
+  for each row
+  when (new.job_id is not null and new.delivery_status in ('bounced', 'complained', 'suppressed'))
+  execute function public.leadrelay_suppress_from_event();
+
+create or replace trigger notification_events_suppress_on_link
+  after update of job_id on public.notification_events
+  for each row
+  when (old.job_id is null and new.job_id is not null
+        and new.delivery_status in ('bounced', 'complained', 'suppressed'))
+  execute function public.leadrelay_suppress_from_event();
+
+alter table public.notification_jobs drop constraint if exists notification_jobs_cancelled_by_policy;
+alter table public.notification_jobs add constraint notification_jobs_cancelled_by_policy
+  check (cancelled_by is null or (cancelled_by in ('duplicate', 'recipient_cap', 'suppressed') and status = 'cancelled'));
+
+alter table public.ops_audit drop constraint if exists ops_audit_action_check;
+alter table public.ops_audit add constraint ops_audit_action_check
+  check (action in ('retry', 'send_now', 'cancel', 'bulk_retry', 'cancel_rule', 'send_again',
+                    'reconcile', 'backfill', 'suppress', 'unsuppress'));
+
+-- ---------------------------------------------------------------------------
+-- The gate, as in 20261207090000, with the suppression list first: a
+-- suppressed recipient's job is refused (verdict 'suppressed') whatever its
+-- window or policies say, --ignore-policies included.
+-- ---------------------------------------------------------------------------
+create or replace function public.leadrelay_gate(p_ids bigint[])
+returns table (job_id bigint, verdict text, duplicate_of uuid, held_until timestamptz, reason text)
+language plpgsql
+volatile
+security definer
+set search_path = ''
+-- planned once per connection, not on every claim
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+  -- One recipient at a time across every worker, in one order; held until
+  -- the calling claim commits its verdicts. Only the jobs the policies judge.
+  perform pg_advisory_xact_lock(k.key)
+  from (select distinct hashtextextended('leadrelay recipient ' || j.channel || ' '
+                                         || (case when j.recipient is null then null
+                                               when j.channel <> 'email' or position('@' in j.recipient) = 0 then lower(j.recipient)
+                                               when lower(btrim(substr(j.recipient, length(j.recipient) - strpos(reverse(j.recipient), '@') + 2))) in ('gmail.com', 'googlemail.com') then replace(coalesce(nullif(split_part(lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@')))), '+', 1), ''), lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@'))))), '.', '') || '@gmail.com'
+                                               else coalesce(nullif(split_part(lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@')))), '+', 1), ''), lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@'))))) || '@' || lower(btrim(substr(j.recipient, length(j.recipient) - strpos(reverse(j.recipient), '@') + 2))) end), 0) as key
+        from public.notification_jobs j
+        left join public.notification_rules r on r.id = j.rule_id
+        where j.id = any(p_ids) and j.cleared_at is null and j.channel in ('email', 'sms')
+          and j.recipient is not null and not j.ignore_policies
+          and (r.dedupe_window is not null or r.max_per_recipient_per_day is not null)
+        order by 1) k;
+
+  return query
+  with job as (
+    select j.id, j.lead_id, j.channel, j.template, j.recipient, j.cleared_at, j.ignore_policies,
+           j.due_at, j.created_at,
+           r.send_window_start, r.send_window_end, r.time_zone, r.dedupe_window,
+           r.max_per_recipient_per_day as cap,
+           case when j.ignore_policies or r.send_window_start is null then now()
+                else public.leadrelay_send_time(now(), r.send_window_start, r.send_window_end, r.time_zone)
+           end as opens_at,
+           -- the suppression list (even --ignore-policies obeys it): the
+           -- recipient's key written out as in the look-up below, hashed
+           (select leadrelay.suppression_reason(s.reason, s.created_at, s.note)
+              from public.notification_suppressions s
+             where j.channel in ('email', 'sms') and j.recipient is not null
+               and s.channel = j.channel and s.lifted_at is null
+               and s.recipient_hash = sha256(convert_to(j.channel || ':' || (case when j.recipient is null then null
+                                               when j.channel <> 'email' or position('@' in j.recipient) = 0 then lower(j.recipient)
+                                               when lower(btrim(substr(j.recipient, length(j.recipient) - strpos(reverse(j.recipient), '@') + 2))) in ('gmail.com', 'googlemail.com') then replace(coalesce(nullif(split_part(lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@')))), '+', 1), ''), lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@'))))), '.', '') || '@gmail.com'
+                                               else coalesce(nullif(split_part(lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@')))), '+', 1), ''), lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@'))))) || '@' || lower(btrim(substr(j.recipient, length(j.recipient) - strpos(reverse(j.recipient), '@') + 2))) end), 'UTF8'))
+             limit 1) as suppressed
+    from public.notification_jobs j
+    left join public.notification_rules r on r.id = j.rule_id
+    where j.id = any(p_ids)
+  ), refused as (
+    select j.id, 'suppressed'::text as verdict, null::uuid as duplicate_of, null::timestamptz as held_until,
+           j.suppressed as reason
+    from job j
+    where j.suppressed is not null
+  ), held as (
+    select j.id, 'window'::text as verdict, null::uuid as duplicate_of, j.opens_at as held_until,
+           public.leadrelay_window_hold_reason(now(), j.send_window_start, j.send_window_end, j.time_zone, j.opens_at) as reason
+    from job j
+    where j.opens_at > now() and j.suppressed is null
+  ), candidate as (
+    select j.id, j.lead_id, j.channel, j.template,
+           (case when j.recipient is null then null
+                when j.channel <> 'email' or position('@' in j.recipient) = 0 then lower(j.recipient)
+                when lower(btrim(substr(j.recipient, length(j.recipient) - strpos(reverse(j.recipient), '@') + 2))) in ('gmail.com', 'googlemail.com') then replace(coalesce(nullif(split_part(lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@')))), '+', 1), ''), lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@'))))), '.', '') || '@gmail.com'
+                else coalesce(nullif(split_part(lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@')))), '+', 1), ''), lower(btrim(substr(j.recipient, 1, length(j.recipient) - strpos(reverse(j.recipient), '@'))))) || '@' || lower(btrim(substr(j.recipient, length(j.recipient) - strpos(reverse(j.recipient), '@') + 2))) end) as recipient,
+           j.ignore_policies or j.recipient is null as exempt,
+           j.dedupe_window, j.cap,
+           coalesce(l.created_at, j.created_at) as arrived
+    from job j
+    left join public.landing_leads l on l.id = j.lead_id
+    where j.opens_at <= now() and j.cleared_at is null and j.channel in ('email', 'sms')
+      and j.suppressed is null
+  ), first_pass as (
+    select c.*,
+           row_number() over same_message as nth_same,
+           first_value(c.lead_id) over same_message as first_lead,
+           prior.lead_id as prior_lead, prior.at as prior_at, prior.went as prior_went
+    from candidate c
+    left join lateral (
+      select o.lead_id, coalesce(o.sent_at, o.cleared_at) as at, o.status = 'sent' as went
+      from public.notification_jobs o
+      where c.dedupe_window is not null and not c.exempt
+        and (case when o.recipient is null then null
+                  when o.channel <> 'email' or position('@' in o.recipient) = 0 then lower(o.recipient)
+                  when lower(btrim(substr(o.recipient, length(o.recipient) - strpos(reverse(o.recipient), '@') + 2))) in ('gmail.com', 'googlemail.com') then replace(coalesce(nullif(split_part(lower(btrim(substr(o.recipient, 1, length(o.recipient) - strpos(reverse(o.recipient), '@')))), '+', 1), ''), lower(btrim(substr(o.recipient, 1, length(o.recipient) - strpos(reverse(o.recipient), '@'))))), '.', '') || '@gmail.com'
+                  else coalesce(nullif(split_part(lower(btrim(substr(o.recipient, 1, length(o.recipient) - strpos(reverse(o.recipient), '@')))), '+', 1), ''), lower(btrim(substr(o.recipient, 1, length(o.recipient) - strpos(reverse(o.recipient), '@'))))) || '@' || lower(btrim(substr(o.recipient, length(o.recipient) - strpos(reverse(o.recipient), '@') + 2))) end) = c.recipient
+        and o.channel = c.channel and o.template = c.template
+        and o.cleared_at is not null and o.id <> c.id
+        and (o.status in ('scheduled', 'due', 'sending')
+             or (o.status = 'sent' and o.sent_at >= c.arrived - c.dedupe_window)
+             or (o.status = 'failed' and o.outcome_unknown_since is not null
+                 and o.outcome_unknown_since >= c.arrived - c.dedupe_window))
+      order by o.id
+      limit 1) prior on true
+    window same_message as (partition by c.channel, c.template, c.recipient order by c.id)
+  ), deduped as (
+    select f.*,
+           not f.exempt and f.dedupe_window is not null
+             and (f.prior_lead is not null or f.nth_same > 1) as duplicate
+    from first_pass f
+  ), counted as (
+    select d.*,
+           row_number() over (partition by d.channel, d.recipient, d.duplicate order by d.id) as nth_recipient,
+           recent.n
+    from deduped d
+    left join lateral (
+      select count(*) as n
+      from public.notification_jobs o
+      where d.cap is not null and not d.exempt and not d.duplicate
+        and (case when o.recipient is null then null
+                  when o.channel <> 'email' or position('@' in o.recipient) = 0 then lower(o.recipient)
+                  when lower(btrim(substr(o.recipient, length(o.recipient) - strpos(reverse(o.recipient), '@') + 2))) in ('gmail.com', 'googlemail.com') then replace(coalesce(nullif(split_part(lower(btrim(substr(o.recipient, 1, length(o.recipient) - strpos(reverse(o.recipient), '@')))), '+', 1), ''), lower(btrim(substr(o.recipient, 1, length(o.recipient) - strpos(reverse(o.recipient), '@'))))), '.', '') || '@gmail.com'
+                  else coalesce(nullif(split_part(lower(btrim(substr(o.recipient, 1, length(o.recipient) - strpos(reverse(o.recipient), '@')))), '+', 1), ''), lower(btrim(substr(o.recipient, 1, length(o.recipient) - strpos(reverse(o.recipient), '@'))))) || '@' || lower(btrim(substr(o.recipient, length(o.recipient) - strpos(reverse(o.recipient), '@') + 2))) end) = d.recipient and o.channel = d.channel
+        and o.cleared_at is not null and o.id <> d.id
+        and (o.status in ('scheduled', 'due', 'sending')
+             or (o.status = 'sent' and o.sent_at >= now() - interval '24 hours')
+             or (o.status = 'failed' and o.outcome_unknown_since >= now() - interval '24 hours'))) recent on true
+  ), judged as (
+    select c.id,
+           case when c.duplicate then 'duplicate'
+                when c.cap is not null and not c.exempt and c.n + c.nth_recipient > c.cap then 'recipient_cap'
+           end as verdict,
+           case when c.duplicate then coalesce(c.prior_lead, c.first_lead) end as duplicate_of,
+           case when c.duplicate and c.prior_went then
+                  format('already sent to this recipient for lead %s at %s', c.prior_lead,
+                         to_char(c.prior_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"'))
+                when c.duplicate then
+                  format('already being sent to this recipient for lead %s (since %s)',
+                         coalesce(c.prior_lead, c.first_lead),
+                         to_char(coalesce(c.prior_at, now()) at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"'))
+                else
+                  format('this recipient already got %s %s message(s) in the last 24 hours (max_per_recipient_per_day = %s)',
+                         greatest(c.n, least(c.n + c.nth_recipient - 1, c.cap)), c.channel, c.cap)
+           end as reason
+    from counted c
+  )
+  select s.id, s.verdict, s.duplicate_of, s.held_until, s.reason from refused s
+  union all
+  select h.id, h.verdict, h.duplicate_of, h.held_until, h.reason from held h
+  union all
+  select v.id, v.verdict, v.duplicate_of, null::timestamptz, v.reason from judged v where v.verdict is not null;
+end
+$$;
