@@ -49,6 +49,16 @@ grant execute on function public.leadrelay_trim(text), public.leadrelay_national
 grant execute on function leadrelay.recipient(text, text, text) to leadrelay_worker;
 grant execute on function public.prune_leadrelay_history(integer) to leadrelay_worker;
 
+-- The suppression list: the console shows and lifts suppressions, the
+-- unsubscribe page and operators add them (leadrelay_suppress); serve reads
+-- the unsubscribe links' key at start.
+grant select on public.notification_suppressions to leadrelay_worker;
+grant update (lifted_at, lifted_by, lift_reason) on public.notification_suppressions to leadrelay_worker;
+grant execute on function public.leadrelay_suppress(text, text, text, uuid, bigint, bigint, text),
+  public.leadrelay_unsubscribe_key() to leadrelay_worker;
+grant execute on function leadrelay.recipient_key(text, text), leadrelay.recipient_hash(text, text),
+  leadrelay.suppression_reason(text, timestamptz, text) to leadrelay_worker;
+
 -- The ops console: its sessions, and the audit of every action.
 grant select, insert, update, delete on public.ops_sessions to leadrelay_worker;
 grant select, insert on public.ops_audit to leadrelay_worker;

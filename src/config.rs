@@ -120,6 +120,11 @@ pub struct ServeConfig {
     /// METRICS_ADDR: /metrics on its own (private) address; the main one
     /// then answers 404 there.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// PUBLIC_URL: where people reach this service (the unsubscribe links);
+    /// None: emails carry no `List-Unsubscribe` (doctor fails on it).
+    pub public_url: Option<String>,
+    /// UNSUBSCRIBE_SECRET; None: the key kept in `leadrelay_settings`.
+    pub unsubscribe_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +203,10 @@ pub struct ServeArgs {
     pub sms_unknown_outcome: Option<String>,
     #[arg(long, env = "PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Signs the unsubscribe links (at least 32 characters); default: a key
+    /// generated once and kept in the database.
+    #[arg(long, env = "UNSUBSCRIBE_SECRET", hide_env_values = true)]
+    pub unsubscribe_secret: Option<String>,
     #[arg(long, env = "TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
     #[arg(long, env = "METRICS_ADDR")]
@@ -307,6 +316,10 @@ impl ServeConfig {
             metrics_addr: optional(args.metrics_addr.as_deref())
                 .map(|v| socket_addr("METRICS_ADDR", v))
                 .transpose()?,
+            public_url: optional(args.public_url.as_deref())
+                .map(|v| http_url("PUBLIC_URL", Some(v), ""))
+                .transpose()?,
+            unsubscribe_secret: unsubscribe_secret(args.unsubscribe_secret.as_deref())?,
         })
     }
 }
@@ -394,6 +407,20 @@ fn socket_addr(name: &'static str, value: &str) -> Result<std::net::SocketAddr, 
 
 /// PUBLIC_URL (optional; its scheme decides the cookie's `Secure`) and
 /// TRUSTED_PROXIES (comma-separated IP addresses).
+fn unsubscribe_secret(value: Option<&str>) -> Result<Option<Secret>, ConfigError> {
+    use crate::messages::unsubscribe::MIN_SECRET_CHARS;
+    match optional(value) {
+        None => Ok(None),
+        Some(v) if v.chars().count() >= MIN_SECRET_CHARS => Ok(Some(Secret::new(v))),
+        Some(_) => Err(ConfigError::Malformed {
+            name: "UNSUBSCRIBE_SECRET",
+            reason: format!(
+                "at least {MIN_SECRET_CHARS} characters (e.g. `openssl rand -hex 32`); unset, a key kept in the database is used"
+            ),
+        }),
+    }
+}
+
 fn console_settings(args: &ServeArgs) -> Result<crate::http::ConsoleSettings, ConfigError> {
     let public_https = match optional(args.public_url.as_deref()) {
         None => false,

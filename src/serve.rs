@@ -60,14 +60,15 @@ impl Application {
         // problem: a marketer's edit must never stop the webhooks, the
         // console or the other channels (only its own jobs fail).
         let (tcp, addr) = bind(config.listen_addr).await?;
+        let unsubscribe = unsubscribe_links(&config, &pool).await?;
         let wakeups = Wakeups::new();
         let listener_state = Arc::new(ListenerState::default());
         let worker_tasks = TaskTracker::new();
         let other_tasks = TaskTracker::new();
         let worker = Arc::new(new_worker(
             &config,
-            worker_pool,
-            tracking_pool,
+            (worker_pool, tracking_pool),
+            unsubscribe.clone(),
             Arc::clone(&wakeups),
             worker_tasks.clone(),
         ));
@@ -199,11 +200,47 @@ async fn pools(config: &ServeConfig) -> Result<Pools, ServeError> {
     })
 }
 
+/// The unsubscribe links' key (UNSUBSCRIBE_SECRET, else the database's)
+/// and base (PUBLIC_URL); without PUBLIC_URL emails go without the link,
+/// said once here and by `doctor`.
+async fn unsubscribe_links(
+    config: &ServeConfig,
+    pool: &deadpool_postgres::Pool,
+) -> Result<crate::messages::unsubscribe::Links, ServeError> {
+    let key = match &config.unsubscribe_secret {
+        Some(secret) => secret.expose().to_string(),
+        None => {
+            let client = pool.get().await.map_err(|e| {
+                ServeError::Schema(format!("no connection for the unsubscribe key: {e}"))
+            })?;
+            store::suppressions::unsubscribe_key(&client)
+                .await
+                .map_err(|e| {
+                    ServeError::Schema(format!("the unsubscribe key: {}", store::describe(&e)))
+                })?
+                .ok_or_else(|| {
+                    ServeError::Schema(
+                        "leadrelay_settings has no row: run `leadrelay migrate`".into(),
+                    )
+                })?
+        }
+    };
+    if config.public_url.is_none() {
+        tracing::warn!(
+            "PUBLIC_URL is not set: emails go without List-Unsubscribe and unsubscribe_url is empty"
+        );
+    }
+    Ok(crate::messages::unsubscribe::Links::new(
+        key.as_bytes(),
+        config.public_url.as_deref(),
+    ))
+}
+
 /// The worker with its clients, under an id unique to this process.
 fn new_worker(
     config: &ServeConfig,
-    pool: deadpool_postgres::Pool,
-    tracking_pool: deadpool_postgres::Pool,
+    (pool, tracking_pool): (deadpool_postgres::Pool, deadpool_postgres::Pool),
+    unsubscribe: crate::messages::unsubscribe::Links,
     wakeups: Arc<Wakeups>,
     tasks: TaskTracker,
 ) -> Worker {
@@ -231,6 +268,7 @@ fn new_worker(
         email_batch_size: config.resend.batch_size,
         mobizon: Arc::new(mobizon_client(config, http)),
         product_url: config.product_url.clone(),
+        unsubscribe,
         settings: config.worker.clone(),
         wakeups,
         tasks,
@@ -270,6 +308,7 @@ fn app_state(
         admin_token: config.admin_token.clone(),
         dev_outbox: config.dev_outbox.clone(),
         product_url: config.product_url.clone(),
+        unsubscribe: worker.unsubscribe.clone(),
         console: http::Console::new(config.console.clone(), &config.admin_token),
     }
 }

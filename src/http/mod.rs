@@ -11,6 +11,7 @@ mod console;
 pub mod metrics;
 mod openapi;
 mod status;
+mod unsubscribe;
 mod webhooks;
 
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub dev_outbox: Option<std::path::PathBuf>,
     /// The default product link, for a preview of a message not yet claimed.
     pub product_url: String,
+    /// Verifies the unsubscribe links (`/unsubscribe/{token}`).
+    pub unsubscribe: crate::messages::unsubscribe::Links,
     /// The ops console's settings and sign-in limiter.
     pub console: Console,
 }
@@ -67,6 +70,10 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
             post(webhooks::mobizon_path_token),
         )
         .route("/leads/{id}/status", get(status::lead_status))
+        .route(
+            "/unsubscribe/{token}",
+            get(unsubscribe::show).post(unsubscribe::confirm),
+        )
         .merge(console::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

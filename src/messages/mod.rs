@@ -6,3 +6,4 @@ pub mod mask;
 pub mod recipients;
 pub mod sms_length;
 pub mod templates;
+pub mod unsubscribe;

@@ -146,7 +146,10 @@ impl Compiled {
                 let known = variable == "metadata"
                     || (!variable.starts_with("metadata.")
                         && (LEAD_FIELDS.contains(&key.as_str())
-                            || matches!(key.as_str(), "product_url" | "params" | "metadata")
+                            || matches!(
+                                key.as_str(),
+                                "product_url" | "params" | "metadata" | "unsubscribe_url"
+                            )
                             || params.is_some_and(|p| p.contains_key(&key))));
                 if !known && !key.is_empty() {
                     keys.insert(key);
@@ -303,6 +306,8 @@ impl Variables {
             .filter(|u| !u.is_empty())
             .unwrap_or(default_product_url);
         vars.insert("product_url".into(), Value::from(product_url));
+        // none until the worker adds the message's own (with_unsubscribe_url)
+        vars.insert("unsubscribe_url".into(), Value::from(""));
         if let Some(rule) = object("params") {
             for (k, v) in rule {
                 vars.insert(k.clone(), Value::from(minijinja::value::Serde(v)));
@@ -324,6 +329,16 @@ impl Variables {
             vars.insert(field.into(), Value::from(value));
         }
         Variables(vars)
+    }
+
+    /// The same values with the message's unsubscribe link (none: an empty
+    /// `unsubscribe_url`, which a template tests with `{% if %}`).
+    pub fn with_unsubscribe_url(mut self, url: Option<String>) -> Variables {
+        self.0.insert(
+            "unsubscribe_url".into(),
+            Value::from(url.unwrap_or_default()),
+        );
+        self
     }
 
     /// A sample lead, for `leadrelay templates check`, carrying each of

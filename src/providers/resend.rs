@@ -49,6 +49,10 @@ pub struct OutgoingEmail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<HostedTemplate>,
     pub tags: Vec<Tag>,
+    /// Extra headers (`List-Unsubscribe`, `List-Unsubscribe-Post`), which
+    /// Resend passes through.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

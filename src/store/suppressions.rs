@@ -78,6 +78,27 @@ pub const BY_REASON: &str = "
 select reason, count(*) from public.notification_suppressions
 where lifted_at is null group by reason order by reason";
 
+/// The key unsubscribe links are signed with when UNSUBSCRIBE_SECRET is not
+/// set: the one kept in `leadrelay_settings`, made once when missing.
+pub const UNSUBSCRIBE_KEY: &str = "select public.leadrelay_unsubscribe_key()";
+
+/// Puts the recipient of unsubscribe link $1 (channel) / $2 (recipient) /
+/// $3 (lead) on the list as unsubscribed (note $4); with $5, the lead's
+/// phone too. Returns the suppressions in force.
+pub const UNSUBSCRIBE: &str = "
+select public.leadrelay_suppress($1, $2, 'unsubscribed', $3, null, null, $4),
+       case when $5 then (select public.leadrelay_suppress('sms', leadrelay.recipient('sms', null, l.phone),
+                                                           'unsubscribed', $3, null, null, $4)
+                            from public.landing_leads l where l.id = $3) end";
+
+/// For the unsubscribe page: whether $2 is on channel $1's list, and lead
+/// $3's phone when it is usable.
+pub const UNSUBSCRIBE_PAGE: &str = "
+select exists (select 1 from public.notification_suppressions s
+                where s.channel = $1 and s.lifted_at is null
+                  and s.recipient_hash = leadrelay.recipient_hash($1, $2)),
+       (select leadrelay.recipient('sms', null, l.phone) from public.landing_leads l where l.id = $3)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SuppressError {
     #[error("{0}: nothing was changed")]
@@ -160,6 +181,23 @@ pub async fn lift(
     Ok((row.get::<_, i64>(0) > 0).then(|| row.get(1)))
 }
 
-pub fn statements() -> [&'static str; 5] {
-    [SUPPRESS, IN_FORCE, LIFT, OF_LEAD, BY_REASON]
+/// The key of the unsubscribe links kept in the database.
+pub async fn unsubscribe_key(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(UNSUBSCRIBE_KEY, &[])
+        .await?
+        .and_then(|row| row.get(0)))
+}
+
+pub fn statements() -> [&'static str; 8] {
+    [
+        SUPPRESS,
+        IN_FORCE,
+        LIFT,
+        OF_LEAD,
+        BY_REASON,
+        UNSUBSCRIBE_KEY,
+        UNSUBSCRIBE,
+        UNSUBSCRIBE_PAGE,
+    ]
 }

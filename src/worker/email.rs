@@ -43,7 +43,18 @@ impl Worker {
                     value: job.template.clone(),
                 },
             ],
+            headers: Default::default(),
         };
+        // RFC 8058 one-click unsubscribe, unless the rule is transactional
+        if let Some(url) = self.unsubscribe_url(job) {
+            email
+                .headers
+                .insert("List-Unsubscribe".into(), format!("<{url}>"));
+            email.headers.insert(
+                "List-Unsubscribe-Post".into(),
+                "List-Unsubscribe=One-Click".into(),
+            );
+        }
         match content {
             EmailContent::Inline {
                 subject,

@@ -95,6 +95,9 @@ pub struct Worker {
     pub email_batch_size: usize,
     pub mobizon: Arc<MobizonClient>,
     pub product_url: String,
+    /// Signs each message's unsubscribe link (`unsubscribe_url`,
+    /// `List-Unsubscribe`).
+    pub unsubscribe: crate::messages::unsubscribe::Links,
     /// Compiled message templates, by version.
     pub templates: rendering::TemplateCache,
     pub settings: WorkerSettings,

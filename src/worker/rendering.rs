@@ -125,6 +125,27 @@ impl Worker {
             object.insert("created_at".into(), serde_json::json!(lead.created_at));
         }
         Variables::from_sent_params(&params, &self.product_url)
+            .with_unsubscribe_url(self.unsubscribe_url(job))
+    }
+
+    /// The job's unsubscribe link: none without PUBLIC_URL, for a dashboard
+    /// row, or for a rule marked transactional (`params.transactional`: a
+    /// receipt the person asked for, which carries no unsubscribe).
+    pub(super) fn unsubscribe_url(&self, job: &ClaimedJob) -> Option<String> {
+        let transactional = job
+            .sent_params
+            .as_ref()
+            .and_then(|p| p.pointer("/params/transactional"))
+            .and_then(|t| t.as_bool())
+            .unwrap_or(false);
+        if transactional || !matches!(job.channel, Channel::Email | Channel::Sms) {
+            return None;
+        }
+        self.unsubscribe.url(&crate::messages::unsubscribe::Target {
+            lead: job.lead_id,
+            channel: job.channel,
+            recipient: job.recipient.clone()?,
+        })
     }
 
     pub(super) async fn email_content(&self, job: &ClaimedJob) -> Result<EmailContent, Outcome> {

@@ -1,6 +1,6 @@
 -- Suppressions: the hash a recipient is matched by, the words of a
--- suppressed job's reason, putting a recipient on the list, and the reports
--- that put an address on it themselves. The gate that obeys the list is in
+-- suppressed job's reason, putting a recipient on the list, the reports
+-- that put an address on it themselves, and the unsubscribe links' key. The gate that obeys the list is in
 -- 03_send_windows_and_policies.sql.
 
 -- The hash a suppression is matched by.
@@ -111,3 +111,19 @@ create or replace trigger notification_events_suppress_on_link
         and new.delivery_status in ('bounced', 'complained', 'suppressed'))
   execute function public.leadrelay_suppress_from_event();
 
+
+-- The unsubscribe links' key, made when missing (20261210090000).
+create or replace function public.leadrelay_unsubscribe_key()
+returns text
+language sql
+volatile
+security definer
+set search_path = ''
+as $$
+  update public.leadrelay_settings
+     set unsubscribe_key = coalesce(unsubscribe_key,
+                                    replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))
+   where id
+  returning unsubscribe_key
+$$;
+revoke all on function public.leadrelay_unsubscribe_key() from public;

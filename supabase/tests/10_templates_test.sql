@@ -8,31 +8,32 @@ set local search_path = public, tap;
 
 select plan(14);
 
-select is((select version from public.notification_templates where key = 'proftest_result' and channel = 'email'), 1,
-  'the proftest email is seeded as version 1');
+-- seeded as version 1; 20261210090000 added the unsubscribe link (version 2)
+select is((select version from public.notification_templates where key = 'proftest_result' and channel = 'email'), 2,
+  'the proftest email is at version 2: seeded, then given its unsubscribe link');
 select is((select body from public.notification_templates where key = 'proftest_result' and channel = 'sms'),
   'Тест пройден! Получите ваш продукт: {{ product_url }}', 'and the SMS word for word');
 
 update public.notification_templates set subject = 'Новая тема' where key = 'proftest_result' and channel = 'email';
-select is((select version from public.notification_templates where key = 'proftest_result' and channel = 'email'), 2,
+select is((select version from public.notification_templates where key = 'proftest_result' and channel = 'email'), 3,
   'an edit bumps the version');
 select is((select array_agg(version order by version) from public.notification_template_versions
-            where key = 'proftest_result' and channel = 'email'), array[1, 2],
-  'and both versions are kept');
+            where key = 'proftest_result' and channel = 'email'), array[1, 2, 3],
+  'and every version is kept');
 select is((select subject from public.notification_template_versions
             where key = 'proftest_result' and channel = 'email' and version = 1), 'Тест пройден. Получить продукт',
   'version 1 keeps its words');
 
 update public.notification_templates set subject = 'Новая тема' where key = 'proftest_result' and channel = 'email';
-select is((select version from public.notification_templates where key = 'proftest_result' and channel = 'email'), 2,
+select is((select version from public.notification_templates where key = 'proftest_result' and channel = 'email'), 3,
   'an update that changes nothing keeps the version');
 update public.notification_templates set version = 1 where key = 'proftest_result' and channel = 'email';
-select is((select version from public.notification_templates where key = 'proftest_result' and channel = 'email'), 2,
+select is((select version from public.notification_templates where key = 'proftest_result' and channel = 'email'), 3,
   'the version cannot be set back by hand');
 
 delete from public.notification_templates where key = 'proftest_result' and channel = 'email';
 insert into public.notification_templates (key, channel, subject, html) values ('proftest_result', 'email', 'S', '<p>H</p>');
-select is((select version from public.notification_templates where key = 'proftest_result' and channel = 'email'), 3,
+select is((select version from public.notification_templates where key = 'proftest_result' and channel = 'email'), 4,
   'a template made again does not reuse an old number');
 
 select throws_ok($$insert into public.notification_templates (key, channel, html) values ('x', 'email', '<p>')$$,

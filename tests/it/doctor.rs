@@ -84,6 +84,7 @@ fn args(db_url: &str, resend: &MockServer, mobizon: &MockServer) -> ServeArgs {
         mobizon_webhook_token: Some(app::MOBIZON_WEBHOOK_TOKEN.into()),
         mobizon_webhook_secret: Some("mobizon-secret-key-0123456789".into()),
         admin_token: Some(app::ADMIN_TOKEN.into()),
+        public_url: Some(app::PUBLIC_URL.into()),
         ..Default::default()
     }
 }
@@ -129,6 +130,7 @@ async fn doctor_finds_a_healthy_database_and_accepted_provider_keys_all_ok() {
         "resend list",
         "mobizon",
         "mobizon list",
+        "unsubscribe",
     ] {
         assert_eq!(status_of(&report, name).0, Status::Ok, "{}", report.text());
     }

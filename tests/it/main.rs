@@ -21,6 +21,7 @@ mod support;
 mod suppressions;
 mod templates;
 mod tls;
+mod unsubscribe;
 mod webhooks;
 mod worker;
 

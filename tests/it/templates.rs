@@ -170,17 +170,18 @@ async fn an_edit_while_a_job_is_retried_does_not_change_what_the_retry_sends() {
     let first: serde_json::Value = serde_json::from_slice(&emails[0].body).unwrap();
     assert_eq!(first["subject"], "Тест пройден. Получить продукт");
     assert_eq!(
-        count(&client, "select count(*) from notification_jobs where channel = 'email' and template_version = 1").await,
+        // the version before the edit
+        count(&client, "select count(*) from notification_jobs j where channel = 'email' and template_version = (select t.version - 1 from notification_templates t where t.key = 'proftest_result' and t.channel = 'email')").await,
         1
     );
     assert_eq!(
         count(
             &client,
-            "select count(*) from notification_templates where channel = 'email' and version = 2"
+            "select count(*) from notification_templates where channel = 'email' and version = 3"
         )
         .await,
         1,
-        "the edit bumped the version"
+        "the edit bumped the version (2: the unsubscribe link the migrations added)"
     );
 
     // A lead that arrives after the edit gets the new email.
@@ -541,7 +542,8 @@ async fn a_job_whose_template_version_was_deleted_fails_with_that_reason_not_ano
     client
         .batch_execute(
             "update notification_templates set subject = 'Другое' where channel = 'email';
-             delete from notification_template_versions where channel = 'email' and version = 1;
+             delete from notification_template_versions v where v.channel = 'email'
+               and v.version = (select j.template_version from notification_jobs j where j.channel = 'email');
              update notification_jobs set due_at = now() where channel = 'email';",
         )
         .await
@@ -566,7 +568,7 @@ async fn a_job_whose_template_version_was_deleted_fails_with_that_reason_not_ano
         .unwrap()
         .get(0);
     assert!(
-        error.contains("version 1, which this job was first rendered with, no longer exists"),
+        error.contains("version 2, which this job was first rendered with, no longer exists"),
         "{error}"
     );
     assert!(
@@ -716,7 +718,7 @@ async fn preview_shows_a_leads_messages_as_they_go_in_the_terminal_and_on_the_op
     );
     assert!(text.contains(&format!("lead {lead}")), "{text}");
     assert!(
-        text.contains("── email proftest_result v1 (scheduled)"),
+        text.contains("── email proftest_result v2 (scheduled)"),
         "{text}"
     );
     assert!(

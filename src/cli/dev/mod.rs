@@ -196,6 +196,8 @@ fn serve_args(
         mobizon_max_rps: Some("5".into()),
         listen_addr: Some(args.listen.to_string()),
         product_url: Some(args.product_url.clone()),
+        // the unsubscribe links point here: http, as doctor says
+        public_url: Some(format!("http://{}", args.listen)),
         sweep_interval: Some("5s".into()),
         resend_webhook_secret: Some(secrets.webhook_secret.clone()),
         mobizon_webhook_token: Some(secrets.mobizon_token.clone()),
@@ -260,7 +262,7 @@ const DEV_ENV: &str = "dev.env";
 /// one table for writing the file and for reading it back.
 fn dev_env_fields(
     args: &mut crate::config::ServeArgs,
-) -> [(&'static str, &mut Option<String>); 16] {
+) -> [(&'static str, &mut Option<String>); 17] {
     [
         ("DATABASE_URL", &mut args.database_url),
         ("RESEND_API_KEY", &mut args.resend_api_key),
@@ -272,6 +274,7 @@ fn dev_env_fields(
         ("MOBIZON_MAX_RPS", &mut args.mobizon_max_rps),
         ("LISTEN_ADDR", &mut args.listen_addr),
         ("PRODUCT_URL", &mut args.product_url),
+        ("PUBLIC_URL", &mut args.public_url),
         ("SWEEP_INTERVAL", &mut args.sweep_interval),
         ("RESEND_WEBHOOK_SECRET", &mut args.resend_webhook_secret),
         ("MOBIZON_WEBHOOK_TOKEN", &mut args.mobizon_webhook_token),

@@ -168,7 +168,7 @@ fn deliver_email(state: &Arc<StandInState>, id: &str, message: &serde_json::Valu
     let record = serde_json::json!({
         "provider": "resend (stand-in)", "email_id": id,
         "from": message["from"], "to": message["to"], "subject": message["subject"],
-        "text": message["text"], "received_at": chrono::Utc::now(),
+        "text": message["text"], "headers": message["headers"], "received_at": chrono::Utc::now(),
     });
     let name = format!("{}-email-{id}", stamp());
     write(

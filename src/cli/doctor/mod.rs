@@ -105,6 +105,37 @@ impl Report {
     }
 }
 
+/// Whether every email can carry a one-click unsubscribe link: it points
+/// under PUBLIC_URL, and mail clients post to it only over https.
+fn unsubscribe(args: &ServeArgs) -> Check {
+    const NAME: &str = "unsubscribe";
+    match config::optional(args.public_url.as_deref()) {
+        None => Check::fail(
+            NAME,
+            "PUBLIC_URL is not set: emails go without List-Unsubscribe and the templates' unsubscribe_url is empty",
+            "set PUBLIC_URL to the https address people reach this service at (Gmail and Yahoo require a one-click unsubscribe of promotional mail)",
+        ),
+        Some(url) if url.starts_with("http://") => Check::warn(
+            NAME,
+            format!(
+                "unsubscribe links are http ({url}): mail clients offer one-click unsubscribe only for https"
+            ),
+            "put the service behind https and set PUBLIC_URL to it (dev mode and tests use http on purpose)",
+        ),
+        Some(url) => Check::ok(
+            NAME,
+            format!(
+                "every email carries List-Unsubscribe under {url}/unsubscribe/, signed with {}",
+                if config::optional(args.unsubscribe_secret.as_deref()).is_some() {
+                    "UNSUBSCRIBE_SECRET"
+                } else {
+                    "the key kept in the database"
+                }
+            ),
+        ),
+    }
+}
+
 /// Runs every check; a failed one never stops the others.
 pub async fn run(args: &ServeArgs) -> Report {
     let mut checks = vec![configuration(args)];
@@ -126,6 +157,7 @@ pub async fn run(args: &ServeArgs) -> Report {
         )),
     }
     checks.push(database::lead_tracking(args).await);
+    checks.push(unsubscribe(args));
     checks.extend(providers::checks(args).await);
     Report {
         ok: checks.iter().all(|c| c.status != Status::Fail),

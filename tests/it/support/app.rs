@@ -18,6 +18,9 @@ pub const PRODUCT_URL: &str = "https://academy.kz/product";
 pub const RESEND_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const MOBIZON_WEBHOOK_TOKEN: &str = "mobizon-callback-token-0123456789";
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+/// Where the tests' service says people reach it (the unsubscribe links'
+/// host; the tests post their path to the service's own address).
+pub const PUBLIC_URL: &str = "https://leadrelay.academy.kz";
 
 /// Answers like Resend, on `/emails` and `/emails/batch`, as every stand-in
 /// does (`ResendBook`: the email id derived from the idempotency key, the
@@ -346,6 +349,8 @@ pub fn config(db_url: &str, providers: &Providers) -> ServeConfig {
         dev_outbox: None,
         console: Default::default(),
         metrics_addr: None,
+        public_url: Some(PUBLIC_URL.into()),
+        unsubscribe_secret: None,
     }
 }
 
