@@ -89,7 +89,8 @@ pub const ENQUEUE: &str = "
 with wanted as (
   select distinct w.lead_id, w.channel from unnest($1::uuid[], $2::text[]) as w(lead_id, channel)
 ), planned as (
-  select l.id as lead_id, r.id as rule_id, r.channel, r.template, r.send_window_start is not null as has_window,
+  select l.id as lead_id, r.id as rule_id, r.channel, r.template,
+         r.send_window_start is not null or r.send_days is not null as has_window,
          case r.channel
            when 'email' then public.leadrelay_email_problem(l.email)
            when 'sms' then public.leadrelay_phone_problem(l.phone)

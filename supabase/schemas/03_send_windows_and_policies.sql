@@ -104,6 +104,115 @@ as $$
 $$;
 
 -- ---------------------------------------------------------------------------
+-- A rule's calendar: its daily window (send_window_start/end, in time_zone),
+-- the days of the week it is open (send_days, ISO: 1 = Monday … 7 = Sunday;
+-- null: every day) and the dates it is closed (notification_closed_dates).
+-- A moment belongs to the day its window opened: 02:00 inside a 22:00–06:00
+-- window is the evening before's.
+--
+-- leadrelay_next_opening(rule, at): the first moment at or after `at` when
+-- the rule's window is open; for a rule without a calendar, `at` itself;
+-- null when no day in the next 400 is open (every day closed).
+-- ---------------------------------------------------------------------------
+create or replace function public.leadrelay_next_opening(p_rule_id bigint, p_at timestamptz)
+returns timestamptz
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  r record;
+  v_at timestamptz := p_at;
+  v_open timestamptz;
+  v_local timestamp;
+  v_day date;
+  v_start time;
+  v_end time;
+begin
+  select n.send_window_start, n.send_window_end, n.time_zone, n.send_days into r
+    from public.notification_rules n where n.id = p_rule_id;
+  if not found then
+    return p_at;
+  end if;
+  if r.send_window_start is null and r.send_days is null
+     and not exists (select 1 from public.notification_closed_dates c where c.rule_id = p_rule_id) then
+    return p_at;
+  end if;
+  -- no daily window: the whole day (leadrelay_send_time reads equal bounds
+  -- as always open)
+  v_start := coalesce(r.send_window_start, time '00:00');
+  v_end := coalesce(r.send_window_end, time '00:00');
+  for i in 1..400 loop
+    v_open := public.leadrelay_send_time(v_at, v_start, v_end, r.time_zone);
+    v_local := v_open at time zone r.time_zone;
+    v_day := case when v_start < v_end or v_start = v_end or v_local::time >= v_start
+                  then v_local::date else v_local::date - 1 end;
+    if (r.send_days is null or extract(isodow from v_day)::int = any(r.send_days))
+       and not exists (select 1 from public.notification_closed_dates c
+                        where c.rule_id = p_rule_id and c.day = v_day) then
+      return v_open;
+    end if;
+    -- that day is closed: the next day's opening
+    v_at := ((v_day + 1) + v_start) at time zone r.time_zone;
+  end loop;
+  return null;
+end
+$$;
+
+-- The opening the gate and the promotion hold a job until: the plain
+-- window's (an SQL function, no loop) for a rule without days or closed
+-- dates, leadrelay_next_opening otherwise; a rule closed for 400 days holds
+-- its jobs for 400 days.
+create or replace function public.leadrelay_opening(
+  p_rule_id bigint, p_start time, p_end time, p_zone text, p_days smallint[], p_at timestamptz)
+returns timestamptz
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select case
+    when p_days is null
+         and not exists (select 1 from public.notification_closed_dates c where c.rule_id = p_rule_id)
+      then public.leadrelay_send_time(p_at, p_start, p_end, p_zone)
+    else coalesce(public.leadrelay_next_opening(p_rule_id, p_at), p_at + interval '400 days')
+  end
+$$;
+
+-- ISO day numbers as names: {1,2,3,4,5} → 'Mon–Fri', {1,3} → 'Mon, Wed'.
+create or replace function leadrelay.day_names(p_days smallint[])
+returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select case
+    when p_days is null then 'every day'
+    when p_days @> '{1,2,3,4,5}'::smallint[] and p_days <@ '{1,2,3,4,5}'::smallint[] then 'Mon–Fri'
+    when p_days @> '{1,2,3,4,5,6}'::smallint[] and p_days <@ '{1,2,3,4,5,6}'::smallint[] then 'Mon–Sat'
+    else (select string_agg((array['Mon','Tue','Wed','Thu','Fri','Sat','Sun'])[d], ', ' order by d)
+            from (select distinct unnest(p_days)::int as d) x)
+  end
+$$;
+
+-- What a hold says, in the rule's zone (the gate and the promotion).
+create or replace function leadrelay.calendar_hold_reason(
+  p_due timestamptz, p_start time, p_end time, p_zone text, p_days smallint[], p_opens timestamptz)
+returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select format('due at %s, outside the send window %s %s%s: held until %s',
+                to_char(p_due at time zone p_zone, 'YYYY-MM-DD HH24:MI'),
+                coalesce(left(p_start::text, 5) || '–' || left(p_end::text, 5), 'all day'), p_zone,
+                case when p_days is null then '' else ' on ' || leadrelay.day_names(p_days) end,
+                to_char(p_opens at time zone p_zone, 'YYYY-MM-DD HH24:MI'))
+$$;
+
+-- ---------------------------------------------------------------------------
 -- When a send window holds a job: it waits (`scheduled`) exactly until the
 -- opening the promotion chose for it. Null when it is not held.
 -- ---------------------------------------------------------------------------
@@ -169,10 +278,14 @@ begin
   with job as (
     select j.id, j.lead_id, j.channel, j.template, j.recipient, j.cleared_at, j.ignore_policies,
            j.due_at, j.created_at,
-           r.send_window_start, r.send_window_end, r.time_zone, r.dedupe_window,
+           r.send_window_start, r.send_window_end, r.time_zone, r.send_days, r.dedupe_window,
            r.max_per_recipient_per_day as cap,
-           case when j.ignore_policies or r.send_window_start is null then now()
-                else public.leadrelay_send_time(now(), r.send_window_start, r.send_window_end, r.time_zone)
+           case when j.ignore_policies or r.id is null
+                     or (r.send_window_start is null and r.send_days is null
+                         and not exists (select 1 from public.notification_closed_dates c where c.rule_id = r.id))
+                  then now()
+                else public.leadrelay_opening(r.id, r.send_window_start, r.send_window_end, r.time_zone,
+                                              r.send_days, now())
            end as opens_at,
            -- the suppression list (even --ignore-policies obeys it): the
            -- recipient's key written out as in the look-up below, hashed
@@ -195,7 +308,7 @@ begin
     where j.suppressed is not null
   ), held as (
     select j.id, 'window'::text as verdict, null::uuid as duplicate_of, j.opens_at as held_until,
-           public.leadrelay_window_hold_reason(now(), j.send_window_start, j.send_window_end, j.time_zone, j.opens_at) as reason
+           leadrelay.calendar_hold_reason(now(), j.send_window_start, j.send_window_end, j.time_zone, j.send_days, j.opens_at) as reason
     from job j
     where j.opens_at > now() and j.suppressed is null
   ), candidate as (

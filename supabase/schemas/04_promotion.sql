@@ -46,9 +46,13 @@ begin
      where j.id = expired.id
     returning j.id, j.status, j.channel
   ), ready as (
-    select s.id, s.due_at, r.send_window_start, r.send_window_end, r.time_zone,
-           case when s.ignore_policies or r.send_window_start is null then now()
-                else public.leadrelay_send_time(now(), r.send_window_start, r.send_window_end, r.time_zone)
+    select s.id, s.due_at, r.send_window_start, r.send_window_end, r.time_zone, r.send_days,
+           case when s.ignore_policies or r.id is null
+                     or (r.send_window_start is null and r.send_days is null
+                         and not exists (select 1 from public.notification_closed_dates c where c.rule_id = r.id))
+                  then now()
+                else public.leadrelay_opening(r.id, r.send_window_start, r.send_window_end, r.time_zone,
+                                              r.send_days, now())
            end as opens_at
     from public.notification_jobs s
     left join public.notification_rules r on r.id = s.rule_id
@@ -62,10 +66,8 @@ begin
            due_at = case when k.opens_at <= now() then j.due_at else k.opens_at end,
            held_until = case when k.opens_at <= now() then j.held_until else k.opens_at end,
            hold_reason = case when k.opens_at <= now() then j.hold_reason
-             else format('due at %s, outside the send window %s–%s %s: held until %s',
-                         to_char(now() at time zone k.time_zone, 'YYYY-MM-DD HH24:MI'),
-                         left(k.send_window_start::text, 5), left(k.send_window_end::text, 5), k.time_zone,
-                         to_char(k.opens_at at time zone k.time_zone, 'YYYY-MM-DD HH24:MI')) end,
+             else leadrelay.calendar_hold_reason(now(), k.send_window_start, k.send_window_end, k.time_zone,
+                                                 k.send_days, k.opens_at) end,
            updated_at = now()
       from ready k
      where j.id = k.id

@@ -1,6 +1,7 @@
 //! Integration tests: a real PostgreSQL cluster, started once for this process.
 
 mod batches;
+mod calendar;
 mod connections;
 mod console;
 mod dev_mode;
