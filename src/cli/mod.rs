@@ -7,6 +7,7 @@
 
 pub mod dev;
 pub mod doctor;
+pub mod forget;
 pub mod ops;
 pub mod reconcile;
 pub mod suppress;
@@ -63,6 +64,9 @@ pub enum Command {
     Suppress(SuppressArgs),
     /// Lift a suppression (a reason is required, and audited); what was cancelled stays cancelled.
     Unsuppress(SuppressArgs),
+    /// A person asked to be forgotten: cancel what was not sent and erase their email, phone,
+    /// name and metadata from leadrelay's tables (and landing_leads with --lead-row).
+    Forget(ForgetArgs),
     /// Check every enabled rule's template: it exists, compiles and renders a sample lead.
     #[command(subcommand)]
     Templates(TemplatesCommand),
@@ -115,6 +119,22 @@ pub struct CancelArgs {
     pub dry_run: bool,
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub db: DatabaseArg,
+    /// The person: a lead id, an email or a phone (every lead it names).
+    pub lead: String,
+    /// Erase the name, email, phone and metadata of their landing_leads rows too.
+    #[arg(long)]
+    pub lead_row: bool,
+    #[arg(long)]
+    pub yes: bool,
+    /// Where the dashboard's lead_tracking table lives, when not in DATABASE_URL.
+    #[arg(long, env = "LEAD_TRACKING_DATABASE_URL", hide_env_values = true)]
+    pub lead_tracking_database_url: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -374,6 +394,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cancel(args) => {
             let client = connect(&args.db).await?;
             ops::cancel_rule(&client, args.rule, args.dry_run, args.yes).await?;
+            Ok(())
+        }
+        Command::Forget(args) => {
+            let mut client = connect(&args.db).await?;
+            let tracking = config::optional(args.lead_tracking_database_url.as_deref())
+                .map(|u| config::database_url("LEAD_TRACKING_DATABASE_URL", Some(u)))
+                .transpose()?;
+            let request = forget::Request {
+                query: &args.lead,
+                lead_row: args.lead_row,
+                yes: args.yes,
+                tracking_url: tracking.as_ref().map(|s| s.expose()),
+            };
+            print!("{}", forget::run(&mut client, &request).await?);
             Ok(())
         }
         Command::Suppress(args) => {

@@ -49,6 +49,7 @@ macro_rules! message_values {
 pub mod cluster;
 mod connect;
 pub mod conninfo;
+pub mod forget;
 pub mod grouping;
 pub mod migrate;
 pub mod operator;

@@ -12,7 +12,8 @@ use crate::domain::Channel;
 
 /// Puts $2 (an address or a phone, typed any way) on channel $1's list as
 /// the operator's, with note $3, audited as $5 (session $4, address $6; lead
-/// $7 when acted from a lead's page). Returns the trigger's problem with the
+/// $7 when acted from a lead's page; the audit names the leads $8 with that
+/// contact, so forgetting them erases its note). Returns the trigger's problem with the
 /// recipient (nothing written), or the suppression in force and this
 /// action's audit row (`IN_FORCE` reads it: a row the statement wrote is not
 /// in its own snapshot).
@@ -23,8 +24,7 @@ with input as (
          leadrelay.recipient($1, $2, $2) as recipient
 ), audit as (
   insert into public.ops_audit (session_id, actor, action, job_ids, changed_job_ids, lead_ids, reason, client_addr)
-  select $4, $5, 'suppress', '{}', '{}', case when $7::uuid is null then '{}'::uuid[] else array[$7::uuid] end,
-         left($3, 500), $6
+  select $4, $5, 'suppress', '{}', '{}', $8::uuid[], left($3, 500), $6
     from input i where i.problem is null
   returning id
 ), suppressed as (
@@ -40,8 +40,8 @@ pub const IN_FORCE: &str =
     "select reason, created_at, audit_id from public.notification_suppressions where id = $1";
 
 /// Lifts channel $1's suppression of $2 with reason $3, audited as $5
-/// (session $4, address $6). Returns how many were lifted and the reason
-/// they had.
+/// (session $4, address $6; the leads $7 with that contact). Returns how
+/// many were lifted and the reason they had.
 pub const LIFT: &str = "
 with lifted as (
   update public.notification_suppressions s
@@ -52,7 +52,8 @@ with lifted as (
 ), audit as (
   insert into public.ops_audit (session_id, actor, action, job_ids, changed_job_ids, lead_ids, reason, client_addr)
   select $4, $5, 'unsuppress', '{}', '{}',
-         coalesce(array_agg(l.lead_id) filter (where l.lead_id is not null), '{}'), left($3, 500), $6
+         coalesce(array_agg(l.lead_id) filter (where l.lead_id is not null), '{}') || $7::uuid[],
+         left($3, 500), $6
     from lifted l
   having count(*) > 0
   returning id
@@ -122,6 +123,21 @@ pub struct InForce {
     pub new: bool,
 }
 
+/// The leads whose email or phone is `recipient` (the console's search),
+/// for the audit.
+async fn leads_with(client: &Client, recipient: &str) -> Result<Vec<Uuid>, SuppressError> {
+    let Ok(query) = super::search::LeadQuery::parse(recipient) else {
+        return Ok(Vec::new());
+    };
+    let (statement, value) = query.statement();
+    Ok(client
+        .query(statement, &[&value])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 pub async fn suppress(
     client: &Client,
     channel: Channel,
@@ -130,6 +146,8 @@ pub async fn suppress(
     actor: &Actor,
     lead: Option<Uuid>,
 ) -> Result<InForce, SuppressError> {
+    let mut named = leads_with(client, recipient).await?;
+    named.extend(lead.filter(|l| !named.contains(l)));
     let row = client
         .query_one(
             SUPPRESS,
@@ -141,6 +159,7 @@ pub async fn suppress(
                 &actor.name,
                 &actor.client_addr,
                 &lead,
+                &named,
             ],
         )
         .await?;
@@ -165,6 +184,7 @@ pub async fn lift(
     reason: &str,
     actor: &Actor,
 ) -> Result<Option<String>, SuppressError> {
+    let named = leads_with(client, recipient).await?;
     let row = client
         .query_one(
             LIFT,
@@ -175,6 +195,7 @@ pub async fn lift(
                 &actor.session_id,
                 &actor.name,
                 &actor.client_addr,
+                &named,
             ],
         )
         .await?;

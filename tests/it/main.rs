@@ -6,6 +6,7 @@ mod connections;
 mod console;
 mod dev_mode;
 mod doctor;
+mod forget;
 mod gate;
 mod landing_writes;
 mod migrate_cmd;
