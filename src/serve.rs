@@ -309,6 +309,7 @@ fn app_state(
         dev_outbox: config.dev_outbox.clone(),
         product_url: config.product_url.clone(),
         unsubscribe: worker.unsubscribe.clone(),
+        tracking_pool: worker.tracking_pool.clone(),
         console: http::Console::new(config.console.clone(), &config.admin_token),
     }
 }

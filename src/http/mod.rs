@@ -37,6 +37,9 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: deadpool_postgres::Pool,
+    /// Where `lead_tracking` lives (the same pool unless
+    /// LEAD_TRACKING_DATABASE_URL): the console's "forget" erases its row.
+    pub tracking_pool: deadpool_postgres::Pool,
     /// Webhook events are stored through it, many per commit under load.
     pub events: crate::ingest::event_batches::EventBatches,
     pub listener: Arc<ListenerState>,

@@ -424,3 +424,124 @@ async fn two_serve_processes_claiming_two_leads_of_a_suppressed_address_send_nei
         "the phones are not suppressed"
     );
 }
+
+#[tokio::test]
+async fn the_console_shows_suppresses_lifts_and_forgets_behind_confirmations_audited() {
+    use crate::console::{get, post, sign_in};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(NO_DELAY).await.unwrap();
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    let base = format!("http://{}", app.local_addr());
+    let lead =
+        insert_proftest_lead_with_phone(&client, "Асель", "asel@mail.ru", "+7 705 600 00 01").await;
+    eventually(Duration::from_secs(15), "sent", || async {
+        unfinished(&client).await == 0
+    })
+    .await;
+    let (cookie, csrf) = sign_in(&base, None).await;
+    let (_, page) = get(&base, &format!("/ops/leads/{lead}"), &cookie).await;
+    assert!(page.contains("<b>email</b>: not suppressed"), "{page}");
+    let (status, confirm) = get(&base, &format!("/ops/leads/{lead}/suppress/email"), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        confirm.contains("Suppress this lead&#39;s email?"),
+        "{confirm}"
+    );
+    // no reason, or another session's token: nothing
+    let refused = post(
+        &base,
+        &format!("/ops/leads/{lead}/suppress/email"),
+        &cookie,
+        &[("csrf", &csrf), ("reason", " ")],
+    )
+    .await;
+    assert_eq!(refused.status(), 400);
+    let forged = post(
+        &base,
+        &format!("/ops/leads/{lead}/suppress/email"),
+        &cookie,
+        &[("csrf", "x"), ("reason", "spam trap")],
+    )
+    .await;
+    assert_eq!(forged.status(), 403);
+    assert_eq!(
+        count(&client, "select count(*) from notification_suppressions").await,
+        0
+    );
+    let done = post(
+        &base,
+        &format!("/ops/leads/{lead}/suppress/email"),
+        &cookie,
+        &[("csrf", &csrf), ("reason", "asked at the front desk")],
+    )
+    .await;
+    assert_eq!(done.status(), 303);
+    let (_, page) = get(&base, &format!("/ops/leads/{lead}"), &cookie).await;
+    assert!(
+        page.contains("<b>email</b>: suppressed (operator)"),
+        "{page}"
+    );
+    let (_, front) = get(&base, "/ops", &cookie).await;
+    assert!(front.contains("operator: 1"), "{front}");
+    let audited = count(&client, "select count(*) from ops_audit where actor = 'console' and action = 'suppress' and session_id is not null").await;
+    assert_eq!(audited, 1);
+    let lifted = post(
+        &base,
+        &format!("/ops/leads/{lead}/unsuppress/email"),
+        &cookie,
+        &[("csrf", &csrf), ("reason", "a mistake")],
+    )
+    .await;
+    assert_eq!(lifted.status(), 303);
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_suppressions where lifted_at is null"
+        )
+        .await,
+        0
+    );
+
+    // forgetting, from the console
+    let (status, confirm) = get(&base, &format!("/ops/leads/{lead}/forget"), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(confirm.contains("cannot be undone"), "{confirm}");
+    let forgot = post(
+        &base,
+        &format!("/ops/leads/{lead}/forget"),
+        &cookie,
+        &[("csrf", &csrf), ("lead_row", "on")],
+    )
+    .await;
+    assert_eq!(forgot.status(), 200);
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs j where j.recipient is not null or j.sent_params is not null").await,
+        0
+    );
+    let row = client
+        .query_one(
+            "select email, phone, name from landing_leads where id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, Option<String>>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, Option<String>>(2)
+        ),
+        (None, None, None)
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from ops_audit where action = 'forget' and actor = 'console'"
+        )
+        .await,
+        1
+    );
+    app.shutdown().await;
+}

@@ -345,10 +345,28 @@ async fn policies_section(
 <table><thead><tr><th>When (UTC)</th><th>Name</th><th>Channel</th><th>Policy</th><th>Reason</th></tr></thead><tbody>{last}</tbody></table>"
         )
     };
+    let reasons: Vec<String> = client
+        .query(crate::store::suppressions::BY_REASON, &[])
+        .await?
+        .iter()
+        .map(|r| {
+            format!(
+                "<span class=\"suppressions-{0}\">{0}: {1}</span>",
+                esc(r.get::<_, &str>(0)),
+                r.get::<_, i64>(1)
+            )
+        })
+        .collect();
+    let suppressed = if reasons.is_empty() {
+        "none".to_string()
+    } else {
+        reasons.join(" · ")
+    };
     Ok(format!(
         "<h2>Delivery policies</h2><p><span class=policy-held>{held}</span> message(s) held by a send window · \
 <span class=policy-duplicates>{duplicates}</span> cancelled as duplicates · \
-<span class=policy-capped>{capped}</span> cancelled over the per-recipient cap (last 24 hours)</p>{tables}"
+<span class=policy-capped>{capped}</span> cancelled over the per-recipient cap (last 24 hours)</p>\
+<p class=suppression-counts>Suppressed contacts, by reason: {suppressed}</p>{tables}"
     ))
 }
 

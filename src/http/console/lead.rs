@@ -116,6 +116,11 @@ async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<Stri
         text(3),
         text(4),
     );
+    body.push_str(
+        &super::consent::section(client, lead, gate.access.session().is_some())
+            .await
+            .map_err(db)?,
+    );
     if gate.access.session().is_some() {
         body.push_str(&format!(
             "<div class=actions><a href=\"/ops/leads/{lead}/reconcile\" class=action-reconcile>Ask Resend and Mobizon…</a> \

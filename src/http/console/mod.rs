@@ -6,6 +6,7 @@
 
 mod actions;
 mod charts;
+mod consent;
 pub mod dashboard;
 mod lead;
 mod page;
@@ -44,6 +45,20 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/ops/leads/{id}/reconcile",
             get(reconcile::confirm).post(reconcile::perform),
+        )
+        .route(
+            "/ops/leads/{id}/forget",
+            get(consent::confirm_forget).post(consent::perform_forget),
+        )
+        .route(
+            "/ops/leads/{id}/suppress/{channel}",
+            get(|s, v, p| consent::confirm(s, v, p, "suppress"))
+                .post(|s, v, p, f| consent::perform(s, v, p, "suppress", f)),
+        )
+        .route(
+            "/ops/leads/{id}/unsuppress/{channel}",
+            get(|s, v, p| consent::confirm(s, v, p, "unsuppress"))
+                .post(|s, v, p, f| consent::perform(s, v, p, "unsuppress", f)),
         )
         .route("/ops/preview", get(lead::preview_redirect))
         .route(
