@@ -164,8 +164,12 @@ revoke all on function leadrelay.day_names(smallint[]) from public;
 revoke all on function leadrelay.calendar_hold_reason(timestamptz, time, time, text, smallint[], timestamptz) from public;
 
 -- ---------------------------------------------------------------------------
--- The gate, as in 20261209090000, holding a job until its rule's next
--- opening, days and closed dates included.
+-- The gate, as in 20261207090000, with two changes:
+--  * the suppression list first (20261209090000): a suppressed recipient's
+--    job is refused (verdict 'suppressed') whatever its window or policies
+--    say, --ignore-policies included;
+--  * a job is held until its rule's next opening, days and closed dates
+--    included.
 -- ---------------------------------------------------------------------------
 create or replace function public.leadrelay_gate(p_ids bigint[])
 returns table (job_id bigint, verdict text, duplicate_of uuid, held_until timestamptz, reason text)
