@@ -173,8 +173,11 @@ fn job_line(job: &tokio_postgres::Row) -> String {
             notes.push(format!("was held: {hold}"));
         }
     }
-    if let Some(policy) = job.get::<_, Option<String>>(14) {
-        notes.push(format!("cancelled by policy {policy}, no request made"));
+    match job.get::<_, Option<String>>(14).as_deref() {
+        Some("suppressed") => notes
+            .push("cancelled: the recipient is on the suppression list, no request made".into()),
+        Some(policy) => notes.push(format!("cancelled by policy {policy}, no request made")),
+        None => {}
     }
     let error = match (error, notes.is_empty()) {
         (error, true) => error,

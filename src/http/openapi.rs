@@ -109,7 +109,7 @@ pub fn spec() -> serde_json::Value {
                         "provider_message_id": {"type": ["string", "null"]},
                         "held_until": {"type": ["string", "null"], "format": "date-time", "description": "while a send window holds the message: when it opens"},
                         "hold_reason": {"type": ["string", "null"], "description": "why it was last moved to a window's opening"},
-                        "cancelled_by": {"type": ["string", "null"], "enum": ["duplicate", "recipient_cap", null], "description": "the delivery policy that cancelled it before any request (reason in error)"},
+                        "cancelled_by": {"type": ["string", "null"], "enum": ["duplicate", "recipient_cap", "suppressed", null], "description": "the delivery policy or the suppression list that cancelled it before any request (reason in error)"},
                         "duplicate_of_lead": {"type": ["string", "null"], "format": "uuid", "description": "for a duplicate: the lead that already got this message"},
                         "reconciled_at": {"type": ["string", "null"], "format": "date-time", "description": "when leadrelay reconcile found this message at the provider (sent by the system before leadrelay); null for every message leadrelay sent"}
                     }}}

@@ -55,8 +55,9 @@ pub struct Message {
     pub held_until: Option<DateTime<Utc>>,
     /// Why the message was (last) moved to a window's opening.
     pub hold_reason: Option<String>,
-    /// `duplicate` or `recipient_cap` when a delivery policy cancelled it
-    /// (the reason is in `error`).
+    /// `duplicate` or `recipient_cap` when a delivery policy cancelled it,
+    /// `suppressed` when its recipient is on the suppression list (the
+    /// reason is in `error`).
     pub cancelled_by: Option<String>,
     /// The lead that already got this message, for a duplicate.
     pub duplicate_of_lead: Option<Uuid>,
