@@ -161,7 +161,7 @@ fn print_report(request: &Request, asked: bool, lines: &[Line], leads: usize) {
              leadrelay sent will be sent a second time."
         );
     }
-    for line in lines {
+    for line in lines.iter().filter(|l| l.is_reported()) {
         println!("  {}", reconcile::line_text(line));
     }
     if !lines.is_empty() {

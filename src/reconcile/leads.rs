@@ -13,9 +13,10 @@ use super::judge::{Arrival, MATCH_WITHIN};
 use crate::domain::Channel;
 
 /// The leads in [$1, $2) whose source matches $3 (or the one lead $5),
-/// with each email or SMS channel a rule of theirs asks for and they have
-/// no job of ($4: no job at all, as `backfill` has always chosen): the
-/// recipient as the trigger would fix it, its key, and why it is unusable.
+/// with each channel a rule of theirs asks for and they have no job of
+/// ($4: no job at all, as `backfill` has always chosen): the recipient as
+/// the trigger would fix it, its key, and why it is unusable (the
+/// dashboard's `lead_tracking` has none of these).
 pub const WANTED: &str = "
 with chosen as (
   select l.id, l.created_at, l.email, l.phone, l.source from public.landing_leads l
@@ -28,11 +29,11 @@ select l.id, l.created_at, c.channel,
        leadrelay.recipient(c.channel, l.email, l.phone) as recipient,
        leadrelay.recipient_key(c.channel, leadrelay.recipient(c.channel, l.email, l.phone)) as key,
        case c.channel when 'email' then public.leadrelay_email_problem(l.email)
-                      else public.leadrelay_phone_problem(l.phone) end as problem
+                      when 'sms' then public.leadrelay_phone_problem(l.phone) end as problem
 from chosen l
 cross join lateral (
   select distinct r.channel from public.notification_rules r
-   where r.enabled and l.source like r.source_pattern and r.channel in ('email', 'sms')
+   where r.enabled and l.source like r.source_pattern
 ) c
 where not exists (select 1 from public.notification_jobs j
                    where j.lead_id = l.id and ($4 or j.channel = c.channel))

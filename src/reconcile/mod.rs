@@ -17,12 +17,11 @@ pub mod judge;
 pub mod leads;
 pub mod records;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
-use uuid::Uuid;
 
 use crate::domain::Channel;
 use crate::ingest::delivery::resend_last_event_state;
@@ -58,6 +57,9 @@ pub enum Answer {
     Unusable(String),
     /// Not asked (`--no-provider-check`): it is sent.
     Unchecked,
+    /// The dashboard's row (`lead_tracking`): no provider to ask; it is
+    /// synced, with whatever was found or sent. Left out of the report.
+    Dashboard,
 }
 
 impl Answer {
@@ -65,8 +67,16 @@ impl Answer {
     fn creates_a_job(&self) -> bool {
         matches!(
             self,
-            Answer::NotFound | Answer::Unusable(_) | Answer::Unchecked
+            Answer::NotFound | Answer::Unusable(_) | Answer::Unchecked | Answer::Dashboard
         )
+    }
+}
+
+impl Line {
+    /// Whether the report shows it: every email and SMS, not the
+    /// dashboard's row.
+    pub fn is_reported(&self) -> bool {
+        self.answer != Answer::Dashboard
     }
 }
 
@@ -102,6 +112,7 @@ pub async fn assess(
     let mut answers: Vec<Option<Answer>> = wanted
         .iter()
         .map(|w| match (&w.problem, providers) {
+            _ if w.channel == Channel::LeadTracking => Some(Answer::Dashboard),
             (Some(problem), _) => Some(Answer::Unusable(problem.clone())),
             (None, None) => Some(Answer::Unchecked),
             (None, Some(_)) => None,
@@ -349,7 +360,6 @@ pub async fn apply(
     show_progress: bool,
 ) -> Result<Applied, ReconcileError> {
     let mut applied = Applied::default();
-    let mut served: HashSet<Uuid> = HashSet::new();
     let mut pairs = Vec::new();
     for line in lines {
         match &line.answer {
@@ -362,26 +372,12 @@ pub async fn apply(
                     audit,
                 )
                 .await?;
-                if let Some(id) = recorded {
-                    applied.recorded.push(id);
-                    served.insert(line.wanted.lead);
-                }
+                applied.recorded.extend(recorded);
             }
-            answer if answer.creates_a_job() => {
-                pairs.push((line.wanted.lead, line.wanted.channel));
-                served.insert(line.wanted.lead);
-            }
+            answer if answer.creates_a_job() => pairs.push((line.wanted.lead, line.wanted.channel)),
             _ => applied.held_back += 1,
         }
     }
-    // the dashboard row of every lead written for (`lead_tracking`)
-    let mut tracked: Vec<Uuid> = served.into_iter().collect();
-    tracked.sort();
-    pairs.extend(
-        tracked
-            .into_iter()
-            .map(|lead| (lead, Channel::LeadTracking)),
-    );
     let reason = if lines.iter().any(|l| l.answer == Answer::Unchecked) {
         format!("{} without asking the providers", audit.action)
     } else {
@@ -450,6 +446,7 @@ pub fn line_text(line: &Line) -> String {
             format!("unusable: {problem} — recorded as invalid, never looked up")
         }
         Answer::Unchecked => format!("not asked at {provider} — will be sent"),
+        Answer::Dashboard => "the dashboard's row — will be synced".to_string(),
     };
     format!(
         "{}  {}  {:<5}  {:<22}  {verdict}",
@@ -462,7 +459,12 @@ pub fn line_text(line: &Line) -> String {
 
 /// Counts of the answers, for the report's last line.
 pub fn tally(lines: &[Line]) -> String {
-    let count = |f: fn(&Answer) -> bool| lines.iter().filter(|l| f(&l.answer)).count();
+    let count = |f: fn(&Answer) -> bool| {
+        lines
+            .iter()
+            .filter(|l| l.is_reported() && f(&l.answer))
+            .count()
+    };
     format!(
         "{} found, {} not found, {} ambiguous, {} unknown, {} unusable, {} not asked",
         count(|a| matches!(a, Answer::Found(_))),

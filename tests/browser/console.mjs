@@ -126,6 +126,15 @@ try {
   expect(!(await text(page)).includes('will likely refuse it again'), 'the corrected address is not warned about');
   await page.click('button.confirm');
   await page.waitForSelector('h1.lead-name');
+  // Its consent: the suppressions, with Suppress… behind a confirmation
+  // that asks for a reason (submitted in tests/it/suppressions.rs).
+  expect(await page.isVisible('#consent li[data-channel=sms] a.action-suppress'), 'the lead page offers to suppress its SMS');
+  expect(await page.isVisible('#consent a.action-forget'), 'and to forget the person');
+  await page.click('#consent li[data-channel=sms] a.action-suppress');
+  await page.waitForSelector('h1:has-text("Suppress this lead")');
+  expect(await page.isVisible('textarea#reason[required]'), 'a reason is required');
+  await page.click('text=Back');
+  await page.waitForSelector('h1.lead-name');
   const overflowOf = (p) => p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   expect((await overflowOf(page)) <= 0, 'the lead page fits 1280 px');
   await page.screenshot({ path: screenshot.replace('.png', '-lead-1280.png'), fullPage: true });

@@ -614,3 +614,56 @@ async fn the_console_asks_the_providers_for_one_lead_behind_a_confirmation_and_a
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_lead_whose_only_rule_is_the_dashboards_still_gets_its_row_synced_by_backfill() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into notification_rules (source_pattern, channel, template, delay)
+             values ('dashboard_only%', 'lead_tracking', 'proftest', interval '0')",
+        )
+        .await
+        .unwrap();
+    enqueue_trigger(&client, false).await;
+    let lead = crate::harness::insert_as_landing(
+        &client,
+        Some("Тимур"),
+        Some("timur@mail.ru"),
+        Some("87051234599"),
+        Some("dashboard_only_form"),
+        None,
+    )
+    .await;
+    enqueue_trigger(&client, true).await;
+    let providers = Providers::healthy().await;
+    let out = leadrelay(
+        &db.url,
+        &providers,
+        &[
+            "backfill",
+            "--since",
+            "2020-01-01",
+            "--source",
+            "dashboard%",
+            "--yes",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let channels: Vec<String> = client
+        .query(
+            "select channel from notification_jobs where lead_id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(channels, ["lead_tracking"]);
+    assert!(
+        providers.email_list_reads().await.is_empty(),
+        "nothing to ask a provider about"
+    );
+}

@@ -120,10 +120,11 @@ fn report(lead: Uuid, lines: &[reconcile::Line], applied: &reconcile::Applied) -
     } else {
         lines
             .iter()
+            .filter(|line| line.is_reported())
             .map(|line| {
                 let class = match line.answer {
                     Answer::Found(_) | Answer::NotFound | Answer::Unchecked => "ok",
-                    Answer::Unusable(_) => "muted",
+                    Answer::Unusable(_) | Answer::Dashboard => "muted",
                     Answer::Ambiguous(..) | Answer::Unknown(_) => "alert",
                 };
                 format!(
