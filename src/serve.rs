@@ -207,33 +207,26 @@ async fn unsubscribe_links(
     config: &ServeConfig,
     pool: &deadpool_postgres::Pool,
 ) -> Result<crate::messages::unsubscribe::Links, ServeError> {
-    let key = match &config.unsubscribe_secret {
-        Some(secret) => secret.expose().to_string(),
-        None => {
-            let client = pool.get().await.map_err(|e| {
-                ServeError::Schema(format!("no connection for the unsubscribe key: {e}"))
-            })?;
-            store::suppressions::unsubscribe_key(&client)
-                .await
-                .map_err(|e| {
-                    ServeError::Schema(format!("the unsubscribe key: {}", store::describe(&e)))
-                })?
-                .ok_or_else(|| {
-                    ServeError::Schema(
-                        "leadrelay_settings has no row: run `leadrelay migrate`".into(),
-                    )
-                })?
-        }
-    };
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| ServeError::Schema(format!("no connection for the unsubscribe key: {e}")))?;
+    let links = store::suppressions::links(
+        &client,
+        config.unsubscribe_secret.as_ref(),
+        config.public_url.as_deref(),
+    )
+    .await
+    .map_err(|e| ServeError::Schema(format!("the unsubscribe key: {}", store::describe(&e))))?
+    .ok_or_else(|| {
+        ServeError::Schema("leadrelay_settings has no row: run `leadrelay migrate`".into())
+    })?;
     if config.public_url.is_none() {
         tracing::warn!(
             "PUBLIC_URL is not set: emails go without List-Unsubscribe and unsubscribe_url is empty"
         );
     }
-    Ok(crate::messages::unsubscribe::Links::new(
-        key.as_bytes(),
-        config.public_url.as_deref(),
-    ))
+    Ok(links)
 }
 
 /// The worker with its clients, under an id unique to this process.

@@ -106,6 +106,12 @@ pub struct PreviewArgs {
     /// This template (both channels) instead of the lead's own messages.
     #[arg(long)]
     pub template: Option<String>,
+    /// Where the unsubscribe links point (as `serve` uses it): the preview
+    /// shows the link the message carries.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+    #[arg(long, env = "UNSUBSCRIBE_SECRET", hide_env_values = true)]
+    pub unsubscribe_secret: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -435,10 +441,26 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Preview(args) => {
             let product_url = product_url(&args.product)?;
             let client = connect(&args.db).await?;
+            let secret = config::optional(args.unsubscribe_secret.as_deref())
+                .map(crate::domain::Secret::new);
+            let links = crate::store::suppressions::links(
+                &client,
+                secret.as_ref(),
+                config::optional(args.public_url.as_deref()),
+            )
+            .await
+            // a role that may not read the key previews without the link
+            .unwrap_or(None);
             print!(
                 "{}",
-                templates::preview(&client, &args.lead, args.template.as_deref(), &product_url)
-                    .await?
+                templates::preview(
+                    &client,
+                    &args.lead,
+                    args.template.as_deref(),
+                    &product_url,
+                    links.as_ref()
+                )
+                .await?
             );
             Ok(())
         }

@@ -42,12 +42,13 @@ pub async fn preview(
     query: &str,
     template: Option<&str>,
     product_url: &str,
+    links: Option<&crate::messages::unsubscribe::Links>,
 ) -> Result<String, OpsError> {
     let mut out = String::new();
     for lead in ops::find_leads(client, query).await? {
         let id: Uuid = lead.get(0);
         out.push_str(&format!("lead {id}\n"));
-        let previews = preview::lead(client, id, product_url, template)
+        let previews = preview::lead(client, id, product_url, template, links)
             .await
             .map_err(|e| OpsError::Db(e.to_string()))?;
         if previews.is_empty() {

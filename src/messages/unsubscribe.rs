@@ -97,6 +97,33 @@ impl Links {
         )
     }
 
+    /// The link of a message made from `params` (a job's fixed values: the
+    /// lead's email and phone, the rule's params) for `lead` on `channel`:
+    /// None for a rule marked transactional, a dashboard row, a contact that
+    /// cannot be used, or without PUBLIC_URL. What a preview shows; the
+    /// worker signs the recipient the job holds.
+    pub fn for_params(
+        &self,
+        lead: Uuid,
+        channel: Channel,
+        params: &serde_json::Value,
+    ) -> Option<String> {
+        if is_transactional(params) {
+            return None;
+        }
+        let text = |key: &str| params.get(key).and_then(|v| v.as_str());
+        let recipient = match channel {
+            Channel::Email => crate::messages::recipients::email(text("email")).ok()?,
+            Channel::Sms => crate::messages::recipients::phone(text("phone")).ok()?,
+            Channel::LeadTracking => return None,
+        };
+        self.url(&Target {
+            lead,
+            channel,
+            recipient,
+        })
+    }
+
     /// The link for `target`, None without PUBLIC_URL.
     pub fn url(&self, target: &Target) -> Option<String> {
         let base = self.base_url.as_deref()?;
@@ -141,6 +168,16 @@ impl Links {
             recipient: recipient.to_string(),
         })
     }
+}
+
+/// Whether a job's fixed values say its rule is transactional
+/// (`params.transactional`): a message the person asked for, which carries
+/// no unsubscribe.
+pub fn is_transactional(params: &serde_json::Value) -> bool {
+    params
+        .pointer("/params/transactional")
+        .and_then(|t| t.as_bool())
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

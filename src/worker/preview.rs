@@ -6,6 +6,7 @@
 use crate::domain::Channel;
 pub use crate::messages::templates::Message as Rendered;
 use crate::messages::templates::{Compiled, EmailContent, Variables};
+use crate::messages::unsubscribe::Links;
 use crate::store::queue::QueueError;
 use crate::store::templates;
 
@@ -20,11 +21,14 @@ pub struct Preview {
     pub rendered: Result<Rendered, String>,
 }
 
+/// `links`: the unsubscribe links' key and base, so that a preview shows
+/// the link the message carries (None: `unsubscribe_url` is empty).
 pub async fn lead(
     client: &tokio_postgres::Client,
     lead: uuid::Uuid,
     product_url: &str,
     template: Option<&str>,
+    links: Option<&Links>,
 ) -> Result<Vec<Preview>, QueueError> {
     let mut previews = Vec::new();
     for row in templates::preview_rows(client, lead, product_url, template).await? {
@@ -39,7 +43,10 @@ pub async fn lead(
                     .await?
                 {
                     None => Err(format!("version {version} no longer exists")),
-                    Some(source) => render(source, &row.params, product_url),
+                    Some(source) => {
+                        let link = links.and_then(|l| l.for_params(lead, row.channel, &row.params));
+                        render(source, &row.params, product_url, link)
+                    }
                 }
             }
         };
@@ -58,10 +65,14 @@ fn render(
     source: crate::domain::TemplateSource,
     params: &serde_json::Value,
     product_url: &str,
+    unsubscribe_url: Option<String>,
 ) -> Result<Rendered, String> {
     Compiled::compile(source)
         .and_then(|compiled| {
-            compiled.render_message(&Variables::from_sent_params(params, product_url))
+            compiled.render_message(
+                &Variables::from_sent_params(params, product_url)
+                    .with_unsubscribe_url(unsubscribe_url),
+            )
         })
         .map_err(|e| e.to_string())
 }

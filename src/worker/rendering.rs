@@ -135,9 +135,7 @@ impl Worker {
         let transactional = job
             .sent_params
             .as_ref()
-            .and_then(|p| p.pointer("/params/transactional"))
-            .and_then(|t| t.as_bool())
-            .unwrap_or(false);
+            .is_some_and(crate::messages::unsubscribe::is_transactional);
         if transactional || !matches!(job.channel, Channel::Email | Channel::Sms) {
             return None;
         }

@@ -81,9 +81,15 @@ async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<Stri
         .query(crate::store::operator::LEAD_AUDIT, &[&lead])
         .await
         .map_err(db)?;
-    let previews = crate::worker::preview::lead(client, lead, &state.product_url, None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let previews = crate::worker::preview::lead(
+        client,
+        lead,
+        &state.product_url,
+        None,
+        Some(&state.unsubscribe),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
 
     let created: DateTime<Utc> = l.get(5);
     let name: Option<String> = l.get(1);
@@ -256,14 +262,21 @@ pub async fn email_frame(
     let Ok(lead) = Uuid::parse_str(id.trim()) else {
         return problem(StatusCode::BAD_REQUEST, None, "Not a lead id.");
     };
-    let previews =
-        match crate::worker::preview::lead(&gate.client, lead, &state.product_url, None).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "ops email preview failed");
-                return super::page::unavailable();
-            }
-        };
+    let previews = match crate::worker::preview::lead(
+        &gate.client,
+        lead,
+        &state.product_url,
+        None,
+        Some(&state.unsubscribe),
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "ops email preview failed");
+            return super::page::unavailable();
+        }
+    };
     match previews.get(n).map(|p| &p.rendered) {
         Some(Ok(Rendered::Email(EmailContent::Inline { html, .. }))) => {
             let mut response = Html(html.clone()).into_response();
