@@ -15,8 +15,10 @@ $$;
 
 grant usage on schema public to leadrelay_worker;
 
--- The queue: claim, record outcomes, store webhook events.
-grant select, update on public.notification_jobs to leadrelay_worker;
+-- The queue: claim, record outcomes, store webhook events; the console's
+-- "Ask Resend and Mobizon" records what it finds and creates what it sends.
+grant select, insert, update on public.notification_jobs to leadrelay_worker;
+grant usage on sequence public.notification_jobs_id_seq to leadrelay_worker;
 grant select, insert, update on public.notification_events to leadrelay_worker;
 grant select on public.notification_rules to leadrelay_worker;
 -- The messages: read the templates and every kept version.
@@ -56,6 +58,9 @@ grant select on public.notification_suppressions to leadrelay_worker;
 grant update (lifted_at, lifted_by, lift_reason) on public.notification_suppressions to leadrelay_worker;
 grant execute on function public.leadrelay_suppress(text, text, text, uuid, bigint, bigint, text),
   public.leadrelay_unsubscribe_key() to leadrelay_worker;
+-- the console's "Forget this person" (it runs as its owner: this role may
+-- not change what people typed)
+grant execute on function public.leadrelay_forget(uuid[], boolean, text, bigint, text) to leadrelay_worker;
 grant execute on function leadrelay.recipient_key(text, text), leadrelay.recipient_hash(text, text),
   leadrelay.suppression_reason(text, timestamptz, text) to leadrelay_worker;
 
@@ -91,6 +96,13 @@ create policy leadrelay_worker_sessions on public.ops_sessions
 drop policy if exists leadrelay_worker_audit on public.ops_audit;
 create policy leadrelay_worker_audit on public.ops_audit
   for all to leadrelay_worker using (true) with check (true);
+drop policy if exists leadrelay_worker_suppressions on public.notification_suppressions;
+create policy leadrelay_worker_suppressions on public.notification_suppressions
+  for all to leadrelay_worker using (true) with check (true);
+drop policy if exists leadrelay_worker_closed_dates on public.notification_closed_dates;
+create policy leadrelay_worker_closed_dates on public.notification_closed_dates
+  for select to leadrelay_worker using (true);
+grant select on public.notification_closed_dates to leadrelay_worker;
 drop policy if exists leadrelay_worker_leads on public.landing_leads;
 create policy leadrelay_worker_leads on public.landing_leads
   for all to leadrelay_worker using (true) with check (true);

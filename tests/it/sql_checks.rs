@@ -153,6 +153,52 @@ async fn the_worker_runs_as_the_least_privilege_role() {
         .unwrap();
     assert_eq!(cancel.status(), 303);
     assert_eq!(count(&client, "select count(*) from ops_audit where action = 'cancel' and cardinality(changed_job_ids) = 1").await, 1);
+    // consent and reconciliation work as this role too: suppress a lead's
+    // phone, ask the providers about it, forget the person
+    let lead_id = &lead_path["/ops/leads/".len()..];
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        let cookie = cookie.clone();
+        let url = format!("{base}{path}");
+        async move {
+            http.post(url)
+                .header("cookie", cookie)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        post(
+            format!("/ops/leads/{lead_id}/suppress/sms"),
+            vec![("csrf", csrf.clone()), ("reason", "asked".into())]
+        )
+        .await,
+        303
+    );
+    assert_eq!(
+        post(
+            format!("/ops/leads/{lead_id}/reconcile"),
+            vec![("csrf", csrf.clone())]
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        post(
+            format!("/ops/leads/{lead_id}/forget"),
+            vec![("csrf", csrf.clone()), ("lead_row", "on".into())]
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        count(&client, &format!("select count(*) from landing_leads where id = '{lead_id}' and email is null and phone is null")).await,
+        1
+    );
     let out = http
         .post(format!("{base}/ops/logout"))
         .header("cookie", &cookie)

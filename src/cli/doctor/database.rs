@@ -420,6 +420,11 @@ const NEEDS: &str = "select need from (values
                ('execute on leadrelay.recipient (retry and send again)', has_schema_privilege('leadrelay', 'USAGE') and has_function_privilege('leadrelay.recipient(text,text,text)', 'EXECUTE')),
                ('select, insert, update, delete on public.ops_sessions (the console''s sign-ins)', has_table_privilege('public.ops_sessions', 'SELECT, INSERT, UPDATE, DELETE')),
                ('select, insert on public.ops_audit (the console''s actions)', has_table_privilege('public.ops_audit', 'SELECT, INSERT')),
+               ('insert on public.notification_jobs (the console''s reconciliation)', has_table_privilege('public.notification_jobs', 'INSERT')),
+               ('select on public.notification_suppressions (a lead''s suppressions)', has_table_privilege('public.notification_suppressions', 'SELECT')),
+               ('execute on public.leadrelay_suppress (unsubscribe, the console)', has_function_privilege('public.leadrelay_suppress(text,text,text,uuid,bigint,bigint,text)', 'EXECUTE')),
+               ('execute on public.leadrelay_unsubscribe_key (serve''s unsubscribe links)', has_function_privilege('public.leadrelay_unsubscribe_key()', 'EXECUTE')),
+               ('execute on public.leadrelay_forget (the console''s Forget)', has_function_privilege('public.leadrelay_forget(uuid[],boolean,text,bigint,text)', 'EXECUTE')),
                ('select on leadrelay.schema_migrations', has_schema_privilege('leadrelay', 'USAGE') and has_table_privilege('leadrelay.schema_migrations', 'SELECT'))
              ) n(need, granted) where not granted";
 

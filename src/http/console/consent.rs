@@ -244,7 +244,7 @@ pub async fn perform_forget(
     Path(id): Path<String>,
     Form(form): Form<ConsentForm>,
 ) -> Response {
-    let (mut gate, session) = match Gate::for_form(&state, &visitor, form.csrf.as_deref()).await {
+    let (gate, session) = match Gate::for_form(&state, &visitor, form.csrf.as_deref()).await {
         Ok(opened) => opened,
         Err(response) => return response,
     };
@@ -253,7 +253,7 @@ pub async fn perform_forget(
     };
     let actor = super::actions::actor(&session, &visitor);
     let lead_row = form.lead_row.as_deref() == Some("on");
-    let done = match forget::forget(&mut gate.client, &[lead], lead_row, &actor).await {
+    let done = match forget::forget(&gate.client, &[lead], lead_row, &actor).await {
         Ok(done) => done,
         Err(e) => {
             tracing::error!(error = %crate::store::describe(&e), "ops forget failed");
