@@ -211,16 +211,14 @@ async fn unsubscribe_links(
         .get()
         .await
         .map_err(|e| ServeError::Schema(format!("no connection for the unsubscribe key: {e}")))?;
-    let links = store::suppressions::links(
-        &client,
-        config.unsubscribe_secret.as_ref(),
-        config.public_url.as_deref(),
-    )
-    .await
-    .map_err(|e| ServeError::Schema(format!("the unsubscribe key: {}", store::describe(&e))))?
-    .ok_or_else(|| {
-        ServeError::Schema("leadrelay_settings has no row: run `leadrelay migrate`".into())
-    })?;
+    let key = store::suppressions::unsubscribe_key(&client, config.unsubscribe_secret.as_ref())
+        .await
+        .map_err(|e| ServeError::Schema(format!("the unsubscribe key: {}", store::describe(&e))))?
+        .ok_or_else(|| {
+            ServeError::Schema("leadrelay_settings has no row: run `leadrelay migrate`".into())
+        })?;
+    let links =
+        crate::messages::unsubscribe::Links::new(key.as_bytes(), config.public_url.as_deref());
     if config.public_url.is_none() {
         tracing::warn!(
             "PUBLIC_URL is not set: emails go without List-Unsubscribe and unsubscribe_url is empty"

@@ -443,14 +443,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let client = connect(&args.db).await?;
             let secret = config::optional(args.unsubscribe_secret.as_deref())
                 .map(crate::domain::Secret::new);
-            let links = crate::store::suppressions::links(
-                &client,
-                secret.as_ref(),
-                config::optional(args.public_url.as_deref()),
-            )
-            .await
             // a role that may not read the key previews without the link
-            .unwrap_or(None);
+            let links = crate::store::suppressions::unsubscribe_key(&client, secret.as_ref())
+                .await
+                .unwrap_or(None)
+                .map(|key| {
+                    crate::messages::unsubscribe::Links::new(
+                        key.as_bytes(),
+                        config::optional(args.public_url.as_deref()),
+                    )
+                });
             print!(
                 "{}",
                 templates::preview(

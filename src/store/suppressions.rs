@@ -202,29 +202,20 @@ pub async fn lift(
     Ok((row.get::<_, i64>(0) > 0).then(|| row.get(1)))
 }
 
-/// The unsubscribe links of this deployment: signed with `secret`
-/// (UNSUBSCRIBE_SECRET) or else the key kept in the database, under
-/// `public_url`. None when the database keeps no settings row.
-pub async fn links(
+/// The key the unsubscribe links are signed with: `secret`
+/// (UNSUBSCRIBE_SECRET) when set, else the one kept in the database (made
+/// when missing). None when the database keeps no settings row.
+pub async fn unsubscribe_key(
     client: &Client,
     secret: Option<&crate::domain::Secret>,
-    public_url: Option<&str>,
-) -> Result<Option<crate::messages::unsubscribe::Links>, tokio_postgres::Error> {
-    let key = match secret {
-        Some(secret) => secret.expose().to_string(),
-        None => match client
-            .query_opt(UNSUBSCRIBE_KEY, &[])
-            .await?
-            .and_then(|r| r.get(0))
-        {
-            Some(key) => key,
-            None => return Ok(None),
-        },
-    };
-    Ok(Some(crate::messages::unsubscribe::Links::new(
-        key.as_bytes(),
-        public_url,
-    )))
+) -> Result<Option<String>, tokio_postgres::Error> {
+    if let Some(secret) = secret {
+        return Ok(Some(secret.expose().to_string()));
+    }
+    Ok(client
+        .query_opt(UNSUBSCRIBE_KEY, &[])
+        .await?
+        .and_then(|r| r.get(0)))
 }
 
 pub fn statements() -> [&'static str; 8] {

@@ -123,16 +123,10 @@ async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<Stri
         text(4),
     );
     body.push_str(
-        &super::consent::section(client, lead, gate.access.session().is_some())
+        &consent_and_reconcile(client, lead, gate)
             .await
             .map_err(db)?,
     );
-    if gate.access.session().is_some() {
-        body.push_str(&format!(
-            "<div class=actions><a href=\"/ops/leads/{lead}/reconcile\" class=action-reconcile>Ask Resend and Mobizon…</a> \
-<span class=muted>whether the system before leadrelay sent the messages this lead has no job for</span></div>"
-        ));
-    }
     if jobs.is_empty() {
         body.push_str("<p class=muted>No messages for this lead: no enabled rule matched its source when it arrived.</p>");
     }
@@ -152,6 +146,24 @@ async fn render(state: &AppState, gate: &Gate, lead: Uuid) -> Result<Option<Stri
         None => "leadrelay — lead".to_string(),
     };
     Ok(Some(frame(&title, gate.access.session(), &body)))
+}
+
+/// The lead's consent card, and (for a signed-in session) its
+/// reconciliation with the providers.
+async fn consent_and_reconcile(
+    client: &tokio_postgres::Client,
+    lead: Uuid,
+    gate: &Gate,
+) -> Result<String, tokio_postgres::Error> {
+    let acting = gate.access.session().is_some();
+    let mut html = super::consent::section(client, lead, acting).await?;
+    if acting {
+        html.push_str(&format!(
+            "<div class=actions><a href=\"/ops/leads/{lead}/reconcile\" class=action-reconcile>Ask Resend and Mobizon…</a> \
+<span class=muted>whether the system before leadrelay sent the messages this lead has no job for</span></div>"
+        ));
+    }
+    Ok(html)
 }
 
 /// A message's card: its state, the actions that state allows, and its
