@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use crate::app::{
-    HOUR_DELAY, LEAD_TRACKING_TABLE, NO_DELAY, Providers, RESEND_WEBHOOK_SECRET, config, count,
-    eventually, lead_job, leadrelay_cli as leadrelay, start, unfinished,
+    HOUR_DELAY, LEAD_TRACKING_TABLE, NO_DELAY, Providers, config, count, eventually, lead_job,
+    leadrelay_cli as leadrelay, start, unfinished,
 };
 use crate::harness::{fresh_db, insert_as_landing};
 
@@ -105,26 +105,11 @@ async fn forget_cancels_what_was_not_sent_erases_the_person_everywhere_and_keeps
         .await
         .unwrap()
         .get(0);
-    let body = serde_json::to_vec(&serde_json::json!({
+    let bounce = serde_json::json!({
         "type": "email.bounced", "created_at": chrono::Utc::now().to_rfc3339(),
         "data": {"email_id": email_id, "to": ["Zarina.Forget@gmail.com"], "bounce": {"type": "Permanent", "message": "zarina.forget@gmail.com: no such user"}}
-    }))
-    .unwrap();
-    let key = leadrelay::ingest::svix::SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap();
-    let ts = chrono::Utc::now().timestamp().to_string();
-    let answer = reqwest::Client::new()
-        .post(format!("http://{}/webhooks/resend", app.local_addr()))
-        .header("svix-id", "msg_bounce_zarina")
-        .header("svix-timestamp", &ts)
-        .header(
-            "svix-signature",
-            key.signature("msg_bounce_zarina", &ts, &body),
-        )
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    });
+    let answer = crate::app::post_resend_event(&app, "msg_bounce_zarina", &bounce).await;
     assert!(answer.status().is_success());
     let out = leadrelay(
         &db.url,

@@ -476,25 +476,12 @@ async fn signed_resend(
     email_id: &str,
     occurred: DateTime<Utc>,
 ) -> reqwest::Response {
-    let body = serde_json::to_vec(&serde_json::json!({
+    let event = serde_json::json!({
         "type": event_type,
         "created_at": occurred.to_rfc3339(),
         "data": {"email_id": email_id, "to": ["someone@mail.ru"]}
-    }))
-    .unwrap();
-    let key =
-        leadrelay::ingest::svix::SigningKey::parse(crate::app::RESEND_WEBHOOK_SECRET).unwrap();
-    let timestamp = Utc::now().timestamp().to_string();
-    reqwest::Client::new()
-        .post(format!("http://{}/webhooks/resend", app.local_addr()))
-        .header("svix-id", svix_id)
-        .header("svix-timestamp", &timestamp)
-        .header("svix-signature", key.signature(svix_id, &timestamp, &body))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
+    });
+    crate::app::post_resend_event(app, svix_id, &event).await
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::app::{
-    NO_DELAY, Providers, RESEND_WEBHOOK_SECRET, ServeProcess, config, count, eventually, lead_job,
+    NO_DELAY, Providers, ServeProcess, config, count, eventually, lead_job,
     leadrelay_cli as leadrelay, start, unfinished,
 };
 use crate::harness::{fresh_db, insert_proftest_lead_with_phone};
@@ -19,21 +19,9 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// Posts a Resend event about `email_id` to `app`, signed as Svix signs it.
+/// Posts a Resend event to `app`; it must be taken.
 async fn report(app: &leadrelay::serve::Application, svix_id: &str, event: serde_json::Value) {
-    let body = serde_json::to_vec(&event).unwrap();
-    let key = leadrelay::ingest::svix::SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap();
-    let timestamp = chrono::Utc::now().timestamp().to_string();
-    let answer = reqwest::Client::new()
-        .post(format!("http://{}/webhooks/resend", app.local_addr()))
-        .header("svix-id", svix_id)
-        .header("svix-timestamp", &timestamp)
-        .header("svix-signature", key.signature(svix_id, &timestamp, &body))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let answer = crate::app::post_resend_event(app, svix_id, &event).await;
     assert!(answer.status().is_success(), "{}", answer.status());
 }
 

@@ -591,6 +591,29 @@ pub fn leadrelay_cli_with_providers(
         .expect("run leadrelay")
 }
 
+/// Posts the Resend event `event` to `app`'s webhook as `svix_id`, signed
+/// as Svix signs it (with RESEND_WEBHOOK_SECRET, at the current time).
+pub async fn post_resend_event(
+    app: &Application,
+    svix_id: &str,
+    event: &serde_json::Value,
+) -> reqwest::Response {
+    let body = serde_json::to_vec(event).expect("an event");
+    let key =
+        leadrelay::ingest::svix::SigningKey::parse(RESEND_WEBHOOK_SECRET).expect("the secret");
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    reqwest::Client::new()
+        .post(format!("http://{}/webhooks/resend", app.local_addr()))
+        .header("svix-id", svix_id)
+        .header("svix-timestamp", &timestamp)
+        .header("svix-signature", key.signature(svix_id, &timestamp, &body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST /webhooks/resend")
+}
+
 /// The ops page of `app`, read with ADMIN_TOKEN as a bearer token.
 pub async fn ops_page(app: &Application) -> String {
     reqwest::Client::new()
