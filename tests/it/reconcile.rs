@@ -654,3 +654,58 @@ async fn a_lead_whose_only_rule_is_the_dashboards_still_gets_its_row_synced_by_b
         "nothing to ask a provider about"
     );
 }
+
+#[tokio::test]
+async fn a_console_question_that_outlasts_a_page_changes_nothing_and_says_what_to_run() {
+    use crate::console::{post, sign_in};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    let leads = incident_before_leadrelay(&client).await;
+    let providers = Providers::healthy().await;
+    // a long list (40 pages of other people's emails since the lead
+    // arrived), each page a second slow: longer than a page can wait
+    for i in 0..4000i64 {
+        providers.emails_book.hold(old_email(
+            &format!("other-{i:04}"),
+            &format!("other{i}@mail.ru"),
+            at("12:30") + TimeDelta::seconds(i),
+            "delivered",
+        ));
+    }
+    struct Slow(crate::app::ResendListing);
+    impl wiremock::Respond for Slow {
+        fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+            self.0.respond(request).set_delay(Duration::from_secs(1))
+        }
+    }
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/emails"))
+        .respond_with(Slow(crate::app::ResendListing {
+            book: providers.emails_book.clone(),
+            window: Default::default(),
+        }))
+        .with_priority(1)
+        .mount(&providers.resend)
+        .await;
+    let app = start(config(&db.url, &providers)).await;
+    let base = format!("http://{}", app.local_addr());
+    let (cookie, csrf) = sign_in(&base, None).await;
+    let answer = post(
+        &base,
+        &format!("/ops/leads/{}/reconcile", leads[0]),
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(answer.status(), 504);
+    let page = answer.text().await.unwrap();
+    assert!(
+        page.contains("Nothing was changed") && page.contains("leadrelay reconcile --since"),
+        "{page}"
+    );
+    assert_eq!(
+        count(&client, "select count(*) from notification_jobs").await,
+        0
+    );
+    app.shutdown().await;
+}

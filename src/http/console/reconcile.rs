@@ -17,6 +17,17 @@ use crate::reconcile::{self, Answer, Audit, Leads};
 /// What the confirmation says will happen.
 const EXPLANATION: &str = "For each of this lead's channels that has no message yet, leadrelay asks the provider (Resend's list of sent emails, Mobizon's message list) whether the system before leadrelay sent one after the lead arrived. A message found is recorded as sent, with the provider's id and state, and is not sent again. A message not found is sent, through the same gate as a first send (its send window, the duplicate check and the cap). When the answer is ambiguous (several messages) or the provider cannot be asked, nothing is sent for that channel. Everything written is kept in the audit.";
 
+/// Resend's list has no filter by address: for a lead from long ago the
+/// walk reads every email sent since, which a page cannot wait for (a
+/// request has 30 s).
+const ASKING_AT_MOST: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn too_long(lead: Uuid) -> String {
+    format!(
+        "Asking the providers about lead {lead} takes longer than a page can wait (Resend's list of sent emails is read back to the day the lead arrived, a page at a time). Nothing was changed. From the server, run: leadrelay reconcile --since <the lead's arrival> --until <a second later> — it shows the same report and asks before writing."
+    )
+}
+
 #[derive(Debug, serde::Deserialize)]
 pub struct ReconcileForm {
     csrf: Option<String>,
@@ -69,20 +80,25 @@ pub async fn perform(
     let Some(lead) = lead_of(&id) else {
         return problem(StatusCode::BAD_REQUEST, Some(&session), "Not a lead id.");
     };
-    let lines = match reconcile::assess(
-        &gate.client,
-        Some(&state.providers),
-        &Leads::One(lead),
-        false,
-        false,
+    let asked = tokio::time::timeout(
+        ASKING_AT_MOST,
+        reconcile::assess(
+            &gate.client,
+            Some(&state.providers),
+            &Leads::One(lead),
+            false,
+            false,
+        ),
     )
-    .await
-    {
-        Ok(lines) => lines,
-        Err(e) => {
+    .await;
+    let lines = match asked {
+        Ok(Ok(lines)) => lines,
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "ops reconcile: assessment failed");
             return super::page::unavailable();
         }
+        // nothing was written: the assessment writes nothing
+        Err(_) => return problem(StatusCode::GATEWAY_TIMEOUT, Some(&session), &too_long(lead)),
     };
     let actor = super::actions::actor(&session, &visitor);
     let audit = Audit {
