@@ -744,7 +744,7 @@ mod serve_tests {
 
     #[test]
     fn malformed_values_are_named_and_explained() {
-        let cases: [Case; 25] = [
+        let cases: [Case; 26] = [
             ("RESEND_MAX_RPS", |a| a.resend_max_rps = Some("fast".into())),
             ("RESEND_BATCH_SIZE", |a| {
                 a.resend_batch_size = Some("101".into())
@@ -793,6 +793,9 @@ mod serve_tests {
             }),
             ("PUBLIC_URL", |a| {
                 a.public_url = Some("ops.academy.kz".into())
+            }),
+            ("UNSUBSCRIBE_SECRET", |a| {
+                a.unsubscribe_secret = Some("too short to sign links".into())
             }),
             ("TRUSTED_PROXIES", |a| {
                 a.trusted_proxies = Some("127.0.0.1, proxy.local".into())

@@ -1,5 +1,5 @@
-//! Resend's list of sent emails, read-only: `GET /emails` and
-//! `GET /emails/{id}` (what `reconcile` asks before it sends anything).
+//! Resend's list of sent emails, read-only: `GET /emails` (what
+//! `reconcile` asks before it sends anything).
 //!
 //! - `GET /emails?limit=N&after=ID` answers `{"object": "list", "has_more",
 //!   "data": [{"id", "to": [...], "from", "created_at", "subject",
@@ -80,22 +80,6 @@ impl ResendClient {
         }
         let (status, body) = self.get("emails", &query).await?;
         parse_page(status, &body)
-    }
-
-    /// One email by id; None when Resend does not know it.
-    pub async fn get_email(&self, id: &str) -> Result<Option<ListedEmail>, ListError> {
-        let path = format!(
-            "emails/{}",
-            url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
-        );
-        let (status, body) = self.get(&path, &[]).await?;
-        if status == 404 {
-            return Ok(None);
-        }
-        check_status(status, &body)?;
-        let value: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|_| ListError::Unreadable(format!("HTTP {status}, not JSON")))?;
-        email_of(&value).map(Some)
     }
 
     /// A GET at the pacer's turn; a 429 waits as the answer says and asks
