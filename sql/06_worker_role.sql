@@ -38,6 +38,7 @@ grant execute on function public.leadrelay_gate(bigint[]) to leadrelay_worker;
 -- the gate of the release before, for its workers during an upgrade
 grant execute on function public.leadrelay_policy_verdicts(bigint[]) to leadrelay_worker;
 grant execute on function public.record_notification_event(text, text, text, text, timestamptz, jsonb, text) to leadrelay_worker;
+grant execute on function public.record_notification_events(text[], text[], text[], text[], timestamptz[], jsonb[], text[]) to leadrelay_worker;
 grant execute on function public.apply_pending_notification_events(text, text) to leadrelay_worker;
 grant execute on function public.apply_all_pending_notification_events(integer) to leadrelay_worker;
 grant execute on function public.leadrelay_delivery_rank(text) to leadrelay_worker;

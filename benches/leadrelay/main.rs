@@ -127,6 +127,7 @@ async fn main() {
             &[
                 "pg_stat_statements.track = 'all'",
                 "pg_stat_statements.track_planning = on",
+                "track_functions = 'all'",
             ],
         )
         .await;
@@ -207,7 +208,31 @@ async fn main() {
             .unwrap();
         let serve = spawn_serve(&cluster.url("postgres"), &mock_url, &[]);
         serve.ready().await;
+        if profile {
+            statement_profile(&client, "before webhooks").await;
+        }
         rows.push(webhook_ingestion(&client, &serve.base).await);
+        if profile {
+            statement_profile(&client, "webhooks").await;
+        }
+        print_table(&rows);
+        return;
+    }
+    if only == "latency" {
+        // pickup and timing alone, without the processing run (graphile's
+        // figures are then not measured)
+        let log = std::env::var("BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into());
+        let serve = spawn_serve(
+            &cluster.url("postgres"),
+            &mock_url,
+            &[("LEADRELAY_LOG", &log)],
+        );
+        serve.ready().await;
+        let none = |_: &[&str]| {
+            Err::<serde_json::Value, String>("not measured with BENCH_ONLY=latency".into())
+        };
+        rows.push(pickup_latency(&client, &mock, &none).await);
+        rows.push(timing_accuracy(&client, &mock, &none).await);
         print_table(&rows);
         return;
     }

@@ -32,8 +32,48 @@ pub(crate) async fn statement_profile(client: &Client, phase: &str) {
             row.get::<_, String>(5)
         );
     }
+    // a table read whole on a hot path shows as rows read by sequential scans
+    for row in client
+        .query(
+            "select relname::text, seq_scan, seq_tup_read, coalesce(idx_scan, 0), n_tup_upd, n_tup_hot_upd
+             from pg_stat_user_tables where seq_tup_read > 0 order by seq_tup_read desc limit 6",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        println!(
+            "  {:<28} {:>8} seq scans {:>10} rows read {:>9} index scans {:>8} updates ({} HOT)",
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3),
+            row.get::<_, i64>(4),
+            row.get::<_, i64>(5)
+        );
+    }
+    // functions called per row: a SQL function that pins search_path is
+    // never inlined, and each call starts an executor of its own
+    for row in client
+        .query(
+            "select schemaname || '.' || funcname, calls, round(total_time::numeric, 1)::text,
+                    round(self_time::numeric, 1)::text
+             from pg_stat_user_functions order by self_time desc limit 8",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        println!(
+            "  {:<44} {:>8} calls {:>9} ms total {:>9} ms self",
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, String>(2),
+            row.get::<_, String>(3)
+        );
+    }
     client
-        .batch_execute("select pg_stat_statements_reset()")
+        .batch_execute("select pg_stat_statements_reset(), pg_stat_reset()")
         .await
         .unwrap();
 }

@@ -100,6 +100,13 @@ pub(crate) fn spawn_serve(db_url: &str, mock_url: &str, extra: &[(&str, &str)]) 
         .env("LEADRELAY_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+    // BENCH_SERVE_STDERR: the service's log kept in that file (with
+    // BENCH_SERVE_LOG=leadrelay=debug, what it did and when)
+    if let Ok(path) = std::env::var("BENCH_SERVE_STDERR")
+        && let Ok(file) = std::fs::File::create(path)
+    {
+        cmd.stderr(file);
+    }
     for (k, v) in extra {
         cmd.env(k, v);
     }

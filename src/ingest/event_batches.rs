@@ -11,20 +11,23 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::domain::DeliveryState;
 use crate::ingest::delivery::{self, DeliveryEvent, StoreError, Stored};
+use crate::store::grouping;
 
 /// The most events one statement stores.
 const MAX_GROUP: usize = 256;
-/// Groups committed at the same time (the rest wait their turn).
-const PARALLEL_GROUPS: usize = 2;
+/// Groups committed at the same time (the rest wait their turn). One: the
+/// events that arrive while a group is stored make the next group, so the
+/// groups stay large; two groups at once split the waiting events into many
+/// small ones and wait on each other's job locks (measured: 8,500–8,900
+/// events/s with two against 9,150–9,400 with one).
+const PARALLEL_GROUPS: usize = 1;
 
-/// Every event of a group in one statement, in order. Events are sorted by
-/// message id first, so two groups lock the jobs they touch in one order.
-pub const RECORD_EVENTS: &str = "
-select public.record_notification_event(t.provider, t.event_id, t.event_type, t.message_id,
-                                        t.occurred_at, t.payload, t.delivery_status)
-from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[], $7::text[])
-     with ordinality as t(provider, event_id, event_type, message_id, occurred_at, payload, delivery_status, ord)
-order by t.ord";
+/// Every event of a group stored and applied by one call, which answers each
+/// event's outcome in order. The group is ordered by message id first (each
+/// message's events in arrival order), so two groups (of two `serve`
+/// processes) lock the jobs they touch in one order.
+pub const RECORD_EVENTS: &str =
+    "select public.record_notification_events($1, $2, $3, $4, $5, $6, $7)";
 
 struct Pending {
     event: DeliveryEvent,
@@ -61,7 +64,7 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let group = crate::store::grouping::with_waiting(first, &mut rx, MAX_GROUP);
+        let group = grouping::with_waiting(first, &mut rx, MAX_GROUP);
         let pool = pool.clone();
         tokio::spawn(async move {
             store_group(&pool, group).await;
@@ -122,8 +125,8 @@ async fn record_all(pool: &Pool, group: &[Pending]) -> Result<Vec<Stored>, Store
     let statuses: Vec<Option<&str>> = events
         .map(|e| e.delivery_status.map(DeliveryState::as_str))
         .collect();
-    let rows = client
-        .query(
+    let row = client
+        .query_one(
             &statement,
             &[
                 &providers,
@@ -137,8 +140,6 @@ async fn record_all(pool: &Pool, group: &[Pending]) -> Result<Vec<Stored>, Store
         )
         .await
         .map_err(|e| StoreError::from_db(&e))?;
-    Ok(rows
-        .iter()
-        .map(|row| delivery::stored_from(&row.get::<_, String>(0)))
-        .collect())
+    let outcomes: Vec<String> = row.try_get(0).map_err(|e| StoreError::from_db(&e))?;
+    Ok(outcomes.iter().map(|o| delivery::stored_from(o)).collect())
 }

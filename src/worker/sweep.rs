@@ -33,6 +33,9 @@ impl Worker {
                 Ok(promoted) => {
                     if promoted > 0 {
                         tracing::debug!(promoted, "promoted due jobs");
+                        // at once, not after the housekeeping and the glance
+                        // below: a job due now is claimed a round trip sooner
+                        self.wakeups.wake_all();
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "sweep failed"),

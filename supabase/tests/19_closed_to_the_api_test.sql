@@ -1,4 +1,5 @@
--- What the consent and reconciliation work added is leadrelay's own: the
+-- What the consent and reconciliation work added (and the webhooks' grouped
+-- store) is leadrelay's own: the
 -- API roles (anon, authenticated) may not call its functions or use its
 -- sequences, under today's Supabase privileges and the old defaults, which
 -- grant every new function and sequence to them.
@@ -7,7 +8,7 @@ create schema if not exists tap;
 create extension if not exists pgtap with schema tap;
 set local search_path = public, tap;
 
-select plan(22);
+select plan(24);
 
 select ok(not has_function_privilege(r, f, 'execute'), format('%s may not call %s', r, f))
 from unnest(array['anon', 'authenticated']) r,
@@ -15,6 +16,7 @@ from unnest(array['anon', 'authenticated']) r,
                   'public.leadrelay_suppress(text,text,text,uuid,bigint,bigint,text)',
                   'public.leadrelay_suppress_from_event()',
                   'public.leadrelay_unsubscribe_key()',
+                  'public.record_notification_events(text[],text[],text[],text[],timestamptz[],jsonb[],text[])',
                   'public.leadrelay_next_opening(bigint,timestamptz)',
                   'public.leadrelay_opening(bigint,time,time,text,smallint[],timestamptz)',
                   'leadrelay.recipient_hash(text,text)',
