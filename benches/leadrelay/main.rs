@@ -277,6 +277,10 @@ async fn main() {
         .batch_execute("select promote_due_notification_jobs(1000000)")
         .await
         .unwrap();
+    println!(
+        "-- the promotion of {jobs} jobs (part of the measured time): {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
     let mut peak_rss = idle_rss;
     until(Duration::from_secs(300), || {
         peak_rss = peak_rss.max(rss_kib(serve.child.id()));

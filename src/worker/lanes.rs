@@ -109,19 +109,16 @@ impl ClaimAhead {
         self.slots * self.per_slot
     }
 
-    /// Whether to begin the next claim now, with `queued` requests of the
-    /// last one still to hand out (an email batch is one): in a deep queue,
-    /// once half of them are gone.
+    /// Whether to begin the next claim now, with `queued` jobs of the last
+    /// one still to hand out: in a deep queue, once half of them are gone.
     fn begin_next(&self, queued: usize) -> bool {
         self.deep && queued <= self.limit() / 2
     }
 
-    /// A claim that asked for `asked` jobs (the lane's limit, or a whole
-    /// email batch) came back with `claimed`, `since_last` after the one
-    /// before it. A full email batch means more are probably due: the next
-    /// batch is claimed while this one is sent, not after.
-    fn after_claim(&mut self, claimed: usize, asked: usize, since_last: Duration) {
-        self.deep = claimed >= asked.max(1);
+    /// A claim came back with `claimed` jobs, `since_last` after the one
+    /// before it.
+    fn after_claim(&mut self, claimed: usize, since_last: Duration) {
+        self.deep = claimed >= self.limit();
         if !self.deep {
             self.per_slot = Self::FEWEST_PER_SLOT;
         } else if since_last < Self::QUICK {
@@ -149,14 +146,12 @@ impl Worker {
             if claimed.is_empty() {
                 match self.claimed_next(channel, &ahead, next.take()).await {
                     Ok(work) if !work.is_empty() => {
-                        let asked = self.claim_limit(channel, ahead.limit());
-                        let claimed_jobs = work.iter().map(Work::len).sum();
-                        ahead.after_claim(claimed_jobs, asked, last_claim.elapsed());
+                        ahead.after_claim(work.iter().map(Work::len).sum(), last_claim.elapsed());
                         last_claim = tokio::time::Instant::now();
                         claimed.extend(work);
                     }
                     Ok(_) => {
-                        ahead.after_claim(0, ahead.limit(), last_claim.elapsed());
+                        ahead.after_claim(0, last_claim.elapsed());
                         tokio::select! {
                             _ = cancel.cancelled() => break,
                             _ = self.wakeups.lane(channel).notified() => {}
@@ -174,8 +169,7 @@ impl Worker {
                     }
                 }
             }
-            // requests, not jobs: a batch of a hundred is one request
-            let queued = claimed.len();
+            let queued: usize = claimed.iter().map(Work::len).sum();
             if next.is_none() && ahead.begin_next(queued) {
                 let worker = Arc::clone(&self);
                 let limit = ahead.limit();
@@ -274,22 +268,16 @@ impl Worker {
             }
         }
         let batching = channel == Channel::Email && self.email_batch_size > 1;
-        let limit = self.claim_limit(channel, ahead);
+        let limit = if batching {
+            self.email_batch_size
+        } else {
+            ahead
+        };
         let jobs = self
             .queue
             .claim(channel, limit as i64, lease, batching)
             .await?;
         Ok(group(jobs))
-    }
-
-    /// How many jobs a plain claim asks for: a whole batch where new email
-    /// batches are made, else the lane's limit (`ahead`).
-    fn claim_limit(&self, channel: Channel, ahead: usize) -> usize {
-        if channel == Channel::Email && self.email_batch_size > 1 {
-            self.email_batch_size
-        } else {
-            ahead
-        }
     }
 
     /// A batch some of whose members are elsewhere (scheduled, or still held
@@ -452,19 +440,19 @@ mod tests {
         let mut ahead = ClaimAhead::new(5);
         assert_eq!(ahead.limit(), 20);
         assert!(!ahead.begin_next(0), "no claim ahead before a full one");
-        ahead.after_claim(20, ahead.limit(), quick);
+        ahead.after_claim(20, quick);
         assert_eq!(ahead.limit(), 40);
         assert!(!ahead.begin_next(21) && ahead.begin_next(20));
-        ahead.after_claim(40, ahead.limit(), quick);
+        ahead.after_claim(40, quick);
         assert_eq!(ahead.limit(), 80);
-        ahead.after_claim(80, ahead.limit(), quick);
+        ahead.after_claim(80, quick);
         assert_eq!(ahead.limit(), 100, "never more than 20 per slot");
-        ahead.after_claim(100, ahead.limit(), quick);
+        ahead.after_claim(100, quick);
         assert_eq!(ahead.limit(), 100);
-        ahead.after_claim(99, ahead.limit(), quick);
+        ahead.after_claim(99, quick);
         assert_eq!(ahead.limit(), 20);
         assert!(!ahead.begin_next(0), "a short claim: the queue is drained");
-        ahead.after_claim(0, ahead.limit(), quick);
+        ahead.after_claim(0, quick);
         assert_eq!(ahead.limit(), 20);
         // no slots configured still claims
         assert_eq!(ClaimAhead::new(0).limit(), 4);
@@ -474,7 +462,7 @@ mod tests {
     fn a_slow_provider_keeps_the_claims_small() {
         let slow = Duration::from_secs(4);
         let mut ahead = ClaimAhead::new(5);
-        ahead.after_claim(20, ahead.limit(), slow);
+        ahead.after_claim(20, slow);
         assert_eq!(
             ahead.limit(),
             20,
@@ -484,21 +472,9 @@ mod tests {
             ahead.begin_next(10),
             "still claimed ahead: the queue is deep"
         );
-        ahead.after_claim(20, ahead.limit(), Duration::from_millis(10));
+        ahead.after_claim(20, Duration::from_millis(10));
         assert_eq!(ahead.limit(), 40);
-        ahead.after_claim(40, ahead.limit(), slow);
+        ahead.after_claim(40, slow);
         assert_eq!(ahead.limit(), 40, "kept, not grown");
-    }
-
-    #[test]
-    fn a_full_email_batch_is_followed_at_once_by_the_next_claim() {
-        let mut ahead = ClaimAhead::new(5);
-        ahead.after_claim(100, 100, Duration::from_millis(10));
-        assert!(
-            ahead.begin_next(1),
-            "one batch in hand (one request): the next is claimed while it is sent"
-        );
-        ahead.after_claim(37, 100, Duration::from_millis(10));
-        assert!(!ahead.begin_next(0), "a short batch: the queue is drained");
     }
 }
