@@ -239,7 +239,14 @@ async fn pool_of_sessions(
     );
     // A caller waits at most POOL_WAIT for a connection and gets an error
     // it can report, rather than queueing without end behind a slow page.
+    // The connection used last is the one handed out next (LIFO): a few
+    // sessions stay warm (their prepared statements, compiled functions and
+    // caches) and the others are used only when that many are needed at
+    // once; in turn (FIFO), every statement was prepared and every function
+    // compiled again on each of them, the slowest pickups
+    // (docs/benchmarks.md).
     Pool::builder(manager)
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .max_size(max_size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT))

@@ -1,5 +1,7 @@
-//! The sweeper: promotes due jobs, arms a timer for the next one, glances
-//! for new ones every second, applies early delivery events and prunes.
+//! The sweeper: promotes due jobs, arms a timer for the next one (which
+//! wakes the lanes: their claims take a job whose moment has passed),
+//! glances for new ones every second, applies early delivery events and
+//! prunes.
 
 use std::time::Duration;
 
@@ -12,13 +14,15 @@ const GLANCE_EVERY: Duration = Duration::from_secs(1);
 /// Where pg_cron does not prune (every 10 minutes), the sweep does, hourly:
 /// one bounded batch a time (`prune_leadrelay_history`).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long after a scheduled job's moment its timer fires.
+const MOMENT_MARGIN: Duration = Duration::from_millis(1);
 
 impl Worker {
     /// Promotes due jobs, then sleeps until the next one is due, a glance
     /// passes, or a reconnect asks for a sweep.
     ///
     /// Landing inserts send no notification (it would serialise their
-    /// commits), so a glance every second (GLANCE: two index probes) finds
+    /// commits), so a glance every second (GLANCE: three index probes) finds
     /// jobs that came in since: a job due at once is sent within about a
     /// second, and a job due later is sent by the timer armed for it. The
     /// rest of the sweep (early delivery events) runs every sweep interval.
@@ -27,19 +31,30 @@ impl Worker {
         let mut next_full = tokio::time::Instant::now();
         let mut next_prune = tokio::time::Instant::now();
         let mut templates_seen = None;
+        // the timer armed for a scheduled job's moment has fired
+        let mut moment_came = false;
         while !cancel.is_cancelled() {
             let mut sleep_for = glance_every;
-            match self.queue.promote().await {
-                Ok(promoted) => {
-                    if promoted > 0 {
-                        tracing::debug!(promoted, "promoted due jobs");
-                        // at once, not after the housekeeping and the glance
-                        // below: a job due now is claimed a round trip sooner
-                        self.wakeups.wake_all();
+            if moment_came {
+                // The claims take scheduled jobs whose moment has passed as
+                // they are: the lanes go at once, and a promotion now would
+                // only lock the same rows first. The next glance promotes
+                // what is left (and rescues expired leases).
+                self.wakeups.wake_for_moment();
+            } else {
+                match self.queue.promote().await {
+                    Ok(promoted) => {
+                        if promoted > 0 {
+                            tracing::debug!(promoted, "promoted due jobs");
+                            // at once, not after the housekeeping and the
+                            // glance below: claimed a round trip sooner
+                            self.wakeups.wake_all();
+                        }
                     }
+                    Err(e) => tracing::warn!(error = %e, "sweep failed"),
                 }
-                Err(e) => tracing::warn!(error = %e, "sweep failed"),
             }
+            let mut timer_armed = false;
             let full = tokio::time::Instant::now() >= next_full;
             if full {
                 next_full = tokio::time::Instant::now() + self.settings.sweep_interval;
@@ -65,15 +80,23 @@ impl Worker {
                         self.wakeups.wake_all();
                     }
                     if let Some(next) = glance.next_due {
-                        // Wake just after the job is due, whatever pg_cron's tick is.
-                        sleep_for = sleep_for.min(next + Duration::from_millis(2));
+                        // Wake just after the job is due, whatever pg_cron's
+                        // tick is: the timer rounds up to its millisecond,
+                        // and a wake-up before the database's clock reaches
+                        // the moment finds nothing and arms again.
+                        let at = next + MOMENT_MARGIN;
+                        if at < sleep_for {
+                            sleep_for = at;
+                            timer_armed = true;
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "looking for due jobs failed"),
             }
+            moment_came = false;
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(sleep_for) => {}
+                _ = tokio::time::sleep(sleep_for) => moment_came = timer_armed,
                 _ = self.wakeups.sweep().notified() => next_full = tokio::time::Instant::now(),
             }
         }

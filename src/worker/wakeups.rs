@@ -5,6 +5,7 @@
 //! notification that arrives while a lane is claiming is never lost.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 
@@ -13,6 +14,9 @@ use crate::domain::Channel;
 #[derive(Debug, Default)]
 pub struct Wakeups {
     lanes: [Notify; 3],
+    /// Per lane: the last wake-up was a scheduled moment (many jobs may be
+    /// due at once), until the lane's next claim takes it.
+    moments: [AtomicBool; 3],
     sweep: Notify,
 }
 
@@ -25,6 +29,21 @@ impl Wakeups {
         for lane in &self.lanes {
             lane.notify_one();
         }
+    }
+
+    /// The sweeper's timer: a scheduled moment came. Every lane is woken,
+    /// knowing that many jobs may be due at once.
+    pub fn wake_for_moment(&self) {
+        for moment in &self.moments {
+            moment.store(true, Ordering::Release);
+        }
+        self.wake_all();
+    }
+
+    /// Whether the lane of `channel` was woken by a moment since its last
+    /// claim (and forgets it).
+    pub fn take_moment(&self, channel: Channel) -> bool {
+        self.moments[index(channel)].swap(false, Ordering::AcqRel)
     }
 
     /// A notification on the jobs' channel: its payload names the channel

@@ -1,6 +1,7 @@
 //! One gate for every path that puts a message on its way: a retry (the
 //! CLI's and the console's bulk one), "send now", a job already due when its
-//! window closed, and the retry of an email batch whose outcome is unknown.
+//! window closed, a scheduled job claimed at its moment without a
+//! promotion, and the retry of an email batch whose outcome is unknown.
 //! Each test here failed before the gate moved into the claim.
 
 use std::collections::{HashMap, HashSet};
@@ -11,8 +12,8 @@ use std::time::Duration;
 use wiremock::{Request, Respond, ResponseTemplate};
 
 use crate::app::{
-    NO_DELAY, Providers, ResendLike, config, count, eventually, lead_job, leadrelay_cli, start,
-    unfinished,
+    HOUR_DELAY, NO_DELAY, Providers, ResendLike, config, count, eventually, lead_job,
+    leadrelay_cli, start, unfinished,
 };
 use crate::batches::{EMAIL_ONLY, burst, key_of, recipients_of};
 use crate::console::{get, listed_jobs, post, sign_in};
@@ -246,6 +247,65 @@ async fn a_job_due_when_its_window_closed_waits_for_the_next_opening_when_the_wo
         "still no SMS outside the window"
     );
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_scheduled_job_whose_moment_passed_is_claimed_as_it_is_through_the_gate() {
+    // The claim takes a scheduled job past its moment without the
+    // promotion writing it first: the window still holds the SMS, and a job
+    // whose moment has not come is not taken.
+    use leadrelay::domain::Channel;
+    use leadrelay::store::queue::Queue;
+    let db = shipped_db().await;
+    let client = db.client().await;
+    client.batch_execute(HOUR_DELAY).await.unwrap();
+    let lead =
+        insert_proftest_lead_with_phone(&client, "Момент", "moment@mail.ru", "+7 705 333 44 55")
+            .await;
+    let later =
+        insert_proftest_lead_with_phone(&client, "Позже", "later@mail.ru", "+7 705 333 44 56")
+            .await;
+    client
+        .execute(
+            "update notification_jobs set due_at = now() - interval '1 second' where lead_id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    client.batch_execute(SMS_WINDOW_IN_AN_HOUR).await.unwrap();
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from notification_jobs where status <> 'scheduled'"
+        )
+        .await,
+        0,
+        "nothing promoted"
+    );
+    let pool = leadrelay::store::pool(&db.url, 2).await.unwrap();
+    let queue = Queue::new(pool, "moment-test".into());
+    let lease = Duration::from_secs(30);
+    let email = queue.claim(Channel::Email, 10, lease, false).await.unwrap();
+    assert_eq!(email.len(), 1, "the email past its moment is claimed");
+    assert_eq!(email[0].lead_id, lead);
+    assert_eq!(lead_job(&client, lead, "email").await.1, "sending");
+    let sms = queue.claim(Channel::Sms, 10, lease, false).await.unwrap();
+    assert!(sms.is_empty(), "the SMS is outside its window");
+    let (_, status, held) = sms_job(&client, lead).await;
+    assert!(
+        status == "scheduled" && held,
+        "{status}: held until the opening"
+    );
+    assert_eq!(lead_job(&client, later, "email").await.1, "scheduled");
+    assert_eq!(lead_job(&client, later, "sms").await.1, "scheduled");
+    assert!(
+        queue
+            .claim(Channel::Email, 10, lease, false)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a job whose moment has not come is not claimed"
+    );
 }
 
 /// Resend as the stand-in answers (it keeps every key it took), slow enough

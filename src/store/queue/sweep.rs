@@ -16,12 +16,15 @@ pub const PRUNE_HISTORY: &str = "select public.prune_leadrelay_history()::text";
 pub const PG_CRON_HERE: &str =
     "select exists (select 1 from pg_extension where extname = 'pg_cron')";
 
-/// Seconds until the next scheduled job is due (negative: overdue), or null;
-/// and whether any job is due now. Two probes of partial indexes.
+/// Seconds until the next scheduled job is due, or null; and whether any
+/// job is claimable now (due, or scheduled with its moment passed: the
+/// claim takes both). Three probes of partial indexes.
 pub const GLANCE: &str = "
 select (select extract(epoch from (min(due_at) - clock_timestamp()))::float8
-          from public.notification_jobs where status = 'scheduled'),
-       exists (select 1 from public.notification_jobs where status = 'due')";
+          from public.notification_jobs where status = 'scheduled' and due_at > clock_timestamp()),
+       exists (select 1 from public.notification_jobs where status = 'due')
+       or exists (select 1 from public.notification_jobs
+                   where status = 'scheduled' and due_at <= clock_timestamp())";
 
 /// Sent SMS without a final delivery state yet, oldest news first: what the
 /// Mobizon status poll asks about (at most $1, sent within the last 2 days:
@@ -47,9 +50,9 @@ pub const APPLY_ALL_PENDING: &str = "select public.apply_all_pending_notificatio
 /// What the sweeper sees between sweeps.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Glance {
-    /// How long until the next scheduled job is due, if any is.
+    /// How long until the next scheduled job is due, if any is yet to be.
     pub next_due: Option<Duration>,
-    /// Whether jobs are due now (claimable).
+    /// Whether jobs are claimable now.
     pub any_due: bool,
 }
 
