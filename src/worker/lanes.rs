@@ -244,10 +244,12 @@ impl Worker {
                 // the time of the first, on another connection and core;
                 // when few are, the second finds nothing (an index probe).
                 // Not on other wake-ups: a job made due alone goes sooner
-                // with one claim. A claim that failed took nothing.
+                // with one claim. Batches due again are looked for by the
+                // next claim: a moment makes none due (the sweeper does not
+                // promote then). A claim that failed took nothing.
                 let (first, second) = tokio::join!(
-                    self.claim_work(channel, ahead.limit(), 0),
-                    self.claim_work(channel, ahead.limit(), 0)
+                    self.claim_new_work(channel, ahead.limit(), 0),
+                    self.claim_new_work(channel, ahead.limit(), 0)
                 );
                 match (first, second) {
                     (Ok(mut first), Ok(second)) => {
@@ -294,6 +296,18 @@ impl Worker {
                 return Ok(work);
             }
         }
+        self.claim_new_work(channel, ahead, queued).await
+    }
+
+    /// The plain claim of `claim_work`, without looking for batches due
+    /// again first.
+    async fn claim_new_work(
+        &self,
+        channel: Channel,
+        ahead: usize,
+        queued: usize,
+    ) -> Result<Vec<Work>, QueueError> {
+        let lease = self.lease_for(channel, ahead + queued);
         let batching = channel == Channel::Email && self.email_batch_size > 1;
         let limit = if batching {
             self.email_batch_size
