@@ -247,9 +247,10 @@ impl Worker {
                 // with one claim. Batches due again are looked for by the
                 // next claim: a moment makes none due (the sweeper does not
                 // promote then). A claim that failed took nothing.
+                let lease = self.lease_for(channel, ahead.limit());
                 let (first, second) = tokio::join!(
-                    self.claim_new_work(channel, ahead.limit(), 0),
-                    self.claim_new_work(channel, ahead.limit(), 0)
+                    self.claim_new_work(channel, ahead.limit(), lease),
+                    self.claim_new_work(channel, ahead.limit(), lease)
                 );
                 match (first, second) {
                     (Ok(mut first), Ok(second)) => {
@@ -296,18 +297,17 @@ impl Worker {
                 return Ok(work);
             }
         }
-        self.claim_new_work(channel, ahead, queued).await
+        self.claim_new_work(channel, ahead, lease).await
     }
 
-    /// The plain claim of `claim_work`, without looking for batches due
-    /// again first.
+    /// The plain claim of `claim_work` (up to `ahead` jobs, or one email
+    /// batch, under `lease`), without looking for batches due again first.
     async fn claim_new_work(
         &self,
         channel: Channel,
         ahead: usize,
-        queued: usize,
+        lease: Duration,
     ) -> Result<Vec<Work>, QueueError> {
-        let lease = self.lease_for(channel, ahead + queued);
         let batching = channel == Channel::Email && self.email_batch_size > 1;
         let limit = if batching {
             self.email_batch_size
