@@ -29,6 +29,15 @@ impl Work {
         }
     }
 
+    /// The latest moment among its jobs claimed ahead of theirs: no request
+    /// before then.
+    fn not_before(&self) -> Option<tokio::time::Instant> {
+        match self {
+            Work::One(job) => job.not_before,
+            Work::Batch(jobs) => jobs.iter().filter_map(|j| j.not_before).max(),
+        }
+    }
+
     pub(super) fn jobs(self) -> Vec<ClaimedJob> {
         match self {
             Work::One(job) => vec![*job],
@@ -215,6 +224,15 @@ impl Worker {
     ) {
         let worker = Arc::clone(self);
         self.tasks.spawn(async move {
+            if let Some(moment) = work.not_before() {
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        worker.release_all(work.jobs()).await;
+                        return;
+                    }
+                    _ = tokio::time::sleep_until(moment) => {}
+                }
+            }
             match work {
                 Work::One(job) => worker.process(*job, cancel, request_slot).await,
                 Work::Batch(jobs) => worker.process_batch(jobs, cancel, request_slot).await,
@@ -234,37 +252,48 @@ impl Worker {
             Some(begun) => begun
                 .await
                 .unwrap_or_else(|e| Err(QueueError::Db(format!("the claim stopped: {e}")))),
-            None if channel == Channel::Email
-                && self.email_batch_size > 1
-                && self.wakeups.take_moment(channel) =>
-            {
-                // A scheduled moment came (the sweeper's timer): two claims
-                // at once, each one batch (one request), so that when many
-                // emails are due at that moment the second batch is made in
-                // the time of the first, on another connection and core;
-                // when few are, the second finds nothing (an index probe).
-                // Not on other wake-ups: a job made due alone goes sooner
-                // with one claim. Batches due again are looked for by the
-                // next claim: a moment makes none due (the sweeper does not
-                // promote then). A claim that failed took nothing.
-                let lease = self.lease_for(channel, ahead.limit());
-                let (first, second) = tokio::join!(
-                    self.claim_new_work(channel, ahead.limit(), lease),
-                    self.claim_new_work(channel, ahead.limit(), lease)
-                );
-                match (first, second) {
-                    (Ok(mut first), Ok(second)) => {
-                        first.extend(second);
-                        Ok(first)
-                    }
-                    (Ok(work), Err(e)) | (Err(e), Ok(work)) => {
-                        tracing::warn!(channel = channel.as_str(), error = %e, "claim failed");
-                        Ok(work)
-                    }
-                    (Err(e), Err(_)) => Err(e),
-                }
+            None => match self.wakeups.take_moment(channel) {
+                Some(moment) => self.claim_at_moment(channel, ahead.limit(), moment).await,
+                None => self.claim_work(channel, ahead.limit(), 0).await,
+            },
+        }
+    }
+
+    /// The sweeper's timer announced a scheduled moment, a few milliseconds
+    /// ahead: the jobs due by then are claimed now and their requests held
+    /// until it (`ClaimedJob::not_before`), so that the claims' work is done
+    /// before the moment rather than after. For email batches, two claims
+    /// at once, each one batch (one request): when many emails are due, the
+    /// second is made in the time of the first, on another connection and
+    /// core; when few are, it finds nothing (an index probe). Other wake-ups
+    /// claim once: a job made due alone goes sooner with one claim. Batches
+    /// due again are looked for by the next claim (a moment makes none due:
+    /// the sweeper does not promote then). A claim that failed took nothing.
+    async fn claim_at_moment(
+        &self,
+        channel: Channel,
+        limit: usize,
+        moment: tokio::time::Instant,
+    ) -> Result<Vec<Work>, QueueError> {
+        let early = moment.saturating_duration_since(tokio::time::Instant::now());
+        let lease = self.lease_for(channel, limit) + early;
+        if channel != Channel::Email || self.email_batch_size <= 1 {
+            return self.claim_new_work(channel, limit, lease, early).await;
+        }
+        let (first, second) = tokio::join!(
+            self.claim_new_work(channel, limit, lease, early),
+            self.claim_new_work(channel, limit, lease, early)
+        );
+        match (first, second) {
+            (Ok(mut first), Ok(second)) => {
+                first.extend(second);
+                Ok(first)
             }
-            None => self.claim_work(channel, ahead.limit(), 0).await,
+            (Ok(work), Err(e)) | (Err(e), Ok(work)) => {
+                tracing::warn!(channel = channel.as_str(), error = %e, "claim failed");
+                Ok(work)
+            }
+            (Err(e), Err(_)) => Err(e),
         }
     }
 
@@ -297,16 +326,19 @@ impl Worker {
                 return Ok(work);
             }
         }
-        self.claim_new_work(channel, ahead, lease).await
+        self.claim_new_work(channel, ahead, lease, Duration::ZERO)
+            .await
     }
 
     /// The plain claim of `claim_work` (up to `ahead` jobs, or one email
-    /// batch, under `lease`), without looking for batches due again first.
+    /// batch, under `lease`), without looking for batches due again first;
+    /// with the scheduled jobs whose moment comes within `early`.
     async fn claim_new_work(
         &self,
         channel: Channel,
         ahead: usize,
         lease: Duration,
+        early: Duration,
     ) -> Result<Vec<Work>, QueueError> {
         let batching = channel == Channel::Email && self.email_batch_size > 1;
         let limit = if batching {
@@ -316,7 +348,7 @@ impl Worker {
         };
         let jobs = self
             .queue
-            .claim(channel, limit as i64, lease, batching)
+            .claim_ahead(channel, limit as i64, lease, batching, early)
             .await?;
         Ok(group(jobs))
     }

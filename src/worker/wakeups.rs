@@ -4,8 +4,7 @@
 //! `Notify::notify_one` keeps one wake-up for a lane that is busy, so a
 //! notification that arrives while a lane is claiming is never lost.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -14,9 +13,9 @@ use crate::domain::Channel;
 #[derive(Debug, Default)]
 pub struct Wakeups {
     lanes: [Notify; 3],
-    /// Per lane: the last wake-up was a scheduled moment (many jobs may be
-    /// due at once), until the lane's next claim takes it.
-    moments: [AtomicBool; 3],
+    /// Per lane: the scheduled moment the last wake-up announced (many
+    /// jobs may be due at once), until the lane's next claim takes it.
+    moments: Mutex<[Option<tokio::time::Instant>; 3]>,
     sweep: Notify,
 }
 
@@ -31,19 +30,23 @@ impl Wakeups {
         }
     }
 
-    /// The sweeper's timer: a scheduled moment came. Every lane is woken,
-    /// knowing that many jobs may be due at once.
-    pub fn wake_for_moment(&self) {
-        for moment in &self.moments {
-            moment.store(true, Ordering::Release);
+    /// The sweeper's timer: scheduled jobs are due `at` (now, or in a few
+    /// milliseconds). Every lane is woken, knowing when, and that many jobs
+    /// may be due at once.
+    pub fn wake_for_moment(&self, at: tokio::time::Instant) {
+        if let Ok(mut moments) = self.moments.lock() {
+            *moments = [Some(at); 3];
         }
         self.wake_all();
     }
 
-    /// Whether the lane of `channel` was woken by a moment since its last
-    /// claim (and forgets it).
-    pub fn take_moment(&self, channel: Channel) -> bool {
-        self.moments[index(channel)].swap(false, Ordering::AcqRel)
+    /// The moment announced to the lane of `channel` since its last claim,
+    /// if any (and forgets it).
+    pub fn take_moment(&self, channel: Channel) -> Option<tokio::time::Instant> {
+        self.moments
+            .lock()
+            .ok()
+            .and_then(|mut moments| moments[index(channel)].take())
     }
 
     /// A notification on the jobs' channel: its payload names the channel

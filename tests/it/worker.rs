@@ -1386,3 +1386,107 @@ async fn outcomes_of_the_same_leads_recorded_at_once_never_deadlock() {
         400
     );
 }
+
+/// Answers as the stand-in `inner` does, and writes down when each request
+/// came.
+struct Stamped<R> {
+    inner: R,
+    at: std::sync::Arc<std::sync::Mutex<Vec<std::time::SystemTime>>>,
+}
+
+impl<R: wiremock::Respond> wiremock::Respond for Stamped<R> {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        if let Ok(mut at) = self.at.lock() {
+            at.push(std::time::SystemTime::now());
+        }
+        self.inner.respond(request)
+    }
+}
+
+#[tokio::test]
+async fn messages_due_at_one_moment_go_at_it_and_never_before() {
+    // The lanes are told of a moment a little ahead and claim its jobs
+    // before it: each request is held until the moment.
+    use std::sync::{Arc, Mutex};
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(crate::app::HOUR_DELAY).await.unwrap();
+    let providers = Providers::empty().await;
+    let emails = Arc::new(Mutex::new(Vec::new()));
+    let sms = Arc::new(Mutex::new(Vec::new()));
+    providers
+        .mount_resend(Stamped {
+            inner: ResendLike::new(Duration::ZERO),
+            at: Arc::clone(&emails),
+        })
+        .await;
+    providers
+        .mount_mobizon(Stamped {
+            inner: MobizonLike::new(Duration::ZERO),
+            at: Arc::clone(&sms),
+        })
+        .await;
+    let app = start(config(&db.url, &providers)).await;
+    // a first lead sent at once: the service's first requests (connections,
+    // templates) are behind it
+    let first = harness::insert_proftest_lead_with_phone(
+        &client,
+        "Первый",
+        "first@mail.ru",
+        "+7 705 400 01 00",
+    )
+    .await;
+    client
+        .execute(
+            "update notification_jobs set due_at = now() where lead_id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the first lead's messages", || async {
+        count(&client, "select count(*) from notification_jobs where status = 'sent' and channel in ('email', 'sms')").await == 2
+    })
+    .await;
+    emails.lock().unwrap().clear();
+    sms.lock().unwrap().clear();
+    for i in 0..30 {
+        harness::insert_proftest_lead_with_phone(
+            &client,
+            &format!("Момент {i}"),
+            &format!("moment{i}@mail.ru"),
+            &format!("+7 705 400 00 {i:02}"),
+        )
+        .await;
+    }
+    let due: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "with due as (
+               update notification_jobs set due_at = date_trunc('milliseconds', now()) + interval '2 seconds'
+                where status = 'scheduled' and channel in ('email', 'sms') returning due_at)
+             select max(due_at) from due",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    eventually(Duration::from_secs(20), "all 60 messages sent", || async {
+        count(&client, "select count(*) from notification_jobs where status = 'sent' and channel in ('email', 'sms')").await == 62
+    })
+    .await;
+    let due: std::time::SystemTime = due.into();
+    let emails = emails.lock().unwrap().clone();
+    let sms = sms.lock().unwrap().clone();
+    assert!(
+        !emails.is_empty() && sms.len() >= 30,
+        "{} email requests, {} SMS",
+        emails.len(),
+        sms.len()
+    );
+    for at in emails.iter().chain(&sms) {
+        let late = at
+            .duration_since(due)
+            .unwrap_or_else(|e| panic!("a request went {:?} before its moment", e.duration()));
+        assert!(late < Duration::from_secs(2), "{late:?} late");
+    }
+    app.shutdown().await;
+}

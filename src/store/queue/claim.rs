@@ -26,7 +26,7 @@ macro_rules! claimed_rows {
         "  returning j.status, j.id, j.lead_id, j.template, j.recipient, j.attempts, j.max_attempts,
             coalesce(j.errors -> -1 ->> 'error' = 'lease expired: outcome unknown', false) as previous_outcome_unknown,
             j.batch_key, j.idempotency_key, j.channel, j.sent_params, j.outcome_unknown_since,
-            j.template_version, j.cancelled_by, j.last_error
+            j.template_version, j.cancelled_by, j.last_error, j.due_at
 )
 select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.previous_outcome_unknown,
        l.id is not null as lead_exists, l.name as lead_name, l.email as lead_email, l.phone as lead_phone,
@@ -36,7 +36,10 @@ select c.id, c.lead_id, c.template, c.recipient, c.attempts, c.max_attempts, c.p
        coalesce(l.email_sent, false) as email_sent, l.email_sent_at,
        coalesce(l.sms_sent, false) as sms_sent, l.sms_sent_at,
        c.batch_key, c.idempotency_key, c.sent_params, c.outcome_unknown_since, c.template_version,
-       c.cancelled_by, case when c.cancelled_by is not null then c.last_error end as cancelled_reason,"
+       c.cancelled_by, case when c.cancelled_by is not null then c.last_error end as cancelled_reason,
+       -- claimed a little ahead of its moment: how long until then, by the
+       -- database's clock (the worker holds its request that long)
+       greatest(extract(epoch from (c.due_at - clock_timestamp())), 0)::float8 as due_in,"
     };
 }
 
@@ -84,6 +87,11 @@ macro_rules! held_by_window {
 ///
 /// $6: the product link a job's first claim fixes into `sent_params`.
 ///
+/// $7: seconds ahead (at most 0.1): scheduled jobs whose moment comes
+/// within them are claimed now, and `due_in` says how long the worker must
+/// hold each before its request, so that a moment's claims are made before
+/// it and nothing goes before its time.
+///
 /// $5 (or null): the batch key for the jobs of this claim that were never
 /// tried, when there are two or more of them; stored before any request, so a
 /// batch sent again after a crash is the same batch. Jobs already in a batch
@@ -111,7 +119,8 @@ with due_now as (
   -- lanes at the moment); read only when the due jobs leave room
   select j.id, j.attempts = 0 and j.errors = '[]'::jsonb as fresh
   from public.notification_jobs j
-  where j.status = 'scheduled' and j.due_at <= now() and j.channel = $1 and j.batch_key is null
+  where j.status = 'scheduled' and j.channel = $1 and j.batch_key is null
+    and j.due_at <= now() + make_interval(secs => least(greatest($7::float8, 0), 0.1))
   order by j.due_at, j.id
   limit greatest($2 - (select count(*) from due_now), 0)
   for update skip locked
@@ -274,6 +283,8 @@ pub struct ClaimedJob {
     /// When it was claimed: a job held a while is checked again before its
     /// request (its lead may have been deleted since).
     pub claimed_at: tokio::time::Instant,
+    /// Its moment, when it was claimed ahead of it: no request before then.
+    pub not_before: Option<tokio::time::Instant>,
     /// The lease token of this claim (`locked_by`): the worker id and a
     /// claim number, so that a stale claim of a job this same worker claimed
     /// again later can never record or release over the new one.
@@ -339,6 +350,7 @@ fn claimed_job(
         }),
         lease_ends,
         claimed_at: tokio::time::Instant::now(),
+        not_before: not_before(row.get("due_in")),
         lock: lock.to_string(),
         batch_key: row.get("batch_key"),
         idempotency_key: row.get("idempotency_key"),
@@ -347,6 +359,16 @@ fn claimed_job(
         template_version: row.get("template_version"),
         rest_of_batch_until: row.get("rest_of_batch_until"),
     }
+}
+
+/// When a job claimed `due_in` seconds ahead of its moment may go: a
+/// millisecond later, for the answer's way back from the database.
+fn not_before(due_in: f64) -> Option<tokio::time::Instant> {
+    (due_in > 0.0).then(|| {
+        tokio::time::Instant::now()
+            + Duration::from_secs_f64(due_in.min(1.0))
+            + Duration::from_millis(1)
+    })
 }
 
 /// A claimed row that the delivery policies cancelled: its policy and
@@ -372,6 +394,21 @@ impl Queue {
         lease: Duration,
         batching: bool,
     ) -> Result<Vec<ClaimedJob>, QueueError> {
+        self.claim_ahead(channel, limit, lease, batching, Duration::ZERO)
+            .await
+    }
+
+    /// `claim`, also taking the scheduled jobs whose moment comes within
+    /// `early` (at most 100 ms), each with the moment it must wait for.
+    pub async fn claim_ahead(
+        &self,
+        channel: Channel,
+        limit: i64,
+        lease: Duration,
+        batching: bool,
+        early: Duration,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        let early = early.as_secs_f64();
         // A fresh key for every claim: Resend keeps keys for 24 hours, so one
         // must never be used for two different batches.
         let batch_key = batching.then(|| format!("leadrelay-batch-{}", Uuid::new_v4()));
@@ -389,6 +426,7 @@ impl Queue {
                 &secs,
                 &batch_key,
                 &self.product_url,
+                &early,
             ],
         )
         .await
