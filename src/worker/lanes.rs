@@ -267,8 +267,8 @@ impl Worker {
     /// second is made in the time of the first, on another connection and
     /// core; when few are, it finds nothing (an index probe). Other wake-ups
     /// claim once: a job made due alone goes sooner with one claim. Batches
-    /// due again are looked for by the next claim (a moment makes none due:
-    /// the sweeper does not promote then). A claim that failed took nothing.
+    /// due again are looked for by the lane's next claim, a moment later. A
+    /// claim that failed took nothing.
     async fn claim_at_moment(
         &self,
         channel: Channel,

@@ -36,25 +36,23 @@ impl Worker {
         let mut next_full = tokio::time::Instant::now();
         let mut next_prune = tokio::time::Instant::now();
         let mut templates_seen = None;
-        // the timer armed for a scheduled job's moment has fired, and that
-        // moment; the last moment announced
-        let mut moment_came = false;
-        let mut moment: Option<tokio::time::Instant> = None;
+        // the moment whose timer fired (this pass announces it), and the
+        // last moment announced
+        let mut moment_came: Option<tokio::time::Instant> = None;
         let mut announced: Option<tokio::time::Instant> = None;
         while !cancel.is_cancelled() {
             let mut sleep_for = glance_every;
-            if let (true, Some(at)) = (moment_came, moment) {
-                // The claims take scheduled jobs whose moment has passed, or
-                // comes within a few milliseconds, as they are: the lanes go
-                // at once, and a promotion now would only lock the same rows
-                // first. The next glance promotes what is left (and rescues
-                // expired leases).
+            if let Some(at) = moment_came {
+                // The lanes first: their claims take the jobs of the moment
+                // as they are, before it. The promotion below still runs on
+                // every pass (moments may come faster than glances, and it
+                // rescues expired leases); it takes only jobs already past
+                // their moment, and skips the rows a claim holds.
                 self.wakeups.wake_for_moment(at);
                 announced = Some(at);
-            } else {
-                self.promote_and_wake().await;
             }
-            let mut timer_armed = false;
+            self.promote_and_wake().await;
+            let mut timer_for = None;
             let full = tokio::time::Instant::now() >= next_full;
             if full {
                 next_full = tokio::time::Instant::now() + self.settings.sweep_interval;
@@ -88,17 +86,16 @@ impl Worker {
                         let fire = (next + MOMENT_MARGIN).saturating_sub(early);
                         if fire < sleep_for {
                             sleep_for = fire;
-                            timer_armed = true;
-                            moment = Some(at);
+                            timer_for = Some(at);
                         }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "looking for due jobs failed"),
             }
-            moment_came = false;
+            moment_came = None;
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(sleep_for) => moment_came = timer_armed,
+                _ = tokio::time::sleep(sleep_for) => moment_came = timer_for,
                 _ = self.wakeups.sweep().notified() => next_full = tokio::time::Instant::now(),
             }
         }

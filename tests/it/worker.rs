@@ -1490,3 +1490,77 @@ async fn messages_due_at_one_moment_go_at_it_and_never_before() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_lease_that_runs_out_while_moments_keep_coming_is_rescued() {
+    // Moments closer together than the sweeper's glances: every pass of
+    // the sweeper is one, and each still promotes and rescues.
+    use leadrelay::domain::Channel;
+    use leadrelay::store::queue::Queue;
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(crate::app::HOUR_DELAY).await.unwrap();
+    // only the worker promotes here
+    client
+        .batch_execute(
+            "do $$ begin
+               if exists (select 1 from pg_extension where extname = 'pg_cron') then
+                 perform cron.unschedule(jobid) from cron.job where jobname = 'promote-due-notification-jobs';
+               end if;
+             end $$",
+        )
+        .await
+        .unwrap();
+    let lost = insert_proftest_lead(&client, "Ушёл", "gone@mail.ru").await;
+    client
+        .execute(
+            "update notification_jobs set due_at = now() - interval '1 second'
+              where lead_id = $1 and channel = 'email'",
+            &[&lost],
+        )
+        .await
+        .unwrap();
+    let pool = leadrelay::store::pool(&db.url, 2).await.unwrap();
+    let dead = Queue::new(pool, "a-worker-that-died".into());
+    let held = dead
+        .claim(Channel::Email, 1, Duration::from_secs(60), false)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    for i in 0..40 {
+        harness::insert_proftest_lead_with_phone(
+            &client,
+            &format!("Поток {i}"),
+            &format!("stream{i}@mail.ru"),
+            &format!("+7 705 400 02 {i:02}"),
+        )
+        .await;
+    }
+    let providers = Providers::healthy().await;
+    let app = start(config(&db.url, &providers)).await;
+    // a moment every 150 ms for six seconds; the dead worker's lease runs
+    // out after 1.5 s
+    client
+        .batch_execute(
+            "with l as (select id, row_number() over (order by id) as n from landing_leads where source = 'proftest_main' and name like 'Поток %')
+             update notification_jobs j set due_at = now() + interval '300 milliseconds' + (l.n * interval '150 milliseconds')
+               from l where j.lead_id = l.id and j.status = 'scheduled';
+             update notification_jobs set locked_until = now() + interval '1500 milliseconds'
+              where status = 'sending' and locked_by like 'a-worker-that-died%';",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "the rescued email sent",
+        || async { crate::app::lead_job(&client, lost, "email").await.1 == "sent" },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "rescued {:?} after the lease's end was set, while moments came",
+        started.elapsed()
+    );
+    app.shutdown().await;
+}

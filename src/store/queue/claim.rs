@@ -362,7 +362,9 @@ fn claimed_job(
 }
 
 /// When a job claimed `due_in` seconds ahead of its moment may go: a
-/// millisecond later, for the answer's way back from the database.
+/// millisecond later, for the answer's way back from the database. Never
+/// held more than a second: only a `due` job whose `due_at` an operator or a
+/// clock put later could say more, and it was made due to go.
 fn not_before(due_in: f64) -> Option<tokio::time::Instant> {
     (due_in > 0.0).then(|| {
         tokio::time::Instant::now()
