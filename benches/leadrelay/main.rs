@@ -221,12 +221,7 @@ async fn main() {
     if only == "latency" {
         // pickup and timing alone, without the processing run (graphile's
         // figures are then not measured)
-        let log = std::env::var("BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into());
-        let serve = spawn_serve(
-            &cluster.url("postgres"),
-            &mock_url,
-            &[("LEADRELAY_LOG", &log)],
-        );
+        let serve = spawn_serve(&cluster.url("postgres"), &mock_url, &[]);
         serve.ready().await;
         let none = |_: &[&str]| {
             Err::<serde_json::Value, String>("not measured with BENCH_ONLY=latency".into())

@@ -96,8 +96,12 @@ pub(crate) fn spawn_serve(db_url: &str, mock_url: &str, extra: &[(&str, &str)]) 
         .env("ADMIN_TOKEN", "bench-admin-0123456789")
         .env("MOBIZON_POLL_INTERVAL", "off")
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        // one log line per state change would measure the terminal
-        .env("LEADRELAY_LOG", "warn")
+        // one log line per state change would measure the terminal;
+        // BENCH_SERVE_LOG (with BENCH_SERVE_STDERR) to see what it did
+        .env(
+            "LEADRELAY_LOG",
+            std::env::var("BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     // BENCH_SERVE_STDERR: the service's log kept in that file (with
