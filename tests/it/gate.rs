@@ -17,7 +17,7 @@ use crate::app::{
 };
 use crate::batches::{EMAIL_ONLY, burst, key_of, recipients_of};
 use crate::console::{get, listed_jobs, post, sign_in};
-use crate::harness::{fresh_db, insert_proftest_lead_with_phone, shipped_db};
+use crate::harness::{self, fresh_db, insert_proftest_lead_with_phone, shipped_db};
 
 /// Resend and Mobizon refusing every request as a wrong API key does.
 async fn wrong_keys() -> Providers {
@@ -265,13 +265,7 @@ async fn a_scheduled_job_whose_moment_passed_is_claimed_as_it_is_through_the_gat
     let later =
         insert_proftest_lead_with_phone(&client, "Позже", "later@mail.ru", "+7 705 333 44 56")
             .await;
-    client
-        .execute(
-            "update notification_jobs set due_at = now() - interval '1 second' where lead_id = $1",
-            &[&lead],
-        )
-        .await
-        .unwrap();
+    harness::moment_passed(&client, lead).await;
     client.batch_execute(SMS_WINDOW_IN_AN_HOUR).await.unwrap();
     assert_eq!(
         count(

@@ -477,13 +477,7 @@ async fn pg_cron_really_runs_the_promotion_in_the_test_cluster() {
         .get(0);
     assert_eq!(jobs, 1);
     let lead = insert_proftest_lead(&client, "Cron", "a@b.kz").await;
-    client
-        .execute(
-            "update notification_jobs set due_at = now() - interval '1 second' where lead_id = $1",
-            &[&lead],
-        )
-        .await
-        .unwrap();
+    harness::moment_passed(&client, lead).await;
     // pg_cron 1.4 runs every minute; 1.5+ every 5 seconds. It marks a run
     // succeeded only after the promotion has committed, so the jobs can be
     // seen due a moment before the run's row says so: wait for both.

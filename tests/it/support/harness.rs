@@ -294,6 +294,18 @@ pub async fn insert_incident_leads(client: &Client) -> Vec<uuid::Uuid> {
     ids
 }
 
+/// The moment of every job of `lead` passed a second ago: still
+/// `scheduled`, due for the promotion or a claim.
+pub async fn moment_passed(client: &Client, lead: uuid::Uuid) {
+    client
+        .execute(
+            "update notification_jobs set due_at = now() - interval '1 second' where lead_id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+}
+
 /// An ordinary proftest lead from the landing: a sendable phone, no metadata.
 pub async fn insert_proftest_lead(client: &Client, name: &str, email: &str) -> uuid::Uuid {
     insert_proftest_lead_with_phone(client, name, email, "87051234567").await
