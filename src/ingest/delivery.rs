@@ -170,6 +170,9 @@ pub enum Stored {
     Applied,
     Pending,
     Stored,
+    /// Stored in the inbox, to be applied within moments (a busy webhook's
+    /// group: src/ingest/event_batches.rs).
+    Received,
 }
 
 impl Stored {
@@ -179,6 +182,7 @@ impl Stored {
             Stored::Applied => "applied",
             Stored::Pending => "pending",
             Stored::Stored => "stored",
+            Stored::Received => "received",
         }
     }
 }

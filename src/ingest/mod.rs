@@ -12,6 +12,7 @@ pub mod svix;
 pub fn statements() -> Vec<String> {
     vec![
         delivery::RECORD_EVENT.to_string(),
-        event_batches::RECORD_EVENTS.to_string(),
+        event_batches::STORE_IN_INBOX.to_string(),
+        event_batches::APPLY_INBOX.to_string(),
     ]
 }

@@ -68,7 +68,8 @@ begin
 end
 $$;
 
--- A group of events (20261214090000): stored and applied as a set, each
+-- A group of events (20261214090000; the received times since
+-- 20261215090000): stored and applied as a set, each
 -- event's outcome in order; the events of one message end as if applied one
 -- after the other in arrival order (the first of the highest rank wins).
 create or replace function public.record_notification_events(
@@ -78,7 +79,8 @@ create or replace function public.record_notification_events(
   p_message_id text[],
   p_occurred_at timestamptz[],
   p_payload jsonb[],
-  p_delivery_status text[])
+  p_delivery_status text[],
+  p_received_at timestamptz[])
 returns text[]
 language plpgsql
 security definer
@@ -96,14 +98,16 @@ begin
      or cardinality(p_event_id) is distinct from cardinality(p_message_id)
      or cardinality(p_event_id) is distinct from cardinality(p_occurred_at)
      or cardinality(p_event_id) is distinct from cardinality(p_payload)
-     or cardinality(p_event_id) is distinct from cardinality(p_delivery_status) then
+     or cardinality(p_event_id) is distinct from cardinality(p_delivery_status)
+     or (p_received_at is not null and cardinality(p_event_id) is distinct from cardinality(p_received_at)) then
     raise exception 'record_notification_events: the arrays differ in length'
       using errcode = '22023';
   end if;
 
   with input as (
     select t.ord, t.provider, t.event_id, left(t.event_type, 100) as event_type,
-           left(t.message_id, 200) as message_id, t.occurred_at, t.payload, t.delivery_status
+           left(t.message_id, 200) as message_id, t.occurred_at, t.payload, t.delivery_status,
+           coalesce(p_received_at[t.ord], now()) as received_at
       from unnest(p_provider, p_event_id, p_event_type, p_message_id, p_occurred_at, p_payload,
                   p_delivery_status)
            with ordinality as t(provider, event_id, event_type, message_id, occurred_at, payload,
@@ -139,11 +143,12 @@ begin
   inserted as (
     insert into public.notification_events
       (provider, provider_event_id, event_type, provider_message_id, occurred_at, payload,
-       delivery_status, job_id, applied_at)
+       delivery_status, job_id, applied_at, received_at)
     select f.provider, f.event_id, f.event_type, f.message_id, f.occurred_at, f.payload,
            f.delivery_status,
            case when f.fast then f.job_id end,
-           case when f.fast or f.delivery_status is null or f.message_id is null then now() end
+           case when f.fast or f.delivery_status is null or f.message_id is null then now() end,
+           f.received_at
       from firsts f
      order by f.ord
     on conflict on constraint notification_events_provider_event_key do nothing
@@ -232,6 +237,27 @@ begin
 end
 $$;
 
+-- The form of seven arrays: the moment of the call as every event's
+-- received time (20261215090000).
+create or replace function public.record_notification_events(
+  p_provider text[],
+  p_event_id text[],
+  p_event_type text[],
+  p_message_id text[],
+  p_occurred_at timestamptz[],
+  p_payload jsonb[],
+  p_delivery_status text[])
+returns text[]
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  return public.record_notification_events(p_provider, p_event_id, p_event_type, p_message_id,
+                                           p_occurred_at, p_payload, p_delivery_status, null);
+end
+$$;
+
 -- One event: the group of one.
 create or replace function public.record_notification_event(
   p_provider text,
@@ -249,7 +275,7 @@ as $$
 begin
   return (public.record_notification_events(array[p_provider], array[p_event_id], array[p_event_type],
                                              array[p_message_id], array[p_occurred_at], array[p_payload],
-                                             array[p_delivery_status]))[1];
+                                             array[p_delivery_status], null))[1];
 end
 $$;
 
@@ -363,5 +389,84 @@ begin
      set pending_events_cursor = case when v_seen < p_limit then 0 else v_last end
    where id;
   return v_total;
+end
+$$;
+
+-- A busy webhook's groups, stored in notification_event_inbox and answered,
+-- applied from there in arrival order (20261215090000).
+create or replace function public.apply_notification_event_inbox(p_limit integer default 1000)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+  v_taken record;
+  v_state text;
+  v_error text;
+begin
+  if p_limit is null or p_limit < 1 then
+    raise exception 'apply_notification_event_inbox: the limit must be at least 1'
+      using errcode = '22023';
+  end if;
+  with taken as (
+    delete from public.notification_event_inbox b
+     where b.id = any(array(select i.id from public.notification_event_inbox i
+                             where i.failed_at is null
+                             order by i.id limit p_limit))
+       and b.failed_at is null
+    returning b.*
+  )
+  -- in message-id order, each message's events in arrival order: the order
+  -- record_notification_events() locks jobs in and ranks ties by
+  select count(*)::int as n,
+         array_agg(t.provider order by t.provider, t.provider_message_id, t.id) as provider,
+         array_agg(t.provider_event_id order by t.provider, t.provider_message_id, t.id) as event_id,
+         array_agg(t.event_type order by t.provider, t.provider_message_id, t.id) as event_type,
+         array_agg(t.provider_message_id order by t.provider, t.provider_message_id, t.id) as message_id,
+         array_agg(t.occurred_at order by t.provider, t.provider_message_id, t.id) as occurred_at,
+         array_agg(t.payload order by t.provider, t.provider_message_id, t.id) as payload,
+         array_agg(t.delivery_status order by t.provider, t.provider_message_id, t.id) as delivery_status,
+         array_agg(t.received_at order by t.provider, t.provider_message_id, t.id) as received_at
+    into v_taken
+    from taken t;
+  if v_taken.n = 0 then
+    return 0;
+  end if;
+  begin
+    perform public.record_notification_events(v_taken.provider, v_taken.event_id, v_taken.event_type,
+                                              v_taken.message_id, v_taken.occurred_at, v_taken.payload,
+                                              v_taken.delivery_status, v_taken.received_at);
+  exception when others then
+    get stacked diagnostics v_state = returned_sqlstate;
+    -- a deadlock with the worker, a serialization failure: the whole call
+    -- again later, the events back in the inbox
+    if v_state like '40%' then
+      raise;
+    end if;
+    -- one event's trouble must not hold the others back: each alone, and
+    -- one that fails alone is kept with its error, out of the way
+    for i in 1 .. v_taken.n loop
+      begin
+        perform public.record_notification_events(
+          array[v_taken.provider[i]], array[v_taken.event_id[i]], array[v_taken.event_type[i]],
+          array[v_taken.message_id[i]], array[v_taken.occurred_at[i]], array[v_taken.payload[i]],
+          array[v_taken.delivery_status[i]], array[v_taken.received_at[i]]);
+      exception when others then
+        get stacked diagnostics v_state = returned_sqlstate, v_error = message_text;
+        if v_state like '40%' then
+          raise;
+        end if;
+        insert into public.notification_event_inbox
+          (provider, provider_event_id, event_type, provider_message_id, occurred_at, payload,
+           delivery_status, received_at, last_error, failed_at)
+        values (v_taken.provider[i], v_taken.event_id[i], v_taken.event_type[i], v_taken.message_id[i],
+                v_taken.occurred_at[i], v_taken.payload[i], v_taken.delivery_status[i],
+                v_taken.received_at[i], left(format('%s (SQLSTATE %s)', v_error, v_state), 2000), now());
+      end;
+    end loop;
+  end;
+  return v_taken.n;
 end
 $$;

@@ -12,6 +12,7 @@ as $$
 declare
   v_erased constant text := 'erased: the person asked to be forgotten';
   v_jobs bigint[];
+  v_waiting integer;
 begin
   update public.notification_jobs
      set status = 'cancelled', finished_at = now(), last_error = 'cancelled: the person asked to be forgotten',
@@ -38,6 +39,14 @@ begin
             select j.provider_message_id from public.notification_jobs j
              where j.lead_id = any(p_leads) and j.provider_message_id is not null));
   get diagnostics events = row_count;
+  -- and those answered but not applied yet (20261215090000)
+  update public.notification_event_inbox b
+     set payload = jsonb_build_object('erased', true)
+   where b.provider_message_id in (
+           select j.provider_message_id from public.notification_jobs j
+            where j.lead_id = any(p_leads) and j.provider_message_id is not null);
+  get diagnostics v_waiting = row_count;
+  events := events + v_waiting;
 
   with erased as (
     update public.notification_jobs j

@@ -125,6 +125,7 @@ async fn doctor_finds_a_healthy_database_and_accepted_provider_keys_all_ok() {
         "privileges",
         "landing write",
         "storage",
+        "webhook inbox",
         "lead_tracking",
         "resend",
         "resend list",
@@ -140,6 +141,42 @@ async fn doctor_finds_a_healthy_database_and_accepted_provider_keys_all_ok() {
     assert_eq!(status, Status::Warn);
     assert!(
         text.contains("the worker promotes due jobs itself"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_names_webhook_events_no_one_applies_and_those_kept_with_an_error() {
+    let db = healthy_db().await;
+    let (resend, mobizon) = providers(true).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into notification_event_inbox (provider, provider_event_id, event_type, payload, received_at)
+             values ('resend', 'waiting', 'email.sent', '{}', now() - interval '5 minutes')",
+        )
+        .await
+        .unwrap();
+    let report = doctor::run(&args(&db.url, &resend, &mobizon)).await;
+    let (status, text) = status_of(&report, "webhook inbox");
+    assert_eq!(status, Status::Warn, "{text}");
+    assert!(
+        text.contains("1 event(s) waiting") && text.contains("leadrelay serve"),
+        "{text}"
+    );
+    client
+        .batch_execute(
+            "update notification_event_inbox
+                set failed_at = now(), last_error = 'new row violates check constraint (SQLSTATE 23514)'",
+        )
+        .await
+        .unwrap();
+    let report = doctor::run(&args(&db.url, &resend, &mobizon)).await;
+    assert!(!report.ok, "{}", report.text());
+    let (status, text) = status_of(&report, "webhook inbox");
+    assert_eq!(status, Status::Fail, "{text}");
+    assert!(
+        text.contains("SQLSTATE 23514") && text.contains("set failed_at = null"),
         "{text}"
     );
 }

@@ -48,6 +48,7 @@ pub async fn checks(url: &str, landing_role: Option<&str>, product_url: &str) ->
         super::landing::check(&mut client, landing_role).await,
         templates(&client, product_url).await,
         storage(&client).await,
+        super::webhook_inbox::check(&client).await,
     ]
 }
 
@@ -417,6 +418,8 @@ const NEEDS: &str = "select need from (values
                ('update of the mirror columns of public.landing_leads', has_column_privilege('public.landing_leads', 'email_sent', 'UPDATE')),
                ('execute on public.promote_due_notification_jobs', has_function_privilege('public.promote_due_notification_jobs(integer)', 'EXECUTE')),
                ('execute on public.record_notification_events (the webhooks)', has_function_privilege('public.record_notification_events(text[],text[],text[],text[],timestamptz[],jsonb[],text[])', 'EXECUTE')),
+               ('insert on public.notification_event_inbox (the webhooks under load)', has_table_privilege('public.notification_event_inbox', 'INSERT')),
+               ('execute on public.apply_notification_event_inbox (the webhooks under load)', has_function_privilege('public.apply_notification_event_inbox(integer)', 'EXECUTE')),
                ('execute on public.leadrelay_gate', has_function_privilege('public.leadrelay_gate(bigint[])', 'EXECUTE')),
                ('execute on leadrelay.recipient (retry and send again)', has_schema_privilege('leadrelay', 'USAGE') and has_function_privilege('leadrelay.recipient(text,text,text)', 'EXECUTE')),
                ('select, insert, update, delete on public.ops_sessions (the console''s sign-ins)', has_table_privilege('public.ops_sessions', 'SELECT, INSERT, UPDATE, DELETE')),

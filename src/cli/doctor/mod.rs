@@ -9,6 +9,7 @@
 mod database;
 mod landing;
 mod providers;
+mod webhook_inbox;
 
 pub use providers::STAND_IN_HEADER;
 
