@@ -9,7 +9,7 @@ use wiremock::{Mock, ResponseTemplate};
 
 use crate::app::{
     ADMIN_TOKEN, LEAD_TRACKING_TABLE, MOBIZON_WEBHOOK_TOKEN, NO_DELAY, Providers,
-    RESEND_WEBHOOK_SECRET, TestApp, config, count, eventually, start, unfinished,
+    RESEND_WEBHOOK_SECRET, ServeProcess, TestApp, config, count, eventually, start, unfinished,
 };
 use crate::harness::{fresh_db, insert_incident_leads, insert_proftest_lead};
 use leadrelay::ingest::svix::SigningKey;
@@ -997,6 +997,137 @@ async fn events_a_stopped_run_left_in_the_inbox_are_applied_by_the_next() {
         "applied"
     );
     app.shutdown().await;
+}
+
+/// Kills the real binary with SIGKILL while a flood of events is being
+/// answered, starts it again, and checks that every event answered 200 was
+/// stored and ends applied: a 2xx means stored, whatever happens next.
+#[tokio::test]
+async fn every_event_answered_before_a_kill_is_applied_after_the_restart() {
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "update notification_rules set delay = interval '1 hour';
+             insert into landing_leads (name, email, source)
+             select 'Lead ' || g, 'lead' || g || '@mail.ru', 'proftest_main' from generate_series(1, 500) g;
+             update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(),
+                    provider_message_id = 'kill-' || id where channel = 'email';",
+        )
+        .await
+        .unwrap();
+    let message_ids: Vec<String> = client
+        .query(
+            "select provider_message_id from notification_jobs where channel = 'email'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let providers = Providers::healthy().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("LISTEN_ADDR", listen.as_str())];
+    let mut first = ServeProcess::start(&db.url, &providers, &env);
+    let base = format!("http://{listen}");
+    eventually(Duration::from_secs(20), "serve ready", || async {
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+
+    let mut posts = Vec::new();
+    for (m, message_id) in message_ids.iter().enumerate() {
+        for kind in [
+            "email.sent",
+            "email.delivered",
+            "email.opened",
+            "email.clicked",
+        ] {
+            posts.push((format!("kill_{m}_{kind}"), resend_event(kind, message_id)));
+        }
+    }
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(posts));
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let key = SigningKey::parse(RESEND_WEBHOOK_SECRET).unwrap();
+    let mut posters = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (queue, answered, key, base) = (
+            std::sync::Arc::clone(&queue),
+            std::sync::Arc::clone(&answered),
+            key.clone(),
+            base.clone(),
+        );
+        posters.spawn(async move {
+            let http = reqwest::Client::new();
+            loop {
+                let Some((svix_id, body)) = queue.lock().unwrap().pop() else {
+                    return;
+                };
+                let timestamp = chrono::Utc::now().timestamp().to_string();
+                let sent = http
+                    .post(format!("{base}/webhooks/resend"))
+                    .header("svix-id", &svix_id)
+                    .header("svix-timestamp", &timestamp)
+                    .header("svix-signature", key.signature(&svix_id, &timestamp, &body))
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => answered.lock().unwrap().push(svix_id),
+                    // the process is gone: what was not answered is the
+                    // provider's to deliver again
+                    _ => return,
+                }
+            }
+        });
+    }
+    // looked at often: the kill must come while the flood goes on
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while answered.lock().unwrap().len() < 150 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood was not answered"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    first.kill_9();
+    while posters.join_next().await.is_some() {}
+    let answered = answered.lock().unwrap().clone();
+    assert!(answered.len() < 2000, "the kill came after the whole flood");
+    assert!(
+        count(&client, "select count(*) from notification_event_inbox").await > 0,
+        "the kill found no answered event waiting to be applied"
+    );
+
+    let _second = ServeProcess::start(&db.url, &providers, &env);
+    eventually(
+        Duration::from_secs(20),
+        "the inbox applied after the restart",
+        || async { count(&client, "select count(*) from notification_event_inbox").await == 0 },
+    )
+    .await;
+    let stored: i64 = client
+        .query_one(
+            "select count(*) from notification_events
+             where provider_event_id = any($1) and applied_at is not null and job_id is not null",
+            &[&answered],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored as usize,
+        answered.len(),
+        "an answered event was lost"
+    );
 }
 
 /// Strings a foreign mail server or an attacker might put in a report.
