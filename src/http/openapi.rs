@@ -19,8 +19,8 @@ pub fn spec() -> serde_json::Value {
     delivery_states.push(serde_json::Value::Null);
     let error_response = |description: &str| serde_json::json!({"description": description, "content": {"application/json": {"schema": error}}});
     let stored = serde_json::json!({
-        "description": "stored (status: applied, pending, stored) or seen before (duplicate)",
-        "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string", "enum": ["applied", "pending", "stored", "duplicate"]}}}}}
+        "description": "stored (status: applied, pending, stored; received: stored under load, applied within moments) or seen before (duplicate)",
+        "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string", "enum": ["applied", "pending", "stored", "received", "duplicate"]}}}}}
     });
     serde_json::json!({
         "openapi": "3.1.0",
