@@ -45,7 +45,16 @@ pub(crate) async fn claim_times(client: &Client, rounds: usize) -> Vec<f64> {
         let rows = client
             .query(
                 &claim,
-                &[&"email", &10i64, &"bench", &60.0f64, &None::<&str>, &""],
+                // nothing ahead of its moment: only jobs due now
+                &[
+                    &"email",
+                    &10i64,
+                    &"bench",
+                    &60.0f64,
+                    &None::<&str>,
+                    &"",
+                    &0.0f64,
+                ],
             )
             .await
             .unwrap();
@@ -92,7 +101,16 @@ pub(crate) async fn scale(cluster: &Cluster) -> Row {
         for row in scale
             .query(
                 &sql,
-                &[&"email", &10i64, &"bench", &60.0f64, &None::<&str>, &""],
+                // nothing ahead of its moment: only jobs due now
+                &[
+                    &"email",
+                    &10i64,
+                    &"bench",
+                    &60.0f64,
+                    &None::<&str>,
+                    &"",
+                    &0.0f64,
+                ],
             )
             .await
             .unwrap()
