@@ -821,6 +821,39 @@ async fn with_mobizon_webhook_secret_set_a_report_needs_a_matching_sign_too() {
     app.shutdown().await;
 }
 
+/// `leads` proftest leads whose emails are sent, each with the message id
+/// `prefix-<job id>`; their message ids.
+async fn sent_emails(client: &tokio_postgres::Client, leads: i32, prefix: &str) -> Vec<String> {
+    client
+        .execute(
+            "update notification_rules set delay = interval '1 hour'",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "insert into landing_leads (name, email, source)
+             select 'Lead ' || g, 'lead' || g || '@mail.ru', 'proftest_main' from generate_series(1, $1) g",
+            &[&leads],
+        )
+        .await
+        .unwrap();
+    client
+        .query(
+            "update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(),
+                    provider_message_id = $1 || '-' || id
+              where channel = 'email'
+             returning provider_message_id",
+            &[&prefix],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Many events at once are stored in groups (one statement for many): each
 /// is stored once, every redelivery is a duplicate, and each message ends in
 /// its most advanced state whatever the order.
@@ -828,26 +861,7 @@ async fn with_mobizon_webhook_secret_set_a_report_needs_a_matching_sign_too() {
 async fn a_flood_of_concurrent_events_is_stored_once_each_and_the_best_state_wins() {
     let db = fresh_db().await;
     let client = db.client().await;
-    client
-        .batch_execute(
-            "update notification_rules set delay = interval '1 hour';
-             insert into landing_leads (name, email, source)
-             select 'Lead ' || g, 'lead' || g || '@mail.ru', 'proftest_main' from generate_series(1, 30) g;
-             update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(),
-                    provider_message_id = 'flood-' || id where channel = 'email';",
-        )
-        .await
-        .unwrap();
-    let message_ids: Vec<String> = client
-        .query(
-            "select provider_message_id from notification_jobs where channel = 'email'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let message_ids = sent_emails(&client, 30, "flood").await;
     let providers = Providers::healthy().await;
     let app = start(config(&db.url, &providers)).await;
     let api = std::sync::Arc::new(Api::new(&app));
@@ -1006,26 +1020,7 @@ async fn events_a_stopped_run_left_in_the_inbox_are_applied_by_the_next() {
 async fn every_event_answered_before_a_kill_is_applied_after_the_restart() {
     let db = fresh_db().await;
     let client = db.client().await;
-    client
-        .batch_execute(
-            "update notification_rules set delay = interval '1 hour';
-             insert into landing_leads (name, email, source)
-             select 'Lead ' || g, 'lead' || g || '@mail.ru', 'proftest_main' from generate_series(1, 500) g;
-             update notification_jobs set status = 'sent', sent_at = now(), finished_at = now(),
-                    provider_message_id = 'kill-' || id where channel = 'email';",
-        )
-        .await
-        .unwrap();
-    let message_ids: Vec<String> = client
-        .query(
-            "select provider_message_id from notification_jobs where channel = 'email'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let message_ids = sent_emails(&client, 500, "kill").await;
     let providers = Providers::healthy().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
