@@ -20,6 +20,10 @@ grant usage on schema public to leadrelay_worker;
 grant select, insert, update on public.notification_jobs to leadrelay_worker;
 grant usage on sequence public.notification_jobs_id_seq to leadrelay_worker;
 grant select, insert, update on public.notification_events to leadrelay_worker;
+-- a busy webhook's events are stored in the inbox, answered, then applied
+-- from it (apply_notification_event_inbox runs as its owner)
+grant insert on public.notification_event_inbox to leadrelay_worker;
+grant usage on sequence public.notification_event_inbox_id_seq to leadrelay_worker;
 grant select on public.notification_rules to leadrelay_worker;
 -- The messages: read the templates and every kept version.
 grant select on public.notification_templates, public.notification_template_versions to leadrelay_worker;
@@ -33,12 +37,15 @@ grant update (email_sent, email_sent_at, email_error, sms_sent, sms_sent_at, sms
 grant select on public.lead_notification_status to leadrelay_worker;
 
 -- The functions the worker and the webhooks call (they run as their owner).
+grant execute on function public.promote_due_notification_jobs(integer, interval) to leadrelay_worker;
+-- the promotion of the release before, for its workers during an upgrade
 grant execute on function public.promote_due_notification_jobs(integer) to leadrelay_worker;
 grant execute on function public.leadrelay_gate(bigint[]) to leadrelay_worker;
 -- the gate of the release before, for its workers during an upgrade
 grant execute on function public.leadrelay_policy_verdicts(bigint[]) to leadrelay_worker;
 grant execute on function public.record_notification_event(text, text, text, text, timestamptz, jsonb, text) to leadrelay_worker;
 grant execute on function public.record_notification_events(text[], text[], text[], text[], timestamptz[], jsonb[], text[]) to leadrelay_worker;
+grant execute on function public.apply_notification_event_inbox(integer) to leadrelay_worker;
 grant execute on function public.apply_pending_notification_events(text, text) to leadrelay_worker;
 grant execute on function public.apply_all_pending_notification_events(integer) to leadrelay_worker;
 grant execute on function public.leadrelay_delivery_rank(text) to leadrelay_worker;
@@ -82,6 +89,9 @@ create policy leadrelay_worker_jobs on public.notification_jobs
 drop policy if exists leadrelay_worker_events on public.notification_events;
 create policy leadrelay_worker_events on public.notification_events
   for all to leadrelay_worker using (true) with check (true);
+drop policy if exists leadrelay_worker_event_inbox on public.notification_event_inbox;
+create policy leadrelay_worker_event_inbox on public.notification_event_inbox
+  for insert to leadrelay_worker with check (true);
 drop policy if exists leadrelay_worker_rules on public.notification_rules;
 create policy leadrelay_worker_rules on public.notification_rules
   for select to leadrelay_worker using (true);

@@ -374,6 +374,9 @@ async fn main() {
 
     // 4. Timing accuracy: 200 jobs due at the same future moment.
     rows.push(timing_accuracy(&client, &mock, &reference).await);
+    if explain || std::env::var("BENCH_KEEP_LOG").is_ok() {
+        keep_log(&cluster, "timing");
+    }
 
     // 5. Webhook ingestion: signed Resend events for sent emails, stored and applied.
     rows.push(webhook_ingestion(&client, &serve.base).await);

@@ -5,11 +5,17 @@
 -- folder). Migrations stay the only thing applied to a database.
 
 -- ---------------------------------------------------------------------------
--- The promotion, as before, recording `attempts` for a job whose worker
--- stopped on its last attempt (the lease expired), and waking the worker
--- once per channel that has new due jobs (the payload: the channel).
+-- The promotion: rescues expired leases (recording `attempts` for a job
+-- whose worker stopped on its last attempt), marks scheduled jobs past their
+-- moment as due, and wakes the worker once per channel that has new due jobs
+-- (the payload: the channel). A job past its moment for less than
+-- p_left_to_claims is left to the claims, which take it as it is; the
+-- members of an email batch go at their moment (a batch is claimed again
+-- only once due). The worker's sweep and pg_cron pass one minute
+-- (20261216090000); the one-argument form promotes everything past its
+-- moment.
 -- ---------------------------------------------------------------------------
-create or replace function public.promote_due_notification_jobs(p_limit integer default 10000)
+create or replace function public.promote_due_notification_jobs(p_limit integer, p_left_to_claims interval)
 returns integer
 language plpgsql
 security definer
@@ -20,6 +26,11 @@ declare
   v_channels text[];
   v_channel text;
 begin
+  if p_left_to_claims is null or p_left_to_claims < interval '0' then
+    raise exception 'promote_due_notification_jobs: p_left_to_claims must be an interval of zero or more, not %',
+      coalesce(p_left_to_claims::text, 'null')
+      using errcode = '22023';
+  end if;
   with expired as (
     select j.id from public.notification_jobs j
     where j.status = 'sending' and j.locked_until < now()
@@ -56,7 +67,19 @@ begin
            end as opens_at
     from public.notification_jobs s
     left join public.notification_rules r on r.id = s.rule_id
-    where s.status = 'scheduled' and s.due_at <= now()
+    where s.id = any(array(
+            -- past their moment for longer than the claims are left
+            (select o.id from public.notification_jobs o
+              where o.status = 'scheduled' and o.due_at <= now() - p_left_to_claims
+              order by o.due_at, o.id limit p_limit)
+            union all
+            -- the members of an email batch: only a promoted batch is
+            -- claimed again (CLAIM_BATCHES), so they go at their moment
+            (select b.id from public.notification_jobs b
+              where b.status = 'scheduled' and b.batch_key is not null and b.due_at <= now()
+                and b.due_at > now() - p_left_to_claims
+              order by b.due_at, b.id limit p_limit)))
+      and s.status = 'scheduled' and s.due_at <= now()
     order by s.due_at, s.id
     limit p_limit
     for update of s skip locked
@@ -86,5 +109,17 @@ begin
   end loop;
 
   return v_promoted;
+end
+$$;
+
+-- Every job past its moment, as before.
+create or replace function public.promote_due_notification_jobs(p_limit integer default 10000)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  return public.promote_due_notification_jobs(p_limit, interval '0');
 end
 $$;

@@ -14,7 +14,7 @@ use crate::harness::{TestDb, fresh_db};
 
 /// Resend's domain list and Mobizon's balance, answering as the real ones do
 /// for a good key (or refusing every key).
-async fn providers(accept: bool) -> (MockServer, MockServer) {
+pub(crate) async fn providers(accept: bool) -> (MockServer, MockServer) {
     let resend = MockServer::start().await;
     let mobizon = MockServer::start().await;
     let (resend_answer, mobizon_answer) = if accept {
@@ -71,7 +71,7 @@ async fn providers(accept: bool) -> (MockServer, MockServer) {
     (resend, mobizon)
 }
 
-fn args(db_url: &str, resend: &MockServer, mobizon: &MockServer) -> ServeArgs {
+pub(crate) fn args(db_url: &str, resend: &MockServer, mobizon: &MockServer) -> ServeArgs {
     ServeArgs {
         database_url: Some(db_url.into()),
         resend_api_key: Some("re_test_key".into()),
@@ -99,7 +99,7 @@ async fn healthy_db() -> TestDb {
     db
 }
 
-fn status_of(report: &Report, name: &str) -> (Status, String) {
+pub(crate) fn status_of(report: &Report, name: &str) -> (Status, String) {
     let check = report
         .checks
         .iter()

@@ -302,6 +302,77 @@ async fn a_scheduled_job_whose_moment_passed_is_claimed_as_it_is_through_the_gat
     );
 }
 
+#[tokio::test]
+async fn a_job_claimed_ahead_of_its_moment_is_held_until_it_however_slow_the_commit() {
+    // A claim made ahead of a moment holds each request until the moment,
+    // counted by the database (`due_in`). Its commit here takes 300 ms (a
+    // deferred trigger sleeping at commit, standing in for a flush under
+    // write load): the hold counts from when the row was read, not from
+    // after the commit, and still never ends before the moment.
+    use leadrelay::domain::Channel;
+    use leadrelay::store::queue::Queue;
+    let db = fresh_db().await;
+    let client = db.client().await;
+    client.batch_execute(HOUR_DELAY).await.unwrap();
+    let lead =
+        insert_proftest_lead_with_phone(&client, "Ahead", "ahead@mail.ru", "+7 705 333 44 57")
+            .await;
+    let pool = leadrelay::store::pool(&db.url, 2).await.unwrap();
+    let queue = Queue::new(pool, "ahead-test".into());
+    let set_at = tokio::time::Instant::now();
+    client
+        .execute(
+            "update notification_jobs set due_at = now() + interval '80 milliseconds'
+              where lead_id = $1 and channel = 'email'",
+            &[&lead],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "create function pg_temp_slow_commit() returns trigger language plpgsql as $$
+             begin perform pg_sleep(0.3); return null; end $$;
+             create constraint trigger slow_commit after update on notification_jobs
+               deferrable initially deferred for each row execute function pg_temp_slow_commit();",
+        )
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let jobs = queue
+        .claim_ahead(
+            Channel::Email,
+            10,
+            Duration::from_secs(30),
+            false,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    let returned = tokio::time::Instant::now();
+    assert!(
+        returned - started >= Duration::from_millis(300),
+        "the commit was slow"
+    );
+    assert_eq!(jobs.len(), 1, "the email due within 100 ms is claimed");
+    assert_eq!(
+        lead_job(&client, lead, "email").await.1,
+        "sending",
+        "and committed"
+    );
+    let until = jobs[0].not_before.expect("held until its moment");
+    // the moment, by this clock: set after `set_at`, at most 80 ms after the
+    // claim began
+    assert!(
+        until >= set_at + Duration::from_millis(80),
+        "never before the moment"
+    );
+    assert!(
+        until <= started + Duration::from_millis(80) + Duration::from_millis(40),
+        "held {:?} past the claim's start: the commit was counted in",
+        until - started
+    );
+}
+
 /// Resend as the stand-in answers (it keeps every key it took), slow enough
 /// while `slow` holds that every request times out after Resend took it.
 struct SlowWhile {

@@ -208,6 +208,56 @@ async fn the_worker_runs_as_the_least_privilege_role() {
         .unwrap();
     assert_eq!(out.status(), 303);
     app.shutdown().await;
+
+    // A busy webhook's events go through the inbox: this role stores a group
+    // there and has it applied (after the shutdown, so that the service's own
+    // applier does not take it first).
+    use leadrelay::ingest::event_batches::{APPLY_INBOX, STORE_IN_INBOX};
+    let message: String = client
+        .query_one(
+            "select provider_message_id from notification_jobs where channel = 'email' and status = 'sent' limit 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    worker
+        .execute(
+            STORE_IN_INBOX,
+            &[
+                &vec!["resend"],
+                &vec!["evt_least_privilege"],
+                &vec!["email.delivered"],
+                &vec![Some(message.as_str())],
+                &vec![Some(chrono::Utc::now())],
+                &vec![
+                    serde_json::json!({"type": "email.delivered", "data": {"email_id": message}}),
+                ],
+                &vec![Some("delivered")],
+            ],
+        )
+        .await
+        .expect("the role stores a group in the inbox");
+    let applied: i32 = worker
+        .query_one(APPLY_INBOX, &[&100i32])
+        .await
+        .expect("the role applies the inbox")
+        .get(0);
+    assert_eq!(applied, 1);
+    assert_eq!(
+        count(
+            &client,
+            &format!("select count(*) from notification_jobs where provider_message_id = '{message}' and delivery_status = 'delivered'")
+        )
+        .await,
+        1
+    );
+    // and doctor, connected as this role, finds every privilege serve needs
+    let (resend, mobizon) = crate::doctor::providers(true).await;
+    let report =
+        leadrelay::cli::doctor::run(&crate::doctor::args(&worker_url, &resend, &mobizon)).await;
+    let (status, found) = crate::doctor::status_of(&report, "privileges");
+    assert_eq!(status, leadrelay::cli::doctor::Status::Ok, "{found}");
 }
 
 /// The database's checks (the trigger's helpers) and the worker's own

@@ -476,8 +476,25 @@ async fn pg_cron_really_runs_the_promotion_in_the_test_cluster() {
         .unwrap()
         .get(0);
     assert_eq!(jobs, 1);
+    // pg_cron runs the sweep's own promotion (pgTAP 03 holds what it
+    // promotes and what it leaves to the claims)
+    let command: String = client
+        .query_one(
+            "select command from cron.job where jobname = 'promote-due-notification-jobs'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(command, leadrelay::store::queue::PROMOTE);
     let lead = insert_proftest_lead(&client, "Cron", "a@b.kz").await;
-    harness::moment_passed(&client, lead).await;
+    client
+        .execute(
+            "update notification_jobs set due_at = now() - interval '61 seconds' where lead_id = $1",
+            &[&lead],
+        )
+        .await
+        .unwrap();
     // pg_cron 1.4 runs every minute; 1.5+ every 5 seconds. It marks a run
     // succeeded only after the promotion has committed, so the jobs can be
     // seen due a moment before the run's row says so: wait for both.

@@ -416,7 +416,7 @@ const NEEDS: &str = "select need from (values
                ('select on public.notification_rules', has_table_privilege('public.notification_rules', 'SELECT')),
                ('select on public.landing_leads', has_table_privilege('public.landing_leads', 'SELECT')),
                ('update of the mirror columns of public.landing_leads', has_column_privilege('public.landing_leads', 'email_sent', 'UPDATE')),
-               ('execute on public.promote_due_notification_jobs', has_function_privilege('public.promote_due_notification_jobs(integer)', 'EXECUTE')),
+               ('execute on public.promote_due_notification_jobs', has_function_privilege('public.promote_due_notification_jobs(integer,interval)', 'EXECUTE')),
                ('execute on public.record_notification_event (the webhooks)', has_function_privilege('public.record_notification_event(text,text,text,text,timestamptz,jsonb,text)', 'EXECUTE')),
                ('insert on public.notification_event_inbox (the webhooks under load)', has_table_privilege('public.notification_event_inbox', 'INSERT')),
                ('execute on public.apply_notification_event_inbox (the webhooks under load)', has_function_privilege('public.apply_notification_event_inbox(integer)', 'EXECUTE')),

@@ -321,11 +321,14 @@ pub struct Lead {
     pub sms_sent_at: Option<DateTime<Utc>>,
 }
 
+/// `rows_at`: when the claim's rows arrived, before its commit (see
+/// `claim_rows`).
 fn claimed_job(
     channel: Channel,
     row: &Row,
     lease_ends: tokio::time::Instant,
     lock: &str,
+    rows_at: tokio::time::Instant,
 ) -> ClaimedJob {
     let lead_exists: bool = row.get("lead_exists");
     ClaimedJob {
@@ -349,8 +352,8 @@ fn claimed_job(
             sms_sent_at: row.get("sms_sent_at"),
         }),
         lease_ends,
-        claimed_at: tokio::time::Instant::now(),
-        not_before: not_before(row.get("due_in")),
+        claimed_at: rows_at,
+        not_before: not_before(row.get("due_in"), rows_at),
         lock: lock.to_string(),
         batch_key: row.get("batch_key"),
         idempotency_key: row.get("idempotency_key"),
@@ -361,16 +364,14 @@ fn claimed_job(
     }
 }
 
-/// When a job claimed `due_in` seconds ahead of its moment may go: a
-/// millisecond later, for the answer's way back from the database. Never
-/// held more than a second: only a `due` job whose `due_at` an operator or a
-/// clock put later could say more, and it was made due to go.
-fn not_before(due_in: f64) -> Option<tokio::time::Instant> {
-    (due_in > 0.0).then(|| {
-        tokio::time::Instant::now()
-            + Duration::from_secs_f64(due_in.min(1.0))
-            + Duration::from_millis(1)
-    })
+/// When a job claimed `due_in` seconds ahead of its moment may go, counted
+/// from `rows_at`, when its row arrived: a millisecond later, for the row's
+/// way back from the database. Never held more than a second: only a `due`
+/// job whose `due_at` an operator or a clock put later could say more, and
+/// it was made due to go.
+fn not_before(due_in: f64, rows_at: tokio::time::Instant) -> Option<tokio::time::Instant> {
+    (due_in > 0.0)
+        .then(|| rows_at + Duration::from_secs_f64(due_in.min(1.0)) + Duration::from_millis(1))
 }
 
 /// A claimed row that the delivery policies cancelled: its policy and
@@ -421,6 +422,7 @@ impl Queue {
             channel,
             &lock,
             lease_ends,
+            early > 0.0,
             &[
                 &channel.as_str(),
                 &limit,
@@ -447,6 +449,7 @@ impl Queue {
             Channel::Email,
             &lock,
             lease_ends,
+            false,
             &[&limit, &lock, &secs, &self.product_url],
         )
         .await
@@ -464,21 +467,38 @@ impl Queue {
         )
     }
 
+    /// `ahead`: the claim takes jobs ahead of their moment, which are held
+    /// until it by `due_in`, the database's count at the statement's end.
+    /// Its rows are then read inside a transaction, before the commit: the
+    /// commit's flush of the claim's writes, which can take tens of
+    /// milliseconds under write load, would otherwise be added to every
+    /// hold (the timing benchmark's 200 emails went 30–48 ms late in some
+    /// runs, docs/benchmarks.md). Nothing is handed out before the commit.
     async fn claim_rows(
         &self,
         sql: &str,
         channel: Channel,
         lock: &str,
         lease_ends: tokio::time::Instant,
+        ahead: bool,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<ClaimedJob>, QueueError> {
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
         let statement = client.prepare_cached(sql).await?;
-        let rows = client.query(&statement, params).await?;
+        let (rows, rows_at) = if ahead {
+            let tx = client.transaction().await?;
+            let rows = tx.query(&statement, params).await?;
+            let rows_at = tokio::time::Instant::now();
+            tx.commit().await?;
+            (rows, rows_at)
+        } else {
+            let rows = client.query(&statement, params).await?;
+            (rows, tokio::time::Instant::now())
+        };
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
             match policy_cancellation(row) {
-                None => jobs.push(claimed_job(channel, row, lease_ends, lock)),
+                None => jobs.push(claimed_job(channel, row, lease_ends, lock, rows_at)),
                 Some((policy, reason)) => {
                     let job_id: i64 = row.get("id");
                     tracing::info!(job_id, channel = channel.as_str(), %policy, %reason,

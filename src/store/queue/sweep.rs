@@ -5,7 +5,13 @@ use std::time::Duration;
 
 use super::*;
 
-pub const PROMOTE: &str = "select public.promote_due_notification_jobs()";
+/// The sweep's promotion, and pg_cron's (20261216090000 schedules this very
+/// command; a test holds the two equal): a scheduled job past its moment for
+/// less than a minute is left to the claims, which take it as it is (the
+/// sweeper's timer woke the lanes at its moment), so a burst due at one
+/// moment is written once, and no promotion's row locks hide it from the
+/// claims. Expired leases, and email batches, are promoted at once.
+pub const PROMOTE: &str = "select public.promote_due_notification_jobs(10000, interval '1 minute')";
 
 /// One bounded batch of housekeeping (old provider events, pg_cron's run
 /// log); the worker runs it only where pg_cron does not.
