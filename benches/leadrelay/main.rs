@@ -226,8 +226,17 @@ async fn main() {
         let none = |_: &[&str]| {
             Err::<serde_json::Value, String>("not measured with BENCH_ONLY=latency".into())
         };
+        if profile {
+            statement_profile(&client, "before pickup").await;
+        }
         rows.push(pickup_latency(&client, &mock, &none).await);
+        if profile {
+            statement_profile(&client, "pickup").await;
+        }
         rows.push(timing_accuracy(&client, &mock, &none).await);
+        if explain || std::env::var("BENCH_KEEP_LOG").is_ok() {
+            keep_log(&cluster, "timing");
+        }
         print_table(&rows);
         return;
     }
@@ -371,6 +380,9 @@ async fn main() {
 
     // 3. Pickup latency: promotion commit → provider request, one job at a time.
     rows.push(pickup_latency(&client, &mock, &reference).await);
+    if profile {
+        statement_profile(&client, "pickup").await;
+    }
 
     // 4. Timing accuracy: 200 jobs due at the same future moment.
     rows.push(timing_accuracy(&client, &mock, &reference).await);

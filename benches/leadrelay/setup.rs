@@ -105,9 +105,13 @@ pub(crate) fn spawn_serve(db_url: &str, mock_url: &str, extra: &[(&str, &str)]) 
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     // BENCH_SERVE_STDERR: the service's log kept in that file (with
-    // BENCH_SERVE_LOG=leadrelay=debug, what it did and when)
+    // BENCH_SERVE_LOG=leadrelay=debug, what it did and when); appended to,
+    // so that a run starting several services keeps the log of each
     if let Ok(path) = std::env::var("BENCH_SERVE_STDERR")
-        && let Ok(file) = std::fs::File::create(path)
+        && let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
     {
         cmd.stderr(file);
     }

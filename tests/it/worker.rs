@@ -102,6 +102,17 @@ async fn the_incident_leads_get_their_email_and_sms_and_the_malformed_phone_is_i
         assert!(keys.contains(key));
         assert_eq!(message_id, &format!("email-{key}"));
     }
+    // the claim writes the key out; it must stay the SQL function's
+    let differing = count(
+        &client,
+        "select count(*) from notification_jobs where channel = 'email'
+          and idempotency_key is distinct from leadrelay.idempotency_key(lead_id, template, null)",
+    )
+    .await;
+    assert_eq!(
+        differing, 0,
+        "the claim's key differs from leadrelay.idempotency_key()"
+    );
     let body: serde_json::Value = serde_json::from_slice(&emails[0].body).unwrap();
     assert_eq!(body["subject"], "Тест пройден. Получить продукт");
     assert_eq!(body["from"], "Академия <hello@academy.kz>");

@@ -20,7 +20,9 @@ use crate::store::storable;
 /// leads are) then wait for each other instead of deadlocking, which
 /// PostgreSQL would find only after `deadlock_timeout` (a second's stall of
 /// both, measured in the processing benchmark). The claim's mirror of
-/// policy verdicts locks them the same way.
+/// policy verdicts locks them the same way. The locked leads are one array,
+/// not a join: joined, the CTE was read again for every job (100 × 100 rows
+/// for an email batch; docs/benchmarks.md, 2026-12-02).
 const MIRROR: &str = "
 leads as (
   select l.id from public.landing_leads l
@@ -36,8 +38,8 @@ leads as (
          sms_sent_at = case when d.channel = 'sms' and d.sent then now() else l.sms_sent_at end,
          sms_error = case when d.channel = 'sms' then d.error else l.sms_error end
     from done d
-    join leads k on k.id = d.lead_id
    where l.id = d.lead_id and d.channel in ('email', 'sms')
+     and l.id = any(array(select k.id from leads k))
   returning l.id
 ), resync as (
   -- The dashboard row shows the sent flags: sync it again. A sync in flight
@@ -49,10 +51,9 @@ leads as (
   update public.notification_jobs t
      set status = 'due', due_at = now(), attempts = 0, finished_at = null,
          locked_by = null, locked_until = null, updated_at = now()
-    from done d
-    join leads k on k.id = d.lead_id
-   where d.sent and t.lead_id = d.lead_id and t.channel = 'lead_tracking'
-     and t.status in ('sent', 'failed', 'sending')
+   where t.lead_id = any(array(select d.lead_id from done d where d.sent))
+     and t.channel = 'lead_tracking' and t.status in ('sent', 'failed', 'sending')
+     and t.lead_id = any(array(select k.id from leads k))
   returning t.id
 )
 ";
@@ -576,7 +577,6 @@ impl Queue {
         Ok(())
     }
 
-    /// Applies webhook events that arrived before this message id was recorded.
     /// Applies webhook events that arrived before these messages' ids were
     /// recorded (sent jobs of `channel`).
     async fn apply_pending_events(
