@@ -76,7 +76,7 @@ async fn the_worker_runs_as_the_least_privilege_role() {
     let worker_url = db
         .url
         .replacen("postgres://postgres@", "postgres://leadrelay_worker@", 1);
-    let worker = leadrelay::store::connect(&worker_url).await.unwrap();
+    let mut worker = leadrelay::store::connect(&worker_url).await.unwrap();
     let denied = worker.batch_execute("delete from landing_leads").await;
     assert!(denied.is_err(), "it cannot delete leads");
     let denied = worker
@@ -210,8 +210,9 @@ async fn the_worker_runs_as_the_least_privilege_role() {
     app.shutdown().await;
 
     // A busy webhook's events go through the inbox: this role stores a group
-    // there and has it applied (after the shutdown, so that the service's own
-    // applier does not take it first).
+    // there and has it applied, in one transaction, so that the service's
+    // own applier (whose last look may come after the shutdown returned)
+    // cannot see the group, let alone take it first.
     use leadrelay::ingest::event_batches::{APPLY_INBOX, STORE_IN_INBOX};
     let message: String = client
         .query_one(
@@ -221,28 +222,27 @@ async fn the_worker_runs_as_the_least_privilege_role() {
         .await
         .unwrap()
         .get(0);
-    worker
-        .execute(
-            STORE_IN_INBOX,
-            &[
-                &vec!["resend"],
-                &vec!["evt_least_privilege"],
-                &vec!["email.delivered"],
-                &vec![Some(message.as_str())],
-                &vec![Some(chrono::Utc::now())],
-                &vec![
-                    serde_json::json!({"type": "email.delivered", "data": {"email_id": message}}),
-                ],
-                &vec![Some("delivered")],
-            ],
-        )
-        .await
-        .expect("the role stores a group in the inbox");
-    let applied: i32 = worker
+    let tx = worker.transaction().await.unwrap();
+    tx.execute(
+        STORE_IN_INBOX,
+        &[
+            &vec!["resend"],
+            &vec!["evt_least_privilege"],
+            &vec!["email.delivered"],
+            &vec![Some(message.as_str())],
+            &vec![Some(chrono::Utc::now())],
+            &vec![serde_json::json!({"type": "email.delivered", "data": {"email_id": message}})],
+            &vec![Some("delivered")],
+        ],
+    )
+    .await
+    .expect("the role stores a group in the inbox");
+    let applied: i32 = tx
         .query_one(APPLY_INBOX, &[&100i32])
         .await
         .expect("the role applies the inbox")
         .get(0);
+    tx.commit().await.unwrap();
     assert_eq!(applied, 1);
     assert_eq!(
         count(
