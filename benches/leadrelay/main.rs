@@ -227,7 +227,7 @@ async fn main() {
             Err::<serde_json::Value, String>("not measured with BENCH_ONLY=latency".into())
         };
         if profile {
-            statement_profile(&client, "before pickup").await;
+            reset_statement_profile(&client).await;
         }
         rows.push(pickup_latency(&client, &mock, &none).await);
         if profile {

@@ -72,6 +72,16 @@ pub(crate) async fn statement_profile(client: &Client, phase: &str) {
             row.get::<_, String>(3)
         );
     }
+    reset_statement_profile(client).await;
+}
+
+/// BENCH_PROFILE: forgets what was counted so far (the next profile starts
+/// from here).
+pub(crate) async fn reset_statement_profile(client: &Client) {
+    client
+        .batch_execute("create extension if not exists pg_stat_statements")
+        .await
+        .unwrap();
     client
         .batch_execute("select pg_stat_statements_reset(), pg_stat_reset()")
         .await

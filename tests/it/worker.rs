@@ -102,7 +102,7 @@ async fn the_incident_leads_get_their_email_and_sms_and_the_malformed_phone_is_i
         assert!(keys.contains(key));
         assert_eq!(message_id, &format!("email-{key}"));
     }
-    // the claim writes the key out; it must stay the SQL function's
+    // the key every claim fixes is the SQL function's
     let differing = count(
         &client,
         "select count(*) from notification_jobs where channel = 'email'

@@ -169,14 +169,10 @@ with due_now as (
                           then $5::text end,
          -- fixed by the first claim that sends it: the lead's uuid and the
          -- template are unique across databases; a job tried before keys
-         -- were stored keeps the key it was tried under. The key is
-         -- leadrelay.idempotency_key(lead, template, null) written out: a
-         -- call of an SQL function with its own search_path is not inlined,
-         -- and was planned again by every claim of one job (a tenth of a
-         -- millisecond of the pickup); tests/it/worker.rs holds the two equal
+         -- were stored keeps the key it was tried under
          idempotency_key = case when j.channel = 'email' and v.job_id is null then coalesce(j.idempotency_key,
                              case when j.attempts > 0 then 'leadrelay-job-' || j.id
-                                  else 'leadrelay-' || j.lead_id::text || '-' || j.template end)
+                                  else leadrelay.idempotency_key(j.lead_id, j.template, null) end)
                            else j.idempotency_key end,
 ",
     fixed_by_first_claim!("v.job_id is null", "$6"),
