@@ -68,26 +68,36 @@ impl Queue {
     /// what was deleted, as JSON text, when it ran.
     pub async fn prune_history_without_pg_cron(&self) -> Result<Option<String>, QueueError> {
         let client = self.pool.get().await?;
-        if client.query_one(PG_CRON_HERE, &[]).await?.get::<_, bool>(0) {
+        let here = client.prepare_cached(PG_CRON_HERE).await?;
+        if client.query_one(&here, &[]).await?.get::<_, bool>(0) {
             return Ok(None);
         }
-        Ok(Some(client.query_one(PRUNE_HISTORY, &[]).await?.get(0)))
+        let prune = client.prepare_cached(PRUNE_HISTORY).await?;
+        Ok(Some(client.query_one(&prune, &[]).await?.get(0)))
     }
 
     pub async fn promote(&self) -> Result<i32, QueueError> {
         let client = self.pool.get().await?;
-        Ok(client.query_one(PROMOTE, &[]).await?.get(0))
+        // Cached as the glance is: the sweeper runs these every few seconds
+        // for the life of the process, and an unnamed statement is parsed
+        // and described again at each call, one more round trip.
+        let st = client.prepare_cached(PROMOTE).await?;
+        Ok(client.query_one(&st, &[]).await?.get(0))
     }
 
     pub async fn apply_all_pending_events(&self) -> Result<i32, QueueError> {
         let client = self.pool.get().await?;
-        Ok(client.query_one(APPLY_ALL_PENDING, &[]).await?.get(0))
+        let st = client.prepare_cached(APPLY_ALL_PENDING).await?;
+        Ok(client.query_one(&st, &[]).await?.get(0))
     }
 
     pub async fn sms_awaiting_status(&self, limit: i64) -> Result<Vec<String>, QueueError> {
         let client = self.pool.get().await?;
         Ok(client
-            .query(SMS_AWAITING_STATUS, &[&limit])
+            .query(
+                &client.prepare_cached(SMS_AWAITING_STATUS).await?,
+                &[&limit],
+            )
             .await?
             .iter()
             .map(|r| r.get(0))
