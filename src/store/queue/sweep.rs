@@ -62,6 +62,10 @@ pub struct Glance {
     pub any_due: bool,
 }
 
+// Every statement here is prepared once per connection (`prepare_cached`):
+// the sweeper runs them every few seconds for the life of the process, and
+// an unnamed statement is parsed and described again at each call, one more
+// round trip.
 impl Queue {
     /// Promotes due jobs (and rescues expired leases); returns how many.
     /// Prunes one batch of old history, unless pg_cron does it here; returns
@@ -78,9 +82,6 @@ impl Queue {
 
     pub async fn promote(&self) -> Result<i32, QueueError> {
         let client = self.pool.get().await?;
-        // Cached as the glance is: the sweeper runs these every few seconds
-        // for the life of the process, and an unnamed statement is parsed
-        // and described again at each call, one more round trip.
         let st = client.prepare_cached(PROMOTE).await?;
         Ok(client.query_one(&st, &[]).await?.get(0))
     }
