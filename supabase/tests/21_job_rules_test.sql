@@ -1,14 +1,16 @@
--- A job's rules, the CHECK constraints of notification_jobs: every row that
--- breaks one is refused with SQLSTATE 23514 and the name of the constraint
--- that holds that rule; every row that keeps them all is written, by any
--- role that may write the table. The net for any change to how the rules
--- are checked (docs/benchmarks.md measured one).
+-- A job's rules (once the CHECK constraints of notification_jobs, now
+-- leadrelay.notification_jobs_check_rules() after each statement,
+-- 20261217090000_job_rules_per_statement.sql): every row that breaks one is
+-- refused with SQLSTATE 23514 and the name of the constraint that held that
+-- rule, and its statement writes nothing; every row that keeps them all is
+-- written, by any role that may write the table. The net for any change to
+-- how the rules are checked (docs/benchmarks.md measured several).
 begin;
 create schema if not exists tap;
 create extension if not exists pgtap with schema tap;
 set local search_path = public, tap;
 
-select plan(23);
+select plan(29);
 
 update notification_rules set delay = interval '1 hour', send_window_start = null, send_window_end = null;
 insert into landing_leads (name, email, phone, source)
@@ -45,6 +47,52 @@ from (values
   ('hold_reason = repeat(''h'', 501)', 'notification_jobs_hold_reason_length'),
   ('batch_key = repeat(''b'', 257)', 'notification_jobs_batch_key_length')
 ) broken(change, constraint_name);
+
+-- An INSERT is held to the same rules as an UPDATE.
+select throws_ok(
+  format($$insert into notification_jobs (lead_id, channel, template, status, due_at)
+           select lead_id, 'email', 'another_template', 'bogus', now() from notification_jobs where id = %s$$,
+         (select id from job)),
+  '23514',
+  'new row for relation "notification_jobs" violates check constraint "notification_jobs_status_check"',
+  'an INSERT of a job with an unknown status is refused by notification_jobs_status_check');
+select is((select count(*) from notification_jobs where template = 'another_template'), 0::bigint,
+          'and nothing of it is written');
+
+-- One broken row fails its whole statement: the rows that keep the rules
+-- are not written either.
+select throws_ok(
+  format($$update notification_jobs set attempts = case when id = %s then -1 else 7 end
+           where lead_id = (select lead_id from notification_jobs where id = %s)$$,
+         (select id from job), (select id from job)),
+  '23514',
+  'new row for relation "notification_jobs" violates check constraint "notification_jobs_attempts_check"',
+  'a statement of three jobs, one of them broken, is refused');
+select is((select count(*) from notification_jobs
+            where attempts = 7 and lead_id = (select lead_id from notification_jobs where id = (select id from job))),
+          0::bigint, 'and none of its three jobs changed');
+
+-- The error names the rule where a caller reads it (the CONSTRAINT field,
+-- as PostgreSQL's own check violation), and the table and schema.
+create function pg_temp.broken_rule(p_sql text) returns text language plpgsql as $$
+declare
+  v_constraint text;
+  v_table text;
+  v_schema text;
+begin
+  execute p_sql;
+  return 'nothing was refused';
+exception when check_violation then
+  get stacked diagnostics v_constraint = constraint_name, v_table = table_name, v_schema = schema_name;
+  return format('%s.%s %s', v_schema, v_table, v_constraint);
+end
+$$;
+select is(pg_temp.broken_rule(format('update notification_jobs set channel = ''fax'' where id = %s', (select id from job))),
+          'public.notification_jobs notification_jobs_channel_check',
+          'the error carries the schema, the table and the rule''s name');
+-- no rule is left to a CHECK constraint of its own, so none is checked twice
+select is((select count(*) from pg_constraint where conrelid = 'public.notification_jobs'::regclass and contype = 'c'),
+          0::bigint, 'the jobs have no CHECK constraint: the rules are checked once, by the trigger');
 
 -- What keeps the rules is written: a job's whole life, each bound at its
 -- limit, and the NULLs a CHECK lets through.
