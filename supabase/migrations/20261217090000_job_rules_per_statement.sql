@@ -26,10 +26,10 @@
 -- (the common case asks one OR of the rules; only a statement that breaks
 -- one asks which). The triggers are created before the constraints are
 -- dropped, in the one transaction of this file, so no write goes unchecked.
--- Creating a trigger and dropping a constraint take a lock on the jobs for a
--- moment; `leadrelay migrate` gives way to the landing's writes while it
--- waits (lock_timeout). Running it twice replaces the same function and
--- triggers and finds the constraints gone.
+-- The file takes one lock on the jobs, the strongest it needs, first, and
+-- holds it for a moment; `leadrelay migrate` gives way to the landing's
+-- writes while it waits (lock_timeout). Running it twice replaces the same
+-- function and triggers and finds the constraints gone.
 
 do $migration$
 declare
@@ -60,8 +60,16 @@ declare
   ];
   v_any_broken text;
   v_which text;
+  v_role text;
   i integer;
 begin
+  -- the strongest lock of the file first, and once: creating the triggers
+  -- and then dropping the constraints would take a lock that stops the
+  -- landing's writes and then wait, holding it, for a stronger one (each
+  -- wait up to lock_timeout, and a lock upgrade can deadlock); this way the
+  -- landing waits at most one lock_timeout, then a moment
+  lock table public.notification_jobs in access exclusive mode;
+
   -- a CHECK passes a rule that is NULL: only FALSE breaks it
   select string_agg(format('(%s) is false', v_rules[n][2]), E'\n      or ' order by n),
          string_agg(format('when (%s) is false then %L', v_rules[n][2], v_rules[n][1]), E'\n      ' order by n)
@@ -106,9 +114,9 @@ $fn$, v_any_broken, v_which);
   -- a trigger's function is not called through the API, and firing it needs
   -- no EXECUTE: closed as the rest of leadrelay's functions are
   revoke all on function leadrelay.notification_jobs_check_rules() from public;
-  foreach v_which in array array['anon', 'authenticated'] loop
-    if exists (select 1 from pg_catalog.pg_roles where rolname = v_which) then
-      execute format('revoke all on function leadrelay.notification_jobs_check_rules() from %I', v_which);
+  foreach v_role in array array['anon', 'authenticated'] loop
+    if exists (select 1 from pg_catalog.pg_roles where rolname = v_role) then
+      execute format('revoke all on function leadrelay.notification_jobs_check_rules() from %I', v_role);
     end if;
   end loop;
 
