@@ -19,6 +19,12 @@ pub(crate) async fn pickup_latency(client: &Client, mock: &Mock, reference: Refe
         )
         .await
         .unwrap();
+    // Statistics, as a table in service has them (alone, BENCH_ONLY=latency
+    // would otherwise time plans made on the empty tables at the start)
+    client
+        .batch_execute("analyze notification_jobs, landing_leads")
+        .await
+        .unwrap();
     let ids: Vec<i64> = client
         .query("select j.id from notification_jobs j join landing_leads l on l.id = j.lead_id where l.source = 'proftest_latency' order by j.id", &[])
         .await

@@ -20,6 +20,17 @@
 -- are locked for the moment a CHECK is swapped; notification_events for the
 -- moment its triggers are created (`leadrelay migrate` gives way if it must
 -- wait).
+--
+-- Amended 2026-12-03. As released, the jobs' CHECK was added valid, so
+-- PostgreSQL read every job to prove it under the ACCESS EXCLUSIVE lock of
+-- the swap: at 3 million jobs the landing's INSERT (which writes jobs)
+-- waited 976–1,088 ms (`BENCH_ONLY=migrate`, docs/benchmarks.md), over the
+-- moment this project allows. It is now added NOT VALID: every job already
+-- there met the constraint it replaces, which allows a subset of what this
+-- one does (no 'suppressed'), so there is nothing to prove, and new and
+-- updated rows are checked as before. 20261217090000 replaces it with the
+-- jobs' rules trigger either way, so a database that applied the released
+-- text ends the same.
 
 create table if not exists public.notification_suppressions (
   id bigint generated always as identity primary key,
@@ -176,8 +187,11 @@ create or replace trigger notification_events_suppress_on_link
   execute function public.leadrelay_suppress_from_event();
 
 alter table public.notification_jobs drop constraint if exists notification_jobs_cancelled_by_policy;
+-- NOT VALID: the rows already there met the narrower constraint dropped
+-- above (see this file's head), so no scan of the jobs under the lock
 alter table public.notification_jobs add constraint notification_jobs_cancelled_by_policy
-  check (cancelled_by is null or (cancelled_by in ('duplicate', 'recipient_cap', 'suppressed') and status = 'cancelled'));
+  check (cancelled_by is null or (cancelled_by in ('duplicate', 'recipient_cap', 'suppressed') and status = 'cancelled'))
+  not valid;
 
 alter table public.ops_audit drop constraint if exists ops_audit_action_check;
 alter table public.ops_audit add constraint ops_audit_action_check

@@ -4,7 +4,7 @@ create schema if not exists tap;
 create extension if not exists pgtap with schema tap;
 set local search_path = public, tap;
 
-select plan(12);
+select plan(14);
 
 set local role service_role;
 insert into public.landing_leads (id, name, email, phone, source, metadata) values
@@ -51,6 +51,24 @@ insert into public.landing_leads (id, name, email, phone, source) values
   on conflict (id) do nothing;
 select is((select count(*)::int from notification_jobs where lead_id = '00000000-0000-0000-0000-000000000001'), 3,
   'an insert that does nothing on conflict adds no job');
+
+-- two enabled rules naming the same channel and template for one lead (two
+-- patterns that both match): one job, from the rule with the lowest id
+insert into notification_rules (source_pattern, channel, template, delay)
+values ('proftest_tw%', 'email', 'proftest_result', interval '2 hours');
+insert into public.landing_leads (id, name, email, phone, source) values
+  ('00000000-0000-0000-0000-000000000006', 'Twice', 'tw@mail.ru', '87051234567', 'proftest_twice');
+select is(
+  (select count(*)::int from notification_jobs
+   where lead_id = '00000000-0000-0000-0000-000000000006' and channel = 'email'),
+  1, 'two rules for the same channel and template make one job');
+select is(
+  (select j.rule_id from notification_jobs j
+   where j.lead_id = '00000000-0000-0000-0000-000000000006' and j.channel = 'email'),
+  (select min(r.id) from notification_rules r
+   where r.channel = 'email' and r.template = 'proftest_result' and r.enabled
+     and 'proftest_twice' like r.source_pattern),
+  'the job is the rule with the lowest id');
 
 select * from finish();
 rollback;

@@ -519,6 +519,11 @@ const RELEASED_TEXTS: &[(&str, &str)] = &[
         "20261202090000",
         "58428a7fbe37348daa9282998a30054a871840d178b0f5458ab5b1deeed81c58",
     ),
+    // the jobs' CHECK added NOT VALID: no scan of the jobs under the lock
+    (
+        "20261209090000",
+        "e3d24aa7e57bfb5ed6e1c7a0e89d876663fd5c4df55b227ab6f9d1e74f56e110",
+    ),
 ];
 
 fn is_released_text(version: &str, text: &str) -> bool {
@@ -535,6 +540,26 @@ fn is_released_text(version: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_amended_migration_says_so_and_today_s_text_is_not_its_released_one() {
+        let migrations = embedded().unwrap();
+        for (version, _) in RELEASED_TEXTS {
+            let m = migrations
+                .iter()
+                .find(|m| m.version == *version)
+                .unwrap_or_else(|| panic!("{version} is a migration"));
+            assert!(
+                m.sql.contains("-- Amended "),
+                "{version} says why it was amended"
+            );
+            let exported = for_one_transaction(&m.sql).unwrap();
+            assert!(
+                !is_released_text(version, &exported),
+                "{version}: the listed digest is of the released text, not today's"
+            );
+        }
+    }
 
     #[test]
     fn file_names_follow_the_supabase_cli_convention() {
