@@ -6,7 +6,7 @@ create schema if not exists tap;
 create extension if not exists pgtap with schema tap;
 set local search_path = public, tap;
 
-select plan(22);
+select plan(23);
 
 select has_table('public', 'ops_sessions', 'sessions are kept in the database');
 select has_table('public', 'ops_audit', 'actions are recorded');
@@ -51,7 +51,7 @@ select ok(not has_table_privilege('anon', 'public.ops_audit', 'SELECT, INSERT, U
 -- The indexes the console and /metrics read through.
 select has_index('public', 'landing_leads', 'landing_leads_created_at_idx', 'leads by arrival');
 select has_index('public', 'landing_leads', 'landing_leads_email_lookup_idx', 'leads by email');
-select has_index('public', 'landing_leads', 'landing_leads_phone_search_idx', 'leads by phone digits');
+select has_index('public', 'landing_leads', 'landing_leads_phone_digits_idx', 'leads by phone digits');
 select has_index('public', 'landing_leads', 'landing_leads_name_trgm_idx', 'leads by a name fragment');
 select has_index('public', 'notification_jobs', 'notification_jobs_failed_idx', 'failed jobs by channel');
 select has_index('public', 'notification_jobs', 'notification_jobs_sent_at_idx', 'sends by time');
@@ -59,11 +59,21 @@ select has_index('public', 'notification_jobs', 'notification_jobs_sent_at_idx',
 -- The phone index holds the digits as typed: each way one number is typed
 -- lands on one of the three forms the search looks up.
 select is(
-  (select array_agg(distinct regexp_replace(p, '[^0-9]', '', 'g') = any(array[d, '8' || substr(d, 2), substr(d, 2)]))
+  (select array_agg(distinct translate(p, translate(p, '0123456789', ''), '') = any(array[d, '8' || substr(d, 2), substr(d, 2)]))
      from unnest(array['+7 (705) 904-44-67', '8 705 904 44 67', '87059044467', '705 904 44 67', '+77059044467']) p,
           (select public.leadrelay_phone_digits('8 705 904 44 67') as d) n),
   array[true],
   'every typed form of a number is one the phone search looks up');
+
+-- The index's translate() keeps what regexp_replace(p, '[^0-9]', '', 'g')
+-- keeps, for every kind of text a phone column may hold.
+select is(
+  (select count(*)::int from unnest(array[
+     '+7 (705) 904-44-67', '', '   ', 'abc', '٣٤٥ 705', '８７０５', '7\u0000'::text, '+7-705-904-44-67 ext. 12',
+     E'\u00a0705\t904\n4467', '🙂 8705 9044467', '0123456789', null]) p
+   where translate(p, translate(p, '0123456789', ''), '') is distinct from regexp_replace(p, '[^0-9]', '', 'g')),
+  0,
+  'the phone index''s digits are regexp_replace''s, on any text');
 
 select * from finish();
 rollback;

@@ -340,6 +340,61 @@ async fn the_consoles_email_search_reads_the_index_the_landing_can_maintain() {
     );
 }
 
+#[tokio::test]
+async fn the_consoles_phone_search_reads_the_digits_index_and_finds_a_number_however_typed() {
+    let db = shipped_db_as(Privileges::SupabaseCurrent).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into landing_leads (name, email, phone, source)
+             select 'n' || g, 'p' || g || '@example.kz', '+7 (705) ' || lpad(g::text, 3, '0') || '-44-67', 'other'
+               from generate_series(1, 2000) g;
+             analyze landing_leads;",
+        )
+        .await
+        .unwrap();
+    for typed in ["8 705 017 44 67", "+77050174467", "705 017-44-67"] {
+        let found = client
+            .query(leadrelay::store::search::BY_PHONE, &[&typed])
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1, "{typed} finds the lead");
+    }
+    let plan: Vec<String> = client
+        .query(
+            &format!("explain {}", leadrelay::store::search::BY_PHONE),
+            &[&"87050174467"],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("landing_leads_phone_digits_idx")),
+        "{plan:#?}"
+    );
+    let def: String = client
+        .query_one(
+            "select pg_get_indexdef('public.landing_leads_phone_digits_idx'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!def.contains("regexp"), "no regular expression: {def}");
+    let released: Option<String> = client
+        .query_one(
+            "select to_regclass('public.landing_leads_phone_search_idx')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(released, None, "the index on regexp_replace() is gone");
+}
+
 /// Waits until `pid` waits for a lock.
 async fn until_waiting_for_a_lock(client: &Client, pid: i32) {
     crate::app::eventually(
