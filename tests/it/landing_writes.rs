@@ -311,29 +311,18 @@ async fn the_consoles_email_search_reads_the_index_the_landing_can_maintain() {
         .await
         .unwrap();
     assert_eq!(found.len(), 1, "found however it is typed");
-    let plan: Vec<String> = client
-        .query(
-            &format!("explain {}", leadrelay::store::search::BY_EMAIL),
-            &[&"p17@example.kz"],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let plan = plan_of(
+        &client,
+        leadrelay::store::search::BY_EMAIL,
+        "p17@example.kz",
+    )
+    .await;
     assert!(
         plan.iter()
             .any(|l| l.contains("landing_leads_email_lookup_idx")),
         "{plan:#?}"
     );
-    let def: String = client
-        .query_one(
-            "select pg_get_indexdef('public.landing_leads_email_lookup_idx'::regclass)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let def = index_def(&client, "public.landing_leads_email_lookup_idx").await;
     assert!(
         !def.contains("leadrelay_"),
         "built-in functions only: {def}"
@@ -360,29 +349,13 @@ async fn the_consoles_phone_search_reads_the_digits_index_and_finds_a_number_how
             .unwrap();
         assert_eq!(found.len(), 1, "{typed} finds the lead");
     }
-    let plan: Vec<String> = client
-        .query(
-            &format!("explain {}", leadrelay::store::search::BY_PHONE),
-            &[&"87050174467"],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let plan = plan_of(&client, leadrelay::store::search::BY_PHONE, "87050174467").await;
     assert!(
         plan.iter()
             .any(|l| l.contains("landing_leads_phone_digits_idx")),
         "{plan:#?}"
     );
-    let def: String = client
-        .query_one(
-            "select pg_get_indexdef('public.landing_leads_phone_digits_idx'::regclass)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let def = index_def(&client, "public.landing_leads_phone_digits_idx").await;
     assert!(!def.contains("regexp"), "no regular expression: {def}");
     let released: Option<String> = client
         .query_one(
@@ -393,6 +366,25 @@ async fn the_consoles_phone_search_reads_the_digits_index_and_finds_a_number_how
         .unwrap()
         .get(0);
     assert_eq!(released, None, "the index on regexp_replace() is gone");
+}
+
+/// The lines of `EXPLAIN` for a search statement with its one argument.
+async fn plan_of(client: &Client, search: &str, arg: &str) -> Vec<String> {
+    client
+        .query(&format!("explain {search}"), &[&arg])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn index_def(client: &Client, index: &str) -> String {
+    client
+        .query_one("select pg_get_indexdef($1::text::regclass)", &[&index])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Waits until `pid` waits for a lock.
