@@ -88,10 +88,14 @@ begin
 end
 $body$;
 
+-- not for the jobs a trigger writes (the landing's, which keep the rules by
+-- construction: 20261220090000_trigger_made_jobs.sql)
 create or replace trigger notification_jobs_rules_insert
   after insert on public.notification_jobs
   referencing new table as new_jobs
-  for each statement execute function leadrelay.notification_jobs_check_rules();
+  for each statement
+  when (pg_trigger_depth() < 1)
+  execute function leadrelay.notification_jobs_check_rules();
 
 create or replace trigger notification_jobs_rules_update
   after update on public.notification_jobs

@@ -10,7 +10,7 @@ create schema if not exists tap;
 create extension if not exists pgtap with schema tap;
 set local search_path = public, tap;
 
-select plan(29);
+select plan(33);
 
 update notification_rules set delay = interval '1 hour', send_window_start = null, send_window_end = null;
 insert into landing_leads (name, email, phone, source)
@@ -20,7 +20,7 @@ select j.id from notification_jobs j join landing_leads l on l.id = j.lead_id
  where l.email = 'aigerim@mail.ru' and j.channel = 'email';
 
 select is((select status from notification_jobs where id = (select id from job)), 'scheduled',
-          'the landing''s INSERT writes its jobs through the check');
+          'the landing''s INSERT writes its jobs');
 
 -- Each broken rule, on the scheduled email job, and the constraint it names.
 select throws_ok(
@@ -119,6 +119,44 @@ update notification_jobs set attempts = 2 where id = (select id from job);
 reset role;
 select is((select attempts from notification_jobs where id = (select id from job)), 2,
           'a role granted the table, and nothing of leadrelay''s, writes a job');
+
+-- The jobs the landing's trigger writes are not checked by the INSERT
+-- trigger (20261220090000_trigger_made_jobs.sql): each keeps the rules by
+-- construction. Here every such job of a set of hostile leads, under rules
+-- that make each status the trigger writes, is checked after all: an UPDATE
+-- that changes nothing runs the same rules over every one of them.
+select ok(pg_get_triggerdef(t.oid) like '%WHEN ((pg_trigger_depth() < 1))%',
+          'the INSERT trigger checks the statements of clients, the worker and the CLI, not of a trigger')
+from pg_trigger t where t.tgname = 'notification_jobs_rules_insert' and t.tgrelid = 'public.notification_jobs'::regclass;
+update notification_rules set delay = interval '0' where channel = 'lead_tracking';
+update notification_rules set delay = interval '0', send_window_start = '09:00', send_window_end = '21:00',
+       time_zone = 'Asia/Almaty' where channel = 'sms';
+insert into landing_leads (name, email, phone, source, metadata)
+select h.name, h.email, h.phone, 'proftest_t21_hostile', h.metadata
+from (values
+  ('Айгерим', 'aigerim.t21@mail.ru', '+7 (705) 123-45-67', '{}'::jsonb),
+  (null, null, null, null),
+  ('', '', '', '{"answers": []}'),
+  (repeat('N', 5000), repeat('a', 246) || '@mail.ru', '8 705 123 45 67', '{}'),
+  ('x', repeat('a', 247) || '@mail.ru', '7051234567', '{}'),
+  ('x', E'a\u200bb@mail.ru', '+7 727 123 45 67', '{}'),
+  ('x', 'a..b@mail.ru', '+7 705 123 45 67 89', '{}'),
+  ('x', 'no-at-sign', '+7 70５ 123 45 67', '{}'),
+  ('x', 'a@b.c', repeat('7', 65), '{}'),
+  ('x', E' \t spaced@mail.ru \u00a0', 'call me: +7 705 123 45 67', '{}'),
+  ('x', 'Ünïcödé@почта.рф', '(705) 123-45-67', '{}')
+) h(name, email, phone, metadata);
+select is((select count(*) from notification_jobs j join landing_leads l on l.id = j.lead_id
+            where l.source = 'proftest_t21_hostile'),
+          33::bigint, 'the landing''s trigger wrote the three jobs of each of the eleven hostile leads');
+select is((select array_agg(distinct j.status order by j.status) from notification_jobs j
+             join landing_leads l on l.id = j.lead_id where l.source = 'proftest_t21_hostile'),
+          array['due', 'invalid', 'scheduled'],
+          'among them every status the trigger writes: due, invalid and held for a window');
+select lives_ok(
+  $$update notification_jobs j set status = j.status
+      from landing_leads l where l.id = j.lead_id and l.source = 'proftest_t21_hostile'$$,
+  'and every one of them keeps every rule of a job');
 
 select * from finish();
 rollback;

@@ -366,8 +366,11 @@ async fn a_job_claimed_ahead_of_its_moment_is_held_until_it_however_slow_the_com
         until >= set_at + Duration::from_millis(80),
         "never before the moment"
     );
+    // counted from the row, the hold ends near the moment; counted from the
+    // commit, 300 ms after the claim began. The slack between the two is for
+    // a machine busy with other tests (40 ms was too little on two cores).
     assert!(
-        until <= started + Duration::from_millis(80) + Duration::from_millis(40),
+        until < started + Duration::from_millis(80) + Duration::from_millis(150),
         "held {:?} past the claim's start: the commit was counted in",
         until - started
     );
