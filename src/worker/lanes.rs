@@ -151,8 +151,7 @@ impl Worker {
         // handed out (a deep queue), so the lane never idles for its round
         // trip.
         let mut next: Option<tokio::task::JoinHandle<Result<Vec<Work>, QueueError>>> = None;
-        // The lane was asleep after a claim that found nothing (see
-        // `claim_woken`).
+        // asleep after a claim that found nothing (see `claim_woken`)
         let mut woken = false;
         loop {
             if claimed.is_empty() {
@@ -168,10 +167,8 @@ impl Worker {
                     }
                     Ok(_) => {
                         ahead.after_claim(0, last_claim.elapsed());
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = self.wakeups.lane(channel).notified() => {}
-                            _ = tokio::time::sleep(self.settings.sweep_interval) => {}
+                        if !self.sleep_until_woken(channel, &cancel).await {
+                            break;
                         }
                         woken = true;
                         continue;
@@ -218,6 +215,16 @@ impl Worker {
         }
         for work in claimed {
             self.release_all(work.jobs()).await;
+        }
+    }
+
+    /// A lane with nothing to claim sleeps until it is woken, or for the
+    /// sweep interval at most. False: the worker is stopping.
+    async fn sleep_until_woken(&self, channel: Channel, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = self.wakeups.lane(channel).notified() => true,
+            _ = tokio::time::sleep(self.settings.sweep_interval) => true,
         }
     }
 
