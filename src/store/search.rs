@@ -140,8 +140,9 @@ pub const BY_EMAIL: &str = lead_search!(
 /// (`…_phone_digits_index.sql`): the phone's ASCII digits as typed, every
 /// other character removed by `translate()` (what
 /// `regexp_replace(phone, '[^0-9]', '', 'g')` returns, without a regular
-/// expression on each landing write). The search must name it exactly; a
-/// test checks the planner takes the index.
+/// expression on each landing write; the migration's comment calls it
+/// PHONE_DIGITS). The search must name it exactly; a test checks the
+/// planner takes the index.
 macro_rules! phone_digits {
     () => {
         "translate(l.phone, translate(l.phone, '0123456789', ''), '')"

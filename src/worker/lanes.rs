@@ -293,11 +293,7 @@ impl Worker {
         if !work.is_empty() {
             return Ok(work);
         }
-        let again = self
-            .queue
-            .claim_batches(self.settings.concurrency as i64, lease)
-            .await?;
-        Ok(self.put_off_incomplete_batches(group(again)).await)
+        self.batches_due_again(lease).await
     }
 
     /// The sweeper's timer announced a scheduled moment, a few milliseconds
@@ -358,17 +354,23 @@ impl Worker {
         // made. Otherwise a batch waiting for its retry when an operator sets
         // RESEND_BATCH_SIZE=1 would stay due for good.
         if channel == Channel::Email {
-            let again = self
-                .queue
-                .claim_batches(self.settings.concurrency as i64, lease)
-                .await?;
-            let work = self.put_off_incomplete_batches(group(again)).await;
+            let work = self.batches_due_again(lease).await?;
             if !work.is_empty() {
                 return Ok(work);
             }
         }
         self.claim_new_work(channel, ahead, lease, Duration::ZERO)
             .await
+    }
+
+    /// The email batches due again, claimed whole under `lease` (those whose
+    /// members are not all back are put off, and not returned).
+    async fn batches_due_again(&self, lease: Duration) -> Result<Vec<Work>, QueueError> {
+        let again = self
+            .queue
+            .claim_batches(self.settings.concurrency as i64, lease)
+            .await?;
+        Ok(self.put_off_incomplete_batches(group(again)).await)
     }
 
     /// The plain claim of `claim_work` (up to `ahead` jobs, or one email
