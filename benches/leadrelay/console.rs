@@ -246,7 +246,7 @@ pub(crate) async fn console(cluster: &Cluster, mock_url: &str) -> Vec<Row> {
         // the console idle just before, with both processes running: the
         // machine as it is at that moment
         let idle = {
-            let mut t = claim_times(&worker_db, 1000).await;
+            let mut t = claim_times(&worker_db, 1000, 10).await;
             t.sort_by(|a, b| a.total_cmp(b));
             t
         };
@@ -279,7 +279,7 @@ pub(crate) async fn console(cluster: &Cluster, mock_url: &str) -> Vec<Row> {
             }));
         }
         let busy = {
-            let mut t = claim_times(&worker_db, 1000).await;
+            let mut t = claim_times(&worker_db, 1000, 10).await;
             t.sort_by(|a, b| a.total_cmp(b));
             t
         };

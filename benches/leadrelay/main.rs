@@ -171,7 +171,7 @@ async fn main() {
         }
     }
     if only == "scale" {
-        rows.push(scale(&cluster).await);
+        rows.extend(scale(&cluster).await);
         print_table(&rows);
         return;
     }
@@ -417,7 +417,7 @@ async fn main() {
     rows.push(email_burst(&cluster, &client, &mock, &mock_url).await);
 
     // 8. Scale: claim latency with 10k and with 1M rows, mostly finished.
-    rows.push(scale(&cluster).await);
+    rows.extend(scale(&cluster).await);
 
     // 9. The ops console with 1M leads and 3M jobs.
     rows.extend(console(&cluster, &mock_url).await);

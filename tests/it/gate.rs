@@ -303,6 +303,53 @@ async fn a_scheduled_job_whose_moment_passed_is_claimed_as_it_is_through_the_gat
 }
 
 #[tokio::test]
+async fn a_job_long_past_its_moment_is_promoted_then_claimed_and_none_falls_between() {
+    // The claims look back twice the minute the promotion leaves them, no
+    // further (the dead index entries of jobs gone since the last vacuum lie
+    // behind): a job 90 s past its moment is claimed as it is, one 3 minutes
+    // past is the promotion's, and once promoted it is claimed.
+    use leadrelay::domain::Channel;
+    use leadrelay::store::queue::{PROMOTE, Queue};
+    let db = shipped_db().await;
+    let client = db.client().await;
+    client.batch_execute(HOUR_DELAY).await.unwrap();
+    let recent = harness::insert_proftest_lead(&client, "Недавно", "recent@mail.ru").await;
+    let old = harness::insert_proftest_lead(&client, "Давно", "old@mail.ru").await;
+    for (lead, past) in [(recent, "90 seconds"), (old, "3 minutes")] {
+        client
+            .execute(
+                "update notification_jobs set due_at = now() - $2::text::interval where lead_id = $1",
+                &[&lead, &past],
+            )
+            .await
+            .unwrap();
+    }
+    let pool = leadrelay::store::pool(&db.url, 2).await.unwrap();
+    let queue = Queue::new(pool, "look-back-test".into());
+    let lease = Duration::from_secs(30);
+    let first = queue.claim(Channel::Email, 10, lease, false).await.unwrap();
+    assert_eq!(
+        first.iter().map(|j| j.lead_id).collect::<Vec<_>>(),
+        [recent],
+        "the claim takes the job 90 s past its moment, and leaves the older one"
+    );
+    assert_eq!(lead_job(&client, old, "email").await.1, "scheduled");
+    client.query_one(PROMOTE, &[]).await.unwrap();
+    assert_eq!(lead_job(&client, old, "email").await.1, "due");
+    assert_eq!(
+        lead_job(&client, recent, "sms").await.1,
+        "due",
+        "the promotion takes what is past its moment for over a minute"
+    );
+    let second = queue.claim(Channel::Email, 10, lease, false).await.unwrap();
+    assert_eq!(
+        second.iter().map(|j| j.lead_id).collect::<Vec<_>>(),
+        [old],
+        "promoted, it is claimed"
+    );
+}
+
+#[tokio::test]
 async fn a_job_claimed_ahead_of_its_moment_is_held_until_it_however_slow_the_commit() {
     // A claim made ahead of a moment holds each request until the moment,
     // counted by the database (`due_in`). Its commit here takes 300 ms (a

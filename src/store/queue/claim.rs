@@ -81,7 +81,8 @@ macro_rules! held_by_window {
 /// Claims up to $2 due jobs of channel $1 under lease token $3 for $4
 /// seconds, oldest first, skipping jobs another worker holds: jobs the
 /// promotion made due, then scheduled jobs whose moment has passed (not
-/// promoted yet). Returns them with
+/// promoted yet; within twice the time `left_to_claims!` gives the claims,
+/// older ones are promoted). Returns them with
 /// their lead. `previous_outcome_unknown`: the last attempt ended with an
 /// expired lease, so it may have reached the provider.
 ///
@@ -121,6 +122,11 @@ with due_now as (
   from public.notification_jobs j
   where j.status = 'scheduled' and j.channel = $1 and j.batch_key is null
     and j.due_at <= now() + make_interval(secs => least(greatest($7::float8, 0), 0.1))
+    -- older ones are the promotion's (left_to_claims!): the look does not
+    -- walk the dead entries of every job gone since the last vacuum
+    and j.due_at > now() - 2 * ",
+    left_to_claims!(),
+    "
   order by j.due_at, j.id
   limit greatest($2 - (select count(*) from due_now), 0)
   for update skip locked

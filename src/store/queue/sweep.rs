@@ -11,7 +11,11 @@ use super::*;
 /// sweeper's timer woke the lanes at its moment), so a burst due at one
 /// moment is written once, and no promotion's row locks hide it from the
 /// claims. Expired leases, and email batches, are promoted at once.
-pub const PROMOTE: &str = "select public.promote_due_notification_jobs(10000, interval '1 minute')";
+pub const PROMOTE: &str = concat!(
+    "select public.promote_due_notification_jobs(10000, ",
+    left_to_claims!(),
+    ")"
+);
 
 /// One bounded batch of housekeeping (old provider events, pg_cron's run
 /// log); the worker runs it only where pg_cron does not.
@@ -23,14 +27,20 @@ pub const PG_CRON_HERE: &str =
     "select exists (select 1 from pg_extension where extname = 'pg_cron')";
 
 /// Seconds until the next scheduled job is due, or null; and whether any
-/// job is claimable now (due, or scheduled with its moment passed: the
-/// claim takes both). Three probes of partial indexes.
-pub const GLANCE: &str = "
+/// job is claimable now (due, or scheduled with its moment passed, as far
+/// back as the claims look: the claim takes both; older ones the promotion
+/// just before the glance made due). Three probes of partial indexes.
+pub const GLANCE: &str = concat!(
+    "
 select (select extract(epoch from (min(due_at) - clock_timestamp()))::float8
           from public.notification_jobs where status = 'scheduled' and due_at > clock_timestamp()),
        exists (select 1 from public.notification_jobs where status = 'due')
        or exists (select 1 from public.notification_jobs
-                   where status = 'scheduled' and due_at <= clock_timestamp())";
+                   where status = 'scheduled' and due_at <= clock_timestamp()
+                     and due_at > clock_timestamp() - 2 * ",
+    left_to_claims!(),
+    ")"
+);
 
 /// Sent SMS without a final delivery state yet, oldest news first: what the
 /// Mobizon status poll asks about (at most $1, sent within the last 2 days:
