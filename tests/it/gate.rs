@@ -313,19 +313,38 @@ async fn a_job_long_past_its_moment_is_promoted_then_claimed_and_none_falls_betw
     let db = shipped_db().await;
     let client = db.client().await;
     client.batch_execute(HOUR_DELAY).await.unwrap();
-    let recent = harness::insert_proftest_lead(&client, "Недавно", "recent@mail.ru").await;
-    let old = harness::insert_proftest_lead(&client, "Давно", "old@mail.ru").await;
-    for (lead, past) in [(recent, "90 seconds"), (old, "3 minutes")] {
-        client
-            .execute(
-                "update notification_jobs set due_at = now() - $2::text::interval where lead_id = $1",
-                &[&lead, &past],
-            )
-            .await
-            .unwrap();
-    }
+    let past = |lead: uuid::Uuid, by: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "update notification_jobs set due_at = now() - $2::text::interval where lead_id = $1",
+                    &[&lead, &by],
+                )
+                .await
+                .unwrap();
+        }
+    };
     let pool = leadrelay::store::pool(&db.url, 2).await.unwrap();
     let queue = Queue::new(pool, "look-back-test".into());
+    // the sweeper's glance looks as far back as the claims, and forward from
+    // now to the next moment
+    harness::insert_proftest_lead(&client, "Через час", "later@mail.ru").await;
+    let old = harness::insert_proftest_lead(&client, "Давно", "old@mail.ru").await;
+    past(old, "3 minutes").await;
+    let glance = queue.glance().await.unwrap();
+    assert!(!glance.any_due, "a job 3 minutes past is the promotion's");
+    let next = glance.next_due.expect("the lead's jobs an hour ahead");
+    assert!(
+        next > Duration::from_secs(3500) && next <= Duration::from_secs(3600),
+        "{next:?}"
+    );
+    let recent = harness::insert_proftest_lead(&client, "Недавно", "recent@mail.ru").await;
+    past(recent, "90 seconds").await;
+    assert!(
+        queue.glance().await.unwrap().any_due,
+        "90 s past: claimable"
+    );
     let lease = Duration::from_secs(30);
     let first = queue.claim(Channel::Email, 10, lease, false).await.unwrap();
     assert_eq!(

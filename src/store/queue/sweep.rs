@@ -29,15 +29,23 @@ pub const PG_CRON_HERE: &str =
 /// Seconds until the next scheduled job is due, or null; and whether any
 /// job is claimable now (due, or scheduled with its moment passed, as far
 /// back as the claims look: the claim takes both; older ones the promotion
-/// just before the glance made due). Three probes of partial indexes.
+/// just before the glance made due). Three probes of partial indexes, each
+/// a range of the index: `clock_timestamp()` (volatile) cannot bound an
+/// index scan, so `now()` (this one statement's start) does, and the first
+/// probe reads from it up to the first job to come, not from the beginning
+/// of the index (the dead entries of every job gone since the last vacuum,
+/// 1.4–1.7 ms a glance at 50,000 of them against 0.17–0.19 ms).
 pub const GLANCE: &str = concat!(
     "
-select (select extract(epoch from (min(due_at) - clock_timestamp()))::float8
-          from public.notification_jobs where status = 'scheduled' and due_at > clock_timestamp()),
+select (select extract(epoch from (j.due_at - clock_timestamp()))::float8
+          from public.notification_jobs j
+         where j.status = 'scheduled' and j.due_at > now() and j.due_at > clock_timestamp()
+         order by j.due_at
+         limit 1),
        exists (select 1 from public.notification_jobs where status = 'due')
        or exists (select 1 from public.notification_jobs
-                   where status = 'scheduled' and due_at <= clock_timestamp()
-                     and due_at > clock_timestamp() - 2 * ",
+                   where status = 'scheduled' and due_at <= now()
+                     and due_at > now() - 2 * ",
     left_to_claims!(),
     ")"
 );
